@@ -1,0 +1,394 @@
+"""The ``medcyclegan`` command: a thin layer over the library.
+
+Each verb parses its options, calls one library function and prints the result. Errors in user input
+arrive as :class:`~medcyclegan.errors.MedCycleGANError` and are printed as one line on stderr with
+exit status 2, never as a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from medcyclegan import __version__
+from medcyclegan.errors import MedCycleGANError
+
+app = typer.Typer(
+    name="medcyclegan",
+    help="Unpaired medical image translation (MRI <-> CT) with CycleGAN: volumes in, exact geometry and HU out.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+logger = logging.getLogger("medcyclegan")
+
+
+def _setup_logging(verbose: bool, quiet: bool) -> None:
+    from rich.console import Console
+    from rich.logging import RichHandler
+
+    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
+    handler = RichHandler(console=Console(stderr=True), show_time=False, show_path=False, markup=False)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger.handlers[:] = [handler]
+    logger.setLevel(level)
+    logger.propagate = False
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        typer.echo(f"medcyclegan {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False,
+        "--version",
+        "-V",
+        callback=_version_callback,
+        is_eager=True,
+        help="Print the version and exit.",
+    ),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show debug messages."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Show only warnings and errors."),
+) -> None:
+    """medcyclegan: train, convert, evaluate; volumes keep their geometry, CT stays in HU."""
+    _setup_logging(verbose, quiet)
+
+
+def _overrides(pairs: dict[str, Any], sets: list[str] | None) -> dict[str, Any]:
+    from medcyclegan.config import parse_override
+
+    overrides = {k: v for k, v in pairs.items() if v is not None}
+    for text in sets or []:
+        key, value = parse_override(text)
+        overrides[key] = value
+    return overrides
+
+
+@app.command()
+def train(
+    src: Path | None = typer.Option(
+        None, "--src", help="Folder (or file) of source-domain volumes (domain A)."
+    ),
+    tgt: Path | None = typer.Option(
+        None, "--tgt", help="Folder (or file) of target-domain volumes (domain B)."
+    ),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Run folder [default: runs/<date-time>]."),
+    config: str | None = typer.Option(
+        None,
+        "--config",
+        "-c",
+        help="YAML config file or built-in name (default, quick-cpu, brain-mr-ct, pelvis-mr-ct).",
+    ),
+    epochs: int | None = typer.Option(
+        None, "--epochs", help="Epochs at the constant learning rate (optim.n_epochs)."
+    ),
+    epochs_decay: int | None = typer.Option(
+        None, "--epochs-decay", help="Epochs of linear learning-rate decay (optim.n_epochs_decay)."
+    ),
+    max_steps: int | None = typer.Option(
+        None, "--max-steps", help="Stop at this total step count (counted over resumes)."
+    ),
+    image_size: int | None = typer.Option(
+        None, "--image-size", help="Training slice size in pixels (pad/crop)."
+    ),
+    batch_size: int | None = typer.Option(None, "--batch-size", help="Slices per step."),
+    ngf: int | None = typer.Option(None, "--ngf", help="Generator filters in the first layer."),
+    ndf: int | None = typer.Option(None, "--ndf", help="Discriminator filters in the first layer."),
+    n_blocks: int | None = typer.Option(None, "--n-blocks", help="Residual blocks in the generator."),
+    generator: str | None = typer.Option(None, "--generator", help="resnet or resnet-attention."),
+    upsample: str | None = typer.Option(
+        None, "--upsample", help="transpose (reference) or resize (no checkerboard)."
+    ),
+    lambda_cycle: float | None = typer.Option(None, "--lambda-cycle", help="Cycle L1 weight (default 10)."),
+    lambda_identity: float | None = typer.Option(
+        None,
+        "--lambda-identity",
+        help="Identity weight as a fraction of lambda-cycle (default 0.5; 0 = off).",
+    ),
+    mask_loss: bool | None = typer.Option(
+        None, "--mask-loss/--no-mask-loss", help="Cycle and identity L1 as masked means inside the body."
+    ),
+    lambda_mask: float | None = typer.Option(
+        None, "--lambda-mask", help="Background/outline preservation weight (0 = off)."
+    ),
+    src_modality: str | None = typer.Option(None, "--src-modality", help="mr or ct (default mr)."),
+    tgt_modality: str | None = typer.Option(None, "--tgt-modality", help="mr or ct (default ct)."),
+    spacing: float | None = typer.Option(
+        None, "--spacing", help="In-plane spacing in mm to resample slices to."
+    ),
+    context_slices: int | None = typer.Option(
+        None, "--context-slices", help="2.5D: neighbouring slices each side."
+    ),
+    seed: int | None = typer.Option(None, "--seed", help="Random seed."),
+    device: str | None = typer.Option(None, "--device", help="auto, cpu or cuda."),
+    num_workers: int | None = typer.Option(None, "--num-workers", help="DataLoader worker processes."),
+    val_src: Path | None = typer.Option(None, "--val-src", help="Validation volumes of domain A."),
+    val_tgt: Path | None = typer.Option(
+        None, "--val-tgt", help="Validation volumes of domain B (paired by name: translation metrics)."
+    ),
+    src_masks: Path | None = typer.Option(
+        None, "--src-masks", help="Body masks for --src, paired by case name."
+    ),
+    tgt_masks: Path | None = typer.Option(
+        None, "--tgt-masks", help="Body masks for --tgt, paired by case name."
+    ),
+    set_: list[str] | None = typer.Option(
+        None, "--set", help="Any config value: section.key=value (repeatable)."
+    ),
+    resume: bool = typer.Option(
+        False, "--resume", help="Continue the run in --out exactly where it stopped."
+    ),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Start afresh in a run folder that already holds a run."
+    ),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the progress bar."),
+) -> None:
+    """Train a CycleGAN on two folders of unpaired volumes (NIfTI, NRRD/MHA, DICOM series)."""
+    import datetime
+
+    from medcyclegan.config import load_config, resolve_config_path
+    from medcyclegan.train.api import train_from_folders
+
+    overrides = _overrides(
+        {
+            "optim.n_epochs": epochs,
+            "optim.n_epochs_decay": epochs_decay,
+            "train.max_steps": max_steps,
+            "data.image_size": image_size,
+            "optim.batch_size": batch_size,
+            "model.ngf": ngf,
+            "model.ndf": ndf,
+            "model.n_blocks": n_blocks,
+            "model.generator": generator,
+            "model.upsample": upsample,
+            "loss.lambda_cycle": lambda_cycle,
+            "loss.lambda_identity": lambda_identity,
+            "loss.mask_loss": mask_loss,
+            "loss.lambda_mask": lambda_mask,
+            "data.src_modality": src_modality,
+            "data.tgt_modality": tgt_modality,
+            "data.spacing": spacing,
+            "data.context_slices": context_slices,
+            "train.seed": seed,
+            "train.device": device,
+            "data.num_workers": num_workers,
+        },
+        set_,
+    )
+    if resume and out is None:
+        raise MedCycleGANError("--resume needs --out RUN_DIR (the run to continue)")
+    cfg = load_config(resolve_config_path(config) if config else None, overrides)
+    run_dir = out or Path("runs") / datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    result = train_from_folders(
+        cfg,
+        run_dir,
+        src=src,
+        tgt=tgt,
+        val_src=val_src,
+        val_tgt=val_tgt,
+        src_masks=src_masks,
+        tgt_masks=tgt_masks,
+        resume=resume,
+        overwrite=overwrite,
+        show_progress=progress and sys.stderr.isatty(),
+    )
+    best = (
+        f"; best {cfg.train.best_metric} = {result.best_value:.4f}" if result.best_value is not None else ""
+    )
+    typer.echo(
+        f"trained to step {result.step} (epoch {result.epoch}); checkpoint {result.last_checkpoint}{best}"
+    )
+
+
+@app.command()
+def convert(
+    input: Path = typer.Argument(..., help="A volume file, a DICOM series folder, or a folder of volumes."),
+    output: Path | None = typer.Option(
+        None,
+        "-o",
+        "--output",
+        help="Output file (or folder for a folder input) [default: <case>_synth<to>.nii.gz].",
+    ),
+    model: Path | None = typer.Option(
+        None, "--model", "-m", help="Run folder or checkpoint [default: newest under ./runs]."
+    ),
+    to: str | None = typer.Option(
+        None, "--to", help="Target modality ct or mr [default: the training target]."
+    ),
+    batch_size: int = typer.Option(16, "--batch-size", help="Slices per forward pass."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    mask_background: bool = typer.Option(
+        False, "--mask-background", help="Set voxels outside the body to air."
+    ),
+    save_attention: bool = typer.Option(
+        False,
+        "--save-attention",
+        help="Also write the attention mask (resnet-attention models) as <name>_attention.",
+    ),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs."),
+) -> None:
+    """Translate volumes with a trained model; outputs keep the input's exact geometry (CT as int16 HU)."""
+    from medcyclegan.convert import convert_paths, load_model
+
+    if to is not None and to not in ("ct", "mr"):
+        raise MedCycleGANError(f"--to must be ct or mr; got {to!r}")
+    if batch_size < 1:
+        raise MedCycleGANError(f"--batch-size must be >= 1; got {batch_size}")
+    translation = load_model(model, to=to, device=device)
+    written = convert_paths(
+        translation,
+        input,
+        output,
+        batch_size=batch_size,
+        mask_background=mask_background,
+        save_attention=save_attention,
+        overwrite=overwrite,
+    )
+    for path in written:
+        typer.echo(str(path))
+
+
+@app.command()
+def evaluate(
+    pred: Path = typer.Option(..., "--pred", help="Predicted (synthetic) volume or folder."),
+    ref: Path = typer.Option(..., "--ref", help="Reference volume or folder (paired by case name)."),
+    mask: Path | None = typer.Option(
+        None, "--mask", help="Body mask file or folder [default: computed from --ref]."
+    ),
+    standard: str = typer.Option("synthrad2023", "--standard", help="synthrad2023 or synthrad2025."),
+    out: Path | None = typer.Option(None, "--out", help="Write the report as JSON (and CSV beside it)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing report."),
+) -> None:
+    """Score synthetic CT against reference CT: MAE, PSNR, SSIM (SynthRAD definitions, masked)."""
+    from rich.console import Console
+
+    from medcyclegan.evaluate import evaluate as run_evaluation
+    from medcyclegan.io.atomic import check_can_write
+
+    if out is not None:
+        check_can_write(out, overwrite)
+    report = run_evaluation(pred, ref, mask, standard=standard)
+    Console().print(report.to_rich_table())
+    if out is not None:
+        report.write(out, overwrite=overwrite)
+        typer.echo(f"report written to {out} and {out.with_suffix('.csv')}")
+
+
+@app.command()
+def info(
+    path: Path = typer.Argument(..., help="Run folder or checkpoint file."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
+) -> None:
+    """Summarise a run folder or checkpoint: networks, modalities, normalisation, progress, best metric."""
+    from medcyclegan.train.info import describe
+
+    summary = describe(path)
+    if as_json:
+        typer.echo(json.dumps(summary, indent=2, default=str))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(
+        title=f"medcyclegan run: {summary.get('run_dir', summary['checkpoint'])}", show_header=False
+    )
+    nets = summary["networks"]
+    gen, disc = nets["generator"], nets["discriminator"]
+    rows = [
+        ("direction", summary["direction"]),
+        ("progress", f"epoch {summary['epoch']} of {summary['total_epochs']}, step {summary['step']}"),
+        (
+            "generator",
+            f"{gen['type']} ngf {gen['ngf']}, {gen['n_blocks']} blocks, {gen['upsample']}: {gen['parameters']:,} parameters",
+        ),
+        (
+            "discriminator",
+            f"PatchGAN ndf {disc['ndf']}, {disc['n_layers']} layers: {disc['parameters']:,} parameters",
+        ),
+        ("input channels", str(nets["in_channels"])),
+        (
+            "slices",
+            f"{summary['data']['image_size']} px, spacing {summary['data']['spacing_mm'] or 'native'} mm",
+        ),
+        ("normalisation", json.dumps(summary["normalisation"])),
+        ("best", json.dumps(summary.get("best"))),
+        ("checkpoints", ", ".join(summary.get("checkpoints", [summary["checkpoint"]]))),
+        ("version", str(summary["medcyclegan_version"])),
+    ]
+    for key, value in rows:
+        table.add_row(key, value)
+    Console().print(table)
+
+
+@app.command("sample-data")
+def sample_data(
+    out: Path = typer.Argument(..., help="Folder to write the phantom dataset into."),
+    n_train: int = typer.Option(6, "--n-train", help="Training subjects per domain (disjoint subjects)."),
+    n_test: int = typer.Option(3, "--n-test", help="Held-out subjects with paired MR and CT."),
+    seed: int = typer.Option(0, "--seed", help="Random seed of the anatomy."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Write into a non-empty folder."),
+) -> None:
+    """Write the built-in head phantom: unpaired MR/CT training data and paired test data with masks."""
+    from medcyclegan.sample_data import write_sample_dataset
+
+    dataset = write_sample_dataset(
+        out, n_train_mr=n_train, n_train_ct=n_train, n_test=n_test, seed=seed, overwrite=overwrite
+    )
+    typer.echo(f"sample dataset written to {out}")
+    del dataset
+
+
+@app.command()
+def demo(
+    out: Path = typer.Option(
+        Path("demo-out"), "--out", "-o", help="Folder for the data, the run and the results."
+    ),
+    max_steps: int | None = typer.Option(
+        None, "--max-steps", help="Cap the training steps (for a quick look)."
+    ),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Reuse a non-empty output folder."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the progress bar."),
+) -> None:
+    """Phantom data -> train (quick-cpu) -> convert held-out MR -> evaluate against CT and two baselines."""
+    from rich.console import Console
+
+    from medcyclegan.demo import run_demo
+
+    result = run_demo(
+        out, max_steps=max_steps, overwrite=overwrite, show_progress=progress and sys.stderr.isatty()
+    )
+    Console().print(result.table())
+    typer.echo(result.summary())
+
+
+def main() -> None:
+    """Entry point: runs the app and turns user errors into one clean line."""
+    from medcyclegan.errors import TrainingInterrupted
+
+    try:
+        # Standalone mode: typer reports usage errors itself (exit 2); our errors propagate to here.
+        app()
+    except MedCycleGANError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except TrainingInterrupted as exc:
+        typer.echo(str(exc), err=True)
+        sys.exit(130)
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

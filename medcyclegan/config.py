@@ -1,0 +1,484 @@
+"""Typed run configuration: dataclasses loaded from and saved to YAML.
+
+A :class:`Config` is the single source of truth of a run. It is read from a YAML file
+(``configs/default.yaml`` holds the reference CycleGAN defaults), overridden by CLI flags or
+``--set section.key=value`` strings, validated, and written fully resolved into every run folder and
+checkpoint, together with the normalisation parameters measured on the training data and the package
+version.
+
+Example:
+    >>> cfg = load_config("configs/quick-cpu.yaml", overrides={"optim.batch_size": 2})
+    >>> cfg.model.ngf
+    16
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from medcyclegan.errors import ConfigError
+
+MODALITIES = ("mr", "ct")
+GENERATORS = ("resnet", "resnet-attention")
+UPSAMPLE_MODES = ("transpose", "resize")
+GAN_MODES = ("lsgan", "vanilla", "hinge")
+DEVICES = ("auto", "cpu", "cuda")
+MASK_METHODS = ("auto", "otsu", "threshold")
+
+
+def _check_choice(section: str, name: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{section}.{name} must be one of {', '.join(choices)}; got {value!r}")
+
+
+def _check_positive(section: str, name: str, value: float, allow_zero: bool = False) -> None:
+    if value < 0 or (value == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ConfigError(f"{section}.{name} must be {bound}; got {value!r}")
+
+
+@dataclass
+class DataConfig:
+    """How volumes become training slices.
+
+    Attributes:
+        src_modality: modality of the source domain A, ``"mr"`` or ``"ct"``.
+        tgt_modality: modality of the target domain B, ``"mr"`` or ``"ct"``.
+        image_size: side of the square training slices in pixels (pad or crop, never resize).
+        context_slices: k neighbouring slices on each side as extra channels (2.5D); 0 is plain 2D.
+        spacing: in-plane spacing in mm to resample to before slicing; ``None`` keeps the native grid.
+        min_body_fraction: slices whose body mask covers less than this share of the slice are skipped.
+        ct_window: HU window ``[low, high]`` mapped linearly to [-1, 1] (values outside are clipped).
+        mr_percentiles: robust percentiles (in %) inside the body mask mapped to [-1, 1].
+        mask_method: body mask method: ``"auto"`` (HU threshold for CT, Otsu for MR), ``"otsu"``,
+            ``"threshold"``.
+        mask_threshold_hu: HU threshold of the CT body mask.
+        mask_dilation: body mask dilation in voxels.
+        augment: random left-right flips and small in-plane shifts during training.
+        flip_prob: probability of a left-right flip.
+        max_shift: largest random in-plane shift, as a fraction of ``image_size``.
+        cache_dir: folder for the on-disk cache of prepared volumes (memory-mapped); ``None`` keeps
+            prepared volumes in memory only.
+        val_fraction: share of the training volumes held out for validation when no validation
+            folders are given (0 disables).
+        num_workers: DataLoader worker processes (0 loads in the main process).
+    """
+
+    src_modality: str = "mr"
+    tgt_modality: str = "ct"
+    image_size: int = 256
+    context_slices: int = 0
+    spacing: float | None = None
+    min_body_fraction: float = 0.05
+    ct_window: tuple[float, float] = (-1024.0, 3000.0)
+    mr_percentiles: tuple[float, float] = (0.5, 99.5)
+    mask_method: str = "auto"
+    mask_threshold_hu: float = -500.0
+    mask_dilation: int = 2
+    augment: bool = True
+    flip_prob: float = 0.5
+    max_shift: float = 0.05
+    cache_dir: str | None = None
+    val_fraction: float = 0.0
+    num_workers: int = 0
+
+    def validate(self) -> None:
+        _check_choice("data", "src_modality", self.src_modality, MODALITIES)
+        _check_choice("data", "tgt_modality", self.tgt_modality, MODALITIES)
+        _check_choice("data", "mask_method", self.mask_method, MASK_METHODS)
+        if self.image_size < 16:
+            raise ConfigError(f"data.image_size must be >= 16 pixels; got {self.image_size}")
+        _check_positive("data", "context_slices", self.context_slices, allow_zero=True)
+        if self.spacing is not None:
+            _check_positive("data", "spacing", self.spacing)
+        if not 0 <= self.min_body_fraction < 1:
+            raise ConfigError(f"data.min_body_fraction must be in [0, 1); got {self.min_body_fraction}")
+        lo, hi = self.ct_window
+        if not lo < hi:
+            raise ConfigError(
+                f"data.ct_window must be [low, high] with low < high; got {list(self.ct_window)}"
+            )
+        plo, phi = self.mr_percentiles
+        if not 0 <= plo < phi <= 100:
+            raise ConfigError(
+                f"data.mr_percentiles must satisfy 0 <= low < high <= 100; got {list(self.mr_percentiles)}"
+            )
+        _check_positive("data", "mask_dilation", self.mask_dilation, allow_zero=True)
+        if not 0 <= self.flip_prob <= 1:
+            raise ConfigError(f"data.flip_prob must be in [0, 1]; got {self.flip_prob}")
+        if not 0 <= self.max_shift < 0.5:
+            raise ConfigError(f"data.max_shift must be in [0, 0.5); got {self.max_shift}")
+        if not 0 <= self.val_fraction < 1:
+            raise ConfigError(f"data.val_fraction must be in [0, 1); got {self.val_fraction}")
+        _check_positive("data", "num_workers", self.num_workers, allow_zero=True)
+
+    @property
+    def in_channels(self) -> int:
+        """Channels of a network input: the slice and its 2k neighbours."""
+        return 2 * self.context_slices + 1
+
+
+@dataclass
+class ModelConfig:
+    """The networks, in the reference CycleGAN's terms.
+
+    Attributes:
+        generator: ``"resnet"`` (reference) or ``"resnet-attention"`` (Mask CycleGAN variant).
+        ngf: filters of the generator's first layer (c7s1-ngf).
+        n_blocks: residual blocks (9 for 256 px, 6 for 128 px in the reference).
+        upsample: ``"transpose"`` (reference, uk layers) or ``"resize"`` (nearest upsample + conv,
+            no checkerboard artifacts).
+        ndf: filters of the discriminator's first layer (C64 at ndf 64).
+        n_layers_d: strided layers of the PatchGAN (3 gives the 70x70 PatchGAN).
+        init_gain: standard deviation of the normal(0, gain) weight initialisation.
+    """
+
+    generator: str = "resnet"
+    ngf: int = 64
+    n_blocks: int = 9
+    upsample: str = "transpose"
+    ndf: int = 64
+    n_layers_d: int = 3
+    init_gain: float = 0.02
+
+    def validate(self) -> None:
+        _check_choice("model", "generator", self.generator, GENERATORS)
+        _check_choice("model", "upsample", self.upsample, UPSAMPLE_MODES)
+        for name in ("ngf", "ndf", "n_layers_d"):
+            _check_positive("model", name, getattr(self, name))
+        _check_positive("model", "n_blocks", self.n_blocks, allow_zero=True)
+        _check_positive("model", "init_gain", self.init_gain)
+
+
+@dataclass
+class LossConfig:
+    """Loss terms and weights.
+
+    Attributes:
+        gan_mode: adversarial loss: ``"lsgan"`` (reference), ``"vanilla"`` (BCE with logits), ``"hinge"``.
+        lambda_cycle: weight of the L1 cycle loss, both directions.
+        lambda_identity: identity loss weight as a fraction of ``lambda_cycle`` (reference semantics:
+            0.5 gives an identity weight of 5 at lambda_cycle 10); 0 switches it off.
+        mask_loss: compute cycle and identity L1 as masked means inside the body mask.
+        background_weight: weight of background voxels in the masked L1 (0 ignores air entirely).
+        lambda_mask: weight of the background / outline preservation loss (0 switches it off).
+        lambda_attention: weight of the sparsity / smoothness regulariser of the attention mask.
+    """
+
+    gan_mode: str = "lsgan"
+    lambda_cycle: float = 10.0
+    lambda_identity: float = 0.5
+    mask_loss: bool = False
+    background_weight: float = 0.1
+    lambda_mask: float = 0.0
+    lambda_attention: float = 0.01
+
+    def validate(self) -> None:
+        _check_choice("loss", "gan_mode", self.gan_mode, GAN_MODES)
+        for name in (
+            "lambda_cycle",
+            "lambda_identity",
+            "background_weight",
+            "lambda_mask",
+            "lambda_attention",
+        ):
+            _check_positive("loss", name, getattr(self, name), allow_zero=True)
+
+
+@dataclass
+class OptimConfig:
+    """Optimisation, as in the reference unless changed.
+
+    Attributes:
+        lr: Adam learning rate of G and D.
+        beta1: Adam beta1.
+        beta2: Adam beta2.
+        batch_size: slices per step.
+        n_epochs: epochs at the constant learning rate.
+        n_epochs_decay: epochs of linear decay to zero after ``n_epochs``.
+        pool_size: generated images kept in the history pool for D updates (0 disables the pool).
+    """
+
+    lr: float = 2e-4
+    beta1: float = 0.5
+    beta2: float = 0.999
+    batch_size: int = 1
+    n_epochs: int = 100
+    n_epochs_decay: int = 100
+    pool_size: int = 50
+
+    def validate(self) -> None:
+        _check_positive("optim", "lr", self.lr)
+        for name in ("beta1", "beta2"):
+            value = getattr(self, name)
+            if not 0 <= value < 1:
+                raise ConfigError(f"optim.{name} must be in [0, 1); got {value}")
+        _check_positive("optim", "batch_size", self.batch_size)
+        _check_positive("optim", "n_epochs", self.n_epochs, allow_zero=True)
+        _check_positive("optim", "n_epochs_decay", self.n_epochs_decay, allow_zero=True)
+        if self.n_epochs + self.n_epochs_decay == 0:
+            raise ConfigError("optim.n_epochs + optim.n_epochs_decay must be > 0")
+        _check_positive("optim", "pool_size", self.pool_size, allow_zero=True)
+
+    @property
+    def total_epochs(self) -> int:
+        return self.n_epochs + self.n_epochs_decay
+
+
+@dataclass
+class TrainConfig:
+    """Run control: device, logging, checkpoints, validation.
+
+    Attributes:
+        seed: seed of every random generator (Python, NumPy, torch).
+        device: ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``.
+        max_steps: stop after this many total optimisation steps (counted over resumes); ``None``
+            runs all epochs.
+        steps_per_epoch: steps in one epoch; ``None`` uses the larger domain's slice count divided by
+            the batch size (as the reference does with its image counts).
+        log_every: steps between rows of ``metrics.csv`` and TensorBoard scalars.
+        sample_every: epochs between sample grids in ``samples/``.
+        checkpoint_every: epochs between kept ``epoch_XXXX`` checkpoints (``last`` is always kept).
+        save_every_steps: steps between refreshes of ``last.pt`` inside an epoch, so a killed run
+            loses at most this many steps (0: only at epoch ends, interrupts and the end).
+        val_every: epochs between validations.
+        best_metric: validation metric that selects ``best.pt`` (e.g. ``"val/cycle_ssim"``).
+        best_mode: ``"max"`` or ``"min"`` for ``best_metric``.
+        amp: mixed precision: ``"auto"`` (bf16 on CUDA, fp32 on CPU), ``"bf16"`` or ``"off"``.
+        deterministic: force deterministic algorithms (always on for CPU runs).
+    """
+
+    seed: int = 0
+    device: str = "auto"
+    max_steps: int | None = None
+    steps_per_epoch: int | None = None
+    log_every: int = 50
+    sample_every: int = 1
+    checkpoint_every: int = 10
+    save_every_steps: int = 500
+    val_every: int = 1
+    best_metric: str = "val/cycle_ssim"
+    best_mode: str = "max"
+    amp: str = "auto"
+    deterministic: bool = True
+
+    def validate(self) -> None:
+        _check_choice("train", "device", self.device, DEVICES)
+        _check_choice("train", "best_mode", self.best_mode, ("max", "min"))
+        _check_choice("train", "amp", self.amp, ("auto", "bf16", "off"))
+        if self.max_steps is not None:
+            _check_positive("train", "max_steps", self.max_steps)
+        if self.steps_per_epoch is not None:
+            _check_positive("train", "steps_per_epoch", self.steps_per_epoch)
+        for name in ("log_every", "sample_every", "checkpoint_every", "val_every"):
+            _check_positive("train", name, getattr(self, name))
+        _check_positive("train", "save_every_steps", self.save_every_steps, allow_zero=True)
+
+
+@dataclass
+class Config:
+    """A whole run: data, model, loss, optimisation, run control, plus what was measured.
+
+    ``normalisation`` is filled by training with the parameters of each domain (see
+    :mod:`medcyclegan.data.normalise`), so that conversion applies exactly what training saw.
+    """
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    normalisation: dict[str, Any] = field(default_factory=dict)
+    version: str = ""
+
+    def validate(self) -> Config:
+        for section in (self.data, self.model, self.loss, self.optim, self.train):
+            section.validate()
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return _plain(asdict(self))
+
+
+_SECTIONS = {
+    "data": DataConfig,
+    "model": ModelConfig,
+    "loss": LossConfig,
+    "optim": OptimConfig,
+    "train": TrainConfig,
+}
+
+
+def _plain(value: Any) -> Any:
+    """Tuples become lists, so YAML stays plain and safe_load-able."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _coerce(where: str, value: Any, annotation: Any) -> Any:
+    """Checks ``value`` against a dataclass field annotation and converts ints to floats etc."""
+    hint = annotation
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        non_none = [a for a in args if a is not type(None)]
+        return _coerce(where, value, non_none[0])
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            raise ConfigError(f"{where} must be a list of {len(args)} numbers; got {value!r}")
+        return tuple(_coerce(f"{where}[{i}]", v, a) for i, (v, a) in enumerate(zip(value, args)))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where} must be a mapping; got {value!r}")
+        return value
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+            return value.lower() in ("true", "yes", "1")
+        raise ConfigError(f"{where} must be true or false; got {value!r}")
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, (int, str)):
+            raise ConfigError(f"{where} must be an integer; got {value!r}")
+        try:
+            return int(value)
+        except ValueError:
+            raise ConfigError(f"{where} must be an integer; got {value!r}") from None
+    if hint is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{where} must be a number; got {value!r}")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where} must be a number; got {value!r}") from None
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where} must be a string; got {value!r}")
+        return value
+    return value
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def config_from_dict(raw: dict[str, Any], source: str = "config") -> Config:
+    """Builds a validated :class:`Config` from a plain mapping; unknown keys are errors."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: top level must be a mapping of sections")
+    known = set(_SECTIONS) | {"normalisation", "version"}
+    unknown = set(raw) - known
+    if unknown:
+        raise ConfigError(f"{source}: unknown section(s) {sorted(unknown)}; expected {sorted(known)}")
+    kwargs: dict[str, Any] = {}
+    for name, cls in _SECTIONS.items():
+        section = raw.get(name) or {}
+        if not isinstance(section, dict):
+            raise ConfigError(f"{source}: section {name!r} must be a mapping")
+        hints = _hints(cls)
+        names = {f.name for f in fields(cls)}
+        bad = set(section) - names
+        if bad:
+            raise ConfigError(f"{source}: unknown key(s) {sorted(f'{name}.{k}' for k in bad)}")
+        kwargs[name] = cls(**{k: _coerce(f"{name}.{k}", v, hints[k]) for k, v in section.items()})
+    cfg = Config(
+        **kwargs, normalisation=dict(raw.get("normalisation") or {}), version=str(raw.get("version") or "")
+    )
+    return cfg.validate()
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Parses ``section.key=value`` (value in YAML syntax, e.g. ``data.ct_window=[-1000,2000]``)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like section.key=value")
+    key, value = text.split("=", 1)
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else None
+    except yaml.YAMLError:
+        raise ConfigError(f"override {text!r}: value is not valid YAML") from None
+    return key.strip(), parsed
+
+
+def apply_overrides(cfg: Config, overrides: dict[str, Any]) -> Config:
+    """Returns a new validated config with ``{"section.key": value}`` overrides applied."""
+    raw = cfg.to_dict()
+    for key, value in overrides.items():
+        parts = key.split(".")
+        if len(parts) != 2 or parts[0] not in _SECTIONS:
+            raise ConfigError(f"override key {key!r} must be section.key with section in {sorted(_SECTIONS)}")
+        section, name = parts
+        if name not in {f.name for f in fields(_SECTIONS[section])}:
+            raise ConfigError(f"unknown config key {key!r}")
+        raw[section][name] = value
+    return config_from_dict(raw, source="overrides")
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
+    """Loads a YAML config (or the built-in defaults when ``path`` is None) and applies overrides."""
+    if path is None:
+        cfg = Config().validate()
+    else:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError("config file not found", path)
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            line = getattr(getattr(exc, "problem_mark", None), "line", None)
+            where = f" (line {line + 1})" if line is not None else ""
+            raise ConfigError(f"not valid YAML{where}", path) from None
+        cfg = config_from_dict(raw, source=str(path))
+    return apply_overrides(cfg, overrides or {})
+
+
+def config_to_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+
+
+def config_from_yaml(text: str, source: str = "config") -> Config:
+    try:
+        raw = yaml.safe_load(text) or {}
+    except yaml.YAMLError:
+        raise ConfigError(f"{source}: not valid YAML") from None
+    return config_from_dict(raw, source=source)
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    """Writes the resolved config atomically."""
+    from medcyclegan.io.atomic import atomic_write_text
+
+    atomic_write_text(Path(path), config_to_yaml(cfg))
+
+
+def replace(cfg: Config, **changes: Any) -> Config:
+    """``dataclasses.replace`` for the top level, validated."""
+    return dataclasses.replace(cfg, **changes).validate()
+
+
+def builtin_config_path(name: str) -> Path:
+    """Path of a config shipped with the package (``default``, ``quick-cpu``, ...)."""
+    path = Path(__file__).parent / "configs" / f"{name}.yaml"
+    if not path.is_file():
+        choices = sorted(p.stem for p in path.parent.glob("*.yaml"))
+        raise ConfigError(f"no built-in config {name!r}; choose from {choices}")
+    return path
+
+
+def resolve_config_path(name_or_path: str | Path) -> Path:
+    """A path to an existing YAML file, or the name of a built-in config."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        return path
+    return builtin_config_path(str(name_or_path))

@@ -1,0 +1,406 @@
+"""Score synthetic CT against reference CT with the SynthRAD definitions and report the results.
+
+``evaluate(pred, ref, mask)`` takes files or folders (folders are paired by case name), reads every
+volume with its geometry, refuses pairs whose voxel grids differ (no resampling: the metrics are
+computed on the reference's own voxel grid, in its file voxel order), takes the body mask from a file
+or computes it from the reference (:func:`medcyclegan.metrics.synthrad_body_mask`), and returns an
+:class:`EvaluationReport` that prints as a table and writes JSON + CSV. Every report records the
+standard, data range, clip range and the mask source of every case, because these choices alone move
+the numbers (PSNR by several dB).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn
+
+import numpy as np
+
+from medcyclegan.errors import InputError, OutputError
+from medcyclegan.metrics import (
+    BODY_MASK_METHOD,
+    compute_metrics,
+    metric_metadata,
+    metric_names,
+    synthrad_body_mask,
+)
+
+if TYPE_CHECKING:
+    from rich.table import Table
+
+    from medcyclegan.io.volume import Volume
+
+logger = logging.getLogger("medcyclegan")
+
+# Largest affine difference (mm) still treated as the same grid: float32 header rounding between formats
+# is ~1e-5 mm, while any real misalignment is far larger.
+GRID_TOLERANCE_MM = 1e-3
+SUMMARY_STATISTICS = ("mean", "std", "median")
+COLUMN_HEADERS = {"mae": "MAE [HU]", "psnr": "PSNR [dB]", "ssim": "SSIM", "ms_ssim": "MS-SSIM"}
+DISPLAY_FORMATS = {"mae": "{:.1f}", "psnr": "{:.2f}", "ssim": "{:.4f}", "ms_ssim": "{:.4f}"}
+
+
+@dataclass
+class CaseResult:
+    """Metrics of one case.
+
+    Attributes:
+        case: case name shared by the prediction and reference files.
+        pred: path of the predicted (synthetic) volume.
+        ref: path of the reference volume.
+        mask_source: ``"file: <path>"`` or ``"computed from reference (Otsu, dilation, closing, dilation)"``.
+        metrics: metric name -> value (MAE in HU, PSNR in dB, SSIM / MS-SSIM unitless).
+    """
+
+    case: str
+    pred: str
+    ref: str
+    mask_source: str
+    metrics: dict[str, float]
+
+
+@dataclass
+class EvaluationReport:
+    """Per-case metrics and their summary, with everything needed to reproduce the numbers.
+
+    Attributes:
+        standard: ``"synthrad2023"`` or ``"synthrad2025"``.
+        metadata: :func:`medcyclegan.metrics.metric_metadata` (data range, clip range, definitions,
+            units) plus ``std_ddof``, ``grid`` and the package version.
+        cases: one :class:`CaseResult` per case, sorted by case name.
+        summary: metric -> ``{"mean", "std", "median", "n"}`` over the cases whose value is not NaN;
+            ``std`` is the population standard deviation (ddof 0).
+    """
+
+    standard: str
+    metadata: dict[str, Any]
+    cases: list[CaseResult]
+    summary: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.summary:
+            self.summary = summarise(self.cases, metric_names(self.standard))
+
+    @property
+    def metric_names(self) -> tuple[str, ...]:
+        return metric_names(self.standard)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain Python structure (floats may be ``nan`` or ``inf``; :meth:`to_json` makes them null)."""
+        return {
+            "standard": self.standard,
+            "metadata": self.metadata,
+            "cases": [asdict(case) for case in self.cases],
+            "summary": self.summary,
+        }
+
+    def to_json(self) -> str:
+        """Strict JSON (indent 2). Non-finite values (NaN; ``inf`` PSNR of identical volumes) become null."""
+        return json.dumps(_finite_or_none(self.to_dict()), indent=2, allow_nan=False) + "\n"
+
+    def to_csv(self) -> str:
+        """One row per case: case, pred, ref, mask_source, the metrics, then standard, data range, clip range.
+
+        Values are written with full precision (``repr``); NaN and infinity as ``nan`` / ``inf``.
+        """
+        low, high = self.metadata["clip_range_hu"]
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(
+            [
+                "case",
+                "pred",
+                "ref",
+                "mask_source",
+                *self.metric_names,
+                "standard",
+                "data_range",
+                "clip_min_hu",
+                "clip_max_hu",
+            ]
+        )
+        for case in self.cases:
+            values = [repr(float(case.metrics[name])) for name in self.metric_names]
+            ranges = [repr(float(self.metadata["data_range"])), repr(float(low)), repr(float(high))]
+            writer.writerow(
+                [case.case, case.pred, case.ref, case.mask_source, *values, self.standard, *ranges]
+            )
+        return buffer.getvalue()
+
+    def write(self, json_path: str | Path, *, overwrite: bool = False) -> tuple[Path, Path]:
+        """Writes the JSON report and the CSV beside it (same stem, ``.csv``), each atomically.
+
+        Both targets are checked before anything is written, so a refusal leaves no partial report.
+
+        Args:
+            json_path: path of the JSON report, e.g. ``results/eval.json`` (CSV: ``results/eval.csv``).
+            overwrite: replace existing files.
+
+        Returns:
+            ``(json_path, csv_path)``.
+
+        Raises:
+            OutputError: a target exists (without ``overwrite``), the folder is unwritable, or the JSON
+                path itself ends in ``.csv``.
+        """
+        from medcyclegan.io.atomic import atomic_write_text, check_can_write
+
+        json_path = Path(json_path)
+        csv_path = json_path.with_suffix(".csv")
+        if csv_path == json_path:
+            raise OutputError(
+                "the JSON report path must not end in .csv (the CSV is written beside it)", json_path
+            )
+        check_can_write(json_path, overwrite)
+        check_can_write(csv_path, overwrite)
+        atomic_write_text(json_path, self.to_json())
+        atomic_write_text(csv_path, self.to_csv())
+        return json_path, csv_path
+
+    def to_rich_table(self) -> Table:
+        """Cases as rows, metrics as columns (units in headers), then mean / std / median rows.
+
+        All text goes in as :class:`rich.text.Text`, so brackets in headers (``[HU]``) and case names are
+        shown as written instead of being read as rich markup.
+        """
+        from rich.table import Table
+        from rich.text import Text
+
+        low, high = self.metadata["clip_range_hu"]
+        sources = {case.mask_source for case in self.cases}
+        if sources == {BODY_MASK_METHOD}:
+            mask_note = f"mask {BODY_MASK_METHOD}"
+        elif all(source.startswith("file: ") for source in sources):
+            mask_note = "masks from files"
+        else:
+            mask_note = "masks from files and computed from references"
+        title = f"{self.standard}: data range {self.metadata['data_range']:g} HU, clip [{low:g}, {high:g}] HU"
+        caption_lines = [mask_note, f"{len(self.cases)} case(s); std with ddof 0"]
+        table = Table(
+            title=Text(title),
+            caption=Text("\n".join(caption_lines)),
+            # Wide enough for the title and caption to stay on one line each (the console still caps it).
+            min_width=max(len(line) for line in [title, *caption_lines]) + 2,
+        )
+        table.add_column(Text("Case"))
+        for name in self.metric_names:
+            table.add_column(Text(COLUMN_HEADERS[name]), justify="right")
+        for case in self.cases:
+            table.add_row(
+                Text(case.case), *(_display(name, case.metrics[name]) for name in self.metric_names)
+            )
+        table.add_section()
+        for statistic in SUMMARY_STATISTICS:
+            table.add_row(
+                statistic,
+                *(_display(name, self.summary[name][statistic]) for name in self.metric_names),
+                style="bold",
+            )
+        return table
+
+
+def summarise(cases: list[CaseResult], names: tuple[str, ...]) -> dict[str, dict[str, float]]:
+    """Mean, population std (ddof 0), median and count of each metric over the cases, NaN values left out.
+
+    ``inf`` (PSNR of identical volumes) is kept, so it shows in the mean rather than being hidden.
+    """
+    summary: dict[str, dict[str, float]] = {}
+    for name in names:
+        values = np.array([case.metrics[name] for case in cases], dtype=np.float64)
+        values = values[~np.isnan(values)]
+        if values.size == 0:
+            summary[name] = {"mean": math.nan, "std": math.nan, "median": math.nan, "n": 0}
+            continue
+        with np.errstate(invalid="ignore"):  # std of values containing inf is nan, on purpose
+            summary[name] = {
+                "mean": float(np.mean(values)),
+                "std": float(np.std(values)),
+                "median": float(np.median(values)),
+                "n": int(values.size),
+            }
+    return summary
+
+
+def evaluate(
+    pred: str | Path,
+    ref: str | Path,
+    mask: str | Path | None = None,
+    *,
+    standard: str = "synthrad2023",
+) -> EvaluationReport:
+    """Scores predicted volumes against references with a SynthRAD standard.
+
+    Args:
+        pred: a predicted (synthetic CT, HU) volume file, or a folder of them.
+        ref: the reference CT file, or a folder of them; folders are paired by case name
+            (:func:`medcyclegan.io.discovery.case_name`).
+        mask: body mask file, or folder of masks named like the references, or ``None`` to compute the
+            mask from each reference (:func:`medcyclegan.metrics.synthrad_body_mask`).
+        standard: ``"synthrad2023"`` (MAE, PSNR, SSIM) or ``"synthrad2025"`` (MAE, PSNR, MS-SSIM).
+
+    Returns:
+        The report; nothing is written (see :meth:`EvaluationReport.write`).
+
+    Raises:
+        ConfigError: unknown ``standard``.
+        InputError: a path is missing or unreadable, folders hold unmatched or duplicate cases, a
+            prediction's voxel grid (shape or affine) differs from its reference's, a mask is missing,
+            on another grid or empty.
+    """
+    metadata = metric_metadata(standard)  # validates ``standard`` before any file is read
+    from medcyclegan import __version__
+
+    metadata.update(
+        {
+            "std_ddof": 0,
+            "grid": "native voxel grid of each reference, in its file voxel order (no resampling)",
+            "medcyclegan_version": __version__,
+        }
+    )
+    pairs = _pair_inputs(Path(pred), Path(ref), None if mask is None else Path(mask))
+    cases = [_evaluate_case(*pair, standard=standard) for pair in pairs]
+    return EvaluationReport(standard=standard, metadata=metadata, cases=cases)
+
+
+# --------------------------------------------------------------------------- pairing
+def _pair_inputs(pred: Path, ref: Path, mask: Path | None) -> list[tuple[str, Path, Path, Path | None]]:
+    """(case, pred, ref, mask or None) for every case, sorted by case name.
+
+    A path is one volume if it is a file or a DICOM series folder (``FOLDER::SERIES_UID`` included);
+    any other folder holds cases, found recursively and paired by case name.
+    """
+    from medcyclegan.io.discovery import case_name, is_volume_path, split_series
+
+    for path in (pred, ref, mask):
+        if path is not None and not split_series(path)[0].exists():
+            raise InputError("does not exist", path)
+
+    def is_single(path: Path) -> bool:
+        return path.is_file() or is_volume_path(path)
+
+    if is_single(pred) != is_single(ref):
+        folder, single = (ref, pred) if is_single(pred) else (pred, ref)
+        raise InputError(f"is a folder of cases but {single} is a single volume: give two of a kind", folder)
+
+    if is_single(pred):
+        case = case_name(ref)
+        if mask is not None and not is_single(mask):
+            return [(case, pred, ref, _index(mask).get(case) or _missing_mask(mask, [case]))]
+        return [(case, pred, ref, mask)]
+
+    preds, refs = _index(pred), _index(ref)
+    only_pred = sorted(set(preds) - set(refs))
+    only_ref = sorted(set(refs) - set(preds))
+    if only_pred or only_ref:
+        parts = []
+        if only_pred:
+            parts.append(f"only in {pred}: {', '.join(only_pred)}")
+        if only_ref:
+            parts.append(f"only in {ref}: {', '.join(only_ref)}")
+        raise InputError(f"{len(only_pred) + len(only_ref)} unmatched case(s); " + "; ".join(parts), pred)
+    names = sorted(refs)
+    if mask is None:
+        return [(name, preds[name], refs[name], None) for name in names]
+    if is_single(mask):
+        raise InputError(
+            "is a single mask file but the inputs are folders: give a folder of masks named like the cases",
+            mask,
+        )
+    masks = _index(mask)
+    missing = [name for name in names if name not in masks]
+    if missing:
+        _missing_mask(mask, missing)
+    return [(name, preds[name], refs[name], masks[name]) for name in names]
+
+
+def _index(folder: Path) -> dict[str, Path]:
+    """Case name -> volume path for the volumes in ``folder``; duplicate names are an error."""
+    from medcyclegan.io.discovery import case_name, find_volumes
+
+    paths = find_volumes(folder)  # raises InputError when the folder holds no volume
+    index: dict[str, Path] = {}
+    for path in paths:
+        name = case_name(path)
+        if name in index:
+            raise InputError(f"case {name!r} appears twice: {index[name]} and {path}", folder)
+        index[name] = Path(path)
+    return index
+
+
+def _missing_mask(folder: Path, cases: list[str]) -> NoReturn:
+    raise InputError(f"no mask for case(s): {', '.join(cases)}", folder)
+
+
+# --------------------------------------------------------------------------- one case
+def _check_same_grid(pred: Volume, ref: Volume, pred_path: Path, ref_path: Path) -> None:
+    """Shape and world position of every voxel must agree (compared in RAS voxel order)."""
+    if pred.shape != ref.shape:
+        raise InputError(
+            f"voxel grid differs from {ref_path}: shape {pred.shape} vs {ref.shape} (RAS order)", pred_path
+        )
+    difference = float(np.abs(pred.affine - ref.affine).max())
+    if difference > GRID_TOLERANCE_MM:
+        raise InputError(
+            f"voxel grid differs from {ref_path}: affines differ by up to {difference:.4g} mm "
+            "(resample the prediction onto the reference grid first)",
+            pred_path,
+        )
+
+
+def _evaluate_case(
+    case: str, pred_path: Path, ref_path: Path, mask_path: Path | None, standard: str
+) -> CaseResult:
+    from medcyclegan.io.readers import read_mask, read_volume
+
+    ref = read_volume(ref_path)
+    pred = read_volume(pred_path)
+    _check_same_grid(pred, ref, pred_path, ref_path)
+    if mask_path is None:
+        mask_ras = synthrad_body_mask(ref.array)
+        if not mask_ras.any():
+            raise InputError("computed body mask is empty (constant volume?); give a mask", ref_path)
+        mask_source = BODY_MASK_METHOD
+    else:
+        mask_ras = np.asarray(read_mask(mask_path, like=ref.geometry), dtype=bool)
+        if mask_ras.shape != ref.shape:
+            raise InputError(f"mask shape {mask_ras.shape} differs from {ref_path} {ref.shape}", mask_path)
+        if not mask_ras.any():
+            raise InputError("mask is empty", mask_path)
+        mask_source = f"file: {mask_path}"
+    # Back to the reference's file voxel order: the numbers are those of the file's own array (the only
+    # order-sensitive step is MS-SSIM's odd-side padding, which then falls where the file puts it).
+    to_file = ref.geometry.array_from_ras
+    metrics = compute_metrics(standard, to_file(pred.array), to_file(ref.array), to_file(mask_ras))
+    for name, value in metrics.items():
+        if math.isnan(value):
+            logger.warning("%s: %s is undefined (NaN) for case %s", pred_path, name, case)
+    logger.info("%s: %s", case, ", ".join(f"{name} {value:.4g}" for name, value in metrics.items()))
+    return CaseResult(
+        case=case, pred=str(pred_path), ref=str(ref_path), mask_source=mask_source, metrics=metrics
+    )
+
+
+# --------------------------------------------------------------------------- formatting
+def _display(name: str, value: float) -> str:
+    if isinstance(value, int):
+        return str(value)
+    if not math.isfinite(value):
+        return str(value)
+    return DISPLAY_FORMATS[name].format(value)
+
+
+def _finite_or_none(value: Any) -> Any:
+    """Recursively replaces non-finite floats by None (JSON has no NaN or Infinity)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _finite_or_none(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_none(item) for item in value]
+    return value

@@ -1,0 +1,168 @@
+"""Finding volumes on disk: file types by extension, DICOM series folders, case names.
+
+A volume is a NIfTI file (``.nii.gz``, ``.nii``), an ITK file (``.nrrd``, ``.nhdr``, ``.mha``, ``.mhd``)
+or a folder holding one DICOM series. Extensions are matched case-insensitively.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from medcyclegan.errors import InputError
+
+logger = logging.getLogger("medcyclegan")
+
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
+ITK_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd")
+# Longest first, so that ``.nii.gz`` wins over a plain ``.gz`` match.
+VOLUME_SUFFIXES = NIFTI_SUFFIXES + ITK_SUFFIXES
+# Data files of detached headers (.mhd -> .raw/.zraw, .nhdr -> .raw/.raw.gz): not volumes by themselves.
+DETACHED_DATA_SUFFIXES = (".raw", ".zraw", ".raw.gz")
+DETACHED_HEADER_SUFFIXES = (".nhdr", ".mhd")
+DICOM_SUFFIX = ".dcm"
+# Separator between a DICOM folder and a series UID, as in ``FOLDER::SERIES_UID``.
+SERIES_SEPARATOR = "::"
+
+_DICOM_MAGIC_OFFSET = 128
+_DICOM_MAGIC = b"DICM"
+_WARNING_EXAMPLES = 3
+
+
+def volume_suffix(path: str | Path) -> str | None:
+    """The volume extension of ``path`` in lower case (``".nii.gz"``, ``".nrrd"``...), or ``None``."""
+    name = Path(path).name.lower()
+    for suffix in VOLUME_SUFFIXES:
+        if name.endswith(suffix) and len(name) > len(suffix):
+            return suffix
+    return None
+
+
+def is_dicom_file(path: str | Path) -> bool:
+    """True for a ``.dcm`` file or a file with the ``DICM`` magic at byte 128 (DICOM Part 10)."""
+    path = Path(path)
+    if path.name.lower().endswith(DICOM_SUFFIX):
+        return True
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(_DICOM_MAGIC_OFFSET)
+            return handle.read(len(_DICOM_MAGIC)) == _DICOM_MAGIC
+    except OSError:
+        return False
+
+
+def is_dicom_folder(path: str | Path) -> bool:
+    """True if ``path`` is a folder holding at least one DICOM file directly (not in subfolders)."""
+    path = Path(path)
+    if not path.is_dir():
+        return False
+    try:
+        entries = sorted(path.iterdir())
+    except OSError:
+        return False
+    return any(
+        not entry.name.startswith(".") and entry.is_file() and is_dicom_file(entry) for entry in entries
+    )
+
+
+def split_series(path: str | Path) -> tuple[Path, str | None]:
+    """Splits ``FOLDER::SERIES_UID`` into the folder and the UID; other paths give ``(path, None)``.
+
+    A path that exists as written is never split, so a file whose name contains ``::`` still works.
+    """
+    text = str(path)
+    if SERIES_SEPARATOR not in text or Path(text).exists():
+        return Path(text), None
+    folder, _, uid = text.rpartition(SERIES_SEPARATOR)
+    return Path(folder), uid.strip()
+
+
+def is_volume_path(path: str | Path) -> bool:
+    """True if ``path`` is a volume file (by extension) or a DICOM series folder (``FOLDER::UID`` too)."""
+    folder, uid = split_series(path)
+    if uid is not None:
+        return is_dicom_folder(folder)
+    path = Path(path)
+    if path.is_dir():
+        return is_dicom_folder(path)
+    return volume_suffix(path) is not None
+
+
+def case_name(path: str | Path) -> str:
+    """The case identifier of a volume: its file name without the volume extension.
+
+    ``case_001.nii.gz`` -> ``case_001``; a DICOM folder gives the folder's name; ``FOLDER::UID`` gives
+    ``FOLDER_UID`` so that two series of one folder get different names.
+    """
+    folder, uid = split_series(path)
+    if uid is not None:
+        return f"{folder.name}_{uid}"
+    path = Path(path)
+    suffix = volume_suffix(path)
+    if suffix is None or path.is_dir():
+        return path.name
+    return path.name[: -len(suffix)]
+
+
+def find_volumes(folder: str | Path) -> list[Path]:
+    """All volumes under ``folder`` (recursive), sorted by path.
+
+    Hidden files and folders (name starting with ``.``) are skipped, including the temporary files of
+    interrupted atomic writes. A folder holding DICOM files counts as one volume (the folder itself);
+    its subfolders are still searched. Other files are ignored, with one warning that counts them.
+
+    Args:
+        folder: a folder to search, or a single volume file (returned as ``[folder]``).
+
+    Returns:
+        Volume paths: files, and folders for DICOM series.
+
+    Raises:
+        InputError: ``folder`` does not exist, is a file that is not a volume, or holds no volume.
+    """
+    folder, uid = split_series(folder)
+    if uid is not None:
+        if not is_dicom_folder(folder):
+            raise InputError("is not a folder holding DICOM files", folder)
+        return [Path(f"{folder}{SERIES_SEPARATOR}{uid}")]
+    if not folder.exists():
+        raise InputError("not found", folder)
+    if folder.is_file():
+        if volume_suffix(folder) is None:
+            raise InputError(f"is not a volume file (expected one of {', '.join(VOLUME_SUFFIXES)})", folder)
+        return [folder]
+
+    volumes: list[Path] = []
+    ignored: list[Path] = []
+    for root, dirs, files in os.walk(folder):
+        # Pruning in place stops os.walk from descending into hidden folders.
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        root_path = Path(root)
+        names = sorted(f for f in files if not f.startswith("."))
+        lower_names = [name.lower() for name in names]
+        has_detached_header = any(name.endswith(DETACHED_HEADER_SUFFIXES) for name in lower_names)
+        dicom_here = False
+        for name, lower in zip(names, lower_names):
+            path = root_path / name
+            if volume_suffix(path) is not None:
+                volumes.append(path)
+            elif has_detached_header and lower.endswith(DETACHED_DATA_SUFFIXES):
+                continue
+            elif is_dicom_file(path):
+                dicom_here = True
+            else:
+                ignored.append(path)
+        if dicom_here:
+            volumes.append(root_path)
+
+    if ignored:
+        examples = ", ".join(str(p.relative_to(folder)) for p in ignored[:_WARNING_EXAMPLES])
+        more = ", ..." if len(ignored) > _WARNING_EXAMPLES else ""
+        logger.warning("%s: ignored %d non-image file(s): %s%s", folder, len(ignored), examples, more)
+    if not volumes:
+        raise InputError(
+            f"no volumes found (looked for {', '.join(VOLUME_SUFFIXES)} files and DICOM series folders)",
+            folder,
+        )
+    return sorted(volumes, key=lambda p: str(p))

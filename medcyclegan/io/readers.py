@@ -1,0 +1,578 @@
+"""Reading volumes (NIfTI, NRRD/MHA/MHD, DICOM series) into a :class:`Volume` in RAS voxel order.
+
+NIfTI goes through MONAI's ``NibabelReader``; NRRD, MHA/MHD and DICOM through SimpleITK, which is
+imported only when needed (GPU machines may lack it). Values keep their natural dtype (int16 CT stays
+int16; NIfTI ``scl_slope``/``scl_inter`` and DICOM rescale slope/intercept are applied, so DICOM CT is
+in HU). Every problem with an input becomes one :class:`InputError` line naming the file.
+"""
+
+from __future__ import annotations
+
+import gzip
+import logging
+import math
+import re
+import zlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medcyclegan.errors import InputError
+from medcyclegan.io.discovery import (
+    DICOM_SUFFIX,
+    ITK_SUFFIXES,
+    NIFTI_SUFFIXES,
+    SERIES_SEPARATOR,
+    VOLUME_SUFFIXES,
+    split_series,
+    volume_suffix,
+)
+from medcyclegan.io.volume import LPS_TO_RAS, Geometry, Volume
+
+logger = logging.getLogger("medcyclegan")
+
+# Deflate cannot compress better than about 1032:1, so a gzip file of N bytes holds at most ~1032*N
+# bytes. A header promising more is corrupted: refuse it before allocating the array.
+_MAX_DEFLATE_RATIO = 1032
+_SIZE_SLACK_BYTES = 1 << 20
+_NIFTI1_HEADER_BYTES = 348
+_NIFTI2_HEADER_BYTES = 540
+_MAX_MESSAGE_CHARS = 200
+_GZIP_CHUNK_BYTES = 1 << 22
+# Slices whose spacing differs from the median by more than this fraction mean missing/duplicate slices.
+_SLICE_SPACING_TOLERANCE = 0.01
+_SLICE_SPACING_ABS_TOLERANCE_MM = 0.01
+_MASK_AFFINE_TOLERANCE_MM = 1e-3
+
+
+def check_finite(array: np.ndarray, path: str | Path) -> None:
+    """Raises :class:`InputError` if ``array`` holds NaN or infinite values, saying how many.
+
+    Args:
+        array: voxel values (any dtype; integer arrays are always finite).
+        path: the file the values came from, named in the message.
+    """
+    if not np.issubdtype(array.dtype, np.floating):
+        return
+    if np.isfinite(array).all():
+        return
+    n_nan = int(np.count_nonzero(np.isnan(array)))
+    n_inf = int(np.count_nonzero(np.isinf(array)))
+    parts = []
+    if n_nan:
+        parts.append(f"{n_nan} NaN")
+    if n_inf:
+        parts.append(f"{n_inf} infinite")
+    raise InputError(f"has {' and '.join(parts)} voxel(s) of {array.size}; fix or remove them first", path)
+
+
+def is_constant(array: np.ndarray) -> bool:
+    """True if every voxel has the same value (or the array is empty): nothing to learn from it."""
+    if array.size == 0:
+        return True
+    return bool(np.min(array) == np.max(array))
+
+
+def read_volume(path: str | Path, *, series_uid: str | None = None) -> Volume:
+    """Reads a 3D volume with its exact geometry; the array is returned in RAS voxel order.
+
+    Args:
+        path: a ``.nii.gz``/``.nii``/``.nrrd``/``.nhdr``/``.mha``/``.mhd`` file, a folder holding one
+            DICOM series, or ``FOLDER::SERIES_UID`` to choose one series of a folder holding several.
+        series_uid: the DICOM Series Instance UID to read from a folder holding several series.
+
+    Returns:
+        The volume: values in their natural dtype (HU for DICOM CT), axes (R, A, S).
+
+    Raises:
+        InputError: missing, empty, unreadable, corrupted or truncated file; unknown extension; 2D or
+            4D data; non-scalar voxels; NaN or infinite voxels; ambiguous or unknown DICOM series.
+    """
+    folder, uid_from_path = split_series(path)
+    if uid_from_path is not None:
+        if series_uid is not None and series_uid != uid_from_path:
+            raise InputError(f"series UID given twice ({uid_from_path} and {series_uid})", folder)
+        if not uid_from_path:
+            raise InputError(f"no series UID after '{SERIES_SEPARATOR}'", folder)
+        path, series_uid = folder, uid_from_path
+    path = Path(path)
+    if not path.exists():
+        raise InputError("not found", path)
+    if path.is_dir():
+        volume = _read_dicom_series(path, series_uid)
+    else:
+        if series_uid is not None:
+            raise InputError("a series UID only applies to a DICOM folder, and this is a file", path)
+        volume = _read_file(path)
+    check_finite(volume.array, path)
+    return volume
+
+
+def read_mask(path: str | Path, like: Geometry) -> np.ndarray:
+    """Reads a mask (non-zero = inside) that must lie on the same grid as the volume ``like``.
+
+    The grids are compared in RAS voxel order, so a mask stored with other axis flips still matches.
+
+    Args:
+        path: the mask file (any format :func:`read_volume` reads).
+        like: geometry of the volume the mask belongs to.
+
+    Returns:
+        Boolean array in RAS voxel order, shape ``like.ras_shape``.
+
+    Raises:
+        InputError: unreadable mask, or its shape or affine (beyond 1e-3 mm) differs from ``like``.
+    """
+    mask = read_volume(path)
+    geometry = mask.geometry
+    if geometry.ras_shape != like.ras_shape:
+        raise InputError(
+            f"mask shape {_shape_text(geometry.ras_shape)} (RAS) differs from the image's "
+            f"{_shape_text(like.ras_shape)}; the mask must be on the image's grid",
+            path,
+        )
+    if not np.allclose(geometry.ras_affine, like.ras_affine, atol=_MASK_AFFINE_TOLERANCE_MM, rtol=0):
+        difference = float(np.abs(geometry.ras_affine - like.ras_affine).max())
+        raise InputError(
+            f"mask affine differs from the image's by up to {difference:.4g} mm; "
+            "the mask must be on the image's grid (same spacing, origin and direction)",
+            path,
+        )
+    values = mask.array
+    inside = values != 0
+    if np.count_nonzero(inside & (values != 1)):
+        logger.warning("%s: mask has values other than 0 and 1; every non-zero voxel counts as inside", path)
+    return inside
+
+
+def _shape_text(shape: tuple[int, ...]) -> str:
+    return "x".join(str(s) for s in shape)
+
+
+def _read_file(path: Path) -> Volume:
+    try:
+        size = path.stat().st_size
+        with open(path, "rb"):
+            pass
+    except OSError as exc:
+        raise InputError(f"cannot be opened ({exc.strerror or exc})", path) from None
+    if size == 0:
+        raise InputError("is empty (0 bytes)", path)
+    suffix = volume_suffix(path)
+    if suffix in NIFTI_SUFFIXES:
+        return _read_nifti(path, suffix, size)
+    if suffix in ITK_SUFFIXES:
+        return _read_itk(path, suffix, size)
+    if path.name.lower().endswith(DICOM_SUFFIX):
+        raise InputError("is a single DICOM file; give the folder holding the whole series", path)
+    raise InputError(
+        f"unknown file type; expected one of {', '.join(VOLUME_SUFFIXES)} or a DICOM series folder", path
+    )
+
+
+def _spatial_shape(shape: tuple[int, ...], path: Path) -> tuple[int, int, int]:
+    """Validates a file's array shape: 3D, or 4D+ with singleton trailing axes (squeezed)."""
+    shape = tuple(int(s) for s in shape)
+    if len(shape) < 3:
+        raise InputError(f"is {len(shape)}D (shape {_shape_text(shape)}); give a 3D volume", path)
+    extra = shape[3:]
+    if any(s != 1 for s in extra):
+        if len(extra) == 1:
+            raise InputError(
+                f"is 4D (a series of {extra[0]} volumes, shape {_shape_text(shape)}); give one 3D volume",
+                path,
+            )
+        raise InputError(f"is {len(shape)}D (shape {_shape_text(shape)}); give one 3D volume", path)
+    if any(s <= 0 for s in shape[:3]):
+        raise InputError(f"has an empty axis (shape {_shape_text(shape)})", path)
+    return shape[:3]  # type: ignore[return-value]
+
+
+def _check_voxel_type(dtype: np.dtype, path: Path) -> None:
+    if dtype.fields is not None or not (
+        np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating) or dtype == np.bool_
+    ):
+        raise InputError(f"has unsupported voxel type {dtype} (RGB or complex?); give a scalar volume", path)
+
+
+def _check_size(voxel_bytes: int, offset: int, file_bytes: int, compressed: bool, path: Path) -> None:
+    """Refuses a header promising more voxel data than the file can hold (before allocating it)."""
+    capacity = file_bytes * _MAX_DEFLATE_RATIO + _SIZE_SLACK_BYTES if compressed else file_bytes
+    if offset + voxel_bytes > capacity:
+        where = "" if offset == 0 else f" after a {offset}-byte header"
+        raise InputError(
+            f"is truncated or its header is corrupted: it promises {voxel_bytes} bytes of voxels{where}, "
+            f"more than this {file_bytes}-byte file can hold",
+            path,
+        )
+
+
+def _one_line(text: str, path: Path | None = None) -> str:
+    """A library message on one short line, without the file name (the error prefix names it)."""
+    if path is not None:
+        text = text.replace(str(path), "the file").replace(path.name, "the file")
+    text = " ".join(text.split())
+    if len(text) > _MAX_MESSAGE_CHARS:
+        text = text[: _MAX_MESSAGE_CHARS - 3] + "..."
+    return text
+
+
+# ---------------------------------------------------------------------------------------------- NIfTI
+
+
+def _read_nifti(path: Path, suffix: str, size: int) -> Volume:
+    import nibabel as nib
+
+    try:
+        # nib.load reads only the header here; the voxels are read below through MONAI.
+        header_image = nib.load(str(path), mmap=False)
+    except Exception as exc:
+        raise _nifti_error(exc, path, suffix) from None
+    if not isinstance(header_image, (nib.Nifti1Image, nib.Nifti2Image)):
+        raise InputError(f"is not a NIfTI file (nibabel reads it as {type(header_image).__name__})", path)
+    header = header_image.header
+    try:
+        file_shape = tuple(int(s) for s in header.get_data_shape())
+        raw_dtype = np.dtype(header.get_data_dtype())
+        # The proxy's offset is the one nibabel reads from (the loaded header may show vox_offset 0).
+        offset = int(header_image.dataobj.offset)
+        # Snapshot before MONAI's loader, which may rewrite an sform that disagrees with pixdim.
+        affine = np.array(header_image.affine, dtype=np.float64)
+        qform_code = int(header["qform_code"])
+        sform_code = int(header["sform_code"])
+        header_bytes = header.binaryblock
+    except Exception as exc:
+        raise InputError(f"has an invalid NIfTI header ({_one_line(str(exc), path)})", path) from None
+    shape = _spatial_shape(file_shape, path)
+    _check_voxel_type(raw_dtype, path)
+    if not np.isfinite(affine).all() or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
+        raise InputError("has an invalid affine (non-finite or singular voxel-to-world matrix)", path)
+    _check_size(math.prod(file_shape) * raw_dtype.itemsize, offset, size, suffix == ".nii.gz", path)
+
+    if suffix == ".nii.gz":
+        # nibabel stops reading at the end of the voxels and so never checks the gzip CRC: corrupted
+        # data could decode silently into wrong values. One streaming pass checks it.
+        problem = _probe_gzip(path)
+        if problem is not None:
+            raise InputError(problem, path)
+    data = _load_nifti_voxels(path, suffix)
+    data = data.reshape(shape)
+    geometry = Geometry(
+        affine=affine,
+        shape=shape,
+        dtype=data.dtype.name,
+        source_format="nifti",
+        source_path=str(path),
+        qform_code=qform_code,
+        sform_code=sform_code,
+        nifti_header=bytes(header_bytes),
+    )
+    return Volume(geometry.array_to_ras(data), geometry)
+
+
+def _load_nifti_voxels(path: Path, suffix: str) -> np.ndarray:
+    from monai.data import NibabelReader
+
+    # mmap=False: a memory map would keep the input open (and read-only) for the array's lifetime.
+    reader = NibabelReader(mmap=False)
+    try:
+        image = reader.read(str(path))
+        data, _ = reader.get_data(image)
+        data = np.asarray(data)
+    except Exception as exc:
+        raise _nifti_error(exc, path, suffix) from None
+    _check_voxel_type(data.dtype, path)
+    if not data.dtype.isnative:
+        data = data.astype(data.dtype.newbyteorder("="))
+    return data
+
+
+def _nifti_error(exc: Exception, path: Path, suffix: str) -> InputError:
+    """Turns a nibabel/gzip failure into one line saying what is wrong with the file."""
+    if isinstance(exc, MemoryError):
+        return InputError("is too large to load into memory", path)
+    gzip_problem = _gzip_problem(exc)
+    if gzip_problem is None and suffix == ".nii.gz":
+        gzip_problem = _probe_gzip(path)
+    if gzip_problem is not None:
+        return InputError(gzip_problem, path)
+    message = str(exc)
+    match = re.search(r"Expected (\d+) bytes, got (\d+) bytes", message)
+    if match:
+        return InputError(
+            f"is truncated: expected {match.group(1)} bytes of voxel data, found {match.group(2)}", path
+        )
+    if "Cannot work out file type" in message:
+        return InputError(_not_nifti_reason(path, suffix), path)
+    return InputError(f"cannot be read as NIfTI ({type(exc).__name__}: {_one_line(message, path)})", path)
+
+
+def _gzip_problem(exc: BaseException) -> str | None:
+    if isinstance(exc, EOFError):
+        return "is truncated (gzip stream ended early)"
+    if isinstance(exc, gzip.BadGzipFile):
+        if "CRC" in str(exc) or "length" in str(exc):
+            return "is corrupted (its gzip checksum does not match the data)"
+        return "is not a valid gzip file (a .nii.gz must be gzip-compressed NIfTI)"
+    if isinstance(exc, zlib.error):
+        return f"is corrupted (gzip data error: {_one_line(str(exc))})"
+    return None
+
+
+def _probe_gzip(path: Path) -> str | None:
+    """Decompresses the whole file (discarding the output) and checks its CRC; the problem, if any."""
+    try:
+        with gzip.open(path, "rb") as handle:
+            while handle.read(_GZIP_CHUNK_BYTES):
+                pass
+    except (OSError, EOFError, zlib.error) as exc:
+        return _gzip_problem(exc) or f"is corrupted ({_one_line(str(exc), path)})"
+    return None
+
+
+def _not_nifti_reason(path: Path, suffix: str) -> str:
+    opener = gzip.open if suffix == ".nii.gz" else open
+    try:
+        with opener(path, "rb") as handle:
+            start = handle.read(_NIFTI1_HEADER_BYTES)
+    except (OSError, EOFError, zlib.error):
+        start = b""
+    if len(start) < _NIFTI1_HEADER_BYTES:
+        return f"is too short to be NIfTI ({len(start)} bytes; a NIfTI header alone is 348 bytes)"
+    sizes = {int.from_bytes(start[:4], "little"), int.from_bytes(start[:4], "big")}
+    if not sizes & {_NIFTI1_HEADER_BYTES, _NIFTI2_HEADER_BYTES}:
+        looks_text = all(32 <= b < 127 or b in b"\t\r\n" for b in start[:64])
+        kind = "it looks like a text file" if looks_text else "no NIfTI header found"
+        return f"is not a NIfTI file ({kind})"
+    return "has an invalid NIfTI header"
+
+
+# ------------------------------------------------------------------------------------------------ ITK
+
+
+def _itk_message(exc: BaseException, path: Path | None = None) -> str:
+    """The useful part of a SimpleITK/ITK exception (last line, without source locations)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    text = lines[-1] if lines else type(exc).__name__
+    if "Unable to determine ImageIO reader" in text:
+        return "its content is not in a format ITK recognises"
+    text = re.sub(r"^.*?(sitk|itk)::ERROR:\s*", "", text)
+    text = re.sub(r"^\w+\(0x[0-9a-fA-F]+\):\s*", "", text)
+    text = re.sub(r"^\[\w+\]\s*\w+:\s*", "", text)
+    return _one_line(text, path)
+
+
+def _itk_dtype(pixel_id: int) -> np.dtype:
+    import SimpleITK as sitk
+
+    # A one-voxel image of that pixel type tells numpy's dtype without a hand-written table.
+    return sitk.GetArrayViewFromImage(sitk.Image([1, 1, 1], pixel_id)).dtype
+
+
+def _read_itk(path: Path, suffix: str, size: int) -> Volume:
+    import SimpleITK as sitk
+
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as exc:
+        raise InputError(f"cannot be read ({_itk_message(exc, path)})", path) from None
+    file_shape = tuple(int(s) for s in reader.GetSize())
+    if reader.GetNumberOfComponents() != 1:
+        raise InputError(
+            f"has {reader.GetNumberOfComponents()} values per voxel (vector or RGB); give a scalar volume",
+            path,
+        )
+    _spatial_shape(file_shape, path)
+    try:
+        dtype = _itk_dtype(reader.GetPixelID())
+    except RuntimeError as exc:
+        raise InputError(f"has an unsupported pixel type ({_itk_message(exc, path)})", path) from None
+    _check_voxel_type(dtype, path)
+    if suffix not in (".nhdr", ".mhd"):
+        # Attached data: the voxels (raw or gzip-compressed) must fit in this very file.
+        _check_size(math.prod(file_shape) * dtype.itemsize, 0, size, True, path)
+    try:
+        image = reader.Execute()
+    except RuntimeError as exc:
+        raise InputError(f"cannot be read ({_itk_message(exc, path)})", path) from None
+    except MemoryError:
+        raise InputError("is too large to load into memory", path) from None
+    return _itk_volume(image, path, "itk")
+
+
+def _itk_volume(image: Any, path: Path, source_format: str, extra: dict[str, str] | None = None) -> Volume:
+    """An ITK image (LPS world, z-y-x array) as a Volume (RAS world, x-y-z file order -> RAS order)."""
+    import SimpleITK as sitk
+
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise InputError(
+            f"has {image.GetNumberOfComponentsPerPixel()} values per voxel (vector or RGB); give a scalar volume",
+            path,
+        )
+    file_shape = tuple(int(s) for s in image.GetSize())
+    shape = _spatial_shape(file_shape, path)
+    ndim = image.GetDimension()
+    spacing = np.array(image.GetSpacing(), dtype=np.float64)[:3]
+    origin = np.array(image.GetOrigin(), dtype=np.float64)[:3]
+    direction = np.array(image.GetDirection(), dtype=np.float64).reshape(ndim, ndim)[:3, :3]
+    affine_lps = np.eye(4)
+    affine_lps[:3, :3] = direction * spacing  # column j = direction of axis j times its spacing
+    affine_lps[:3, 3] = origin
+    affine = LPS_TO_RAS @ affine_lps
+    if not np.isfinite(affine).all() or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
+        raise InputError("has an invalid geometry (non-finite or singular spacing/direction)", path)
+
+    array = sitk.GetArrayFromImage(image)  # axes reversed: (t,) z, y, x
+    array = array.reshape(array.shape[-3:]).transpose(2, 1, 0)
+    _check_voxel_type(array.dtype, path)
+    if source_format == "dicom":
+        array = _narrow_integers(array)
+    geometry = Geometry(
+        affine=affine,
+        shape=shape,
+        dtype=array.dtype.name,
+        source_format=source_format,
+        source_path=str(path),
+        qform_code=1,
+        sform_code=1,
+        itk_spacing=tuple(float(v) for v in spacing),  # type: ignore[arg-type]
+        itk_origin=tuple(float(v) for v in origin),  # type: ignore[arg-type]
+        itk_direction=tuple(float(v) for v in direction.ravel()),
+        extra=dict(extra or {}),
+    )
+    return Volume(geometry.array_to_ras(array), geometry)
+
+
+def _narrow_integers(array: np.ndarray) -> np.ndarray:
+    """int32 -> int16 when lossless: GDCM widens 16-bit DICOM to int32 whenever it applies a rescale."""
+    if array.dtype == np.int32 and array.size:
+        info = np.iinfo(np.int16)
+        if info.min <= array.min() and array.max() <= info.max:
+            return array.astype(np.int16)
+    return array
+
+
+# ---------------------------------------------------------------------------------------------- DICOM
+
+
+def _dicom_tag(reader: Any, key: str, default: str = "") -> str:
+    try:
+        return reader.GetMetaData(key).strip() if reader.HasMetaDataKey(key) else default
+    except RuntimeError:
+        return default
+
+
+def _series_summary(folder: Path, uid: str) -> str:
+    import SimpleITK as sitk
+
+    files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid)
+    description = ""
+    if files:
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(files[0])
+        try:
+            reader.ReadImageInformation()
+            description = _dicom_tag(reader, "0008|103e")
+        except RuntimeError:
+            pass
+    described = f"'{description}'" if description else "no description"
+    return f"{uid} ({described}, {len(files)} slices)"
+
+
+def _read_dicom_series(folder: Path, series_uid: str | None) -> Volume:
+    import SimpleITK as sitk
+
+    try:
+        uids = list(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))
+    except RuntimeError as exc:
+        raise InputError(f"cannot be scanned for DICOM ({_itk_message(exc, folder)})", folder) from None
+    if not uids:
+        raise InputError(
+            "is a folder without a DICOM series; give a volume file or a folder of DICOM slices", folder
+        )
+    if series_uid is None:
+        if len(uids) > 1:
+            listing = "; ".join(_series_summary(folder, uid) for uid in uids)
+            raise InputError(
+                f"holds {len(uids)} DICOM series, choose one with FOLDER{SERIES_SEPARATOR}SERIES_UID "
+                f"(series_uid=...): {listing}",
+                folder,
+            )
+        series_uid = uids[0]
+    elif series_uid not in uids:
+        listing = "; ".join(_series_summary(folder, uid) for uid in uids)
+        raise InputError(f"has no DICOM series {series_uid}; it holds: {listing}", folder)
+
+    files = list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series_uid))
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(files)
+    reader.MetaDataDictionaryArrayUpdateOn()
+    try:
+        image = reader.Execute()
+    except RuntimeError as exc:
+        raise InputError(
+            f"DICOM series {series_uid} cannot be read ({_itk_message(exc, folder)})", folder
+        ) from None
+    except MemoryError:
+        raise InputError(f"DICOM series {series_uid} is too large to load into memory", folder) from None
+    if image.GetDimension() == 2 or (len(files) == 1 and image.GetSize()[2:3] == (1,)):
+        raise InputError(f"DICOM series {series_uid} is a single 2D slice; give a 3D series", folder)
+    if len(files) > 1:
+        _check_slice_positions(reader, len(files), folder, series_uid)
+    extra = {
+        "series_uid": series_uid,
+        "series_description": _slice_tag(reader, "0008|103e"),
+        "modality": _slice_tag(reader, "0008|0060"),
+    }
+    return _itk_volume(image, folder, "dicom", extra)
+
+
+def _slice_tag(series_reader: Any, key: str, index: int = 0) -> str:
+    try:
+        if series_reader.HasMetaDataKey(index, key):
+            return series_reader.GetMetaData(index, key).strip()
+    except RuntimeError:
+        pass
+    return ""
+
+
+def _slice_vector(series_reader: Any, index: int, key: str, length: int) -> np.ndarray | None:
+    text = _slice_tag(series_reader, key, index)
+    try:
+        values = np.array([float(v) for v in text.split("\\")], dtype=np.float64)
+    except ValueError:
+        return None
+    return values if values.shape == (length,) else None
+
+
+def _check_slice_positions(series_reader: Any, n_slices: int, folder: Path, series_uid: str) -> None:
+    """Refuses series with missing or duplicated slices (uneven steps along the slice normal)."""
+    orientation = _slice_vector(series_reader, 0, "0020|0037", 6)
+    positions = [_slice_vector(series_reader, i, "0020|0032", 3) for i in range(n_slices)]
+    if orientation is None or any(p is None for p in positions):
+        logger.warning(
+            "%s: DICOM series %s lacks slice positions; slice spacing unchecked", folder, series_uid
+        )
+        return
+    normal = np.cross(orientation[:3], orientation[3:])
+    distances = np.array([float(np.dot(normal, p)) for p in positions])  # type: ignore[arg-type]
+    steps = np.diff(distances)
+    median = float(np.median(steps))
+    tolerance = max(_SLICE_SPACING_ABS_TOLERANCE_MM, _SLICE_SPACING_TOLERANCE * abs(median))
+    if abs(median) < _SLICE_SPACING_ABS_TOLERANCE_MM or np.abs(steps - median).max() > tolerance:
+        raise InputError(
+            f"DICOM series {series_uid} has unevenly spaced slices (steps {np.abs(steps).min():.4g} to "
+            f"{np.abs(steps).max():.4g} mm along the slice normal): missing or duplicated slices?",
+            folder,
+        )
+    offsets = np.diff(np.array(positions), axis=0)
+    in_plane = offsets - np.outer(offsets @ normal, normal)
+    if np.abs(in_plane).max() > tolerance:
+        logger.warning(
+            "%s: DICOM series %s has tilted slices (gantry tilt); the geometry ignores the tilt",
+            folder,
+            series_uid,
+        )

@@ -1,0 +1,258 @@
+"""Loss functions of CycleGAN training: adversarial, L1 (plain and masked), outline, attention.
+
+All losses return 0-d float32 tensors and compute in float32 even inside a bf16 autocast region
+(the inputs are cast up and autocast is switched off for the reduction), so that small differences
+are not lost to bf16's 8-bit mantissa. Images are in the normalised range [-1, 1] where air is -1.
+
+Masks are (N, 1, H, W) body masks (bool or float in {0, 1}; soft masks act as weights) of the slice
+the image shows; they broadcast over the image's channels.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import torch.nn.functional as F
+from monai.losses import PatchAdversarialLoss
+
+from medcyclegan.errors import ConfigError
+
+GAN_MODES = ("lsgan", "vanilla", "hinge")
+
+
+def _no_autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    """Switches autocast off for ``device`` so that reductions run in float32."""
+    if device.type in ("cuda", "cpu"):
+        return torch.autocast(device_type=device.type, enabled=False)
+    return contextlib.nullcontext()
+
+
+# ------------------------------------------------------------------ adversarial
+class AdversarialLoss:
+    """GAN objectives on discriminator logits (PatchGAN maps or any shape).
+
+    Modes:
+        - ``"lsgan"`` (reference CycleGAN): least squares, ``D: 0.5 * (mean((real - 1)^2) + mean(fake^2))``,
+          ``G: mean((fake - 1)^2)``; through MONAI's ``PatchAdversarialLoss(criterion="least_squares",
+          no_activation_leastsq=True)`` (without that flag MONAI applies a LeakyReLU to the logits first).
+        - ``"vanilla"``: binary cross-entropy with logits (the original GAN),
+          ``D: 0.5 * (BCE(real, 1) + BCE(fake, 0))``, ``G: BCE(fake, 1)`` (non-saturating).
+        - ``"hinge"``: ``D: 0.5 * (mean(relu(1 - real)) + mean(relu(1 + fake)))``, ``G: -mean(fake)``.
+
+    The discriminator loss is halved in every mode, as the reference does, so that D learns at half
+    the rate of G.
+
+    Args:
+        mode: ``"lsgan"``, ``"vanilla"`` or ``"hinge"``.
+
+    Raises:
+        ConfigError: for an unknown mode.
+    """
+
+    def __init__(self, mode: str = "lsgan") -> None:
+        if mode not in GAN_MODES:
+            raise ConfigError(f"gan mode must be one of {', '.join(GAN_MODES)}; got {mode!r}")
+        self.mode = mode
+        self._least_squares = PatchAdversarialLoss(criterion="least_squares", no_activation_leastsq=True)
+
+    def __repr__(self) -> str:
+        return f"AdversarialLoss(mode={self.mode!r})"
+
+    def generator_loss(self, fake_logits: torch.Tensor) -> torch.Tensor:
+        """Loss of the generator: the discriminator should call its outputs real.
+
+        Args:
+            fake_logits: discriminator logits on generated images.
+
+        Returns:
+            0-d float32 tensor.
+        """
+        with _no_autocast(fake_logits.device):
+            fake = fake_logits.float()
+            if self.mode == "lsgan":
+                return self._least_squares(fake, target_is_real=True, for_discriminator=False)
+            if self.mode == "vanilla":
+                return F.binary_cross_entropy_with_logits(fake, torch.ones_like(fake))
+            return -fake.mean()
+
+    def discriminator_loss(self, real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
+        """Loss of the discriminator, already multiplied by 0.5.
+
+        Args:
+            real_logits: discriminator logits on real images.
+            fake_logits: discriminator logits on generated (pooled, detached) images.
+
+        Returns:
+            0-d float32 tensor.
+        """
+        with _no_autocast(real_logits.device):
+            real = real_logits.float()
+            fake = fake_logits.float()
+            if self.mode == "lsgan":
+                loss_real = self._least_squares(real, target_is_real=True, for_discriminator=True)
+                loss_fake = self._least_squares(fake, target_is_real=False, for_discriminator=True)
+            elif self.mode == "vanilla":
+                loss_real = F.binary_cross_entropy_with_logits(real, torch.ones_like(real))
+                loss_fake = F.binary_cross_entropy_with_logits(fake, torch.zeros_like(fake))
+            else:
+                loss_real = F.relu(1.0 - real).mean()
+                loss_fake = F.relu(1.0 + fake).mean()
+            return 0.5 * (loss_real + loss_fake)
+
+
+# ------------------------------------------------------------------ reconstruction
+def l1_loss(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Mean absolute difference over every element, in float32 (the reference cycle/identity loss)."""
+    with _no_autocast(a.device):
+        return F.l1_loss(a.float(), b.float())
+
+
+def _check_mask(image: torch.Tensor, mask: torch.Tensor, what: str) -> torch.Tensor:
+    """Validates that ``mask`` broadcasts onto ``image`` and returns it as float32."""
+    if image.ndim != 4:
+        raise ValueError(f"{what}: expected (N, C, H, W) images; got shape {tuple(image.shape)}")
+    if mask.ndim != 4 or mask.shape[0] != image.shape[0] or mask.shape[2:] != image.shape[2:]:
+        raise ValueError(
+            f"{what}: mask of shape {tuple(mask.shape)} does not match images of shape {tuple(image.shape)}; "
+            "expected (N, 1, H, W)"
+        )
+    if mask.shape[1] not in (1, image.shape[1]):
+        raise ValueError(f"{what}: mask must have 1 or {image.shape[1]} channels; got {mask.shape[1]}")
+    return mask.detach().float()
+
+
+def _weighted_mean(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """``sum(w * v) / sum(w)`` with ``w`` broadcast onto ``values``; 0 (not NaN) when all weights are 0."""
+    weights = weights.expand_as(values)
+    total = weights.sum()
+    # With all weights 0 the numerator is exactly 0 too, so dividing by the smallest positive float
+    # gives 0 and a zero gradient; with any positive weight the clamp does nothing.
+    return (weights * values).sum() / total.clamp_min(torch.finfo(total.dtype).tiny)
+
+
+def masked_l1(
+    pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, background_weight: float = 0.0
+) -> torch.Tensor:
+    """Masked mean absolute error ``sum(w * |pred - target|) / sum(w)``, ``w = mask + bw * (1 - mask)``.
+
+    A true masked mean: every voxel inside the body counts once and background voxels count
+    ``background_weight`` times, whatever the share of the slice the body covers (MONAI's
+    ``MaskedLoss`` instead divides by all voxels, so small bodies get small losses).
+
+    Args:
+        pred: (N, C, H, W) prediction.
+        target: (N, C, H, W) target.
+        mask: (N, 1, H, W) body mask (or (N, C, H, W)); broadcast over channels.
+        background_weight: weight of voxels outside the mask, >= 0 (0 ignores the background).
+
+    Returns:
+        0-d float32 tensor; 0 when every weight is 0 (empty mask and ``background_weight`` 0).
+
+    Raises:
+        ValueError: for mismatched shapes or a negative ``background_weight``.
+    """
+    if pred.shape != target.shape:
+        raise ValueError(
+            f"masked_l1: pred {tuple(pred.shape)} and target {tuple(target.shape)} differ in shape"
+        )
+    if not background_weight >= 0:
+        raise ValueError(f"masked_l1: background_weight must be >= 0; got {background_weight!r}")
+    weights = _check_mask(pred, mask, "masked_l1")
+    with _no_autocast(pred.device):
+        weights = weights + background_weight * (1.0 - weights)
+        return _weighted_mean((pred.float() - target.float()).abs(), weights)
+
+
+# ------------------------------------------------------------------ anatomy preservation
+def _erode(mask: torch.Tensor, radius: int) -> torch.Tensor:
+    """Erosion by a (2r+1)^2 square, per channel: a pixel stays if its whole neighbourhood is inside.
+
+    Pixels beyond the image border count as inside the mask, so a body cut by the field of view is
+    not eroded along the cut (that edge is not a body outline).
+    """
+    # min-filter = -maxpool(-x); max_pool2d's implicit padding is -inf, i.e. "inside" after negation.
+    return -F.max_pool2d(-mask, kernel_size=2 * radius + 1, stride=1, padding=radius)
+
+
+def outline_loss(
+    output: torch.Tensor,
+    input_mask: torch.Tensor,
+    *,
+    air_value: float = -1.0,
+    tissue_threshold: float = -0.8,
+    band: int = 2,
+) -> torch.Tensor:
+    """Background and body-outline preservation: the translation keeps the input's body shape.
+
+    The sum of two masked means (each 0 when its region is empty):
+
+    (a) background: ``mean |output - air_value|`` over the pixels outside ``input_mask``, so that
+        nothing appears where the input had air (the outline may not grow);
+    (b) outline: ``mean relu(tissue_threshold - output)`` over the band of ``band`` pixels just
+        inside the mask's boundary (the mask minus its erosion by a (2 band + 1)^2 square), so that
+        output values below the tissue threshold there, i.e. a vanishing or shrinking outline, cost.
+
+    It is exactly 0 for an output that is ``air_value`` outside the mask and at least
+    ``tissue_threshold`` on the edge band. The interior of the body is left free (that is the
+    translation's job).
+
+    Args:
+        output: (N, C, H, W) generated image, normalised so that air is ``air_value``.
+        input_mask: (N, 1, H, W) body mask of the generator's input slice. With a 1-channel mask and
+            a 2.5D output of C channels, only the centre channel (the slice the mask belongs to) is
+            compared: neighbouring slices legitimately have other outlines. A C-channel mask is
+            compared channel by channel.
+        air_value: normalised value of air (-1 for the [-1, 1] CT and MR maps).
+        tissue_threshold: normalised value below which a pixel counts as air in the outline band
+            (-0.8 is about -620 HU with the default CT window of [-1024, 3000] HU).
+        band: width of the outline band in pixels, >= 0 (0 switches term (b) off).
+
+    Returns:
+        0-d float32 tensor.
+
+    Raises:
+        ValueError: for mismatched shapes or a negative ``band``.
+    """
+    if isinstance(band, bool) or not isinstance(band, int) or band < 0:
+        raise ValueError(f"outline_loss: band must be an integer >= 0 pixels; got {band!r}")
+    mask = _check_mask(output, input_mask, "outline_loss")
+    if mask.shape[1] == 1 and output.shape[1] > 1:
+        centre = output.shape[1] // 2
+        output = output[:, centre : centre + 1]
+    with _no_autocast(output.device):
+        out = output.float()
+        background = _weighted_mean((out - air_value).abs(), 1.0 - mask)
+        if band == 0:
+            return background
+        edge = mask - _erode(mask, band)
+        return background + _weighted_mean(F.relu(tissue_threshold - out), edge)
+
+
+def attention_regulariser(attention: torch.Tensor) -> torch.Tensor:
+    """Sparsity plus smoothness of an attention mask m (N, 1, H, W) in [0, 1].
+
+    ``mean(m) + TV(m)``, with ``TV(m) = mean |m[y+1, x] - m[y, x]| + mean |m[y, x+1] - m[y, x]|``
+    (anisotropic total variation, mean absolute difference of vertical and horizontal neighbours).
+    The sparsity term pushes m towards 0, i.e. towards keeping the input where the translation has
+    nothing to change, so the generator opens the mask only where it must; the TV term penalises
+    speckled masks and favours compact regions with clean edges. Both terms lie in [0, 1] (TV in
+    [0, 2]); weight them together with ``loss.lambda_attention``.
+
+    Args:
+        attention: (N, 1, H, W) attention mask.
+
+    Returns:
+        0-d float32 tensor.
+    """
+    if attention.ndim != 4:
+        raise ValueError(f"attention_regulariser: expected (N, 1, H, W); got shape {tuple(attention.shape)}")
+    with _no_autocast(attention.device):
+        m = attention.float()
+        sparsity = m.mean()
+        total_variation = torch.zeros((), device=m.device)
+        if m.shape[-2] > 1:
+            total_variation = total_variation + (m[..., 1:, :] - m[..., :-1, :]).abs().mean()
+        if m.shape[-1] > 1:
+            total_variation = total_variation + (m[..., :, 1:] - m[..., :, :-1]).abs().mean()
+        return sparsity + total_variation

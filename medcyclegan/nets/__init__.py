@@ -1,0 +1,92 @@
+"""The CycleGAN networks: ResNet generators (plain and attention) and the 70x70 PatchGAN.
+
+Build them from a :class:`~medcyclegan.config.ModelConfig`::
+
+    generator = build_generator(cfg.model, in_channels=1, out_channels=1)
+    discriminator = build_discriminator_from_config(cfg.model, in_channels=1)
+
+Both come initialised as the reference does (normal(0, ``cfg.model.init_gain``)).
+
+The discriminator module (and with it MONAI, about 1.4 s to import) is loaded only when first used,
+so that conversion, which needs only a generator, starts faster.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from torch import nn
+
+from medcyclegan.errors import ConfigError
+from medcyclegan.nets.generator import AttentionResnetGenerator, ResnetGenerator
+from medcyclegan.nets.init import init_weights
+
+if TYPE_CHECKING:
+    from medcyclegan.config import ModelConfig
+    from medcyclegan.nets.discriminator import PatchGAN, build_discriminator
+
+__all__ = [
+    "AttentionResnetGenerator",
+    "PatchGAN",
+    "ResnetGenerator",
+    "build_discriminator",
+    "build_discriminator_from_config",
+    "build_generator",
+    "count_parameters",
+    "init_weights",
+]
+
+_GENERATORS: dict[str, type[ResnetGenerator]] = {
+    "resnet": ResnetGenerator,
+    "resnet-attention": AttentionResnetGenerator,
+}
+
+
+def build_generator(model_cfg: ModelConfig, in_channels: int, out_channels: int) -> ResnetGenerator:
+    """The generator named by ``model_cfg.generator``, initialised with ``model_cfg.init_gain``.
+
+    Args:
+        model_cfg: model section of the run config (generator, ngf, n_blocks, upsample, init_gain).
+        in_channels: input channels (2k+1 with k context slices).
+        out_channels: output channels.
+
+    Returns:
+        A :class:`ResnetGenerator` or :class:`AttentionResnetGenerator` (which also has
+        ``forward_with_attention``); both have ``stride_multiple`` (4).
+
+    Raises:
+        ConfigError: for an unknown generator or invalid sizes.
+    """
+    cls = _GENERATORS.get(model_cfg.generator)
+    if cls is None:
+        raise ConfigError(
+            f"model.generator must be one of {', '.join(_GENERATORS)}; got {model_cfg.generator!r}"
+        )
+    generator = cls(
+        in_channels, out_channels, ngf=model_cfg.ngf, n_blocks=model_cfg.n_blocks, upsample=model_cfg.upsample
+    )
+    init_weights(generator, gain=model_cfg.init_gain)
+    return generator
+
+
+def build_discriminator_from_config(model_cfg: ModelConfig, in_channels: int) -> nn.Module:
+    """The PatchGAN of ``model_cfg`` (ndf, n_layers_d), initialised with ``model_cfg.init_gain``."""
+    from medcyclegan.nets.discriminator import build_discriminator
+
+    return build_discriminator(
+        in_channels, ndf=model_cfg.ndf, n_layers=model_cfg.n_layers_d, init_gain=model_cfg.init_gain
+    )
+
+
+def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
+    """Number of parameters (scalars) of ``module``; with ``trainable_only``, those with ``requires_grad``."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy re-export of the discriminator names (PEP 562), see the module docstring.
+    if name in ("PatchGAN", "build_discriminator"):
+        from medcyclegan.nets import discriminator
+
+        return getattr(discriminator, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

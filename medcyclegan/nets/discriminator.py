@@ -1,0 +1,123 @@
+"""The 70x70 PatchGAN discriminator of CycleGAN, built from MONAI's ``PatchDiscriminator``.
+
+Reference layout (Zhu et al. 2017, ``n_layers=3``): ``C64-C128-C256-C512`` then a 4x4 convolution to
+one channel. Every ``Ck`` is a 4x4 convolution, InstanceNorm (none on C64) and LeakyReLU 0.2; all
+are stride 2 except C512 and the final convolution (stride 1), all use padding 1. A 256x256 input
+gives 30x30 logits, each seeing a 70x70 pixel patch.
+
+MONAI's ``PatchDiscriminator(spatial_dims=2, channels=ndf, num_layers_d=n_layers, kernel_size=4,
+norm="INSTANCE", bias=True)`` is exactly this network for ``n_layers <= 3``: its initial
+convolution is C64 (stride 2, biased, no norm), its ``num_layers_d`` layers double the channels with
+stride 2 except the last, and its final convolution is 4x4 with padding 1. ``bias=True`` matters: the
+reference keeps convolution biases with InstanceNorm (MONAI's default ``bias=False`` drops the 896
+biases of C128-C512: 2,761,793 parameters instead of the reference's 2,762,689 for 1 input channel).
+
+One difference, corrected here: for ``n_layers > 3`` the reference caps the width at ``8 * ndf`` (512),
+while MONAI keeps doubling (1024, 2048, ...; 11,160,513 parameters at 4 layers instead of the
+reference's 6,957,505). :class:`PatchGAN` then rebuilds the layers past the cap, and the final
+convolution, with MONAI's own ``Convolution`` block at the reference width; the module layout and
+state-dict keys stay MONAI's. For ``n_layers <= 3`` (the default, and every shipped configuration)
+nothing is rebuilt.
+
+MONAI returns the list of every layer's output; :class:`PatchGAN` returns only the logits
+(the last element), which is what the adversarial losses take.
+"""
+
+from __future__ import annotations
+
+import torch
+from monai.networks.blocks import Convolution
+from monai.networks.nets import PatchDiscriminator
+from torch import nn
+
+from medcyclegan.errors import ConfigError
+from medcyclegan.nets.init import init_weights
+
+_LEAKY_RELU = ("LEAKYRELU", {"negative_slope": 0.2})
+# MONAI's layer i has ndf * 2**(i + 1) channels: layers 0-2 (C128, C256, C512) stay within 8 * ndf.
+_UNCAPPED_LAYERS = 3
+
+
+class PatchGAN(nn.Module):
+    """PatchGAN discriminator returning raw logits (N, 1, h, w) (no sigmoid).
+
+    Args:
+        in_channels: image channels (1, or 2k+1 for 2.5D inputs).
+        ndf: filters of the first layer (C64 at ndf 64).
+        n_layers: strided layers after the first (3 gives the 70x70 PatchGAN).
+
+    Raises:
+        ConfigError: if a size is not a positive integer.
+    """
+
+    def __init__(self, in_channels: int, ndf: int = 64, n_layers: int = 3) -> None:
+        super().__init__()
+        for name, value in (("in_channels", in_channels), ("ndf", ndf), ("n_layers", n_layers)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"discriminator {name} must be an integer >= 1; got {value!r}")
+        self.model = PatchDiscriminator(
+            spatial_dims=2,
+            channels=ndf,
+            in_channels=in_channels,
+            out_channels=1,
+            num_layers_d=n_layers,
+            kernel_size=4,
+            activation=_LEAKY_RELU,
+            norm="INSTANCE",
+            bias=True,
+            padding=1,
+            # None instead of 0.0 builds no Dropout(p=0) layers at all (ADN skips them): same network,
+            # fewer no-op kernels per step.
+            dropout=None,  # type: ignore[arg-type]
+        )
+        if n_layers > _UNCAPPED_LAYERS:
+            self._cap_width(ndf, n_layers)
+
+    def _cap_width(self, ndf: int, n_layers: int) -> None:
+        """Rebuilds the layers that MONAI makes wider than the reference's ``8 * ndf`` cap."""
+        cap = 8 * ndf
+        for index in range(_UNCAPPED_LAYERS, n_layers):
+            # Layer i of MONAI's stack outputs ndf * 2**(i + 1) channels; the reference caps that at 8 * ndf.
+            layer = Convolution(
+                spatial_dims=2,
+                in_channels=cap,
+                out_channels=cap,
+                kernel_size=4,
+                strides=1 if index == n_layers - 1 else 2,
+                padding=1,
+                act=_LEAKY_RELU,
+                norm="INSTANCE",
+                bias=True,
+            )
+            setattr(self.model, str(index), layer)  # same name, same position in the Sequential
+        self.model.final_conv = Convolution(
+            spatial_dims=2,
+            in_channels=cap,
+            out_channels=1,
+            kernel_size=4,
+            strides=1,
+            padding=1,
+            bias=True,
+            conv_only=True,
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits (N, 1, h, w) for images (N, C, H, W); 256x256 gives 30x30 with 3 layers."""
+        return self.model(x)[-1]
+
+
+def build_discriminator(
+    in_channels: int, ndf: int = 64, n_layers: int = 3, init_gain: float = 0.02
+) -> nn.Module:
+    """A PatchGAN (see :class:`PatchGAN`) with the reference normal(0, ``init_gain``) initialisation.
+
+    Args:
+        in_channels: image channels.
+        ndf: filters of the first layer.
+        n_layers: strided layers (3: the 70x70 PatchGAN).
+        init_gain: standard deviation of the weight initialisation.
+
+    Returns:
+        A module mapping (N, C, H, W) images to (N, 1, h, w) logits.
+    """
+    return init_weights(PatchGAN(in_channels, ndf=ndf, n_layers=n_layers), gain=init_gain)

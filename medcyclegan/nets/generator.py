@@ -1,0 +1,241 @@
+"""ResNet generators of CycleGAN (Zhu et al. 2017), plain and with an attention mask.
+
+The network is written in the paper's notation (appendix 7.2), with ``k = ngf``::
+
+    c7s1-k, dk*2, dk*4, Rk*4 x N, uk*2, uk, c7s1-C        (ngf 64: c7s1-64, d128, d256, R256 x 9, ...)
+
+- ``c7s1-k``: 7x7 convolution, stride 1, reflection padding 3, InstanceNorm, ReLU.
+- ``dk``: 3x3 convolution, stride 2 (zero padding 1), InstanceNorm, ReLU.
+- ``Rk``: residual block of two 3x3 convolutions with reflection padding and InstanceNorm.
+- ``uk``: 3x3 fractionally strided convolution, stride 1/2, InstanceNorm, ReLU; or, with
+  ``upsample="resize"``, a nearest 2x upsample followed by a reflection-padded 3x3 convolution
+  (same parameter count, no checkerboard artifacts).
+- the last ``c7s1-C`` has no norm and ends in tanh, so outputs lie in [-1, 1].
+
+InstanceNorm has no affine parameters and the convolutions keep their biases, as in the reference
+implementation; with 1 input and 1 output channel, ngf 64 and 9 blocks this gives 11,365,633
+parameters. The two stride-2 layers mean H and W must be multiples of :attr:`stride_multiple` (4);
+the caller pads (see :mod:`medcyclegan.nets.slicewise`).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from medcyclegan.errors import ConfigError
+
+UPSAMPLE_MODES = ("transpose", "resize")
+
+
+# ------------------------------------------------------------------ layers in the paper's notation
+def c7s1(in_channels: int, out_channels: int, *, norm_act: bool = True) -> nn.Sequential:
+    """``c7s1-k``: reflection pad 3, 7x7 conv stride 1, then InstanceNorm + ReLU (unless not ``norm_act``)."""
+    layers: list[nn.Module] = [
+        nn.ReflectionPad2d(3),
+        nn.Conv2d(in_channels, out_channels, kernel_size=7, bias=True),
+    ]
+    if norm_act:
+        layers += [nn.InstanceNorm2d(out_channels), nn.ReLU(inplace=True)]
+    return nn.Sequential(*layers)
+
+
+def d(in_channels: int, out_channels: int) -> nn.Sequential:
+    """``dk``: 3x3 conv stride 2 (halves H and W), InstanceNorm, ReLU."""
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, kernel_size=3, stride=2, padding=1, bias=True),
+        nn.InstanceNorm2d(out_channels),
+        nn.ReLU(inplace=True),
+    )
+
+
+class R(nn.Module):
+    """``Rk``: residual block, ``x + IN(conv3(pad(ReLU(IN(conv3(pad(x)))))))``, k channels in and out."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.ReflectionPad2d(1),
+            nn.Conv2d(channels, channels, kernel_size=3, bias=True),
+            nn.InstanceNorm2d(channels),
+            nn.ReLU(inplace=True),
+            nn.ReflectionPad2d(1),
+            nn.Conv2d(channels, channels, kernel_size=3, bias=True),
+            nn.InstanceNorm2d(channels),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
+
+
+def u(in_channels: int, out_channels: int, upsample: str = "transpose") -> nn.Sequential:
+    """``uk``: doubles H and W, then InstanceNorm and ReLU.
+
+    Args:
+        in_channels: input channels.
+        out_channels: output channels (k).
+        upsample: ``"transpose"``: 3x3 transposed conv, stride 2, padding 1, output padding 1 (the
+            reference); ``"resize"``: nearest 2x upsample, reflection pad 1, 3x3 conv (same weights
+            shape and count, avoids the checkerboard pattern of uneven kernel overlap; the conv runs
+            at the output resolution, so the whole generator costs about 15% more: 112.0 instead of
+            97.5 GFLOP for a 256x256 slice at ngf 64, 9 blocks).
+    """
+    _check_upsample(upsample)
+    if upsample == "transpose":
+        resample: list[nn.Module] = [
+            nn.ConvTranspose2d(
+                in_channels, out_channels, kernel_size=3, stride=2, padding=1, output_padding=1, bias=True
+            )
+        ]
+    else:
+        resample = [
+            nn.Upsample(scale_factor=2, mode="nearest"),
+            nn.ReflectionPad2d(1),
+            nn.Conv2d(in_channels, out_channels, kernel_size=3, bias=True),
+        ]
+    return nn.Sequential(*resample, nn.InstanceNorm2d(out_channels), nn.ReLU(inplace=True))
+
+
+# ------------------------------------------------------------------ validation
+def _check_upsample(upsample: str) -> None:
+    if upsample not in UPSAMPLE_MODES:
+        raise ConfigError(f"upsample must be one of {', '.join(UPSAMPLE_MODES)}; got {upsample!r}")
+
+
+def _check_sizes(in_channels: int, out_channels: int, ngf: int, n_blocks: int) -> None:
+    for name, value, minimum in (
+        ("in_channels", in_channels, 1),
+        ("out_channels", out_channels, 1),
+        ("ngf", ngf, 1),
+        ("n_blocks", n_blocks, 0),
+    ):
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise ConfigError(f"generator {name} must be an integer >= {minimum}; got {value!r}")
+
+
+# ------------------------------------------------------------------ networks
+class ResnetGenerator(nn.Module):
+    """The reference CycleGAN ResNet generator: ``c7s1-k, d2k, d4k, R4k x N, u2k, uk, c7s1-C``.
+
+    Args:
+        in_channels: input channels (1 for 2D slices, 2k+1 with k context slices each side).
+        out_channels: output channels.
+        ngf: filters of the first layer (k; 64 in the reference).
+        n_blocks: residual blocks (9 for 256 px, 6 for 128 px in the reference).
+        upsample: ``"transpose"`` (reference) or ``"resize"`` (nearest upsample + conv).
+
+    Input and output are (N, C, H, W) tensors in [-1, 1] with H and W multiples of
+    :attr:`stride_multiple`; the output has the input's H and W.
+
+    Raises:
+        ConfigError: for an unknown ``upsample`` or non-positive sizes.
+    """
+
+    stride_multiple = 4
+    """H and W of an input must be multiples of this (two stride-2 layers); the caller pads."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        ngf: int = 64,
+        n_blocks: int = 9,
+        upsample: str = "transpose",
+    ) -> None:
+        super().__init__()
+        _check_sizes(in_channels, out_channels, ngf, n_blocks)
+        _check_upsample(upsample)
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.upsample = upsample
+        k = ngf
+        self.encoder = nn.Sequential(c7s1(in_channels, k), d(k, 2 * k), d(2 * k, 4 * k))
+        self.blocks = nn.Sequential(*(R(4 * k) for _ in range(n_blocks)))
+        self.decoder = nn.Sequential(u(4 * k, 2 * k, upsample), u(2 * k, k, upsample))
+        self.head = c7s1(k, self._head_channels(out_channels), norm_act=False)
+
+    def _head_channels(self, out_channels: int) -> int:
+        """Channels predicted by the final c7s1 layer (subclasses add attention channels)."""
+        return out_channels
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        if x.ndim != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(
+                f"generator expects (N, {self.in_channels}, H, W) input; got shape {tuple(x.shape)}"
+            )
+        if x.shape[-2] % self.stride_multiple or x.shape[-1] % self.stride_multiple:
+            raise ValueError(
+                f"generator input H and W must be multiples of {self.stride_multiple}; "
+                f"got {x.shape[-2]}x{x.shape[-1]} (pad the slices first)"
+            )
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Pre-activation output of the final c7s1 layer, (N, head channels, H, W)."""
+        self._check_input(x)
+        return self.head(self.decoder(self.blocks(self.encoder(x))))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Translated image in [-1, 1], same shape as ``x`` when in and out channels agree."""
+        return torch.tanh(self.features(x))
+
+
+def combine_with_attention(
+    content: torch.Tensor, attention: torch.Tensor, source: torch.Tensor
+) -> torch.Tensor:
+    """Attention blend ``m * content + (1 - m) * source``.
+
+    Args:
+        content: generated content (N, C, H, W), in [-1, 1].
+        attention: mask m (N, 1, H, W) in [0, 1]; 1 takes the generated content, 0 keeps the input.
+        source: the generator's input (N, C, H, W).
+    """
+    return attention * content + (1.0 - attention) * source
+
+
+class AttentionResnetGenerator(ResnetGenerator):
+    """ResNet generator with an attention mask (the Mask / attention-guided CycleGAN variant).
+
+    The same trunk as :class:`ResnetGenerator`; its final ``c7s1`` layer predicts ``out_channels``
+    content channels (tanh) plus one attention channel m (sigmoid), and the output is
+    ``m * content + (1 - m) * input``: where m is 0 the input passes through unchanged (background,
+    regions the translation should not touch).
+
+    Args:
+        in_channels: input channels; must equal ``out_channels`` for the blend.
+        out_channels: output channels.
+        ngf: filters of the first layer.
+        n_blocks: residual blocks.
+        upsample: ``"transpose"`` or ``"resize"``.
+
+    Raises:
+        ConfigError: if ``in_channels != out_channels`` or an option is invalid.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        ngf: int = 64,
+        n_blocks: int = 9,
+        upsample: str = "transpose",
+    ) -> None:
+        if in_channels != out_channels:
+            raise ConfigError(
+                "the attention generator blends its output with its input, so in_channels must equal "
+                f"out_channels; got {in_channels} and {out_channels}"
+            )
+        super().__init__(in_channels, out_channels, ngf=ngf, n_blocks=n_blocks, upsample=upsample)
+
+    def _head_channels(self, out_channels: int) -> int:
+        # The last head channel is the attention logit.
+        return out_channels + 1
+
+    def forward_with_attention(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Output (N, C, H, W) in [-1, 1] and attention mask m (N, 1, H, W) in [0, 1]."""
+        head = self.features(x)
+        content = torch.tanh(head[:, : self.out_channels])
+        attention = torch.sigmoid(head[:, self.out_channels :])
+        return combine_with_attention(content, attention, x), attention
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_with_attention(x)[0]

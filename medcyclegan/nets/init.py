@@ -1,0 +1,54 @@
+"""Weight initialisation of the reference CycleGAN (``init_type="normal"``, gain 0.02).
+
+Convolution, transposed convolution and linear weights are drawn from normal(0, gain) and their
+biases set to 0; normalisation layers that have affine parameters get weights from normal(1, gain)
+and biases 0. Normalisation layers without affine parameters (the InstanceNorm of the reference)
+have nothing to initialise.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from medcyclegan.errors import ConfigError
+
+# Every convolution flavour (1D/2D/3D, plain and transposed) derives from _ConvNd; the norm layers
+# with running statistics (BatchNorm*, InstanceNorm*) from _NormBase.
+_WEIGHT_LAYERS = (nn.modules.conv._ConvNd, nn.Linear)
+_NORM_LAYERS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
+
+
+@torch.no_grad()
+def init_weights(
+    module: nn.Module, gain: float = 0.02, generator: torch.Generator | None = None
+) -> nn.Module:
+    """Initialises every layer of ``module`` in place, as the reference CycleGAN does.
+
+    Args:
+        module: network whose sub-layers are initialised (the module itself included).
+        gain: standard deviation of the normal distributions (weights of convolutions ~ N(0, gain),
+            affine norm weights ~ N(1, gain)).
+        generator: random generator to draw from; ``None`` uses torch's global generator.
+
+    Returns:
+        ``module``, for chaining.
+
+    Raises:
+        ConfigError: if ``gain`` is not a positive number.
+    """
+    if not gain > 0:
+        raise ConfigError(f"init gain must be > 0; got {gain!r}")
+    for layer in module.modules():
+        if isinstance(layer, _WEIGHT_LAYERS):
+            nn.init.normal_(layer.weight, 0.0, gain, generator=generator)
+            if layer.bias is not None:
+                nn.init.zeros_(layer.bias)
+        elif isinstance(layer, _NORM_LAYERS):
+            weight = getattr(layer, "weight", None)
+            bias = getattr(layer, "bias", None)
+            if weight is not None:
+                nn.init.normal_(weight, 1.0, gain, generator=generator)
+            if bias is not None:
+                nn.init.zeros_(bias)
+    return module

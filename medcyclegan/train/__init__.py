@@ -1,0 +1,3 @@
+"""Training of the CycleGAN: the trainer, checkpoints, the image pool and sample grids."""
+
+from __future__ import annotations

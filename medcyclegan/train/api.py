@@ -1,0 +1,116 @@
+"""``train_from_folders``: the importable form of ``medcyclegan train``.
+
+Resolves folders into volume lists (and body masks paired by case name), records the data sources
+in the run folder so that ``--resume`` needs only the run folder, and runs the :class:`Trainer`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from medcyclegan.config import Config
+from medcyclegan.errors import ConfigError, InputError
+from medcyclegan.io.atomic import atomic_write_text
+from medcyclegan.train.trainer import Trainer, TrainResult
+
+logger = logging.getLogger("medcyclegan")
+
+SOURCES_FILE = "sources.json"
+
+
+def paired_masks(volumes: list[Path], mask_dir: Path | None) -> list[Path] | None:
+    """Mask files for ``volumes``, paired by case name; every volume needs one."""
+    if mask_dir is None:
+        return None
+    from medcyclegan.io.discovery import case_name, find_volumes
+
+    by_case = {case_name(p): p for p in find_volumes(mask_dir)}
+    missing = [case_name(v) for v in volumes if case_name(v) not in by_case]
+    if missing:
+        shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
+        raise InputError(f"no mask for {len(missing)} volume(s): {shown}", mask_dir)
+    return [by_case[case_name(v)] for v in volumes]
+
+
+def _resolve(folder: Path | None) -> list[Path] | None:
+    if folder is None:
+        return None
+    from medcyclegan.io.discovery import find_volumes
+
+    return find_volumes(folder)
+
+
+def train_from_folders(
+    cfg: Config,
+    out: str | Path,
+    *,
+    src: str | Path | None,
+    tgt: str | Path | None,
+    val_src: str | Path | None = None,
+    val_tgt: str | Path | None = None,
+    src_masks: str | Path | None = None,
+    tgt_masks: str | Path | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    show_progress: bool = True,
+) -> TrainResult:
+    """Trains (or resumes) a run in ``out`` from folders of volumes.
+
+    On resume the folders default to those recorded in ``out/sources.json`` and the config comes from
+    the checkpoint (only run-control fields such as ``train.max_steps`` may change).
+    """
+    out = Path(out)
+    checkpoint = out / "checkpoints" / "last.pt"
+    recorded: dict[str, str | None] = {}
+    if resume:
+        if not checkpoint.is_file():
+            raise InputError("no checkpoints/last.pt to resume from", out)
+        sources_file = out / SOURCES_FILE
+        if sources_file.is_file():
+            recorded = json.loads(sources_file.read_text())
+    sources = {
+        "src": src if src is not None else recorded.get("src"),
+        "tgt": tgt if tgt is not None else recorded.get("tgt"),
+        "val_src": val_src if val_src is not None else recorded.get("val_src"),
+        "val_tgt": val_tgt if val_tgt is not None else recorded.get("val_tgt"),
+        "src_masks": src_masks if src_masks is not None else recorded.get("src_masks"),
+        "tgt_masks": tgt_masks if tgt_masks is not None else recorded.get("tgt_masks"),
+    }
+    if sources["src"] is None or sources["tgt"] is None:
+        raise ConfigError("--src and --tgt are required (folders or files of the two domains)")
+    paths = {k: (Path(v) if v is not None else None) for k, v in sources.items()}
+    if (paths["val_src"] is None) != (paths["val_tgt"] is None):
+        raise ConfigError("give both --val-src and --val-tgt, or neither")
+    src_list = _resolve(paths["src"])
+    tgt_list = _resolve(paths["tgt"])
+    assert src_list is not None and tgt_list is not None
+    trainer = Trainer(
+        cfg,
+        out,
+        src_list,
+        tgt_list,
+        val_src_paths=_resolve(paths["val_src"]),
+        val_tgt_paths=_resolve(paths["val_tgt"]),
+        src_mask_paths=paired_masks(src_list, paths["src_masks"]),
+        tgt_mask_paths=paired_masks(tgt_list, paths["tgt_masks"]),
+        resume=checkpoint if resume else None,
+        show_progress=show_progress,
+        overwrite=overwrite,
+    )
+    record = {k: (str(Path(v).resolve()) if v is not None else None) for k, v in sources.items()}
+    atomic_write_text(out / SOURCES_FILE, json.dumps(record, indent=2) + "\n")
+    logger.info(
+        "training %s -> %s on %s: %d + %d volumes, %d + %d slices, %d steps per epoch, %d steps in all",
+        cfg.data.src_modality,
+        cfg.data.tgt_modality,
+        trainer.device,
+        len(trainer.src_volumes),
+        len(trainer.tgt_volumes),
+        len(trainer.src_dataset),
+        len(trainer.tgt_dataset),
+        trainer.steps_per_epoch,
+        trainer.total_steps,
+    )
+    return trainer.fit()

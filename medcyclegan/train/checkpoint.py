@@ -1,0 +1,161 @@
+"""Checkpoints: everything needed to resume exactly, saved atomically, loaded without unpickling code.
+
+A checkpoint is a plain dictionary of tensors, numbers, strings, lists and dicts written with
+``torch.save`` to a temporary file and renamed, and read back with ``torch.load(weights_only=True)``
+so that a malicious or foreign file can never execute code. It holds the four networks, both
+optimisers and schedulers, the AMP scaler state, both image pools, the random generator states, the
+epoch and step counters, the best validation value and the fully resolved config (YAML text).
+"""
+
+from __future__ import annotations
+
+import pickle
+import random
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from medcyclegan import __version__
+from medcyclegan.config import Config, config_from_yaml
+from medcyclegan.errors import CheckpointError, ConfigError
+from medcyclegan.io.atomic import atomic_path
+
+FORMAT = "medcyclegan-checkpoint"
+FORMAT_VERSION = 1
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt")
+
+
+def rng_state() -> dict[str, Any]:
+    """Random generator states of Python, NumPy and torch (CPU and CUDA), as safe-loadable values."""
+    np_state = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": {
+            "kind": np_state[0],
+            "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "cached_gaussian": float(np_state[4]),
+        },
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restores what :func:`rng_state` saved."""
+    python_state = state["python"]
+    random.setstate((python_state[0], tuple(python_state[1]), python_state[2]))
+    np_state = state["numpy"]
+    np.random.set_state(
+        (
+            np_state["kind"],
+            np_state["keys"].numpy().astype(np.uint32),
+            np_state["pos"],
+            np_state["has_gauss"],
+            np_state["cached_gaussian"],
+        )
+    )
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(payload: dict[str, Any], path: str | Path) -> Path:
+    """Writes ``payload`` (plus format markers) atomically: a crash never leaves a partial file."""
+    path = Path(path)
+    data = {"format": FORMAT, "format_version": FORMAT_VERSION, "version": __version__, **payload}
+    with atomic_path(path) as tmp:
+        torch.save(data, tmp)
+    return path
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Loads a checkpoint safely (``weights_only=True``) and checks that it is one of ours.
+
+    Raises:
+        CheckpointError: the file is missing, truncated or corrupted, needs arbitrary unpickling,
+            or is not a medcyclegan checkpoint.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError("checkpoint not found", path)
+    if path.stat().st_size == 0:
+        raise CheckpointError("checkpoint is empty (0 bytes)", path)
+    try:
+        data = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unpickling failed"
+        if "weights_only" in str(exc) or "Unsupported global" in str(exc):
+            raise CheckpointError(
+                "refused: loading it would need arbitrary unpickling (only weights-only checkpoints are loaded)",
+                path,
+            ) from None
+        raise CheckpointError(f"corrupted checkpoint ({first})", path) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"corrupted or truncated checkpoint ({first[:160]})", path) from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise CheckpointError("not a medcyclegan checkpoint (no format marker)", path)
+    if int(data.get("format_version", 0)) > FORMAT_VERSION:
+        raise CheckpointError(
+            f"checkpoint format {data['format_version']} is newer than this medcyclegan ({FORMAT_VERSION}); upgrade",
+            path,
+        )
+    return data
+
+
+def checkpoint_config(data: dict[str, Any], path: str | Path) -> Config:
+    """The resolved run config stored in a checkpoint."""
+    try:
+        return config_from_yaml(data["config_yaml"], source=f"{path} (stored config)")
+    except KeyError:
+        raise CheckpointError("checkpoint has no stored config", path) from None
+    except ConfigError as exc:
+        raise CheckpointError(f"stored config is invalid: {exc}", path) from None
+
+
+def load_state_strict(module: torch.nn.Module, state: dict[str, Any], name: str, path: str | Path) -> None:
+    """``load_state_dict`` that reports an architecture mismatch as one clear line."""
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        text = str(exc)
+        detail = "missing or unexpected layers" if "key(s)" in text else "tensor shapes differ"
+        raise CheckpointError(
+            f"network {name} does not match this model's architecture ({detail}); "
+            "was it trained with another generator, ngf, n_blocks or context_slices?",
+            path,
+        ) from None
+
+
+def find_checkpoint(path: str | Path, prefer: tuple[str, ...] = ("best.pt", "last.pt")) -> Path:
+    """A checkpoint file from a run folder (``best.pt``, else ``last.pt``) or the file itself."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    if path.is_dir():
+        folder = path / "checkpoints" if (path / "checkpoints").is_dir() else path
+        for name in prefer:
+            if (folder / name).is_file():
+                return folder / name
+        raise CheckpointError(f"no checkpoint ({' or '.join(prefer)}) in this run folder", path)
+    raise CheckpointError("no such run folder or checkpoint", path)
+
+
+def newest_run(runs_dir: str | Path = "runs") -> Path:
+    """The most recently modified run folder with a checkpoint under ``runs_dir``."""
+    runs_dir = Path(runs_dir)
+    candidates = [
+        p
+        for p in (runs_dir.iterdir() if runs_dir.is_dir() else [])
+        if p.is_dir() and any((p / "checkpoints" / n).is_file() for n in ("best.pt", "last.pt"))
+    ]
+    if not candidates:
+        raise CheckpointError(f"no trained run found under {runs_dir}/; pass --model RUN_DIR or CHECKPOINT")
+    return max(candidates, key=lambda p: max(f.stat().st_mtime for f in (p / "checkpoints").iterdir()))

@@ -1,0 +1,62 @@
+"""``medcyclegan info``: what a run folder or checkpoint holds, for people and for scripts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from medcyclegan.train.checkpoint import checkpoint_config, find_checkpoint, load_checkpoint
+
+
+def describe(path: str | Path) -> dict[str, Any]:
+    """Summary of a run folder (its ``last.pt``, plus ``best.pt`` if any) or of one checkpoint file.
+
+    Returns:
+        A JSON-ready dict: checkpoint, version, modalities, networks with parameter counts, epoch and
+        step, normalisation, best validation metric, and the list of checkpoints of a run folder.
+    """
+    path = Path(path)
+    ckpt_path = find_checkpoint(path, prefer=("last.pt", "best.pt"))
+    data = load_checkpoint(ckpt_path)
+    cfg = checkpoint_config(data, ckpt_path)
+    info: dict[str, Any] = {
+        "checkpoint": str(ckpt_path),
+        "medcyclegan_version": data.get("version"),
+        "direction": f"{cfg.data.src_modality} -> {cfg.data.tgt_modality}",
+        "epoch": int(data.get("epoch", 0)),
+        "step": int(data.get("step", 0)),
+        "total_epochs": cfg.optim.total_epochs,
+        "max_steps": cfg.train.max_steps,
+        "networks": {
+            "generator": {
+                "type": cfg.model.generator,
+                "ngf": cfg.model.ngf,
+                "n_blocks": cfg.model.n_blocks,
+                "upsample": cfg.model.upsample,
+                "parameters": int(data.get("parameters", {}).get("G_AB", 0)),
+            },
+            "discriminator": {
+                "type": "PatchGAN",
+                "ndf": cfg.model.ndf,
+                "n_layers": cfg.model.n_layers_d,
+                "parameters": int(data.get("parameters", {}).get("D_A", 0)),
+            },
+            "in_channels": cfg.data.in_channels,
+        },
+        "data": {
+            "image_size": cfg.data.image_size,
+            "spacing_mm": cfg.data.spacing,
+            "context_slices": cfg.data.context_slices,
+        },
+        "normalisation": cfg.normalisation,
+        "best": data.get("best"),
+    }
+    folder = ckpt_path.parent
+    if path.is_dir():
+        info["run_dir"] = str(path)
+        info["checkpoints"] = sorted(p.name for p in folder.glob("*.pt"))
+        best = folder / "best.pt"
+        if best.is_file():
+            best_data = load_checkpoint(best)
+            info["best"] = best_data.get("best")
+    return info

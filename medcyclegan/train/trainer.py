@@ -1,0 +1,868 @@
+"""The CycleGAN trainer: the reference training loop, resumable exactly, with validation.
+
+Notation as in Zhu et al. (2017): domain A is the source modality (e.g. MR), B the target (e.g. CT);
+``G_AB`` translates A to B, ``G_BA`` B to A; ``D_A`` judges images of A, ``D_B`` images of B.
+
+One step, in the reference's order:
+    1. fake_B = G_AB(A), rec_A = G_BA(fake_B), fake_A = G_BA(B), rec_B = G_AB(fake_A)
+    2. G update (discriminators frozen): adversarial terms + lambda_cycle * (|rec_A - A| + |rec_B - B|)
+       + lambda_cycle * lambda_identity * (|G_AB(B) - B| + |G_BA(A) - A|) [+ mask / outline terms]
+    3. D update: 0.5 * (loss(D(real)) + loss(D(pool(fake)))) for D_A and D_B.
+
+Exact resume: the batches of an epoch are a pure function of (seed, epoch), augmentation of an item a
+pure function of (seed, epoch, index), the image pools have their own generators, and a checkpoint
+holds networks, optimisers, schedulers, pools, RNG states and counters. A run of n steps stopped
+after k and resumed ends with the same weights as an uninterrupted run of n steps (on CPU).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import logging
+import math
+import signal
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from medcyclegan import __version__
+from medcyclegan.config import Config, config_to_yaml, save_config
+from medcyclegan.errors import CheckpointError, ConfigError, OutputError, TrainingError, TrainingInterrupted
+from medcyclegan.io.atomic import atomic_path, atomic_write_text
+from medcyclegan.train.checkpoint import (
+    checkpoint_config,
+    load_checkpoint,
+    load_state_strict,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+
+logger = logging.getLogger("medcyclegan")
+
+# Fields that may differ when resuming: they change how the run is watched, not what it computes.
+RESUMABLE_OVERRIDES = {
+    "train.max_steps",
+    "train.device",
+    "train.log_every",
+    "train.sample_every",
+    "train.checkpoint_every",
+    "train.save_every_steps",
+    "train.val_every",
+    "data.num_workers",
+    "data.cache_dir",
+}
+
+LOSS_COLUMNS = (
+    "loss_G",
+    "loss_D_A",
+    "loss_D_B",
+    "G_adv_AB",
+    "G_adv_BA",
+    "cycle_A",
+    "cycle_B",
+    "idt_A",
+    "idt_B",
+    "mask_A",
+    "mask_B",
+    "attention",
+)
+
+
+@dataclass
+class TrainResult:
+    """What a finished (or stopped) run leaves behind."""
+
+    run_dir: Path
+    step: int
+    epoch: int
+    last_checkpoint: Path
+    best_checkpoint: Path | None
+    best_value: float | None
+    history: list[dict[str, float]] = field(default_factory=list)
+    val_history: list[dict[str, float]] = field(default_factory=list)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when available; ``cuda`` without a GPU is a clear error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda was requested but no CUDA GPU is available (use auto or cpu)")
+    return torch.device(name)
+
+
+def derived_seed(*parts: int) -> int:
+    """A 63-bit seed from integers (stable across runs and platforms, unlike ``hash``)."""
+    value = 0x9E3779B97F4A7C15
+    for part in parts:
+        value = (value ^ (int(part) & 0xFFFFFFFFFFFFFFFF)) * 0xBF58476D1CE4E5B9 & 0xFFFFFFFFFFFFFFFF
+        value ^= value >> 31
+    return value & 0x7FFFFFFFFFFFFFFF
+
+
+def epoch_batches(
+    n_items: int, batch_size: int, steps: int, seed: int, epoch: int, domain: int
+) -> list[list[int]]:
+    """The batches of one epoch: shuffled indices, cycled as needed, a pure function of its arguments."""
+    generator = torch.Generator().manual_seed(derived_seed(seed, epoch, domain))
+    need = steps * batch_size
+    order: list[int] = []
+    while len(order) < need:
+        order.extend(torch.randperm(n_items, generator=generator).tolist())
+    return [order[i * batch_size : (i + 1) * batch_size] for i in range(steps)]
+
+
+def lr_factor(epoch: int, n_epochs: int, n_epochs_decay: int) -> float:
+    """Reference schedule: constant for ``n_epochs``, then linear decay towards 0 over ``n_epochs_decay``."""
+    return 1.0 - max(0, epoch + 1 - n_epochs) / float(n_epochs_decay + 1)
+
+
+def set_requires_grad(modules: Sequence[torch.nn.Module], flag: bool) -> None:
+    for module in modules:
+        for param in module.parameters():
+            param.requires_grad_(flag)
+
+
+class Trainer:
+    """Trains a CycleGAN between two folders (lists) of volumes and writes a run folder.
+
+    Args:
+        cfg: the resolved configuration (``cfg.normalisation`` is filled here).
+        run_dir: output folder: ``config.yaml``, ``checkpoints/``, ``metrics.csv``,
+            ``val_metrics.csv``, ``tb/`` (TensorBoard) and ``samples/``.
+        src_paths: volumes of domain A (``cfg.data.src_modality``).
+        tgt_paths: volumes of domain B.
+        val_src_paths: validation volumes of A; with ``val_tgt_paths`` of the same case names (and
+            grids), translation metrics are computed too.
+        val_tgt_paths: validation volumes of B.
+        src_mask_paths: optional body masks for ``src_paths`` (same order, same grids).
+        tgt_mask_paths: optional body masks for ``tgt_paths``.
+        resume: a checkpoint (or run folder) to continue from; its stored config is used.
+        show_progress: draw a rich progress bar.
+        overwrite: allow starting afresh in a run folder that already holds a run.
+    """
+
+    def __init__(
+        self,
+        cfg: Config,
+        run_dir: str | Path,
+        src_paths: Sequence[Path],
+        tgt_paths: Sequence[Path],
+        *,
+        val_src_paths: Sequence[Path] | None = None,
+        val_tgt_paths: Sequence[Path] | None = None,
+        src_mask_paths: Sequence[Path] | None = None,
+        tgt_mask_paths: Sequence[Path] | None = None,
+        resume: str | Path | None = None,
+        show_progress: bool = True,
+        overwrite: bool = False,
+    ) -> None:
+        self.run_dir = Path(run_dir)
+        self.show_progress = show_progress
+        self.resume_data: dict[str, Any] | None = None
+        if resume is not None:
+            resume_path = Path(resume)
+            if resume_path.is_dir():
+                resume_path = resume_path / "checkpoints" / "last.pt"
+            self.resume_path: Path | None = resume_path
+            self.resume_data = load_checkpoint(resume_path)
+            stored = checkpoint_config(self.resume_data, resume_path)
+            cfg = self._merge_resume_config(stored, cfg)
+        else:
+            self.resume_path = None
+            self._check_fresh_run_dir(overwrite)
+        self.cfg = cfg
+        self.device = resolve_device(cfg.train.device)
+        self.amp = cfg.train.amp == "bf16" or (cfg.train.amp == "auto" and self.device.type == "cuda")
+        self._seed_everything(cfg.train.seed)
+        self._prepare_data(src_paths, tgt_paths, val_src_paths, val_tgt_paths, src_mask_paths, tgt_mask_paths)
+        self._build_models()
+        self.epoch = 0
+        self.step_in_epoch = 0
+        self.global_step = 0
+        self.best_value: float | None = None
+        self.best_epoch: int | None = None
+        if self.resume_data is not None:
+            self._restore(self.resume_data)
+        self._stop_signal: str | None = None
+        self.history: list[dict[str, float]] = []
+        self.val_history: list[dict[str, float]] = []
+
+    # ------------------------------------------------------------------ setup
+    def _check_fresh_run_dir(self, overwrite: bool) -> None:
+        ckpt_dir = self.run_dir / "checkpoints"
+        if ckpt_dir.is_dir() and any(ckpt_dir.glob("*.pt")) and not overwrite:
+            raise OutputError(
+                "already holds a training run; continue it with --resume, or pass --overwrite to start afresh",
+                self.run_dir,
+            )
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise OutputError(f"cannot create run folder ({exc.strerror})", self.run_dir) from None
+        probe = self.run_dir / ".write-test"
+        try:
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError:
+            raise OutputError("run folder is not writable", self.run_dir) from None
+        if overwrite:
+            for stale in ("metrics.csv", "val_metrics.csv"):
+                (self.run_dir / stale).unlink(missing_ok=True)
+
+    @staticmethod
+    def _merge_resume_config(stored: Config, requested: Config) -> Config:
+        """The stored config, with only the run-control fields the user may change on resume."""
+        stored_dict = stored.to_dict()
+        requested_dict = requested.to_dict()
+        merged = stored
+        changes: dict[str, Any] = {}
+        for section in ("data", "model", "loss", "optim", "train"):
+            for key, value in requested_dict[section].items():
+                name = f"{section}.{key}"
+                if value != stored_dict[section][key] and name in RESUMABLE_OVERRIDES:
+                    changes[name] = value
+        if changes:
+            from medcyclegan.config import apply_overrides
+
+            merged = apply_overrides(stored, changes)
+            logger.info("resume: changed %s", ", ".join(f"{k}={v}" for k, v in changes.items()))
+        return merged
+
+    def _seed_everything(self, seed: int) -> None:
+        import random
+
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
+        torch.manual_seed(seed)
+        if self.device.type == "cpu" and self.cfg.train.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+
+    def _prepare_data(
+        self,
+        src_paths: Sequence[Path],
+        tgt_paths: Sequence[Path],
+        val_src_paths: Sequence[Path] | None,
+        val_tgt_paths: Sequence[Path] | None,
+        src_mask_paths: Sequence[Path] | None,
+        tgt_mask_paths: Sequence[Path] | None,
+    ) -> None:
+        from medcyclegan.data.cache import load_prepared
+        from medcyclegan.data.normalise import domain_record
+        from medcyclegan.data.slices import SliceDataset
+        from medcyclegan.io.discovery import case_name
+
+        data_cfg = self.cfg.data
+        src_paths, tgt_paths = list(src_paths), list(tgt_paths)
+        src_masks = list(src_mask_paths) if src_mask_paths else None
+        tgt_masks = list(tgt_mask_paths) if tgt_mask_paths else None
+        if val_src_paths is None and val_tgt_paths is None and data_cfg.val_fraction > 0:
+            src_paths, val_src_list, src_masks = self._hold_out(src_paths, src_masks, 0)
+            tgt_paths, val_tgt_list, tgt_masks = self._hold_out(tgt_paths, tgt_masks, 1)
+        else:
+            val_src_list = list(val_src_paths or [])
+            val_tgt_list = list(val_tgt_paths or [])
+        cache_dir = data_cfg.cache_dir
+        self.src_volumes = load_prepared(
+            src_paths, data_cfg.src_modality, data_cfg, masks=src_masks, cache_dir=cache_dir
+        )
+        self.tgt_volumes = load_prepared(
+            tgt_paths, data_cfg.tgt_modality, data_cfg, masks=tgt_masks, cache_dir=cache_dir
+        )
+        self.val_src = load_prepared(val_src_list, data_cfg.src_modality, data_cfg, cache_dir=cache_dir)
+        self.val_tgt = load_prepared(val_tgt_list, data_cfg.tgt_modality, data_cfg, cache_dir=cache_dir)
+        tgt_by_case = {case_name(Path(v.source)): j for j, v in enumerate(self.val_tgt)}
+        self.val_pairs = [
+            (i, tgt_by_case[case_name(Path(v.source))])
+            for i, v in enumerate(self.val_src)
+            if case_name(Path(v.source)) in tgt_by_case
+            and self.val_tgt[tgt_by_case[case_name(Path(v.source))]].image.shape == v.image.shape
+        ]
+        if self.resume_data is None:
+            self.cfg.normalisation = {
+                "src": domain_record([v.params for v in self.src_volumes], data_cfg.src_modality, data_cfg),
+                "tgt": domain_record([v.params for v in self.tgt_volumes], data_cfg.tgt_modality, data_cfg),
+            }
+        self.cfg.version = __version__
+        seed = self.cfg.train.seed
+        self.src_dataset = SliceDataset(self.src_volumes, data_cfg, train=True, seed=derived_seed(seed, 0))
+        self.tgt_dataset = SliceDataset(self.tgt_volumes, data_cfg, train=True, seed=derived_seed(seed, 1))
+        for name, dataset in (("source", self.src_dataset), ("target", self.tgt_dataset)):
+            if len(dataset) == 0:
+                raise ConfigError(
+                    f"no {name} slice has enough body (data.min_body_fraction={data_cfg.min_body_fraction}); "
+                    "lower it or check the body masks"
+                )
+        batch = self.cfg.optim.batch_size
+        self.steps_per_epoch = self.cfg.train.steps_per_epoch or math.ceil(
+            max(len(self.src_dataset), len(self.tgt_dataset)) / batch
+        )
+        total = self.steps_per_epoch * self.cfg.optim.total_epochs
+        self.total_steps = min(total, self.cfg.train.max_steps) if self.cfg.train.max_steps else total
+
+    def _hold_out(
+        self, paths: list[Path], masks: list[Path] | None, domain: int
+    ) -> tuple[list[Path], list[Path], list[Path] | None]:
+        """Moves a seeded share of the volumes (at least one, never all) to validation."""
+        n = len(paths)
+        n_val = min(n - 1, max(1, round(n * self.cfg.data.val_fraction)))
+        if n_val <= 0:
+            logger.warning("too few volumes to hold out validation data (%d); validation is off", n)
+            return paths, [], masks
+        rng = np.random.default_rng(derived_seed(self.cfg.train.seed, 99, domain))
+        val_idx = set(rng.choice(n, size=n_val, replace=False).tolist())
+        train = [p for i, p in enumerate(paths) if i not in val_idx]
+        val = [p for i, p in enumerate(paths) if i in val_idx]
+        train_masks = [m for i, m in enumerate(masks) if i not in val_idx] if masks else None
+        return train, val, train_masks
+
+    def _build_models(self) -> None:
+        from medcyclegan.losses import AdversarialLoss
+        from medcyclegan.nets import build_discriminator_from_config, build_generator
+        from medcyclegan.train.pool import ImagePool
+
+        cfg = self.cfg
+        channels = cfg.data.in_channels
+        self.G_AB = build_generator(cfg.model, channels, channels).to(self.device)
+        self.G_BA = build_generator(cfg.model, channels, channels).to(self.device)
+        self.D_A = build_discriminator_from_config(cfg.model, channels).to(self.device)
+        self.D_B = build_discriminator_from_config(cfg.model, channels).to(self.device)
+        betas = (cfg.optim.beta1, cfg.optim.beta2)
+        fused = self.device.type == "cuda"
+        self.opt_G = torch.optim.Adam(
+            list(self.G_AB.parameters()) + list(self.G_BA.parameters()),
+            lr=cfg.optim.lr,
+            betas=betas,
+            fused=fused,
+        )
+        self.opt_D = torch.optim.Adam(
+            list(self.D_A.parameters()) + list(self.D_B.parameters()),
+            lr=cfg.optim.lr,
+            betas=betas,
+            fused=fused,
+        )
+
+        def rule(epoch: int) -> float:
+            return lr_factor(epoch, cfg.optim.n_epochs, cfg.optim.n_epochs_decay)
+
+        self.sched_G = torch.optim.lr_scheduler.LambdaLR(self.opt_G, rule)
+        self.sched_D = torch.optim.lr_scheduler.LambdaLR(self.opt_D, rule)
+        self.pool_A = ImagePool(cfg.optim.pool_size, seed=derived_seed(cfg.train.seed, 10))
+        self.pool_B = ImagePool(cfg.optim.pool_size, seed=derived_seed(cfg.train.seed, 11))
+        self.adversarial = AdversarialLoss(cfg.loss.gan_mode)
+
+    # ------------------------------------------------------------ checkpoints
+    def state(self) -> dict[str, Any]:
+        return {
+            "config_yaml": config_to_yaml(self.cfg),
+            "epoch": self.epoch,
+            "step_in_epoch": self.step_in_epoch,
+            "step": self.global_step,
+            "steps_per_epoch": self.steps_per_epoch,
+            "G_AB": self.G_AB.state_dict(),
+            "G_BA": self.G_BA.state_dict(),
+            "D_A": self.D_A.state_dict(),
+            "D_B": self.D_B.state_dict(),
+            "opt_G": self.opt_G.state_dict(),
+            "opt_D": self.opt_D.state_dict(),
+            "sched_G": self.sched_G.state_dict(),
+            "sched_D": self.sched_D.state_dict(),
+            # bf16 autocast needs no loss scaler; the slot is kept so fp16 can be added compatibly.
+            "scaler": {},
+            "pool_A": self.pool_A.state_dict(),
+            "pool_B": self.pool_B.state_dict(),
+            "rng": rng_state(),
+            "best": {
+                "metric": self.cfg.train.best_metric,
+                "mode": self.cfg.train.best_mode,
+                "value": self.best_value,
+                "epoch": self.best_epoch,
+            },
+            "parameters": {
+                name: sum(p.numel() for p in getattr(self, name).parameters())
+                for name in ("G_AB", "G_BA", "D_A", "D_B")
+            },
+        }
+
+    def _restore(self, data: dict[str, Any]) -> None:
+        path = self.resume_path or Path("checkpoint")
+        for name in ("G_AB", "G_BA", "D_A", "D_B"):
+            load_state_strict(getattr(self, name), data[name], name, path)
+        try:
+            self.opt_G.load_state_dict(data["opt_G"])
+            self.opt_D.load_state_dict(data["opt_D"])
+            self.sched_G.load_state_dict(data["sched_G"])
+            self.sched_D.load_state_dict(data["sched_D"])
+            self.pool_A.load_state_dict(data["pool_A"])
+            self.pool_B.load_state_dict(data["pool_B"])
+        except (KeyError, ValueError, RuntimeError) as exc:
+            raise CheckpointError(
+                f"cannot restore training state ({str(exc).splitlines()[0][:120]})", path
+            ) from None
+        if int(data.get("steps_per_epoch", self.steps_per_epoch)) != self.steps_per_epoch:
+            raise CheckpointError(
+                f"the training data changed: {self.steps_per_epoch} steps per epoch now, "
+                f"{data['steps_per_epoch']} when the checkpoint was written; resume with the same --src/--tgt",
+                path,
+            )
+        set_rng_state(data["rng"])
+        self.epoch = int(data["epoch"])
+        self.step_in_epoch = int(data["step_in_epoch"])
+        self.global_step = int(data["step"])
+        best = data.get("best") or {}
+        self.best_value = best.get("value")
+        self.best_epoch = best.get("epoch")
+        self._truncate_logs(self.global_step)
+        logger.info("resumed from %s at epoch %d, step %d", path, self.epoch, self.global_step)
+
+    def _truncate_logs(self, step: int) -> None:
+        """Drops log rows written after the checkpoint (they will be computed again)."""
+        for name in ("metrics.csv", "val_metrics.csv"):
+            path = self.run_dir / name
+            if not path.is_file():
+                continue
+            with open(path, newline="") as handle:
+                rows = list(csv.reader(handle))
+            if not rows:
+                continue
+            header, body = rows[0], rows[1:]
+            kept = [r for r in body if r and int(float(r[0])) <= step]
+            lines = [",".join(header)] + [",".join(r) for r in kept]
+            atomic_write_text(path, "\n".join(lines) + "\n")
+
+    def save(self, name: str) -> Path:
+        path = save_checkpoint(self.state(), self.run_dir / "checkpoints" / name)
+        return path
+
+    # ------------------------------------------------------------------ loop
+    def _loader(self, dataset: Any, batches: list[list[int]]) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_sampler=batches,
+            num_workers=self.cfg.data.num_workers,
+            pin_memory=self.device.type == "cuda",
+        )
+
+    def _epoch_iterator(
+        self, epoch: int, start: int
+    ) -> Iterator[tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]]:
+        seed, batch, steps = self.cfg.train.seed, self.cfg.optim.batch_size, self.steps_per_epoch
+        batches_a = epoch_batches(len(self.src_dataset), batch, steps, seed, epoch, 0)[start:]
+        batches_b = epoch_batches(len(self.tgt_dataset), batch, steps, seed, epoch, 1)[start:]
+        self.src_dataset.set_epoch(epoch)
+        self.tgt_dataset.set_epoch(epoch)
+        return zip(self._loader(self.src_dataset, batches_a), self._loader(self.tgt_dataset, batches_b))
+
+    def train_step(
+        self, batch_a: dict[str, torch.Tensor], batch_b: dict[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
+        """One reference CycleGAN step. Returns the loss terms as 0-d tensors (not synchronised)."""
+        from medcyclegan.losses import attention_regulariser, l1_loss, masked_l1, outline_loss
+        from medcyclegan.nets.slicewise import autocast_context, forward_with_attention
+
+        cfg = self.cfg.loss
+        real_a = batch_a["image"].to(self.device, non_blocking=True)
+        real_b = batch_b["image"].to(self.device, non_blocking=True)
+        mask_a = batch_a["mask"].to(self.device, non_blocking=True)
+        mask_b = batch_b["mask"].to(self.device, non_blocking=True)
+
+        def recon(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+            if cfg.mask_loss:
+                return masked_l1(pred, target, mask, background_weight=cfg.background_weight)
+            return l1_loss(pred, target)
+
+        losses: dict[str, torch.Tensor] = {}
+        zero = torch.zeros((), device=self.device)
+        with autocast_context(self.device, self.amp):
+            fake_b, att_ab = forward_with_attention(self.G_AB, real_a)
+            rec_a = self.G_BA(fake_b)
+            fake_a, att_ba = forward_with_attention(self.G_BA, real_b)
+            rec_b = self.G_AB(fake_a)
+
+            set_requires_grad([self.D_A, self.D_B], False)
+            losses["G_adv_AB"] = self.adversarial.generator_loss(self.D_B(fake_b))
+            losses["G_adv_BA"] = self.adversarial.generator_loss(self.D_A(fake_a))
+            losses["cycle_A"] = recon(rec_a, real_a, mask_a) * cfg.lambda_cycle
+            losses["cycle_B"] = recon(rec_b, real_b, mask_b) * cfg.lambda_cycle
+            if cfg.lambda_identity > 0:
+                weight = cfg.lambda_cycle * cfg.lambda_identity
+                losses["idt_A"] = recon(self.G_BA(real_a), real_a, mask_a) * weight
+                losses["idt_B"] = recon(self.G_AB(real_b), real_b, mask_b) * weight
+            else:
+                losses["idt_A"] = losses["idt_B"] = zero
+            if cfg.lambda_mask > 0:
+                # The translation keeps the input's body: background stays air, outline stays put.
+                losses["mask_A"] = outline_loss(fake_b, mask_a) * cfg.lambda_mask
+                losses["mask_B"] = outline_loss(fake_a, mask_b) * cfg.lambda_mask
+            else:
+                losses["mask_A"] = losses["mask_B"] = zero
+            if att_ab is not None and att_ba is not None and cfg.lambda_attention > 0:
+                losses["attention"] = (
+                    attention_regulariser(att_ab) + attention_regulariser(att_ba)
+                ) * cfg.lambda_attention
+            else:
+                losses["attention"] = zero
+            loss_g = sum(losses[k] for k in LOSS_COLUMNS if k in losses)
+        losses["loss_G"] = loss_g
+        self.opt_G.zero_grad(set_to_none=True)
+        loss_g.backward()
+        self.opt_G.step()
+
+        set_requires_grad([self.D_A, self.D_B], True)
+        with autocast_context(self.device, self.amp):
+            pooled_a = self.pool_A.query(fake_a.detach())
+            pooled_b = self.pool_B.query(fake_b.detach())
+            loss_d_a = self.adversarial.discriminator_loss(self.D_A(real_a), self.D_A(pooled_a))
+            loss_d_b = self.adversarial.discriminator_loss(self.D_B(real_b), self.D_B(pooled_b))
+        self.opt_D.zero_grad(set_to_none=True)
+        (loss_d_a + loss_d_b).backward()
+        self.opt_D.step()
+        losses["loss_D_A"] = loss_d_a
+        losses["loss_D_B"] = loss_d_b
+        return {k: v.detach() for k, v in losses.items()}
+
+    def _install_signal_handlers(self) -> dict[int, Any]:
+        previous: dict[int, Any] = {}
+
+        def handler(signum: int, _frame: Any) -> None:
+            self._stop_signal = signal.Signals(signum).name
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
+                previous[sig] = signal.signal(sig, handler)
+        return previous
+
+    def fit(self, on_step: Callable[[int, dict[str, float]], None] | None = None) -> TrainResult:
+        """Runs until all epochs or ``train.max_steps`` are done; resumable at any point.
+
+        Raises:
+            TrainingInterrupted: after SIGINT/SIGTERM, once ``last.pt`` is written.
+            TrainingError: a loss became NaN or Inf (the last good checkpoint is kept), or CUDA ran
+                out of memory.
+        """
+        from torch.utils.tensorboard import SummaryWriter
+
+        save_config(self.cfg, self.run_dir / "config.yaml")
+        (self.run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+        writer = SummaryWriter(log_dir=str(self.run_dir / "tb"))
+        previous_handlers = self._install_signal_handlers()
+        progress = _Progress(self.show_progress, self.total_steps, self.global_step)
+        last_path = self.run_dir / "checkpoints" / "last.pt"
+        log_every = self.cfg.train.log_every
+        check_every = 1 if self.device.type == "cpu" else log_every
+        try:
+            while self.global_step < self.total_steps and self.epoch < self.cfg.optim.total_epochs:
+                epoch_start = time.perf_counter()
+                for batch_a, batch_b in self._epoch_iterator(self.epoch, self.step_in_epoch):
+                    try:
+                        losses = self.train_step(batch_a, batch_b)
+                    except torch.cuda.OutOfMemoryError:
+                        raise TrainingError(
+                            f"CUDA ran out of memory at batch size {self.cfg.optim.batch_size} and image size "
+                            f"{self.cfg.data.image_size}; lower --batch-size or --image-size "
+                            f"(the last checkpoint is kept at {last_path})"
+                        ) from None
+                    self.step_in_epoch += 1
+                    self.global_step += 1
+                    if self.global_step % check_every == 0 or self.global_step == self.total_steps:
+                        self._check_finite(losses, last_path)
+                    if self.global_step % log_every == 0 or self.global_step == self.total_steps:
+                        row = self._log(losses, writer)
+                        progress.update(self.global_step, self.epoch, row)
+                        if on_step is not None:
+                            on_step(self.global_step, row)
+                    else:
+                        progress.advance(self.global_step, self.epoch)
+                    if self._stop_signal is not None:
+                        path = self.save("last.pt")
+                        raise TrainingInterrupted(self.global_step, path, self._stop_signal)
+                    every = self.cfg.train.save_every_steps
+                    if every and self.global_step % every == 0:
+                        self.save("last.pt")
+                    if self.global_step >= self.total_steps:
+                        break
+                if self.step_in_epoch >= self.steps_per_epoch:
+                    self._end_epoch(writer, time.perf_counter() - epoch_start)
+                else:
+                    break  # max_steps reached inside the epoch
+            last = self.save("last.pt")
+        finally:
+            progress.close()
+            writer.close()
+            for sig, old in previous_handlers.items():
+                signal.signal(sig, old)
+        best = self.run_dir / "checkpoints" / "best.pt"
+        return TrainResult(
+            run_dir=self.run_dir,
+            step=self.global_step,
+            epoch=self.epoch,
+            last_checkpoint=last,
+            best_checkpoint=best if best.is_file() else None,
+            best_value=self.best_value,
+            history=self.history,
+            val_history=self.val_history,
+        )
+
+    def _check_finite(self, losses: dict[str, torch.Tensor], last_path: Path) -> None:
+        stacked = torch.stack([losses[k].float() for k in ("loss_G", "loss_D_A", "loss_D_B")])
+        if not bool(torch.isfinite(stacked).all()):
+            bad = [k for k in ("loss_G", "loss_D_A", "loss_D_B") if not bool(torch.isfinite(losses[k]))]
+            kept = (
+                f"the last good checkpoint is kept at {last_path}"
+                if last_path.is_file()
+                else "no checkpoint was written yet"
+            )
+            raise TrainingError(
+                f"{', '.join(bad)} became NaN or Inf at step {self.global_step} (epoch {self.epoch}); "
+                f"training stopped and {kept}; lower optim.lr or check the input data"
+            )
+
+    def _log(self, losses: dict[str, torch.Tensor], writer: Any) -> dict[str, float]:
+        values = {k: float(v) for k, v in losses.items()}
+        row: dict[str, float] = {
+            "step": self.global_step,
+            "epoch": self.epoch,
+            "lr": self.opt_G.param_groups[0]["lr"],
+            **{k: values.get(k, 0.0) for k in LOSS_COLUMNS},
+        }
+        self.history.append(row)
+        _append_csv(self.run_dir / "metrics.csv", row)
+        for key in LOSS_COLUMNS:
+            writer.add_scalar(f"loss/{key}", row[key], self.global_step)
+        writer.add_scalar("lr", row["lr"], self.global_step)
+        return row
+
+    def _end_epoch(self, writer: Any, seconds: float) -> None:
+        epoch = self.epoch
+        self.sched_G.step()
+        self.sched_D.step()
+        self.epoch += 1
+        self.step_in_epoch = 0
+        writer.add_scalar("time/epoch_seconds", seconds, self.global_step)
+        if (epoch + 1) % self.cfg.train.sample_every == 0:
+            self.write_samples(epoch, writer)
+        if (self.val_src or self.val_tgt) and (epoch + 1) % self.cfg.train.val_every == 0:
+            metrics = self.validate()
+            row = {"step": self.global_step, "epoch": epoch, **metrics}
+            self.val_history.append(row)
+            _append_csv(self.run_dir / "val_metrics.csv", row)
+            for key, value in metrics.items():
+                writer.add_scalar(key, value, self.global_step)
+            self._maybe_best(metrics)
+        if (epoch + 1) % self.cfg.train.checkpoint_every == 0:
+            self.save(f"epoch_{epoch + 1:04d}.pt")
+        self.save("last.pt")
+
+    def _maybe_best(self, metrics: dict[str, float]) -> None:
+        name = self.cfg.train.best_metric
+        if name not in metrics:
+            if self.best_epoch is None:
+                logger.warning(
+                    "best_metric %s is not computed here (have: %s)", name, ", ".join(sorted(metrics))
+                )
+            return
+        value = metrics[name]
+        better = (
+            self.best_value is None
+            or (self.cfg.train.best_mode == "max" and value > self.best_value)
+            or (self.cfg.train.best_mode == "min" and value < self.best_value)
+        )
+        if better and math.isfinite(value):
+            self.best_value = value
+            self.best_epoch = self.epoch - 1
+            self.save("best.pt")
+
+    # ------------------------------------------------------------ validation
+    def validate(self) -> dict[str, float]:
+        """Cycle consistency on validation volumes of both domains, and translation metrics on pairs.
+
+        Cycle metrics are computed in normalised units ([-1, 1]) inside each volume's body mask:
+        ``val/cycle_mae_A`` (mean absolute error), ``val/cycle_ssim_A`` (skimage SSIM, data range 2,
+        7-voxel window, averaged over the mask) and likewise for B; ``val/cycle_ssim`` and
+        ``val/cycle_mae`` average the two domains. For pairs (same case name and grid) the
+        translation A->B is scored with the SynthRAD2023 definitions when B is CT (HU; MAE on the
+        window-clipped reference), otherwise in normalised units.
+        """
+        from medcyclegan.data.normalise import denormalise, output_params
+        from medcyclegan.metrics import synthrad2023
+        from medcyclegan.nets.slicewise import translate_array
+
+        def run(generator: torch.nn.Module, image: np.ndarray) -> np.ndarray:
+            return translate_array(
+                generator,
+                image,
+                context_slices=self.cfg.data.context_slices,
+                batch_size=max(8, self.cfg.optim.batch_size),
+                device=self.device,
+                amp=self.amp,
+            )
+
+        results: dict[str, list[float]] = {}
+        for label, volumes, forward, backward in (
+            ("A", self.val_src, self.G_AB, self.G_BA),
+            ("B", self.val_tgt, self.G_BA, self.G_AB),
+        ):
+            for volume in volumes:
+                fake = run(forward, volume.image)
+                rec = run(backward, fake)
+                mae, ssim = _masked_mae_ssim(rec, volume.image, volume.mask)
+                results.setdefault(f"val/cycle_mae_{label}", []).append(mae)
+                results.setdefault(f"val/cycle_ssim_{label}", []).append(ssim)
+                if label == "A":
+                    volume_fake = fake
+                    pair = [j for i, j in self.val_pairs if self.val_src[i] is volume]
+                    if pair:
+                        ref = self.val_tgt[pair[0]]
+                        if self.cfg.data.tgt_modality == "ct":
+                            params = output_params(self.cfg.normalisation["tgt"])
+                            scores = synthrad2023(
+                                denormalise(volume_fake, params), denormalise(ref.image, ref.params), ref.mask
+                            )
+                            for key, value in scores.items():
+                                results.setdefault(f"val/{key}", []).append(float(value))
+                        else:
+                            mae, ssim = _masked_mae_ssim(volume_fake, ref.image, ref.mask)
+                            results.setdefault("val/mae", []).append(mae)
+                            results.setdefault("val/ssim", []).append(ssim)
+        metrics = {k: float(np.mean(v)) for k, v in results.items()}
+        for stat in ("mae", "ssim"):
+            parts = [metrics[k] for k in (f"val/cycle_{stat}_A", f"val/cycle_{stat}_B") if k in metrics]
+            if parts:
+                metrics[f"val/cycle_{stat}"] = float(np.mean(parts))
+        return metrics
+
+    # --------------------------------------------------------------- samples
+    def write_samples(self, epoch: int, writer: Any | None = None) -> Path:
+        """A PNG grid: rows A, G_AB(A), G_BA(G_AB(A)) and B, G_BA(B), G_AB(G_BA(B)); CT in a soft-tissue window."""
+        from medcyclegan.train.samples import render_grid
+
+        vols_a = self.val_src or self.src_volumes
+        vols_b = self.val_tgt or self.tgt_volumes
+        rows = []
+        with torch.no_grad():
+            for volumes, forward, backward, modalities in (
+                (vols_a, self.G_AB, self.G_BA, (self.cfg.data.src_modality, self.cfg.data.tgt_modality)),
+                (vols_b, self.G_BA, self.G_AB, (self.cfg.data.tgt_modality, self.cfg.data.src_modality)),
+            ):
+                volume = volumes[0]
+                z = int(np.argmax(volume.mask.reshape(-1, volume.mask.shape[2]).sum(axis=0)))
+                from medcyclegan.nets.slicewise import context_stack, translate_array
+
+                k = self.cfg.data.context_slices
+                z_lo, z_hi = max(0, z - k), min(volume.image.shape[2], z + k + 1)
+                chunk = volume.image[:, :, z_lo:z_hi]
+                fake = translate_array(forward, chunk, context_slices=k, device=self.device, amp=self.amp)
+                rec = translate_array(backward, fake, context_slices=k, device=self.device, amp=self.amp)
+                zc = z - z_lo
+                images = [context_stack(a, np.array([zc]), 0)[0, 0] for a in (chunk, fake, rec)]
+                rows.append((images, (modalities[0], modalities[1], modalities[0])))
+        params = {
+            self.cfg.data.src_modality: self.cfg.normalisation.get("src", {}),
+            self.cfg.data.tgt_modality: self.cfg.normalisation.get("tgt", {}),
+        }
+        path = self.run_dir / "samples" / f"epoch_{epoch + 1:04d}.png"
+        grid = render_grid(rows, params, path)
+        if writer is not None:
+            writer.add_image("samples", grid, self.global_step, dataformats="HW")
+        return path
+
+
+def _masked_mae_ssim(pred: np.ndarray, ref: np.ndarray, mask: np.ndarray) -> tuple[float, float]:
+    """MAE and mean SSIM (skimage, 7-voxel window, data range 2) inside ``mask``, normalised units."""
+    from skimage.metrics import structural_similarity
+
+    if not mask.any():
+        return float("nan"), float("nan")
+    mae = float(np.abs(pred - ref)[mask].mean())
+    win = min(7, *[s if s % 2 == 1 else s - 1 for s in pred.shape])
+    if win < 3:
+        return mae, float("nan")
+    _, ssim_map = structural_similarity(ref, pred, data_range=2.0, win_size=win, full=True)
+    return mae, float(ssim_map[mask].mean())
+
+
+def _append_csv(path: Path, row: dict[str, float]) -> None:
+    """Appends a row; writes the header first. New columns start a new header-compatible file."""
+    exists = path.is_file() and path.stat().st_size > 0
+    if exists:
+        with open(path, newline="") as handle:
+            header = next(csv.reader(handle), [])
+        if header != list(row):
+            merged = header + [k for k in row if k not in header]
+            with open(path, newline="") as handle:
+                old = list(csv.DictReader(handle))
+            lines = [",".join(merged)] + [",".join(str(r.get(k, "")) for k in merged) for r in old]
+            lines.append(",".join(_fmt(row.get(k, "")) for k in merged))
+            with atomic_path(path) as tmp:
+                tmp.write_text("\n".join(lines) + "\n")
+            return
+    with open(path, "a", newline="") as handle:
+        if not exists:
+            handle.write(",".join(row) + "\n")
+        handle.write(",".join(_fmt(v) for v in row.values()) + "\n")
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)
+
+
+class _Progress:
+    """A rich progress bar with epoch, step, losses, it/s and ETA (silent when disabled)."""
+
+    def __init__(self, enabled: bool, total: int, completed: int) -> None:
+        self.enabled = enabled
+        if not enabled:
+            return
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        self.progress = Progress(
+            TextColumn("epoch {task.fields[epoch]}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[losses]}"),
+            TextColumn("{task.fields[speed]}"),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+        )
+        self.progress.start()
+        self.task = self.progress.add_task(
+            "train", total=total, completed=completed, epoch=0, losses="", speed=""
+        )
+        self.start = time.perf_counter()
+        self.start_step = completed
+
+    def advance(self, step: int, epoch: int) -> None:
+        if self.enabled:
+            elapsed = max(time.perf_counter() - self.start, 1e-9)
+            speed = f"{(step - self.start_step) / elapsed:.2f} it/s"
+            self.progress.update(self.task, completed=step, epoch=epoch + 1, speed=speed)
+
+    def update(self, step: int, epoch: int, row: dict[str, float]) -> None:
+        if self.enabled:
+            losses = f"G {row['loss_G']:.3f}  D_A {row['loss_D_A']:.3f}  D_B {row['loss_D_B']:.3f}"
+            self.progress.update(self.task, losses=losses)
+            self.advance(step, epoch)
+
+    def close(self) -> None:
+        if self.enabled:
+            self.progress.stop()

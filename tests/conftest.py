@@ -1,0 +1,152 @@
+"""Shared pytest fixtures: writers of tiny synthetic volumes (NIfTI, ITK, DICOM series) and real-data paths.
+
+The writers are factory fixtures (call them with a file name under ``tmp_path``) so that tests build
+exactly the volume they need, with a geometry they know, using the reference libraries (nibabel,
+SimpleITK, pydicom) rather than the code under test.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REAL_DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
+
+
+@pytest.fixture
+def real_data_dir() -> Path:
+    """The shared real scans folder; skips the test when it is absent."""
+    if not REAL_DATA_DIR.is_dir():
+        pytest.skip(f"real scans not available ({REAL_DATA_DIR})")
+    return REAL_DATA_DIR
+
+
+@pytest.fixture
+def write_nifti(tmp_path: Path) -> Callable[..., Path]:
+    """Factory: ``write_nifti(name, array, affine=None, *, qform_code=1, sform_code=1, slope=None, inter=None)``.
+
+    Writes ``array`` (file voxel order) with nibabel under ``tmp_path`` and returns the path.
+    """
+    import nibabel as nib
+
+    def write(
+        name: str,
+        array: np.ndarray,
+        affine: np.ndarray | None = None,
+        *,
+        qform_code: int = 1,
+        sform_code: int = 1,
+        slope: float | None = None,
+        inter: float | None = None,
+    ) -> Path:
+        affine = np.eye(4) if affine is None else affine
+        image = nib.Nifti1Image(array, affine)
+        image.header.set_data_dtype(array.dtype)
+        image.set_qform(affine, code=qform_code)
+        image.set_sform(affine, code=sform_code)
+        if slope is not None or inter is not None:
+            image.header.set_slope_inter(1.0 if slope is None else slope, 0.0 if inter is None else inter)
+        path = tmp_path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        nib.save(image, str(path))
+        return path
+
+    return write
+
+
+@pytest.fixture
+def write_itk(tmp_path: Path) -> Callable[..., Path]:
+    """Factory: ``write_itk(name, array_xyz, spacing, origin, direction)`` (ITK LPS geometry, mm).
+
+    ``array_xyz`` is indexed (x, y, z) like the file's voxel order; ``direction`` is row-major 3x3.
+    """
+    import SimpleITK as sitk
+
+    def write(
+        name: str,
+        array_xyz: np.ndarray,
+        spacing: Sequence[float] = (1.0, 1.0, 1.0),
+        origin: Sequence[float] = (0.0, 0.0, 0.0),
+        direction: Sequence[float] = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0),
+        compress: bool = True,
+    ) -> Path:
+        image = sitk.GetImageFromArray(np.ascontiguousarray(np.asarray(array_xyz).transpose(2, 1, 0)))
+        image.SetSpacing([float(v) for v in spacing])
+        image.SetOrigin([float(v) for v in origin])
+        image.SetDirection([float(v) for v in direction])
+        path = tmp_path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        sitk.WriteImage(image, str(path), useCompression=compress)
+        return path
+
+    return write
+
+
+@pytest.fixture
+def write_dicom_series(tmp_path: Path) -> Callable[..., tuple[Path, str]]:
+    """Factory writing a CT series with pydicom, one uint16 slice per file; returns (folder, series UID).
+
+    ``write_dicom_series(folder, hu_xyz, *, spacing=(x, y, z) mm, origin=(x, y, z) LPS mm, slope=1,
+    intercept=-1024, description="tiny CT", series_uid=None, skip_slices=(), file_prefix="IM")``. Stored values are
+    ``(HU - intercept) / slope``; slice k lies at ``origin + k * spacing_z`` along +z (LPS);
+    ``skip_slices`` leaves slices out (to make a gap).
+    """
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+    def write(
+        folder_name: str,
+        hu_xyz: np.ndarray,
+        *,
+        spacing: Sequence[float] = (0.8, 0.7, 2.5),
+        origin: Sequence[float] = (-10.0, -20.0, 30.0),
+        slope: float = 1.0,
+        intercept: float = -1024.0,
+        description: str = "tiny CT",
+        series_uid: str | None = None,
+        skip_slices: Sequence[int] = (),
+        file_prefix: str = "IM",
+    ) -> tuple[Path, str]:
+        folder = tmp_path / folder_name
+        folder.mkdir(parents=True, exist_ok=True)
+        series_uid = series_uid or generate_uid()
+        study_uid, frame_uid = generate_uid(), generate_uid()
+        n_x, n_y, n_z = hu_xyz.shape
+        for k in range(n_z):
+            if k in skip_slices:
+                continue
+            sop_uid = generate_uid()
+            meta = FileMetaDataset()
+            meta.MediaStorageSOPClassUID = CTImageStorage
+            meta.MediaStorageSOPInstanceUID = sop_uid
+            meta.TransferSyntaxUID = ExplicitVRLittleEndian
+            ds = Dataset()
+            ds.file_meta = meta
+            ds.SOPClassUID = CTImageStorage
+            ds.SOPInstanceUID = sop_uid
+            ds.Modality = "CT"
+            ds.PatientID = "tiny"
+            ds.StudyInstanceUID = study_uid
+            ds.SeriesInstanceUID = series_uid
+            ds.FrameOfReferenceUID = frame_uid
+            ds.SeriesDescription = description
+            ds.InstanceNumber = k + 1
+            ds.ImagePositionPatient = [float(origin[0]), float(origin[1]), float(origin[2]) + k * spacing[2]]
+            ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+            # PixelSpacing is (row spacing = along y, column spacing = along x).
+            ds.PixelSpacing = [float(spacing[1]), float(spacing[0])]
+            ds.SliceThickness = float(spacing[2])
+            ds.Rows, ds.Columns = n_y, n_x
+            ds.SamplesPerPixel = 1
+            ds.PhotometricInterpretation = "MONOCHROME2"
+            ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+            ds.RescaleSlope, ds.RescaleIntercept, ds.RescaleType = slope, intercept, "HU"
+            stored = np.rint((hu_xyz[:, :, k].T - intercept) / slope)
+            ds.PixelData = stored.astype(np.uint16).tobytes()
+            ds.save_as(folder / f"{file_prefix}{k:04d}.dcm", enforce_file_format=True)
+        return folder, series_uid
+
+    return write

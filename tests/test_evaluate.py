@@ -1,0 +1,311 @@
+"""evaluate(): pairing of files and folders, grid checks, masks, reports (JSON, CSV, table)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from medcyclegan.errors import ConfigError, InputError, OutputError
+from medcyclegan.evaluate import EvaluationReport, evaluate
+from medcyclegan.metrics import BODY_MASK_METHOD, synthrad2023, synthrad2025, synthrad_body_mask
+
+SHAPE = (16, 14, 10)
+
+
+def _save(path: Path, array: np.ndarray, affine: np.ndarray | None = None, dtype: type = np.int16) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.Nifti1Image(np.asarray(array).astype(dtype), np.eye(4) if affine is None else affine).to_filename(
+        path
+    )
+    return path
+
+
+def _phantom(seed: int = 0) -> np.ndarray:
+    """Air around a textured box 'body' (HU), integer-valued like real CT."""
+    rng = np.random.default_rng(seed)
+    ct = np.full(SHAPE, -1000.0)
+    ct[3:13, 3:11, 2:8] = rng.normal(40, 200, size=(10, 8, 6)).round()
+    return ct
+
+
+def _box_mask() -> np.ndarray:
+    mask = np.zeros(SHAPE, dtype=bool)
+    mask[2:14, 2:12, 1:9] = True
+    return mask
+
+
+# --------------------------------------------------------------------------- single files
+def test_single_files_with_mask_file(tmp_path: Path) -> None:
+    ref = _phantom()
+    pred = ref + 25.0  # MAE exactly 25 HU in any mask
+    mask = _box_mask()
+    ref_path = _save(tmp_path / "ref" / "p1.nii.gz", ref)
+    pred_path = _save(tmp_path / "pred" / "p1.nii.gz", pred)
+    mask_path = _save(tmp_path / "mask" / "p1.nii.gz", mask, dtype=np.uint8)
+
+    report = evaluate(pred_path, ref_path, mask_path)
+
+    assert isinstance(report, EvaluationReport)
+    assert report.standard == "synthrad2023"
+    assert [case.case for case in report.cases] == ["p1"]
+    case = report.cases[0]
+    assert case.mask_source == f"file: {mask_path}"
+    assert case.pred == str(pred_path) and case.ref == str(ref_path)
+    assert case.metrics["mae"] == pytest.approx(25.0)
+    assert case.metrics["psnr"] == pytest.approx(10 * math.log10(4024.0**2 / 25.0**2))
+    assert case.metrics == pytest.approx(synthrad2023(pred, ref, mask))
+    assert report.metadata["data_range"] == 4024.0
+    assert report.metadata["clip_range_hu"] == [-1024.0, 3000.0]
+
+
+def test_computed_mask_is_recorded_and_used(tmp_path: Path) -> None:
+    ref = _phantom(1)
+    pred = _phantom(2)
+    ref_path = _save(tmp_path / "ref.nii.gz", ref)
+    pred_path = _save(tmp_path / "pred.nii.gz", pred)
+
+    report = evaluate(pred_path, ref_path)
+
+    case = report.cases[0]
+    assert (
+        case.mask_source == BODY_MASK_METHOD == "computed from reference (Otsu, dilation, closing, dilation)"
+    )
+    assert case.metrics == pytest.approx(synthrad2023(pred, ref, synthrad_body_mask(ref)))
+
+
+def test_synthrad2025_standard(tmp_path: Path) -> None:
+    ref = _phantom(3)
+    pred = ref + np.random.default_rng(4).normal(0, 30, size=SHAPE).round()
+    mask = _box_mask()
+    ref_path = _save(tmp_path / "r" / "c.nii.gz", ref)
+    pred_path = _save(tmp_path / "p" / "c.nii.gz", pred)
+    mask_path = _save(tmp_path / "m" / "c.nii.gz", mask, dtype=np.uint8)
+
+    report = evaluate(pred_path, ref_path, mask_path, standard="synthrad2025")
+
+    assert set(report.cases[0].metrics) == {"mae", "psnr", "ms_ssim"}
+    assert report.cases[0].metrics == pytest.approx(synthrad2025(pred, ref, mask))
+    assert report.metadata["data_range"] == 4095.0
+
+
+def test_unknown_standard_fails_before_reading(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="unknown standard 'synthrad'"):
+        evaluate(tmp_path / "missing_pred", tmp_path / "missing_ref", standard="synthrad")
+
+
+def test_missing_path_and_file_folder_mix(tmp_path: Path) -> None:
+    ref_path = _save(tmp_path / "ref.nii.gz", _phantom())
+    with pytest.raises(InputError, match="does not exist"):
+        evaluate(tmp_path / "nothing.nii.gz", ref_path)
+    (tmp_path / "folder").mkdir()
+    with pytest.raises(InputError, match=r"is a folder of cases but .*ref\.nii\.gz is a single volume"):
+        evaluate(tmp_path / "folder", ref_path)
+
+
+# --------------------------------------------------------------------------- folders
+def _make_folders(tmp_path: Path, offsets: dict[str, float]) -> tuple[Path, Path, Path]:
+    pred_dir, ref_dir, mask_dir = tmp_path / "pred", tmp_path / "ref", tmp_path / "mask"
+    for index, (name, offset) in enumerate(offsets.items()):
+        ref = _phantom(index)
+        _save(ref_dir / f"{name}.nii.gz", ref)
+        _save(pred_dir / f"{name}.nii.gz", ref + offset)
+        _save(mask_dir / f"{name}.nii.gz", _box_mask(), dtype=np.uint8)
+    return pred_dir, ref_dir, mask_dir
+
+
+def test_folders_are_paired_by_case_name(tmp_path: Path) -> None:
+    pred_dir, ref_dir, mask_dir = _make_folders(tmp_path, {"case_b": 20.0, "case_a": 10.0, "case_c": 60.0})
+
+    report = evaluate(pred_dir, ref_dir, mask_dir)
+
+    assert [case.case for case in report.cases] == ["case_a", "case_b", "case_c"]
+    for case, expected in zip(report.cases, (10.0, 20.0, 60.0), strict=True):
+        assert case.metrics["mae"] == pytest.approx(expected)
+        assert Path(case.pred).parent == pred_dir and Path(case.ref).parent == ref_dir
+        assert Path(case.pred).name == Path(case.ref).name
+        assert case.mask_source == f"file: {mask_dir / (case.case + '.nii.gz')}"
+
+
+def test_summary_statistics_by_hand(tmp_path: Path) -> None:
+    pred_dir, ref_dir, mask_dir = _make_folders(tmp_path, {"a": 10.0, "b": 20.0, "c": 60.0})
+    summary = evaluate(pred_dir, ref_dir, mask_dir).summary["mae"]
+    # mean 30; deviations -20, -10, 30 -> population variance (400 + 100 + 900) / 3
+    assert summary["mean"] == pytest.approx(30.0)
+    assert summary["std"] == pytest.approx(math.sqrt(1400.0 / 3.0))
+    assert summary["median"] == pytest.approx(20.0)
+    assert summary["n"] == 3
+
+
+def test_unmatched_cases_are_listed(tmp_path: Path) -> None:
+    pred_dir, ref_dir, _ = _make_folders(tmp_path, {"a": 1.0, "b": 2.0})
+    _save(pred_dir / "extra_pred.nii.gz", _phantom())
+    _save(ref_dir / "lonely_ref.nii.gz", _phantom())
+    with pytest.raises(InputError, match="2 unmatched") as info:
+        evaluate(pred_dir, ref_dir)
+    message = str(info.value)
+    assert "extra_pred" in message and "lonely_ref" in message
+    assert "a," not in message and ": a" not in message
+
+
+def test_missing_mask_in_mask_folder(tmp_path: Path) -> None:
+    pred_dir, ref_dir, mask_dir = _make_folders(tmp_path, {"a": 1.0, "b": 2.0})
+    (mask_dir / "b.nii.gz").unlink()
+    with pytest.raises(InputError, match=r"no mask for case.*: b"):
+        evaluate(pred_dir, ref_dir, mask_dir)
+
+
+def test_single_mask_file_with_folders_is_refused(tmp_path: Path) -> None:
+    pred_dir, ref_dir, mask_dir = _make_folders(tmp_path, {"a": 1.0})
+    with pytest.raises(InputError, match="single mask file"):
+        evaluate(pred_dir, ref_dir, mask_dir / "a.nii.gz")
+
+
+def test_empty_folder_is_an_error(tmp_path: Path) -> None:
+    (tmp_path / "p").mkdir()
+    (tmp_path / "r").mkdir()
+    with pytest.raises(InputError, match="no volumes found"):
+        evaluate(tmp_path / "p", tmp_path / "r")
+
+
+# --------------------------------------------------------------------------- grids
+def test_grid_shape_mismatch_names_both_files(tmp_path: Path) -> None:
+    ref_path = _save(tmp_path / "ref.nii.gz", _phantom())
+    pred_path = _save(tmp_path / "pred.nii.gz", _phantom()[:, :, :-1])
+    with pytest.raises(InputError, match="grid differs") as info:
+        evaluate(pred_path, ref_path)
+    assert str(pred_path) in str(info.value) and str(ref_path) in str(info.value)
+
+
+def test_grid_affine_mismatch_names_both_files(tmp_path: Path) -> None:
+    shifted = np.eye(4)
+    shifted[:3, 3] = [0.5, 0.0, 0.0]  # half a voxel: a real misalignment
+    ref_path = _save(tmp_path / "ref.nii.gz", _phantom())
+    pred_path = _save(tmp_path / "pred.nii.gz", _phantom(), affine=shifted)
+    with pytest.raises(InputError, match=r"affines differ by up to 0\.5 mm") as info:
+        evaluate(pred_path, ref_path)
+    assert str(pred_path) in str(info.value) and str(ref_path) in str(info.value)
+
+
+def test_same_grid_in_another_voxel_order_is_accepted(tmp_path: Path) -> None:
+    """A prediction stored LPS on the same world grid as an RAS reference gives the same numbers."""
+    ref = _phantom(5)
+    pred = ref + np.random.default_rng(6).normal(0, 40, size=SHAPE).round()
+    lps_affine = np.array(
+        [[-1.0, 0, 0, SHAPE[0] - 1], [0, -1.0, 0, SHAPE[1] - 1], [0, 0, 1.0, 0], [0, 0, 0, 1]]
+    )
+    ref_path = _save(tmp_path / "ref.nii.gz", ref)
+    ras_path = _save(tmp_path / "ras" / "pred.nii.gz", pred)
+    lps_path = _save(tmp_path / "lps" / "pred.nii.gz", pred[::-1, ::-1, :], affine=lps_affine)
+    mask_path = _save(tmp_path / "mask.nii.gz", _box_mask(), dtype=np.uint8)
+
+    from_ras = evaluate(ras_path, ref_path, mask_path).cases[0].metrics
+    from_lps = evaluate(lps_path, ref_path, mask_path).cases[0].metrics
+    assert from_lps == pytest.approx(from_ras, rel=1e-12)
+
+
+def test_empty_mask_file_is_an_error(tmp_path: Path) -> None:
+    ref_path = _save(tmp_path / "ref.nii.gz", _phantom())
+    pred_path = _save(tmp_path / "pred.nii.gz", _phantom())
+    mask_path = _save(tmp_path / "mask.nii.gz", np.zeros(SHAPE), dtype=np.uint8)
+    with pytest.raises(InputError, match="mask is empty"):
+        evaluate(pred_path, ref_path, mask_path)
+
+
+# --------------------------------------------------------------------------- reports
+@pytest.fixture
+def report(tmp_path: Path) -> EvaluationReport:
+    pred_dir, ref_dir, mask_dir = _make_folders(tmp_path / "data", {"a": 10.0, "b": 20.0, "c": 60.0})
+    return evaluate(pred_dir, ref_dir, mask_dir)
+
+
+def _strict_json(text: str) -> dict:
+    def refuse(constant: str) -> None:
+        raise ValueError(f"non-standard JSON constant {constant}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_write_json_and_csv_contents(report: EvaluationReport, tmp_path: Path) -> None:
+    json_path, csv_path = report.write(tmp_path / "out" / "eval.json")
+    assert csv_path == tmp_path / "out" / "eval.csv"
+
+    data = _strict_json(json_path.read_text())
+    assert data["standard"] == "synthrad2023"
+    assert data["metadata"]["data_range"] == 4024.0
+    assert data["metadata"]["clip_range_hu"] == [-1024.0, 3000.0]
+    assert [case["case"] for case in data["cases"]] == ["a", "b", "c"]
+    assert data["cases"][1]["metrics"]["mae"] == pytest.approx(20.0)
+    assert data["cases"][0]["mask_source"].startswith("file: ")
+    assert data["summary"]["mae"]["mean"] == pytest.approx(30.0)
+    assert data["summary"]["ssim"]["n"] == 3
+
+    with csv_path.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [row["case"] for row in rows] == ["a", "b", "c"]
+    assert [float(row["mae"]) for row in rows] == pytest.approx([10.0, 20.0, 60.0])
+    assert float(rows[2]["psnr"]) == pytest.approx(report.cases[2].metrics["psnr"], rel=1e-15)
+    assert rows[0]["data_range"] == "4024.0" and rows[0]["clip_min_hu"] == "-1024.0"
+    assert rows[0]["clip_max_hu"] == "3000.0" and rows[0]["standard"] == "synthrad2023"
+    assert rows[0]["mask_source"] == report.cases[0].mask_source
+
+
+def test_write_refuses_to_overwrite(report: EvaluationReport, tmp_path: Path) -> None:
+    json_path, csv_path = report.write(tmp_path / "eval.json")
+    json_path.write_text("old json")
+    csv_path.write_text("old csv")
+    with pytest.raises(OutputError, match="already exists"):
+        report.write(json_path)
+    assert json_path.read_text() == "old json" and csv_path.read_text() == "old csv"
+
+    json_path.unlink()  # only the CSV left: still refused, and nothing written
+    with pytest.raises(OutputError, match=r"eval\.csv: already exists"):
+        report.write(json_path)
+    assert not json_path.exists()
+
+    report.write(json_path, overwrite=True)
+    assert _strict_json(json_path.read_text())["standard"] == "synthrad2023"
+    assert csv_path.read_text().startswith("case,pred,ref,mask_source,mae,psnr,ssim")
+
+
+def test_json_path_ending_in_csv_is_refused(report: EvaluationReport, tmp_path: Path) -> None:
+    with pytest.raises(OutputError, match=r"must not end in \.csv"):
+        report.write(tmp_path / "eval.csv")
+
+
+def test_infinite_psnr_is_null_in_json(tmp_path: Path) -> None:
+    ref_path = _save(tmp_path / "ref.nii.gz", _phantom())
+    pred_path = _save(tmp_path / "pred.nii.gz", _phantom())
+    report = evaluate(pred_path, ref_path)
+    assert report.cases[0].metrics["psnr"] == math.inf
+    data = _strict_json(report.to_json())
+    assert data["cases"][0]["metrics"]["psnr"] is None
+    assert data["cases"][0]["metrics"]["mae"] == 0.0
+    assert "inf" in report.to_csv()
+
+
+def test_rich_table_layout(report: EvaluationReport) -> None:
+    from rich.console import Console
+
+    table = report.to_rich_table()
+    headers = [str(column.header) for column in table.columns]
+    assert headers == ["Case", "MAE [HU]", "PSNR [dB]", "SSIM"]
+    assert table.row_count == 3 + 3  # cases, then mean / std / median
+    console = Console(record=True, width=120)
+    console.print(table)
+    text = console.export_text()
+    for expected in ("MAE [HU]", "PSNR [dB]", "mean", "std", "median", "30.0", "20.0", "4024", "-1024"):
+        assert expected in text
+
+
+def test_mask_on_another_grid_is_an_error(tmp_path: Path) -> None:
+    ref_path = _save(tmp_path / "ref.nii.gz", _phantom())
+    pred_path = _save(tmp_path / "pred.nii.gz", _phantom())
+    mask_path = _save(tmp_path / "mask.nii.gz", _box_mask()[:, :, :-2], dtype=np.uint8)
+    with pytest.raises(InputError, match=r"mask\.nii\.gz: mask shape"):
+        evaluate(pred_path, ref_path, mask_path)

@@ -1,0 +1,280 @@
+"""The trainer: artefacts of a tiny CPU run, falling cycle loss, exact resume, signals, NaN stop."""
+
+from __future__ import annotations
+
+import csv
+import os
+import pickle
+import signal
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from medcyclegan.config import load_config
+from medcyclegan.errors import CheckpointError, OutputError, TrainingError, TrainingInterrupted
+from medcyclegan.train.checkpoint import load_checkpoint
+from medcyclegan.train.trainer import Trainer, epoch_batches, lr_factor
+
+
+def _head(shape: tuple[int, int, int], rng: np.random.Generator, modality: str) -> np.ndarray:
+    """An ellipsoid 'head' with a bright or dark rim (skull) and a cavity, plus noise."""
+    x, y, z = np.meshgrid(*[np.linspace(-1, 1, s) for s in shape], indexing="ij")
+    r = rng.uniform(0.65, 0.8)
+    dist = np.sqrt((x / r) ** 2 + (y / (r * 1.1)) ** 2 + (z / 1.4) ** 2)
+    inside, skull, cavity = dist < 1.0, (dist > 0.8) & (dist < 1.0), np.sqrt(x**2 + (y - 0.2) ** 2) < 0.15
+    if modality == "ct":
+        vol = np.full(shape, -1000.0)
+        vol[inside] = 40.0
+        vol[skull] = 1200.0
+        vol[cavity & inside] = -900.0
+        return (vol + rng.normal(0, 10, shape)).astype(np.int16)
+    vol = np.zeros(shape)
+    vol[inside] = 600.0
+    vol[skull] = 80.0
+    vol[cavity & inside] = 20.0
+    return np.abs(vol + rng.normal(0, 15, shape)).astype(np.float32)
+
+
+def write_domain(folder: Path, modality: str, n: int, seed: int, shape=(40, 44, 6)) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        affine = np.diag([2.0, 2.0, 4.0, 1.0])
+        nib.save(nib.Nifti1Image(_head(shape, rng, modality), affine), folder / f"case{i:02d}.nii.gz")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def domains(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("domains")
+    return write_domain(root / "mr", "mr", 2, 1), write_domain(root / "ct", "ct", 2, 2)
+
+
+def tiny_config(**overrides):
+    base = {
+        "data.image_size": 32,
+        "data.min_body_fraction": 0.05,
+        "model.ngf": 8,
+        "model.n_blocks": 2,
+        "model.ndf": 8,
+        "model.n_layers_d": 2,
+        "optim.batch_size": 2,
+        "optim.n_epochs": 2,
+        "optim.n_epochs_decay": 1,
+        "optim.pool_size": 4,
+        "train.steps_per_epoch": 4,
+        "train.log_every": 1,
+        "train.checkpoint_every": 1,
+        "train.device": "cpu",
+    }
+    base.update(overrides)
+    return load_config(None, base)
+
+
+def files(folder: Path) -> list[Path]:
+    return sorted(folder.glob("*.nii.gz"))
+
+
+def test_epoch_batches_are_a_pure_function_of_seed_and_epoch() -> None:
+    a = epoch_batches(10, 3, 5, seed=1, epoch=2, domain=0)
+    assert a == epoch_batches(10, 3, 5, seed=1, epoch=2, domain=0)
+    assert a != epoch_batches(10, 3, 5, seed=1, epoch=3, domain=0)
+    assert len(a) == 5 and all(len(b) == 3 for b in a)
+    assert sorted([i for batch in a for i in batch][:10]) == list(range(10))  # the first pass is a permutation
+
+
+def test_lr_schedule_is_the_reference_linear_decay() -> None:
+    factors = [lr_factor(e, 3, 2) for e in range(5)]
+    assert factors == pytest.approx([1.0, 1.0, 1.0, 2 / 3, 1 / 3])
+
+
+def test_tiny_run_writes_every_artefact_and_cycle_loss_falls(domains, tmp_path: Path) -> None:
+    mr, ct = domains
+    cfg = tiny_config(**{"optim.n_epochs": 4, "optim.n_epochs_decay": 2, "train.steps_per_epoch": 6})
+    run = tmp_path / "run"
+    trainer = Trainer(
+        cfg,
+        run,
+        files(mr),
+        files(ct),
+        val_src_paths=files(mr)[:1],
+        val_tgt_paths=files(ct)[:1],
+        show_progress=False,
+    )
+    result = trainer.fit()
+    assert result.step == 36 and result.epoch == 6
+    for name in ("config.yaml", "metrics.csv", "val_metrics.csv", "sources.json"):
+        if name == "sources.json":
+            continue  # written by the folder-level API, tested in test_cli_train
+        assert (run / name).is_file(), name
+    assert (run / "checkpoints" / "last.pt").is_file()
+    assert (run / "checkpoints" / "best.pt").is_file()
+    assert len(list((run / "checkpoints").glob("epoch_*.pt"))) == 6
+    assert len(list((run / "samples").glob("*.png"))) == 6
+    assert list((run / "tb").glob("events.out.tfevents.*"))
+    text = (run / "config.yaml").read_text()
+    assert "normalisation" in text and "version: 0." in text
+    with open(run / "metrics.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 36
+    cycle = [float(r["cycle_A"]) + float(r["cycle_B"]) for r in rows]
+    assert np.mean(cycle[-6:]) < 0.7 * np.mean(cycle[:6])
+    with open(run / "val_metrics.csv") as handle:
+        val_rows = list(csv.DictReader(handle))
+    assert len(val_rows) == 6 and "val/cycle_ssim" in val_rows[0]
+    data = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    for key in (
+        "G_AB",
+        "G_BA",
+        "D_A",
+        "D_B",
+        "opt_G",
+        "opt_D",
+        "sched_G",
+        "sched_D",
+        "pool_A",
+        "pool_B",
+        "rng",
+    ):
+        assert key in data
+    assert data["step"] == 36 and data["epoch"] == 6
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    data = load_checkpoint(path)
+    return {f"{net}.{k}": v for net in ("G_AB", "G_BA", "D_A", "D_B") for k, v in data[net].items()}
+
+
+def test_resume_is_exact(domains, tmp_path: Path) -> None:
+    mr, ct = domains
+    total, stop = 10, 5  # stops inside epoch 1 (4 steps per epoch) and resumes mid-epoch
+    straight = Trainer(
+        tiny_config(**{"train.max_steps": total}), tmp_path / "a", files(mr), files(ct), show_progress=False
+    )
+    straight.fit()
+    first = Trainer(
+        tiny_config(**{"train.max_steps": stop}), tmp_path / "b", files(mr), files(ct), show_progress=False
+    )
+    assert first.fit().step == stop
+    resumed = Trainer(
+        tiny_config(**{"train.max_steps": total}),
+        tmp_path / "b",
+        files(mr),
+        files(ct),
+        resume=tmp_path / "b" / "checkpoints" / "last.pt",
+        show_progress=False,
+    )
+    assert resumed.global_step == stop
+    assert resumed.fit().step == total
+    a = _weights(tmp_path / "a" / "checkpoints" / "last.pt")
+    b = _weights(tmp_path / "b" / "checkpoints" / "last.pt")
+    assert a.keys() == b.keys()
+    different = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not different, different[:5]
+    with open(tmp_path / "b" / "metrics.csv") as handle:
+        steps = [int(r["step"]) for r in csv.DictReader(handle)]
+    assert steps == list(range(1, total + 1))
+
+
+def test_resume_rejects_a_changed_architecture(domains, tmp_path: Path) -> None:
+    mr, ct = domains
+    Trainer(
+        tiny_config(**{"train.max_steps": 2}), tmp_path / "r", files(mr), files(ct), show_progress=False
+    ).fit()
+    ckpt = tmp_path / "r" / "checkpoints" / "last.pt"
+    data = load_checkpoint(ckpt)
+    data["G_AB"] = {k: v for k, v in list(data["G_AB"].items())[:-2]}
+    bad = tmp_path / "bad.pt"
+    torch.save(data, bad)
+    with pytest.raises(CheckpointError, match="architecture"):
+        Trainer(tiny_config(), tmp_path / "r2", files(mr), files(ct), resume=bad, show_progress=False)
+
+
+def test_fresh_run_refuses_an_existing_run_folder(domains, tmp_path: Path) -> None:
+    mr, ct = domains
+    Trainer(
+        tiny_config(**{"train.max_steps": 1}), tmp_path / "r", files(mr), files(ct), show_progress=False
+    ).fit()
+    with pytest.raises(OutputError, match="--resume"):
+        Trainer(tiny_config(), tmp_path / "r", files(mr), files(ct), show_progress=False)
+
+
+def test_sigterm_saves_a_checkpoint_and_resume_continues(domains, tmp_path: Path) -> None:
+    mr, ct = domains
+    trainer = Trainer(
+        tiny_config(**{"train.max_steps": 8}), tmp_path / "s", files(mr), files(ct), show_progress=False
+    )
+
+    def interrupt(step: int, _row: dict) -> None:
+        if step == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    with pytest.raises(TrainingInterrupted) as info:
+        trainer.fit(on_step=interrupt)
+    assert info.value.step == 3
+    assert load_checkpoint(tmp_path / "s" / "checkpoints" / "last.pt")["step"] == 3
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handler restored
+    resumed = Trainer(
+        tiny_config(**{"train.max_steps": 8}),
+        tmp_path / "s",
+        files(mr),
+        files(ct),
+        resume=tmp_path / "s",
+        show_progress=False,
+    )
+    assert resumed.fit().step == 8
+
+
+def test_nan_loss_stops_with_a_clear_message_and_keeps_the_checkpoint(
+    domains, tmp_path: Path, monkeypatch
+) -> None:
+    mr, ct = domains
+    trainer = Trainer(
+        tiny_config(**{"train.max_steps": 8, "train.save_every_steps": 2}),
+        tmp_path / "n",
+        files(mr),
+        files(ct),
+        show_progress=False,
+    )
+    original = trainer.train_step
+
+    def poisoned(batch_a, batch_b):
+        losses = original(batch_a, batch_b)
+        if trainer.global_step == 4:  # the 5th step
+            losses["loss_G"] = torch.tensor(float("nan"))
+        return losses
+
+    monkeypatch.setattr(trainer, "train_step", poisoned)
+    with pytest.raises(TrainingError, match="NaN or Inf at step 5"):
+        trainer.fit()
+    assert load_checkpoint(tmp_path / "n" / "checkpoints" / "last.pt")["step"] == 4
+
+
+class _Evil:
+    def __reduce__(self):
+        return (os.system, ("echo pwned",))
+
+
+def test_checkpoints_never_unpickle_code(tmp_path: Path) -> None:
+    evil = tmp_path / "evil.pt"
+    with open(evil, "wb") as handle:
+        pickle.dump({"format": "medcyclegan-checkpoint", "x": _Evil()}, handle)
+    with pytest.raises(CheckpointError):
+        load_checkpoint(evil)
+    torch.save({"format": "medcyclegan-checkpoint", "x": _Evil()}, tmp_path / "evil2.pt")
+    with pytest.raises(CheckpointError, match="arbitrary unpickling"):
+        load_checkpoint(tmp_path / "evil2.pt")
+    (tmp_path / "empty.pt").write_bytes(b"")
+    with pytest.raises(CheckpointError, match="empty"):
+        load_checkpoint(tmp_path / "empty.pt")
+    good = tmp_path / "good.pt"
+    torch.save({"format": "medcyclegan-checkpoint", "w": torch.ones(3)}, good)
+    (tmp_path / "trunc.pt").write_bytes(good.read_bytes()[:100])
+    with pytest.raises(CheckpointError, match="corrupted"):
+        load_checkpoint(tmp_path / "trunc.pt")
+    torch.save({"weights": torch.ones(3)}, tmp_path / "foreign.pt")
+    with pytest.raises(CheckpointError, match="not a medcyclegan checkpoint"):
+        load_checkpoint(tmp_path / "foreign.pt")
