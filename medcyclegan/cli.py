@@ -331,6 +331,79 @@ def info(
     Console().print(table)
 
 
+@app.command()
+def augment(
+    images: Path | None = typer.Option(
+        None, "--images", help="Folder of source images (e.g. MR) with labels."
+    ),
+    labels: Path | None = typer.Option(
+        None, "--labels", help="Folder of label maps, paired with --images by case name."
+    ),
+    model: Path | None = typer.Option(
+        None, "--model", "-m", help="Run folder or checkpoint [default: newest under ./runs]."
+    ),
+    out: Path | None = typer.Option(
+        None, "--out", "-o", help="Parent folder of the dataset (e.g. $nnUNet_raw)."
+    ),
+    fmt: str = typer.Option("nnunetv2", "--format", help="nnunetv2 or msd."),
+    to: str | None = typer.Option(
+        None, "--to", help="Target modality ct or mr [default: the training target]."
+    ),
+    include_originals: bool = typer.Option(
+        False, "--include-originals", help="Also add the original images (channel declared zscore)."
+    ),
+    dataset_id: int | None = typer.Option(
+        None, "--dataset-id", help="nnU-Net dataset id (1-999) or MSD task number."
+    ),
+    name: str | None = typer.Option(None, "--name", help="Dataset name [default: SynthCT or SynthMR]."),
+    labels_json: Path | None = typer.Option(
+        None, "--labels-json", help='Label names: {"background": 0, "liver": 1}.'
+    ),
+    batch_size: int = typer.Option(16, "--batch-size", help="Slices per forward pass."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Rewrite cases that already exist."),
+    check: Path | None = typer.Option(
+        None, "--check", help="Only check an existing nnU-Net v2 or MSD dataset folder."
+    ),
+) -> None:
+    """Synthetic volumes as a ready-to-train segmentation dataset (nnU-Net v2 or MSD), labels reused."""
+    from medcyclegan.augment import augment_dataset, check_dataset
+
+    if check is not None:
+        if any(v is not None for v in (images, labels, out, dataset_id, name, labels_json, model)):
+            raise MedCycleGANError("--check takes only the dataset folder; drop the build options")
+        report = check_dataset(check)
+        for problem in report.problems:
+            typer.echo(problem)
+        typer.echo(report.summary())
+        report.raise_if_problems()
+        return
+    missing = [flag for flag, v in (("--images", images), ("--labels", labels), ("--out", out)) if v is None]
+    if missing:
+        raise MedCycleGANError(f"{', '.join(missing)} required (or use --check DIR)")
+    if dataset_id is None:
+        raise MedCycleGANError("--dataset-id is required (nnU-Net dataset id 1-999, or MSD task number)")
+    result = augment_dataset(
+        images,
+        labels,
+        model,
+        out,
+        fmt=fmt,
+        to=to,
+        include_originals=include_originals,
+        dataset_id=dataset_id,
+        name=name,
+        labels_json=labels_json,
+        overwrite=overwrite,
+        batch_size=batch_size,
+        device=device,
+    )
+    typer.echo(
+        f"dataset written to {result.dataset_dir} ({len(result.written)} written, {len(result.skipped)} kept)"
+    )
+    typer.echo(result.check.summary())
+
+
 @app.command("sample-data")
 def sample_data(
     out: Path = typer.Argument(..., help="Folder to write the phantom dataset into."),

@@ -15,10 +15,10 @@ import pytest
 import medcyclegan
 from medcyclegan.config import DataConfig
 from medcyclegan.data import cache as cache_module
-from medcyclegan.data.cache import load_prepared
+from medcyclegan.data.cache import cache_key, load_prepared
 from medcyclegan.data.normalise import NormParams
 from medcyclegan.data.prepare import prepare_volume
-from medcyclegan.errors import ConfigError
+from medcyclegan.errors import ConfigError, InputError
 from medcyclegan.io.volume import Geometry, Volume
 
 
@@ -56,7 +56,13 @@ def reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
         calls.append(str(path))
         return _nibabel_read_volume(path, **kwargs)
 
-    monkeypatch.setitem(sys.modules, "medcyclegan.io.readers", types.SimpleNamespace(read_volume=read_volume))
+    def read_mask(path: str | Path, like: Geometry) -> np.ndarray:
+        mask = _nibabel_read_volume(path)
+        assert mask.shape == like.ras_shape
+        return mask.array > 0
+
+    fake = types.SimpleNamespace(read_volume=read_volume, read_mask=read_mask)
+    monkeypatch.setitem(sys.modules, "medcyclegan.io.readers", fake)
     return calls
 
 
@@ -162,3 +168,22 @@ def test_with_the_real_reader(tmp_path: Path) -> None:
     path = _write_nifti(tmp_path / "mr.nii.gz", 4, "mr")
     (volume,) = load_prepared([path], "mr", DataConfig(), cache_dir=tmp_path / "cache")
     _assert_same(volume, _fresh(path, "mr", DataConfig()))
+    mask_path = tmp_path / "small_mask.nii.gz"
+    nib.save(nib.Nifti1Image(np.ones((4, 4, 4), np.uint8), np.eye(4)), mask_path)
+    with pytest.raises(InputError, match="small_mask"):
+        load_prepared([path], "mr", DataConfig(), masks=[mask_path])
+    with pytest.raises(InputError, match="missing"):
+        load_prepared([tmp_path / "missing.nii.gz"], "mr", DataConfig(), cache_dir=tmp_path / "cache")
+
+
+def test_series_paths_are_keyed_by_folder_and_uid(tmp_path: Path) -> None:
+    pytest.importorskip("medcyclegan.io.discovery")
+    folder = tmp_path / "dicom"
+    folder.mkdir()
+    (folder / "1.dcm").write_bytes(b"x")
+    key_a = cache_key(f"{folder}::1.2.3", "ct", DataConfig())
+    key_b = cache_key(f"{folder}::1.2.4", "ct", DataConfig())
+    assert key_a != key_b and key_a == cache_key(f"{folder}::1.2.3", "ct", DataConfig())
+    before = cache_key(folder, "ct", DataConfig())
+    (folder / "2.dcm").write_bytes(b"y")
+    assert cache_key(folder, "ct", DataConfig()) != before  # a file added to the series

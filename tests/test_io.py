@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -171,19 +173,46 @@ def test_single_slice_volume_is_legal(write_nifti, tmp_path):
     np.testing.assert_array_equal(read_volume(out).array, volume.array)
 
 
-def test_big_endian_nifti_reads_native(tmp_path):
+def test_big_endian_nifti_reads_native_and_round_trips(tmp_path):
     array = sample_array("int16")
+    header = nib.Nifti1Header(endianness=">")
+    header.set_data_dtype(np.int16)
     path = tmp_path / "big_endian.nii"
-    nib.save(nib.Nifti1Image(array.astype(">i2"), AFFINES["ras"]), str(path))
+    nib.save(nib.Nifti1Image(array, AFFINES["lps"], header=header), str(path))
+    assert nib.load(str(path)).header.endianness == ">"
+
     volume = read_volume(path)
+
     assert volume.array.dtype == np.dtype("int16") and volume.array.dtype.isnative
-    np.testing.assert_array_equal(volume.array, array)
+    assert_ras_matches_file(volume, array, volume.geometry.affine)
+    out = write_volume(volume.array, volume.geometry, tmp_path / "out.nii.gz")
+    np.testing.assert_array_equal(read_volume(out).array, volume.array)
 
 
 def test_uppercase_extensions_are_read(write_nifti, write_itk):
     nifti = read_volume(write_nifti("SCAN.NII.GZ", sample_array("int16"), AFFINES["ras"]))
     itk = read_volume(write_itk("SCAN.NRRD", sample_array("int16")))
     assert nifti.shape == SHAPE and itk.shape == SHAPE
+
+
+@pytest.mark.parametrize(
+    ("name", "expected_files"),
+    [
+        ("OUT.NII.GZ", ["OUT.NII.GZ"]),
+        ("OUT.NRRD", ["OUT.NRRD"]),
+        # ITK alone would turn X.MHA into a detached X.mhd + X.zraw.
+        ("OUT.MHA", ["OUT.MHA"]),
+        ("OUT.MHD", ["OUT.MHD", "OUT.zraw"]),
+        ("OUT.NHDR", ["OUT.NHDR", "OUT.raw.gz"]),
+    ],
+)
+def test_uppercase_output_extensions(write_nifti, tmp_path, name, expected_files):
+    volume = read_volume(write_nifti("in.nii.gz", sample_array("int16"), AFFINES["lps"]))
+    out = write_volume(volume.array, volume.geometry, tmp_path / "out" / name)
+    assert sorted(p.name for p in out.parent.iterdir()) == expected_files
+    if name.endswith(".GZ"):
+        assert out.read_bytes()[:2] == b"\x1f\x8b"
+    np.testing.assert_array_equal(read_volume(out).array, volume.array)
 
 
 # ------------------------------------------------------------------------------------------------- ITK
@@ -429,6 +458,12 @@ def test_read_mask_warns_on_label_values(write_nifti, caplog):
 
 
 # -------------------------------------------------------------------------------------------- helpers
+
+
+def test_importing_io_does_not_import_simpleitk_or_monai():
+    code = "import sys, medcyclegan.io; print(sorted({'SimpleITK', 'monai', 'torch'} & set(sys.modules)))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
 
 
 def test_check_finite_and_is_constant():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -233,7 +234,13 @@ def test_nrrd_with_broken_header(tmp_path):
 def test_nrrd_that_is_text(tmp_path):
     path = tmp_path / "notes.nrrd"
     path.write_text("just some text\n" * 20)
-    assert read_error(path) == "cannot be read (its content is not in a format ITK recognises)"
+    assert read_error(path).startswith('cannot be read (couldn\'t parse "just some text" as magic')
+
+
+def test_mha_that_is_text(tmp_path):
+    path = tmp_path / "notes.mha"
+    path.write_text("just some text\n" * 20)
+    assert read_error(path) == "cannot be read (its header cannot be parsed)"
 
 
 def test_truncated_nrrd(write_itk, tmp_path):
@@ -426,3 +433,25 @@ def test_find_volumes_on_a_non_volume_file(tmp_path):
     with pytest.raises(InputError) as info:
         find_volumes(path)
     assert checked_line(str(info.value), path).startswith("is not a volume file")
+
+
+# ------------------------------------------------------------------------------ without SimpleITK
+
+
+def test_without_simpleitk_nifti_works_and_itk_says_why(write_nifti, write_itk, tmp_path, monkeypatch):
+    nrrd = write_itk("scan.nrrd", volume_array())
+    nifti = write_nifti("scan.nii.gz", volume_array())
+    (tmp_path / "dicom").mkdir()
+    # A None entry makes "import SimpleITK" fail, as on a machine without it.
+    monkeypatch.setitem(sys.modules, "SimpleITK", None)
+
+    volume = read_volume(nifti)
+    write_volume(volume.array, volume.geometry, tmp_path / "out.nii.gz")
+
+    assert (
+        read_error(nrrd)
+        == "reading .nrrd files needs SimpleITK, which is not installed (pip install SimpleITK)"
+    )
+    assert read_error(tmp_path / "dicom").startswith("reading DICOM series needs SimpleITK")
+    with pytest.raises(OutputError, match=r"out\.mha: writing \.mha files needs SimpleITK"):
+        write_volume(volume.array, volume.geometry, tmp_path / "out.mha")

@@ -1,6 +1,6 @@
 """Fuzzing read_volume: random and mutated bytes give a valid volume or an InputError, nothing else.
 
-Seeds are tiny valid files (.nii.gz, .nii, .nrrd raw and gzip). Mutations overwrite, insert and delete
+Seeds are tiny valid files (.nii.gz, .nii, .nrrd raw and gzip, .mha). Mutations overwrite, insert and delete
 bytes (biased towards the headers, where parsing happens) and truncate; for .nii.gz the uncompressed
 content is also mutated and recompressed, so that the NIfTI parser, not only gzip, gets bad input.
 Set MEDCYCLEGAN_FUZZ_EXAMPLES to run a longer campaign.
@@ -46,14 +46,18 @@ def seeds() -> dict[str, tuple[str, bytes]]:
         itk_image = sitk.GetImageFromArray(array.transpose(2, 1, 0).copy())
         itk_image.SetSpacing((0.5, 0.6, 2.0))
         itk_image.SetDirection((1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0))
-        for name, compress in (("nrrd", False), ("nrrd-gzip", True)):
-            path = Path(folder) / f"{name}.nrrd"
+        for name, suffix, compress in (
+            ("nrrd", ".nrrd", False),
+            ("nrrd-gzip", ".nrrd", True),
+            ("mha", ".mha", True),
+        ):
+            path = Path(folder) / f"{name}{suffix}"
             sitk.WriteImage(itk_image, str(path), useCompression=compress)
-            found[name] = (".nrrd", path.read_bytes())
+            found[name] = (suffix, path.read_bytes())
     return found
 
 
-SEED_NAMES = ["nii", "nii.gz", "nii-content-gz", "nrrd", "nrrd-gzip"]
+SEED_NAMES = ["nii", "nii.gz", "nii-content-gz", "nrrd", "nrrd-gzip", "mha"]
 
 
 @st.composite

@@ -65,8 +65,8 @@ def load_prepared(
         paths: volume files (or DICOM folders).
         modality: ``"ct"`` or ``"mr"`` (all volumes of one call share it).
         data_cfg: preparation settings.
-        masks: optional body masks, one per path (a mask file on the volume's grid, a bool array in
-            RAS order, or None for the automatic mask).
+        masks: optional body masks, one per path (a mask file on the volume's grid, read with
+            ``read_mask``; a bool array in RAS order; or None for the automatic mask).
         cache_dir: folder of the on-disk cache (created if missing); None keeps everything in memory.
         params: fixed normalisation parameters for every volume (default: measured per volume).
 
@@ -136,7 +136,15 @@ def cache_key(
 
 
 def _file_identity(path: Path) -> list[Any]:
-    """Absolute path, size (bytes) and mtime (ns) of a file, or of every file in a folder (DICOM series)."""
+    """Absolute path, size (bytes) and mtime (ns) of a file, or of every file in a folder (DICOM series).
+
+    ``FOLDER::SERIES_UID`` (one series of a DICOM folder) is the folder's identity plus the UID.
+    """
+    from medcyclegan.io.discovery import split_series
+
+    folder, series_uid = split_series(path)
+    if series_uid is not None:
+        return [*_file_identity(folder), series_uid]
     path = path.absolute()
     try:
         if path.is_dir():
@@ -158,14 +166,14 @@ def _plain(value: Any) -> Any:
 def _prepare_file(
     path: Path, modality: str, data_cfg: DataConfig, mask: MaskSource, params: NormParams | None
 ) -> PreparedVolume:
-    from medcyclegan.io.readers import read_volume
+    from medcyclegan.io.readers import read_mask, read_volume
 
     volume = read_volume(path)
-    user_mask: Any = None
+    user_mask: np.ndarray | None = None
     if isinstance(mask, np.ndarray):
         user_mask = mask
     elif mask is not None:
-        user_mask = read_volume(mask)
+        user_mask = read_mask(mask, like=volume.geometry)
     prepared = prepare_volume(volume, modality, data_cfg, mask=user_mask, params=params)
     if not prepared.source:
         prepared.source = str(path)

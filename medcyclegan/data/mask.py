@@ -7,12 +7,13 @@ MR percentiles, masked losses and slice selection see the body only. Steps:
    (``skimage.filters.threshold_otsu``) of the log intensities for MR, whose intensities have no unit;
 2. keep the largest 3D connected component (face connectivity), dropping noise blobs and the table
    when it does not touch the body;
-3. fill holes: in 3D (closed cavities such as the ventricles) and slice by slice in the axial plane
-   (cavities such as the sinuses or airways that open to the outside through other slices, but are
-   enclosed within each axial slice);
-4. dilate in the axial plane by a few voxels, so that the skin surface is safely inside. The dilation
+3. dilate in the axial plane by a few voxels, so that the skin surface is safely inside. The dilation
    is in-plane only because the slice thickness is often several times the in-plane spacing, and
-   the mask is used slice by slice.
+   the mask is used slice by slice;
+4. fill holes: in 3D (closed cavities such as the ventricles) and slice by slice in the axial plane
+   (cavities such as the sinuses or airways that open to the outside through other slices, but are
+   enclosed within each axial slice). Filling after the dilation also fills pockets that the
+   dilation encloses.
 
 An empty result (nothing above the threshold) is returned as an all-False mask: the caller decides
 what that means (``prepare_volume`` warns and the volume then contributes no training slices).
@@ -67,10 +68,11 @@ def body_mask(
     mask = largest_component(foreground)
     if not mask.any():
         return mask
-    mask = fill_holes(mask)
     if dilation > 0:
+        # Filling after the dilation (not before) also fills pockets the dilation encloses, and gives
+        # the same result as filling before: a voxel within reach of a hole is within reach of its wall.
         mask = ndimage.binary_dilation(mask, structure=_STRUCTURE_AXIAL, iterations=int(dilation))
-    return mask
+    return fill_holes(mask)
 
 
 def _otsu_foreground(array: np.ndarray) -> np.ndarray:
@@ -90,7 +92,8 @@ def _otsu_foreground(array: np.ndarray) -> np.ndarray:
     step = max(1, int(np.ceil((array.size / 2_000_000) ** (1 / 3))))
     sample = np.asarray(array[::step, ::step, ::step], dtype=np.float64) - lowest
     unit = float(np.percentile(sample, 99)) / 1000.0 or (highest - lowest) / 1000.0
-    log_threshold = threshold_otsu(np.log1p(sample / unit))
+    # ravel(): skimage mistakes a volume with 3-4 slices for an RGB image.
+    log_threshold = threshold_otsu(np.log1p(sample / unit).ravel())
     return array > lowest + unit * np.expm1(log_threshold)
 
 

@@ -46,8 +46,9 @@ def _suffix(path: Path) -> str:
     """Keeps double extensions such as ``.nii.gz`` so that writers pick the right format."""
     name = path.name
     for ext in (".nii.gz", ".tar.gz"):
-        if name.endswith(ext):
-            return ext
+        # Case-insensitive, keeping the caller's case: "SCAN.NII.GZ" must not become a ".GZ" temp file.
+        if name.lower().endswith(ext):
+            return name[-len(ext) :]
     return path.suffix
 
 

@@ -14,11 +14,13 @@ import math
 import re
 import zlib
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
+from nibabel import orientations as ornt_lib
 
-from medcyclegan.errors import InputError
+from medcyclegan.errors import InputError, MedCycleGANError
 from medcyclegan.io.discovery import (
     DICOM_SUFFIX,
     ITK_SUFFIXES,
@@ -40,10 +42,24 @@ _NIFTI1_HEADER_BYTES = 348
 _NIFTI2_HEADER_BYTES = 540
 _MAX_MESSAGE_CHARS = 200
 _GZIP_CHUNK_BYTES = 1 << 22
+# MetaImage header: "Key = Value" lines, ending with ElementDataFile (data follows for LOCAL).
+_META_HEADER_MAX_BYTES = 1 << 16
+_META_LINE = re.compile(r"^([^=]+?)\s*=\s*(.*)$")
+_META_ELEMENT_TYPE = re.compile(r"^MET_[A-Z_]+$")
+_META_MAX_DIMS = 10
+# Lower bounds of element sizes (MET_LONG is 4 or 8 bytes depending on the writer's platform).
+_META_ELEMENT_BYTES = {
+    "MET_CHAR": 1, "MET_UCHAR": 1, "MET_SHORT": 2, "MET_USHORT": 2, "MET_INT": 4, "MET_UINT": 4,
+    "MET_LONG": 4, "MET_ULONG": 4, "MET_LONG_LONG": 8, "MET_ULONG_LONG": 8, "MET_FLOAT": 4, "MET_DOUBLE": 8,
+}  # fmt: skip
+_ITK_IMAGE_IO = {".nrrd": "NrrdImageIO", ".nhdr": "NrrdImageIO", ".mha": "MetaImageIO", ".mhd": "MetaImageIO"}
 # Slices whose spacing differs from the median by more than this fraction mean missing/duplicate slices.
 _SLICE_SPACING_TOLERANCE = 0.01
 _SLICE_SPACING_ABS_TOLERANCE_MM = 0.01
 _MASK_AFFINE_TOLERANCE_MM = 1e-3
+# Voxel sizes outside these bounds (1 nm, 1 km) can only come from a corrupted header.
+_MIN_VOXEL_MM = 1e-6
+_MAX_VOXEL_MM = 1e6
 
 
 def check_finite(array: np.ndarray, path: str | Path) -> None:
@@ -208,6 +224,19 @@ def _check_size(voxel_bytes: int, offset: int, file_bytes: int, compressed: bool
         )
 
 
+def _check_affine(affine: np.ndarray, path: Path) -> None:
+    """Refuses a voxel-to-world matrix that is non-finite, implausibly scaled or has no clear axes."""
+    if not np.isfinite(affine).all():
+        raise InputError("has an invalid geometry (non-finite values in the voxel-to-world matrix)", path)
+    voxel_sizes = np.linalg.norm(affine[:3, :3], axis=0)
+    if voxel_sizes.min() < _MIN_VOXEL_MM or voxel_sizes.max() > _MAX_VOXEL_MM:
+        sizes = "x".join(f"{v:.3g}" for v in voxel_sizes)
+        raise InputError(f"has an implausible voxel size ({sizes} mm)", path)
+    ornt = ornt_lib.io_orientation(affine)
+    if np.isnan(ornt).any() or sorted(ornt[:, 0].astype(int)) != [0, 1, 2]:
+        raise InputError("has a degenerate geometry (voxel axes are not independent directions)", path)
+
+
 def _one_line(text: str, path: Path | None = None) -> str:
     """A library message on one short line, without the file name (the error prefix names it)."""
     if path is not None:
@@ -246,8 +275,7 @@ def _read_nifti(path: Path, suffix: str, size: int) -> Volume:
         raise InputError(f"has an invalid NIfTI header ({_one_line(str(exc), path)})", path) from None
     shape = _spatial_shape(file_shape, path)
     _check_voxel_type(raw_dtype, path)
-    if not np.isfinite(affine).all() or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
-        raise InputError("has an invalid affine (non-finite or singular voxel-to-world matrix)", path)
+    _check_affine(affine, path)
     _check_size(math.prod(file_shape) * raw_dtype.itemsize, offset, size, suffix == ".nii.gz", path)
 
     if suffix == ".nii.gz":
@@ -351,13 +379,37 @@ def _not_nifti_reason(path: Path, suffix: str) -> str:
 # ------------------------------------------------------------------------------------------------ ITK
 
 
+def import_simpleitk(
+    path: str | Path, purpose: str, error_class: type[MedCycleGANError] = InputError
+) -> ModuleType:
+    """SimpleITK, imported on first use (it may be missing, e.g. on GPU machines that only read NIfTI).
+
+    Raises:
+        InputError (or ``error_class``): SimpleITK is not installed, naming what needed it.
+    """
+    try:
+        import SimpleITK
+    except ImportError:
+        raise error_class(
+            f"{purpose} needs SimpleITK, which is not installed (pip install SimpleITK)", path
+        ) from None
+    return SimpleITK
+
+
 def _itk_message(exc: BaseException, path: Path | None = None) -> str:
     """The useful part of a SimpleITK/ITK exception (last line, without source locations)."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    # MetaIO ends with "Reason: <errno text>", which is stale and meaningless here.
+    lines = [
+        line.strip()
+        for line in str(exc).splitlines()
+        if line.strip() and not line.strip().startswith("Reason:")
+    ]
     text = lines[-1] if lines else type(exc).__name__
     if "Unable to determine ImageIO reader" in text:
         return "its content is not in a format ITK recognises"
-    text = re.sub(r"^.*?(sitk|itk)::ERROR:\s*", "", text)
+    if "File cannot be read" in text:
+        return "its header cannot be parsed"
+    text = re.sub(r"^.*?(sitk::ERROR|itk::ERROR|ITK ERROR):\s*", "", text)
     text = re.sub(r"^\w+\(0x[0-9a-fA-F]+\):\s*", "", text)
     text = re.sub(r"^\[\w+\]\s*\w+:\s*", "", text)
     return _one_line(text, path)
@@ -371,10 +423,14 @@ def _itk_dtype(pixel_id: int) -> np.dtype:
 
 
 def _read_itk(path: Path, suffix: str, size: int) -> Volume:
-    import SimpleITK as sitk
+    sitk = import_simpleitk(path, f"reading {suffix} files")
 
+    if suffix in (".mha", ".mhd"):
+        _check_metaimage_header(path, suffix, size)
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
+    # ITK matches extensions case-sensitively: choose the reader from our (case-insensitive) suffix.
+    reader.SetImageIO(_ITK_IMAGE_IO[suffix])
     try:
         reader.ReadImageInformation()
     except RuntimeError as exc:
@@ -403,6 +459,90 @@ def _read_itk(path: Path, suffix: str, size: int) -> Volume:
     return _itk_volume(image, path, "itk")
 
 
+def _check_metaimage_header(path: Path, suffix: str, size: int) -> None:
+    """Validates a MetaImage header before ITK sees it.
+
+    ITK's MetaIO corrupts the heap and kills the process (not an exception) on some malformed
+    headers, e.g. a missing ``ElementDataFile`` line or fewer data bytes than announced, so those are
+    refused here. The checks are lenient: unknown keys are allowed, only structure and sizes matter.
+    """
+    with open(path, "rb") as handle:
+        head = handle.read(_META_HEADER_MAX_BYTES)
+    fields: dict[str, str] = {}
+    header_end = None
+    position = 0
+    for number, raw_line in enumerate(head.split(b"\n"), start=1):
+        line_end = position + len(raw_line) + 1
+        text = raw_line.decode("latin-1").strip()
+        position = line_end
+        if not text:
+            continue
+        match = _META_LINE.match(text)
+        if match is None or not match.group(1).isprintable():
+            raise InputError(f"has a malformed MetaImage header (line {number} is not 'Key = Value')", path)
+        fields[match.group(1)] = match.group(2)
+        if match.group(1) == "ElementDataFile":
+            header_end = min(line_end, len(head))
+            break
+    if header_end is None:
+        raise InputError("has a malformed MetaImage header (no ElementDataFile line)", path)
+
+    def numbers(key: str, count: int, kind: type = float) -> list[Any] | None:
+        if key not in fields:
+            return None
+        try:
+            values = [kind(v) for v in fields[key].split()]
+        except ValueError:
+            values = []
+        if len(values) != count:
+            raise InputError(f"has a malformed MetaImage header ({key} needs {count} numbers)", path)
+        return values
+
+    ndims = (numbers("NDims", 1, int) or [0])[0]
+    if not 1 <= ndims <= _META_MAX_DIMS:
+        raise InputError("has a malformed MetaImage header (NDims missing or out of range)", path)
+    dim_size = numbers("DimSize", ndims, int)
+    if dim_size is None or min(dim_size) <= 0:
+        raise InputError("has a malformed MetaImage header (DimSize missing or not positive)", path)
+    for key in ("ElementSpacing", "ElementSize", "Offset", "Origin", "Position", "CenterOfRotation"):
+        numbers(key, ndims)
+    for key in ("TransformMatrix", "Rotation", "Orientation"):
+        numbers(key, ndims * ndims)
+    channels = (numbers("ElementNumberOfChannels", 1, int) or [1])[0]
+    element_type = fields.get("ElementType", "")
+    if not _META_ELEMENT_TYPE.match(element_type) or channels < 1:
+        raise InputError("has a malformed MetaImage header (ElementType missing or unknown)", path)
+    compressed = fields.get("CompressedData", "False").lower() == "true"
+    compressed_size = numbers("CompressedDataSize", 1, int)
+
+    data_file = fields["ElementDataFile"]
+    if data_file.upper() == "LOCAL":
+        data_bytes = size - header_end
+    elif suffix == ".mha":
+        raise InputError(
+            "has a malformed MetaImage header (ElementDataFile must be LOCAL in a .mha file)", path
+        )
+    elif not data_file.isprintable():
+        raise InputError("has a malformed MetaImage header (ElementDataFile is not a file name)", path)
+    elif data_file.upper().startswith("LIST") or "%" in data_file or " " in data_file:
+        return  # slice lists and file patterns: left to ITK
+    else:
+        data_path = path.parent / data_file
+        if not data_path.is_file():
+            raise InputError(f"its data file {data_file} is missing", path)
+        data_bytes = data_path.stat().st_size
+    if compressed:
+        if compressed_size is not None and compressed_size[0] > data_bytes:
+            raise InputError(
+                f"is truncated: {compressed_size[0]} bytes of compressed voxels announced, {data_bytes} present",
+                path,
+            )
+    elif fields.get("BinaryData", "True").lower() == "true":
+        needed = math.prod(dim_size) * channels * _META_ELEMENT_BYTES.get(element_type, 1)
+        if needed > data_bytes:
+            raise InputError(f"is truncated: {needed} bytes of voxels announced, {data_bytes} present", path)
+
+
 def _itk_volume(image: Any, path: Path, source_format: str, extra: dict[str, str] | None = None) -> Volume:
     """An ITK image (LPS world, z-y-x array) as a Volume (RAS world, x-y-z file order -> RAS order)."""
     import SimpleITK as sitk
@@ -422,8 +562,7 @@ def _itk_volume(image: Any, path: Path, source_format: str, extra: dict[str, str
     affine_lps[:3, :3] = direction * spacing  # column j = direction of axis j times its spacing
     affine_lps[:3, 3] = origin
     affine = LPS_TO_RAS @ affine_lps
-    if not np.isfinite(affine).all() or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
-        raise InputError("has an invalid geometry (non-finite or singular spacing/direction)", path)
+    _check_affine(affine, path)
 
     array = sitk.GetArrayFromImage(image)  # axes reversed: (t,) z, y, x
     array = array.reshape(array.shape[-3:]).transpose(2, 1, 0)
@@ -483,7 +622,7 @@ def _series_summary(folder: Path, uid: str) -> str:
 
 
 def _read_dicom_series(folder: Path, series_uid: str | None) -> Volume:
-    import SimpleITK as sitk
+    sitk = import_simpleitk(folder, "reading DICOM series")
 
     try:
         uids = list(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))

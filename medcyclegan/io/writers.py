@@ -17,6 +17,7 @@ import numpy as np
 from medcyclegan.errors import OutputError
 from medcyclegan.io.atomic import atomic_path, check_can_write
 from medcyclegan.io.discovery import DETACHED_HEADER_SUFFIXES, ITK_SUFFIXES, NIFTI_SUFFIXES, volume_suffix
+from medcyclegan.io.readers import import_simpleitk
 from medcyclegan.io.volume import LPS_TO_RAS, Geometry
 
 # Voxel types every output format stores natively.
@@ -195,39 +196,41 @@ def _itk_geometry(geometry: Geometry) -> tuple[list[float], list[float], list[fl
 
 
 def _write_itk(data: np.ndarray, geometry: Geometry, path: Path, suffix: str, overwrite: bool) -> None:
-    import SimpleITK as sitk
+    sitk = import_simpleitk(path, f"writing {suffix} files", OutputError)
 
     image = sitk.GetImageFromArray(np.ascontiguousarray(data.transpose(2, 1, 0)))
     spacing, origin, direction = _itk_geometry(geometry)
     image.SetSpacing(spacing)
     image.SetOrigin(origin)
     image.SetDirection(direction)
-    if suffix in DETACHED_HEADER_SUFFIXES:
-        _write_detached(image, path, overwrite)
-        return
-    with atomic_path(path) as tmp:
-        try:
-            sitk.WriteImage(image, str(tmp), useCompression=True)
-        except RuntimeError as exc:
-            raise OutputError(f"cannot be written ({_itk_error_line(exc)})", path) from None
+    _write_itk_files(image, path, suffix, overwrite)
 
 
-def _write_detached(image: object, path: Path, overwrite: bool) -> None:
-    """A header (.nhdr/.mhd) plus its data file: the data file is moved in first, the header last.
+def _write_itk_files(image: object, path: Path, suffix: str, overwrite: bool) -> None:
+    """Writes an ITK image; for .nhdr/.mhd its data file is moved in first and the header last.
 
-    ITK names the data file after the header, so both are written under their final names in a
-    hidden scratch folder next to the output, then moved; a crash leaves at worst a stray data file.
+    ITK picks the format from a lower-case extension only (``X.MHA`` silently becomes a detached
+    ``X.mhd`` + ``X.zraw``) and names data files after the header, so the image is written under
+    ``<stem><suffix in lower case>`` in a hidden scratch folder next to the output, then moved; the
+    header goes through :func:`atomic_path`. A crash leaves at worst a stray data file.
     """
     import SimpleITK as sitk
 
+    stem = path.name[: -len(suffix)]
     scratch = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
-        scratch_header = scratch / path.name
+        scratch_header = scratch / f"{stem}{suffix}"
         try:
             sitk.WriteImage(image, str(scratch_header), useCompression=True)
         except RuntimeError as exc:
             raise OutputError(f"cannot be written ({_itk_error_line(exc)})", path) from None
-        data_files = [f for f in sorted(scratch.iterdir()) if f.name != path.name]
+        if not scratch_header.is_file():
+            raise OutputError("cannot be written (ITK did not create the file)", path)
+        data_files = [f for f in sorted(scratch.iterdir()) if f != scratch_header]
+        if data_files and suffix not in DETACHED_HEADER_SUFFIXES:
+            raise OutputError(
+                "cannot be written (ITK wrote a separate data file for a single-file format)", path
+            )
         for data_file in data_files:
             check_can_write(path.parent / data_file.name, overwrite)
         for data_file in data_files:

@@ -1,7 +1,8 @@
 """Sample grids: what the networks make of a fixed slice, as a PNG a person can read.
 
 Rows: ``A, G_AB(A), G_BA(G_AB(A))`` and ``B, G_BA(B), G_AB(G_BA(B))``. CT tiles are shown in a
-soft-tissue window (level 40 HU, width 400 HU); MR tiles over their normalised range. Slices are
+soft-tissue window (level 40 HU, width 400 HU); MR tiles over their normalised range; attention
+masks over [0, 1]. Slices are
 displayed the radiological way: anterior up, the patient's right on the left of the image.
 """
 
@@ -25,7 +26,9 @@ def display_slice(ras_slice: np.ndarray) -> np.ndarray:
 
 def to_uint8(tile: np.ndarray, modality: str, record: dict[str, Any]) -> np.ndarray:
     """Maps a normalised tile to 8-bit grey for display (CT via HU in a soft-tissue window)."""
-    if modality == "ct" and record:
+    if modality == "attention":
+        scaled = np.clip(tile, 0.0, 1.0)
+    elif modality == "ct" and record:
         from medcyclegan.data.normalise import denormalise, output_params
 
         hu = denormalise(tile.astype(np.float32), output_params(record))

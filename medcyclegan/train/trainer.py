@@ -243,9 +243,10 @@ class Trainer:
         random.seed(seed)
         np.random.seed(seed % 2**32)
         torch.manual_seed(seed)
-        if self.device.type == "cpu" and self.cfg.train.deterministic:
+        if self.cfg.train.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
-        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = False
+        elif self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
 
     def _prepare_data(
@@ -743,11 +744,18 @@ class Trainer:
 
     # --------------------------------------------------------------- samples
     def write_samples(self, epoch: int, writer: Any | None = None) -> Path:
-        """A PNG grid: rows A, G_AB(A), G_BA(G_AB(A)) and B, G_BA(B), G_AB(G_BA(B)); CT in a soft-tissue window."""
+        """A PNG grid: rows A, G_AB(A), G_BA(G_AB(A)) and B, G_BA(B), G_AB(G_BA(B)).
+
+        CT tiles use a soft-tissue window; an attention generator adds its mask m as a fourth tile
+        (black 0 = input kept, white 1 = generated content).
+        """
+        from medcyclegan.nets.slicewise import context_stack, translate_array
         from medcyclegan.train.samples import render_grid
 
         vols_a = self.val_src or self.src_volumes
         vols_b = self.val_tgt or self.tgt_volumes
+        k = self.cfg.data.context_slices
+        attention = self.cfg.model.generator == "resnet-attention"
         rows = []
         with torch.no_grad():
             for volumes, forward, backward, modalities in (
@@ -755,17 +763,19 @@ class Trainer:
                 (vols_b, self.G_BA, self.G_AB, (self.cfg.data.tgt_modality, self.cfg.data.src_modality)),
             ):
                 volume = volumes[0]
+                # The slice with the most body shows the most anatomy.
                 z = int(np.argmax(volume.mask.reshape(-1, volume.mask.shape[2]).sum(axis=0)))
-                from medcyclegan.nets.slicewise import context_stack, translate_array
-
-                k = self.cfg.data.context_slices
                 z_lo, z_hi = max(0, z - k), min(volume.image.shape[2], z + k + 1)
                 chunk = volume.image[:, :, z_lo:z_hi]
-                fake = translate_array(forward, chunk, context_slices=k, device=self.device, amp=self.amp)
+                fake, mask = translate_array(
+                    forward, chunk, context_slices=k, device=self.device, amp=self.amp, return_attention=True
+                )
                 rec = translate_array(backward, fake, context_slices=k, device=self.device, amp=self.amp)
-                zc = z - z_lo
-                images = [context_stack(a, np.array([zc]), 0)[0, 0] for a in (chunk, fake, rec)]
-                rows.append((images, (modalities[0], modalities[1], modalities[0])))
+                centre = np.array([z - z_lo])
+                arrays = [chunk, fake, rec] + ([mask] if attention else [])
+                images = [context_stack(a, centre, 0)[0, 0] for a in arrays]
+                names = [modalities[0], modalities[1], modalities[0]] + (["attention"] if attention else [])
+                rows.append((images, names))
         params = {
             self.cfg.data.src_modality: self.cfg.normalisation.get("src", {}),
             self.cfg.data.tgt_modality: self.cfg.normalisation.get("tgt", {}),
