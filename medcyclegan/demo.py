@@ -51,8 +51,9 @@ class DemoResult:
             title="Held-out phantom subjects, SynthRAD2023 metrics inside the body mask (mean ± std)"
         )
         table.add_column("method")
-        table.add_column("MAE [HU] ↓", justify="right")
-        table.add_column("PSNR [dB] ↑", justify="right")
+        # Escaped: rich would read "[dB]" as markup and drop it.
+        table.add_column("MAE \\[HU] ↓", justify="right")
+        table.add_column("PSNR \\[dB] ↑", justify="right")
         table.add_column("SSIM ↑", justify="right")
         for name, summary in self.summary_rows():
             table.add_row(
@@ -132,8 +133,14 @@ def run_demo(
     n_train: int = 6,
     n_test: int = 3,
     seed: int = 0,
+    phantom_shape: tuple[int, int, int] | None = None,
+    phantom_spacing: tuple[float, float, float] | None = None,
 ) -> DemoResult:
-    """Runs the whole demo in ``out`` and returns the scores (see the module docstring)."""
+    """Runs the whole demo in ``out`` and returns the scores (see the module docstring).
+
+    ``phantom_shape``/``phantom_spacing`` change the phantom grid (same field of view at a coarser
+    grid makes a quick version for tests); the default is the sample-data default.
+    """
     from medcyclegan.config import builtin_config_path, load_config
     from medcyclegan.convert import convert_paths, load_model
     from medcyclegan.evaluate import evaluate

@@ -1,0 +1,40 @@
+"""A short version of ``medcyclegan demo``: the synthetic CT must beat both baselines on MAE."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from medcyclegan.demo import BASELINES, run_demo
+from medcyclegan.errors import OutputError
+
+
+@pytest.mark.slow
+def test_short_demo_beats_both_baselines(tmp_path: Path) -> None:
+    # The default phantom's field of view on a 3 mm grid (no resampling), fewer subjects and steps.
+    result = run_demo(
+        tmp_path / "demo",
+        max_steps=150,
+        show_progress=False,
+        n_train=3,
+        n_test=2,
+        phantom_shape=(64, 64, 24),
+        phantom_spacing=(3.0, 3.0, 6.0),
+    )
+    synth = result.mae("synthetic CT (CycleGAN)")
+    baselines = {name: result.mae(name) for name in BASELINES}
+    assert all(synth < mae for mae in baselines.values()), (synth, baselines)
+    assert result.beats_baselines()
+    report = json.loads((tmp_path / "demo" / "report.json").read_text())
+    assert report["standard"] == "synthrad2023"
+    assert len(list((tmp_path / "demo" / "synth_ct").glob("*.nii.gz"))) == 2
+    assert "beats both baselines" in result.summary()
+
+
+def test_demo_refuses_a_non_empty_folder(tmp_path: Path) -> None:
+    (tmp_path / "keep.txt").write_text("user data")
+    with pytest.raises(OutputError, match="--overwrite"):
+        run_demo(tmp_path)
+    assert (tmp_path / "keep.txt").read_text() == "user data"
