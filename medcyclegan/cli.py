@@ -158,7 +158,7 @@ def train(
     import datetime
 
     from medcyclegan.config import load_config, resolve_config_path
-    from medcyclegan.train.api import train_from_folders
+    from medcyclegan.train.api import resume_config, train_from_folders
 
     overrides = _overrides(
         {
@@ -188,7 +188,14 @@ def train(
     )
     if resume and out is None:
         raise MedCycleGANError("--resume needs --out RUN_DIR (the run to continue)")
-    cfg = load_config(resolve_config_path(config) if config else None, overrides)
+    if resume:
+        if config is not None:
+            raise MedCycleGANError(
+                "--config cannot be combined with --resume: the run's stored config is used"
+            )
+        cfg = resume_config(out, overrides)
+    else:
+        cfg = load_config(resolve_config_path(config) if config else None, overrides)
     run_dir = out or Path("runs") / datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     result = train_from_folders(
         cfg,
@@ -278,6 +285,7 @@ def evaluate(
 
     if out is not None:
         check_can_write(out, overwrite)
+        check_can_write(out.with_suffix(".csv"), overwrite)
     report = run_evaluation(pred, ref, mask, standard=standard)
     Console().print(report.to_rich_table())
     if out is not None:

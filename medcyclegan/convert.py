@@ -7,6 +7,13 @@ read (any format) -> RAS -> body mask + normalisation with the checkpoint's reco
 batched) -> in-plane resampling back onto the original grid -> denormalisation (CT in HU) ->
 original voxel order -> written with the input's shape, affine, orientation and spacing.
 CT is written as int16 HU, MR as float32.
+
+Memory: the input is read once and the whole-volume statistics (MR percentiles, body mask as bool)
+are computed once; then every step after them runs slab by slab (``batch_size`` axial slices plus
+their 2.5D context) and writes straight into one preallocated output array of the output dtype. The
+peak is therefore about the input array + the output array (+ the bool mask when one is needed),
+not several float32 copies of the volume. Each step acts on every slice on its own, so the result
+equals a whole-volume pass (see ``tests/test_reliability.py``).
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ import torch
 from medcyclegan.config import Config
 from medcyclegan.errors import CheckpointError, InputError, OutputError
 from medcyclegan.io.atomic import check_can_write
+from medcyclegan.io.volume import Geometry, Volume
 
 logger = logging.getLogger("medcyclegan")
 
@@ -29,6 +37,9 @@ AIR_VALUE = {"ct": -1000.0, "mr": 0.0}
 OUTPUT_DTYPE = {"ct": "int16", "mr": "float32"}
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 OUTPUT_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+# Slices are padded to a multiple of the generator's total stride (two stride-2 layers), with air.
+_STRIDE_MULTIPLE = 4
+_PAD_VALUE = -1.0
 
 
 @dataclass
@@ -59,11 +70,18 @@ class TranslationModel:
 def load_model(model: str | Path | None, *, to: str | None = None, device: str = "auto") -> TranslationModel:
     """Loads the generator that translates into modality ``to`` from a run folder or checkpoint.
 
+    The checkpoint is loaded without unpickling code (``weights_only``); its weights must match the
+    architecture of its stored config exactly and be finite.
+
     Args:
         model: a run folder (``checkpoints/best.pt`` is used, else ``last.pt``), a checkpoint file,
             or ``None`` for the newest run under ``./runs``.
         to: target modality (``"ct"`` or ``"mr"``); default: the training target modality.
         device: ``auto``, ``cpu`` or ``cuda``.
+
+    Raises:
+        CheckpointError: missing, corrupted or unsafe checkpoint, weights of another architecture,
+            non-finite weights, no recorded normalisation, or a modality the model cannot produce.
     """
     from medcyclegan.nets import build_generator
     from medcyclegan.train.checkpoint import (
@@ -86,9 +104,23 @@ def load_model(model: str | Path | None, *, to: str | None = None, device: str =
         raise CheckpointError("checkpoint has no recorded normalisation parameters", path)
     key = "G_AB" if to == tgt else "G_BA"
     source = src if key == "G_AB" else tgt
+    state = data.get(key)
+    if not isinstance(state, dict):
+        raise CheckpointError(f"checkpoint has no {key} network weights", path)
     channels = cfg.data.in_channels
     generator = build_generator(cfg.model, channels, channels)
-    load_state_strict(generator, data[key], key, path)
+    load_state_strict(generator, state, key, path)
+    bad = [
+        name
+        for name, tensor in state.items()
+        if torch.is_tensor(tensor) and tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())
+    ]
+    if bad:
+        raise CheckpointError(
+            f"network {key} has NaN or Inf weights ({len(bad)} tensor(s), e.g. {bad[0]}): training diverged "
+            "before this checkpoint; use an earlier one",
+            path,
+        )
     torch_device = resolve_device(device)
     generator.to(torch_device).eval()
     return TranslationModel(generator, cfg, source, to, path, torch_device)
@@ -111,42 +143,157 @@ def translate_volume(
     mask_path: str | Path | None = None,
     mask_background: bool = False,
     return_attention: bool = False,
-) -> tuple[np.ndarray, object, np.ndarray | None]:
-    """Translates one volume in memory.
+) -> tuple[np.ndarray, Geometry, np.ndarray | None]:
+    """Reads one volume (once) and translates it slab by slab (see :func:`translate_loaded`).
+
+    Args:
+        model: from :func:`load_model`.
+        input_path: a volume file, a DICOM series folder, or ``FOLDER::SERIES_UID``.
+        batch_size: axial slices per forward pass (and per slab).
+        mask_path: a body mask file on the input's grid (default: the automatic body mask).
+        mask_background: set voxels outside the body mask to air (-1000 HU for CT, 0 for MR).
+        return_attention: also return the attention mask of an attention generator.
 
     Returns:
-        (translated array in RAS voxel order and output units, the input's Geometry, attention
-        volume in RAS order or None).
+        (translated array in RAS voxel order, in the output dtype: int16 HU for CT, float32 for MR;
+        the input's Geometry; the attention volume in RAS order as float32, or None).
+
+    Raises:
+        InputError: unreadable, constant or otherwise unusable input or mask.
     """
-    from medcyclegan.data.normalise import denormalise, output_params
-    from medcyclegan.data.prepare import prepare_volume, restore_inplane
     from medcyclegan.io.readers import read_mask, read_volume
-    from medcyclegan.nets.slicewise import translate_array
 
     volume = read_volume(input_path)
     mask = read_mask(mask_path, like=volume.geometry) if mask_path is not None else None
-    cfg = model.cfg
-    record_key = "tgt" if model.source_modality == cfg.data.src_modality else "src"
-    # CT inputs use the training window; MR inputs their own percentiles, exactly as in training.
-    prepared = prepare_volume(volume, model.source_modality, cfg.data, mask=mask)
-    result = translate_array(
-        model.generator,
-        prepared.image,
-        context_slices=cfg.data.context_slices,
+    out, attention = translate_loaded(
+        model,
+        volume,
         batch_size=batch_size,
-        device=model.device,
-        amp=model.amp,
+        mask=mask,
+        mask_background=mask_background,
         return_attention=return_attention,
     )
-    translated, attention = result if return_attention else (result, None)
-    translated = restore_inplane(translated, prepared, mode="bilinear")
-    out = denormalise(translated, output_params(cfg.normalisation[record_key]))
+    return out, volume.geometry, attention
+
+
+def translate_loaded(
+    model: TranslationModel,
+    volume: Volume,
+    *,
+    batch_size: int = 16,
+    mask: np.ndarray | None = None,
+    mask_background: bool = False,
+    return_attention: bool = False,
+    dtype: str | np.dtype | None = None,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Translates a volume in memory, ``batch_size`` axial slices at a time.
+
+    Whole-volume statistics first, once: the modality check, the normalisation (CT: the training
+    window; MR: percentiles inside this volume's body mask) and, when needed, the body mask (bool).
+    Then for each slab of slices ``[z0, z1)``: normalise slices ``[z0 - k, z1 + k)`` (the 2.5D
+    context, clipped to the volume), resample them in-plane to the training spacing, run the
+    generator, resample back, denormalise, set the background to air if asked, cast to the output
+    dtype (rounded and clipped for integers, as the writer does) and store into the output array.
+
+    Args:
+        model: from :func:`load_model`.
+        volume: the input as read (RAS voxel order, natural units).
+        batch_size: axial slices per forward pass.
+        mask: a user body mask (nonzero = body) in RAS order on the volume's grid.
+        mask_background: set voxels outside the body mask to air.
+        return_attention: also return the attention mask (zeros for a plain generator).
+        dtype: output dtype; default ``OUTPUT_DTYPE`` of the target modality.
+
+    Returns:
+        (translated array (X, Y, Z) in RAS voxel order and output units, attention or None).
+
+    Raises:
+        InputError: a constant input, or a mask on another grid.
+        CheckpointError: the network produced NaN or Inf values.
+    """
+    from medcyclegan.data.normalise import denormalise, output_params
+    from medcyclegan.data.prepare import fit_volume, normalise_slices, prepared_inplane_shape, resample_slices
+    from medcyclegan.io.writers import cast_values
+
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1; got {batch_size}")
+    cfg = model.cfg
+    where = str(volume.geometry.source_path or "") or "volume"
+    record_key = "tgt" if model.source_modality == cfg.data.src_modality else "src"
+    out_params = output_params(cfg.normalisation[record_key])
+    out_dtype = np.dtype(OUTPUT_DTYPE[model.target_modality] if dtype is None else dtype)
+    # Whole-volume statistics, once. CT parameters do not depend on the mask: skip it unless needed.
+    params, body = fit_volume(volume, model.source_modality, cfg.data, mask=mask, need_mask=mask_background)
+    if not mask_background:
+        body = None  # MR percentiles needed it; nothing else does: free it now
+    elif body is not None and not body.any():
+        logger.warning("%s: the body mask is empty; --mask-background makes the whole output air", where)
+    array = volume.array
+    nx, ny, nz = (int(n) for n in array.shape)
+    size_xy = prepared_inplane_shape((nx, ny, nz), volume.spacing, cfg.data.spacing)
+    resampled = size_xy != (nx, ny)
+    k = int(cfg.data.context_slices)
+    air = np.float32(AIR_VALUE[model.target_modality])
+    # Slice-major buffers: each slab is one contiguous block, and the writer reads whole slices.
+    out_zxy = np.empty((nz, nx, ny), dtype=out_dtype)
+    attention_zxy = np.zeros((nz, nx, ny), dtype=np.float32) if return_attention else None
+    for z0 in range(0, nz, batch_size):
+        z1 = min(nz, z0 + batch_size)
+        # Context slices beyond the slab come along; at the volume's ends they are clipped, exactly
+        # as a whole-volume pass clips them.
+        lo, hi = max(0, z0 - k), min(nz, z1 + k)
+        prepared_zxy = normalise_slices(array[:, :, lo:hi], params, size_xy)
+        translated_zxy, slab_attention = _translate_slab(model, prepared_zxy, np.arange(z0, z1) - lo, k)
+        if not np.isfinite(translated_zxy).all():
+            raise CheckpointError(
+                f"the network produced NaN or Inf values on slices {z0}-{z1 - 1} of {where}; "
+                "the checkpoint may be damaged",
+                model.checkpoint,
+            )
+        if resampled:
+            translated_zxy = resample_slices(translated_zxy, (nx, ny), "bilinear")
+        values = denormalise(translated_zxy, out_params)
+        if body is not None:
+            inside = np.ascontiguousarray(np.moveaxis(body[:, :, z0:z1], 2, 0))
+            if resampled:
+                # The mask takes the same way as the image: onto the training grid and back.
+                inside = resample_slices(resample_slices(inside, size_xy, "nearest"), (nx, ny), "nearest")
+            values = np.where(inside, values, air)
+        out_zxy[z0:z1] = cast_values(values, out_dtype)
+        if attention_zxy is not None and slab_attention is not None:
+            if resampled:
+                slab_attention = resample_slices(slab_attention, (nx, ny), "bilinear")
+            attention_zxy[z0:z1] = slab_attention
+    attention = None if attention_zxy is None else np.moveaxis(attention_zxy, 0, 2)
+    return np.moveaxis(out_zxy, 0, 2), attention
+
+
+@torch.no_grad()
+def _translate_slab(
+    model: TranslationModel, prepared_zxy: np.ndarray, z_local: np.ndarray, context_slices: int
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """The generator over slices ``z_local`` of a slab (with their context), as ``translate_array`` does.
+
+    Returns:
+        (translated centre slices (n, X', Y') float32, attention (n, X', Y') float32 or None).
+    """
+    import torch.nn.functional as F
+
+    from medcyclegan.nets.slicewise import autocast_context, context_stack, forward_with_attention
+
+    _, nx, ny = prepared_zxy.shape
+    pad_x, pad_y = (-nx) % _STRIDE_MULTIPLE, (-ny) % _STRIDE_MULTIPLE
+    # The slab holds every context slice the centre slices need, so clipping at its ends is clipping
+    # at the volume's ends (see translate_loaded).
+    stack = context_stack(np.moveaxis(prepared_zxy, 0, 2), z_local, context_slices)
+    batch = torch.from_numpy(stack).to(model.device, non_blocking=True)
+    batch = F.pad(batch.float(), (0, pad_y, 0, pad_x), mode="constant", value=_PAD_VALUE)
+    with autocast_context(model.device, model.amp):
+        result, attention = forward_with_attention(model.generator, batch)
+    translated = result[:, context_slices, :nx, :ny].float().cpu().numpy()
     if attention is not None:
-        attention = restore_inplane(attention, prepared, mode="bilinear")
-    if mask_background:
-        body = restore_inplane(prepared.mask.astype(np.float32), prepared, mode="nearest") > 0.5
-        out = np.where(body, out, np.float32(AIR_VALUE[model.target_modality]))
-    return out.astype(np.float32), volume.geometry, attention
+        attention = attention[:, 0, :nx, :ny].float().cpu().numpy()
+    return np.ascontiguousarray(translated), attention
 
 
 def convert_file(
@@ -160,7 +307,11 @@ def convert_file(
     attention_path: str | Path | None = None,
     overwrite: bool = False,
 ) -> Path:
-    """Translates ``input_path`` and writes it to ``output_path`` on the input's exact grid."""
+    """Translates ``input_path`` and writes it to ``output_path`` on the input's exact grid.
+
+    The outputs are checked before the input is read; each is written to a temporary name and
+    renamed, so a failure never leaves a partial file nor damages an existing one.
+    """
     from medcyclegan.io.writers import write_volume
 
     output_path = check_can_write(output_path, overwrite)
@@ -174,6 +325,7 @@ def convert_file(
         mask_background=mask_background,
         return_attention=attention_path is not None,
     )
+    # ``out`` already has the output dtype: the writer stores it without another copy.
     written = write_volume(
         out, geometry, output_path, dtype=OUTPUT_DTYPE[model.target_modality], overwrite=overwrite
     )
@@ -197,7 +349,7 @@ def plan_outputs(inputs: Sequence[Path], output: Path | None, input_is_folder: b
         return [single.parent / f"{case_name(single)}_synth{to}.nii.gz"]
     if output.is_dir():
         return [default_output_path(single, output)]
-    if not output.name.endswith(OUTPUT_SUFFIXES):
+    if not output.name.lower().endswith(OUTPUT_SUFFIXES):
         raise OutputError(f"unknown output format; use one of {', '.join(OUTPUT_SUFFIXES)}", output)
     return [output]
 
@@ -212,20 +364,33 @@ def convert_paths(
     save_attention: bool = False,
     overwrite: bool = False,
 ) -> list[Path]:
-    """Converts a file or every volume of a folder. Every output is checked before any work starts."""
-    from medcyclegan.io.discovery import find_volumes
+    """Converts a file, a DICOM series (``FOLDER`` or ``FOLDER::SERIES_UID``) or every volume of a folder.
+
+    Every output is checked (exists without ``overwrite``, unwritable folder) before any input is
+    read. Inputs are converted in order; a bad input stops the run with an error naming it, and the
+    outputs already written are complete files.
+    """
+    from medcyclegan.io.discovery import find_volumes, split_series
 
     input_path = Path(input_path)
-    if not input_path.exists():
-        raise InputError("no such file or folder", input_path)
-    is_folder = input_path.is_dir() and not _is_dicom_folder(input_path)
-    inputs = find_volumes(input_path) if is_folder else [input_path]
+    folder, series_uid = split_series(input_path)
+    if not folder.exists():
+        raise InputError("no such file or folder", folder)
+    if series_uid is not None or input_path.is_file():
+        inputs, is_folder = [input_path], False
+    else:
+        # One search (its warnings about ignored files appear once): a folder that is itself the only
+        # volume found is a DICOM series, anything else is a folder of volumes.
+        found = find_volumes(input_path)
+        is_folder = found != [input_path]
+        inputs = found if is_folder else [input_path]
     outputs = plan_outputs(inputs, None if output is None else Path(output), is_folder, model.target_modality)
     if len(set(outputs)) != len(outputs):
         raise OutputError("two inputs would be written to the same output name; rename one of them")
     attention_paths = [_attention_path(p) if save_attention else None for p in outputs]
+    resolved_inputs = {p.resolve() for p in inputs}
     for out, att in zip(outputs, attention_paths):
-        if out.resolve() in {p.resolve() for p in inputs}:
+        if out.resolve() in resolved_inputs:
             raise OutputError("output would replace its own input", out)
         check_can_write(out, overwrite)
         if att is not None:
@@ -254,16 +419,6 @@ def convert_paths(
 def _attention_path(output: Path) -> Path:
     name = output.name
     for suffix in OUTPUT_SUFFIXES:
-        if name.endswith(suffix):
-            return output.with_name(name[: -len(suffix)] + "_attention" + suffix)
+        if name.lower().endswith(suffix):
+            return output.with_name(name[: -len(suffix)] + "_attention" + name[-len(suffix) :])
     return output.with_name(name + "_attention.nii.gz")
-
-
-def _is_dicom_folder(path: Path) -> bool:
-    from medcyclegan.io.discovery import find_volumes
-
-    try:
-        found = find_volumes(path)
-    except InputError:
-        return False
-    return found == [path]

@@ -149,6 +149,8 @@ def run_demo(
     from medcyclegan.train.api import train_from_folders
 
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise OutputError("is a file; the demo needs a folder", out)
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise OutputError("is not empty; pass --overwrite to run the demo there again", out)
     seconds: dict[str, float] = {}

@@ -83,7 +83,9 @@ def test_epoch_batches_are_a_pure_function_of_seed_and_epoch() -> None:
     assert a == epoch_batches(10, 3, 5, seed=1, epoch=2, domain=0)
     assert a != epoch_batches(10, 3, 5, seed=1, epoch=3, domain=0)
     assert len(a) == 5 and all(len(b) == 3 for b in a)
-    assert sorted([i for batch in a for i in batch][:10]) == list(range(10))  # the first pass is a permutation
+    assert sorted([i for batch in a for i in batch][:10]) == list(
+        range(10)
+    )  # the first pass is a permutation
 
 
 def test_lr_schedule_is_the_reference_linear_decay() -> None:

@@ -5,6 +5,11 @@ modality check, body mask, normalisation, and optional in-plane resampling to
 ``DataConfig.spacing`` mm. ``restore_inplane`` maps arrays on the prepared grid (e.g. a translated
 volume) back onto the exact original RAS grid.
 
+The same steps are available piecewise for slab-by-slab work on large volumes (``convert``):
+:func:`fit_volume` computes the whole-volume statistics once (normalisation parameters, body mask),
+:func:`normalise_slices` and :func:`resample_slices` then act on any run of axial slices and give
+exactly the values ``prepare_volume`` gives for those slices.
+
 Resampling convention (torch ``F.interpolate`` with ``align_corners=False``): the prepared grid covers
 the same field of view as the original, i.e. the outer voxel edges coincide. Along an in-plane axis
 with ``n`` voxels of ``s`` mm resampled to ``n' = round(n * s / target)`` voxels, the prepared spacing is
@@ -90,6 +95,87 @@ def prepared_inplane_shape(
     return tuple(max(1, round(n * s / target_mm)) for n, s in zip(shape[:2], spacing[:2], strict=True))  # type: ignore[return-value]
 
 
+def fit_volume(
+    volume: Volume,
+    modality: str,
+    data_cfg: DataConfig,
+    *,
+    mask: np.ndarray | Volume | None = None,
+    params: NormParams | None = None,
+    need_mask: bool = True,
+) -> tuple[NormParams, np.ndarray | None]:
+    """The whole-volume statistics of preparation, computed once: normalisation and body mask.
+
+    Checks, in order: a constant volume (an error: nothing to normalise), the modality's plausibility
+    (a warning naming the file), then computes the body mask and the normalisation exactly as
+    :func:`prepare_volume` does.
+
+    Args:
+        volume: the volume as read (RAS voxel order, natural units: HU for CT).
+        modality: ``"ct"`` or ``"mr"``.
+        data_cfg: mask method and normalisation settings.
+        mask: a user body mask on the volume's grid (nonzero = body), used instead of the automatic one.
+        params: fixed normalisation parameters (default: measured on the volume).
+        need_mask: ``False`` skips the automatic body mask when nothing needs it (CT parameters do
+            not depend on it); a user ``mask`` or an MR volume without ``params`` always gets one.
+
+    Returns:
+        ``(params, body)``: the normalisation and the bool body mask in RAS voxel order (``None``
+        when it was skipped).
+
+    Raises:
+        InputError: the volume is constant (when ``params`` is not given), the mask is not on the
+            volume's grid, or the MR percentiles coincide.
+    """
+    modality = check_modality_name(modality)
+    array = volume.array
+    where = str(volume.geometry.source_path or "") or "volume"
+    if params is None and array.size and np.min(array) == np.max(array):
+        # Checked first: every later step (modality check, mask) would only add confusing messages.
+        raise InputError(
+            f"volume is constant ({float(np.min(array)):g}); there is no intensity range to normalise", where
+        )
+    check_modality(array, modality, where)
+    body: np.ndarray | None = None
+    if mask is not None:
+        body = _user_mask(mask, volume, where)
+    elif need_mask or (params is None and modality == "mr"):
+        body = body_mask(
+            array,
+            modality,
+            method=data_cfg.mask_method,
+            threshold_hu=data_cfg.mask_threshold_hu,
+            dilation=data_cfg.mask_dilation,
+        )
+    if params is None:
+        params = fit_normalisation(array, modality, body, data_cfg, path=where)
+    elif params.modality != modality:
+        raise InputError(
+            f"normalisation parameters are for {params.modality!r}, the volume is {modality!r}", where
+        )
+    return params, body
+
+
+def normalise_slices(
+    array_xyz: np.ndarray, params: NormParams, size_xy: tuple[int, int] | None = None
+) -> np.ndarray:
+    """Normalised (and in-plane resampled) axial slices, as ``prepare_volume`` computes them.
+
+    Args:
+        array_xyz: a run of axial slices (X, Y, n) in natural units, e.g. ``volume.array[:, :, a:b]``.
+        params: the volume's normalisation (from :func:`fit_volume`).
+        size_xy: in-plane size (voxels) of the prepared grid; ``None`` or (X, Y) keeps the grid.
+
+    Returns:
+        C-contiguous float32 (n, X', Y') array (slice-major), values in [-1, 1].
+    """
+    # Normalise in (Z, X, Y) order so that the result is slice-contiguous without another copy.
+    image_zxy = normalise(np.moveaxis(array_xyz, 2, 0), params)
+    if size_xy is not None and tuple(size_xy) != tuple(array_xyz.shape[:2]):
+        image_zxy = resample_slices(image_zxy, tuple(size_xy), "bilinear")  # type: ignore[arg-type]
+    return image_zxy
+
+
 def prepare_volume(
     volume: Volume,
     modality: str,
@@ -119,34 +205,17 @@ def prepare_volume(
     array = volume.array
     source = str(volume.geometry.source_path or "")
     where = source or "volume"
-    check_modality(array, modality, where)
-    if mask is not None:
-        body = _user_mask(mask, volume, where)
-    else:
-        body = body_mask(
-            array,
-            modality,
-            method=data_cfg.mask_method,
-            threshold_hu=data_cfg.mask_threshold_hu,
-            dilation=data_cfg.mask_dilation,
-        )
+    params, body = fit_volume(volume, modality, data_cfg, mask=mask, params=params, need_mask=True)
+    assert body is not None  # need_mask=True always gives a mask
     if not body.any():
         logger.warning("%s: the body mask is empty; this volume gives no training slices", where)
-    if params is None:
-        params = fit_normalisation(array, modality, body, data_cfg, path=where)
-    elif params.modality != modality:
-        raise InputError(
-            f"normalisation parameters are for {params.modality!r}, the volume is {modality!r}", where
-        )
-    # Normalise in (Z, X, Y) order so that the result is slice-contiguous without another copy.
-    image_zxy = normalise(np.moveaxis(array, 2, 0), params)
-    mask_zxy = np.ascontiguousarray(np.moveaxis(body, 2, 0))
     original_shape = tuple(int(n) for n in array.shape)
     original_spacing = tuple(float(s) for s in volume.spacing)
     new_xy = prepared_inplane_shape(original_shape, original_spacing, data_cfg.spacing)  # type: ignore[arg-type]
+    image_zxy = normalise_slices(array, params, new_xy)
+    mask_zxy = np.ascontiguousarray(np.moveaxis(body, 2, 0))
     if new_xy != original_shape[:2]:
-        image_zxy = _resample_zxy(image_zxy, new_xy, "bilinear")
-        mask_zxy = _resample_zxy(mask_zxy, new_xy, "nearest")
+        mask_zxy = resample_slices(mask_zxy, new_xy, "nearest")
     spacing = (
         original_shape[0] * original_spacing[0] / new_xy[0],
         original_shape[1] * original_spacing[1] / new_xy[1],
@@ -181,15 +250,27 @@ def restore_inplane(array: np.ndarray, prepared: PreparedVolume, *, mode: str = 
         raise ValueError(f"array shape {array.shape} is not the prepared grid {prepared.image.shape}")
     if not prepared.resampled:
         return array
-    out_zxy = _resample_zxy(np.moveaxis(array, 2, 0), tuple(prepared.original_shape[:2]), mode)
+    out_zxy = resample_slices(np.moveaxis(array, 2, 0), tuple(prepared.original_shape[:2]), mode)
     return np.moveaxis(out_zxy, 0, 2)
 
 
-def _resample_zxy(array_zxy: np.ndarray, size_xy: tuple[int, int], mode: str) -> np.ndarray:
-    """Resamples each (X, Y) slice of a (Z, X, Y) array to ``size_xy`` (same field of view).
+def resample_slices(array_zxy: np.ndarray, size_xy: tuple[int, int], mode: str) -> np.ndarray:
+    """Resamples each (X, Y) slice of a (Z, X, Y) array to ``size_xy`` voxels (same field of view).
 
-    Returns a C-contiguous (Z, X', Y') array: float32 for bilinear, the input dtype for nearest.
+    Each slice is resampled on its own, so a run of slices gives exactly the slices of the whole
+    volume resampled at once (the module's convention: ``align_corners=False``, bilinear anti-aliased
+    when shrinking, ``nearest-exact`` for masks).
+
+    Args:
+        array_zxy: slice-major array (Z, X, Y).
+        size_xy: in-plane size (X', Y') in voxels.
+        mode: ``"bilinear"`` (images) or ``"nearest"`` (masks, labels).
+
+    Returns:
+        C-contiguous (Z, X', Y') array: float32 for bilinear, the input dtype for nearest.
     """
+    if mode not in RESAMPLE_MODES:
+        raise ValueError(f"mode must be one of {', '.join(RESAMPLE_MODES)}; got {mode!r}")
     depth = array_zxy.shape[0]
     out_dtype = np.float32 if mode == "bilinear" else array_zxy.dtype
     out = np.empty((depth, *size_xy), dtype=out_dtype)

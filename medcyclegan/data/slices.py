@@ -17,6 +17,7 @@ Conventions:
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -28,6 +29,8 @@ from torch.utils.data import Dataset
 
 from medcyclegan.config import DataConfig
 from medcyclegan.data.prepare import PreparedVolume
+
+logger = logging.getLogger("medcyclegan")
 
 # Normalised value of air: the pad value of images (and of the mask channel, read back as "not body").
 AIR = -1.0
@@ -109,13 +112,45 @@ def item_seed(seed: int, epoch: int, index: int) -> int:
     return int(np.random.SeedSequence([int(seed), int(epoch), int(index)]).generate_state(1)[0])
 
 
+def warn_if_cropped(volume: PreparedVolume, size: int, *, train: bool = True) -> bool:
+    """Warns once, naming the file, when the volume's slices are larger than ``size`` and get cropped.
+
+    Args:
+        volume: a prepared volume (its in-plane size is measured on the prepared grid, in voxels).
+        size: the square slice size of the dataset (``data.image_size``), in pixels.
+        train: training crops at random offsets, evaluation at the centre (named in the message).
+
+    Returns:
+        True when a warning was logged.
+    """
+    nx, ny = (int(n) for n in volume.image.shape[:2])
+    if nx <= size and ny <= size:
+        return False
+    spacing_text = " x ".join(f"{s:g}" for s in volume.spacing[:2])
+    logger.warning(
+        "%s: slices are %d x %d voxels (at %s mm), larger than data.image_size %d: %s sees %s %d x %d "
+        "crops of them (raise --image-size, or a coarser --spacing, to use whole slices)",
+        volume.source or "volume",
+        nx,
+        ny,
+        spacing_text,
+        size,
+        "training" if train else "evaluation",
+        "random" if train else "centred",
+        size,
+        size,
+    )
+    return True
+
+
 class SliceDataset(Dataset):
     """Map-style dataset of the selected axial slices of prepared volumes.
 
     Items are ``{"image": FloatTensor (2k+1, S, S), "mask": FloatTensor (1, S, S) (body mask of the
     centre slice, 0/1), "volume_index": int, "slice_index": int}`` with ``S = data_cfg.image_size``.
 
-    In training (``train=True``) slices larger than ``S`` are cropped at a random offset; with
+    In training (``train=True``) slices larger than ``S`` are cropped at a random offset (one warning
+    per such volume, naming its file, when the dataset is built); with
     ``data_cfg.augment`` also, applied identically to image and mask, a left-right flip (MONAI
     ``RandFlip`` on the R-L axis, probability ``flip_prob``) and in-plane shifts of up to
     ``max_shift * S`` pixels (random crop offsets within a -1 margin, MONAI ``RandSpatialCrop``).
@@ -147,6 +182,8 @@ class SliceDataset(Dataset):
             selected = select_slices(volume, data_cfg.min_body_fraction)
             volume_index.extend([v] * len(selected))
             slice_index.extend(selected)
+            if selected:
+                warn_if_cropped(volume, self.size, train=self.train)
         self.volume_index = np.asarray(volume_index, dtype=np.int64)
         self.slice_index = np.asarray(slice_index, dtype=np.int64)
         margin = round(data_cfg.max_shift * self.size) if self.augment else 0

@@ -70,6 +70,11 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             os.fsync(handle.fileno())
         os.chmod(tmp, _default_mode())
         os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        # A full disk or a vanished folder is the user's to fix: one line, nothing partial left.
+        raise OutputError(f"cannot be written ({exc.strerror or exc})", path) from None
     except BaseException:
         with contextlib.suppress(OSError):
             tmp.unlink()

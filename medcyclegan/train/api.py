@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import Any
 
 from medcyclegan.config import Config
 from medcyclegan.errors import ConfigError, InputError
@@ -40,6 +41,28 @@ def _resolve(folder: Path | None) -> list[Path] | None:
     from medcyclegan.io.discovery import find_volumes
 
     return find_volumes(folder)
+
+
+def resume_config(out: str | Path, overrides: dict[str, Any]) -> Config:
+    """The config stored in ``out/checkpoints/last.pt`` with the run-control overrides the user gave.
+
+    Only fields that change how a run is watched or stopped (``RESUMABLE_OVERRIDES``) may change on
+    resume; anything else would make the resumed run a different experiment.
+    """
+    from medcyclegan.config import apply_overrides
+    from medcyclegan.train.checkpoint import checkpoint_config, load_checkpoint
+    from medcyclegan.train.trainer import RESUMABLE_OVERRIDES
+
+    checkpoint = Path(out) / "checkpoints" / "last.pt"
+    if not checkpoint.is_file():
+        raise InputError("no checkpoints/last.pt to resume from", out)
+    refused = sorted(set(overrides) - RESUMABLE_OVERRIDES)
+    if refused:
+        raise ConfigError(
+            f"cannot change {', '.join(refused)} when resuming; only {', '.join(sorted(RESUMABLE_OVERRIDES))} may change"
+        )
+    stored = checkpoint_config(load_checkpoint(checkpoint), checkpoint)
+    return apply_overrides(stored, overrides)
 
 
 def train_from_folders(

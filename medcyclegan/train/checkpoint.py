@@ -20,7 +20,7 @@ import torch
 
 from medcyclegan import __version__
 from medcyclegan.config import Config, config_from_yaml
-from medcyclegan.errors import CheckpointError, ConfigError
+from medcyclegan.errors import CheckpointError, ConfigError, OutputError
 from medcyclegan.io.atomic import atomic_path
 
 FORMAT = "medcyclegan-checkpoint"
@@ -70,8 +70,12 @@ def save_checkpoint(payload: dict[str, Any], path: str | Path) -> Path:
     """Writes ``payload`` (plus format markers) atomically: a crash never leaves a partial file."""
     path = Path(path)
     data = {"format": FORMAT, "format_version": FORMAT_VERSION, "version": __version__, **payload}
-    with atomic_path(path) as tmp:
-        torch.save(data, tmp)
+    try:
+        with atomic_path(path) as tmp:
+            torch.save(data, tmp)
+    except RuntimeError as exc:  # torch's zip writer reports a full disk as RuntimeError
+        first = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else "write failed"
+        raise OutputError(f"cannot be written ({first})", path) from None
     return path
 
 
@@ -100,6 +104,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"corrupted or truncated checkpoint ({first[:160]})", path) from None
+    except Exception as exc:  # the weights-only unpickler raises KeyError etc. on arbitrary bytes
+        raise CheckpointError(f"corrupted checkpoint ({type(exc).__name__} while reading it)", path) from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise CheckpointError("not a medcyclegan checkpoint (no format marker)", path)
     if int(data.get("format_version", 0)) > FORMAT_VERSION:

@@ -5,7 +5,31 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from medcyclegan.train.checkpoint import checkpoint_config, find_checkpoint, load_checkpoint
+from medcyclegan.config import Config
+from medcyclegan.train.checkpoint import (
+    checkpoint_config,
+    find_checkpoint,
+    load_checkpoint,
+    load_state_strict,
+)
+
+
+def _check_architecture(data: dict[str, Any], cfg: Config, path: Path) -> None:
+    """Builds the networks the stored config describes and loads the stored weights into them."""
+    from medcyclegan.errors import CheckpointError
+    from medcyclegan.nets import build_discriminator_from_config, build_generator
+
+    channels = cfg.data.in_channels
+    nets = {
+        "G_AB": lambda: build_generator(cfg.model, channels, channels),
+        "G_BA": lambda: build_generator(cfg.model, channels, channels),
+        "D_A": lambda: build_discriminator_from_config(cfg.model, channels),
+        "D_B": lambda: build_discriminator_from_config(cfg.model, channels),
+    }
+    for name, build in nets.items():
+        if name not in data:
+            raise CheckpointError(f"checkpoint has no {name} weights", path)
+        load_state_strict(build(), data[name], name, path)
 
 
 def describe(path: str | Path) -> dict[str, Any]:
@@ -19,6 +43,7 @@ def describe(path: str | Path) -> dict[str, Any]:
     ckpt_path = find_checkpoint(path, prefer=("last.pt", "best.pt"))
     data = load_checkpoint(ckpt_path)
     cfg = checkpoint_config(data, ckpt_path)
+    _check_architecture(data, cfg, ckpt_path)
     info: dict[str, Any] = {
         "checkpoint": str(ckpt_path),
         "medcyclegan_version": data.get("version"),

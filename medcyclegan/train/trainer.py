@@ -13,6 +13,18 @@ Exact resume: the batches of an epoch are a pure function of (seed, epoch), augm
 pure function of (seed, epoch, index), the image pools have their own generators, and a checkpoint
 holds networks, optimisers, schedulers, pools, RNG states and counters. A run of n steps stopped
 after k and resumed ends with the same weights as an uninterrupted run of n steps (on CPU).
+
+Speed (see ``train.channels_last``, ``train.compile``, ``train.amp``): on CUDA the step runs in bf16
+autocast with channels-last tensors, fused Adam, cuDNN autotuning, pinned memory and non-blocking
+copies, and never waits for the GPU: the losses are read back (and checked for NaN) only every
+``train.log_every`` steps.
+
+Several processes (``torchrun``, see :mod:`medcyclegan.train.distributed`): each process takes every
+``world_size``-th batch of the epoch's batch list (a global step uses ``world_size`` consecutive
+batches), the networks are wrapped in ``DistributedDataParallel`` (gradients averaged), every
+process keeps its own image pools, and rank 0 alone logs, validates, draws samples and writes
+checkpoints (holding every rank's pools) while the others wait. Counters and the learning-rate
+schedule count global steps and epochs, identical on every process.
 """
 
 from __future__ import annotations
@@ -36,6 +48,7 @@ from medcyclegan import __version__
 from medcyclegan.config import Config, config_to_yaml, save_config
 from medcyclegan.errors import CheckpointError, ConfigError, OutputError, TrainingError, TrainingInterrupted
 from medcyclegan.io.atomic import atomic_path, atomic_write_text
+from medcyclegan.train import distributed
 from medcyclegan.train.checkpoint import (
     checkpoint_config,
     load_checkpoint,
@@ -58,6 +71,8 @@ RESUMABLE_OVERRIDES = {
     "train.val_every",
     "data.num_workers",
     "data.cache_dir",
+    "train.channels_last",
+    "train.compile",
 }
 
 LOSS_COLUMNS = (
@@ -131,6 +146,39 @@ def set_requires_grad(modules: Sequence[torch.nn.Module], flag: bool) -> None:
             param.requires_grad_(flag)
 
 
+class _GeneratorStep(torch.nn.Module):
+    """A generator as the training step calls it: ``forward(x, with_attention)``.
+
+    ``DistributedDataParallel`` and ``torch.compile`` wrap only ``forward``; this gives the attention
+    output of an attention generator a path through ``forward`` (``(output, mask)``; ``(output,
+    None)`` for a plain generator) while ``forward(x)`` stays the plain translation.
+    """
+
+    def __init__(self, generator: torch.nn.Module) -> None:
+        super().__init__()
+        self.generator = generator
+
+    def forward(self, x: torch.Tensor, with_attention: bool = False) -> Any:
+        if with_attention:
+            from medcyclegan.nets.slicewise import forward_with_attention
+
+            return forward_with_attention(self.generator, x)
+        return self.generator(x)
+
+
+class _NullWriter:
+    """Stands in for TensorBoard's SummaryWriter on processes other than rank 0."""
+
+    def add_scalar(self, *_args: Any, **_kwargs: Any) -> None:
+        pass
+
+    def add_image(self, *_args: Any, **_kwargs: Any) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 class Trainer:
     """Trains a CycleGAN between two folders (lists) of volumes and writes a run folder.
 
@@ -166,7 +214,8 @@ class Trainer:
         overwrite: bool = False,
     ) -> None:
         self.run_dir = Path(run_dir)
-        self.show_progress = show_progress
+        self.dist = distributed.detect()
+        self.show_progress = show_progress and self.dist.is_main
         self.resume_data: dict[str, Any] | None = None
         if resume is not None:
             resume_path = Path(resume)
@@ -174,14 +223,27 @@ class Trainer:
                 resume_path = resume_path / "checkpoints" / "last.pt"
             self.resume_path: Path | None = resume_path
             self.resume_data = load_checkpoint(resume_path)
+            saved_world = int(self.resume_data.get("world_size", 1))
+            if saved_world != self.dist.world_size:
+                # Each process has its own image pools and share of the batches: resuming is exact
+                # only with as many processes as wrote the checkpoint.
+                raise CheckpointError(
+                    f"written by a run of {saved_world} process(es), resumed with {self.dist.world_size}; "
+                    f"resume with the same number (--gpus {saved_world} or torchrun --nproc_per_node "
+                    f"{saved_world})",
+                    resume_path,
+                )
             stored = checkpoint_config(self.resume_data, resume_path)
             cfg = self._merge_resume_config(stored, cfg)
         else:
             self.resume_path = None
             self._check_fresh_run_dir(overwrite)
         self.cfg = cfg
-        self.device = resolve_device(cfg.train.device)
+        self.device = distributed.setup(self.dist, resolve_device(cfg.train.device))
         self.amp = cfg.train.amp == "bf16" or (cfg.train.amp == "auto" and self.device.type == "cuda")
+        self.channels_last = (
+            self.device.type == "cuda" if cfg.train.channels_last is None else bool(cfg.train.channels_last)
+        )
         self._seed_everything(cfg.train.seed)
         self._prepare_data(src_paths, tgt_paths, val_src_paths, val_tgt_paths, src_mask_paths, tgt_mask_paths)
         self._build_models()
@@ -192,9 +254,15 @@ class Trainer:
         self.best_epoch: int | None = None
         if self.resume_data is not None:
             self._restore(self.resume_data)
+        self._build_step_networks()
         self._stop_signal: str | None = None
         self.history: list[dict[str, float]] = []
         self.val_history: list[dict[str, float]] = []
+
+    @property
+    def is_main(self) -> bool:
+        """True on the process that logs and writes files (rank 0; always in a single-process run)."""
+        return self.dist.is_main
 
     # ------------------------------------------------------------------ setup
     def _check_fresh_run_dir(self, overwrite: bool) -> None:
@@ -208,13 +276,14 @@ class Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise OutputError(f"cannot create run folder ({exc.strerror})", self.run_dir) from None
-        probe = self.run_dir / ".write-test"
+        # One probe per rank: processes of one run must not delete each other's probe.
+        probe = self.run_dir / f".write-test-{self.dist.rank}"
         try:
             probe.write_bytes(b"")
             probe.unlink()
         except OSError:
             raise OutputError("run folder is not writable", self.run_dir) from None
-        if overwrite:
+        if overwrite and self.dist.is_main:
             for stale in ("metrics.csv", "val_metrics.csv"):
                 (self.run_dir / stale).unlink(missing_ok=True)
 
@@ -304,9 +373,10 @@ class Trainer:
                     f"no {name} slice has enough body (data.min_body_fraction={data_cfg.min_body_fraction}); "
                     "lower it or check the body masks"
                 )
-        batch = self.cfg.optim.batch_size
+        # A global step takes batch_size slices on each of world_size processes.
+        global_batch = self.cfg.optim.batch_size * self.dist.world_size
         self.steps_per_epoch = self.cfg.train.steps_per_epoch or math.ceil(
-            max(len(self.src_dataset), len(self.tgt_dataset)) / batch
+            max(len(self.src_dataset), len(self.tgt_dataset)) / global_batch
         )
         total = self.steps_per_epoch * self.cfg.optim.total_epochs
         self.total_steps = min(total, self.cfg.train.max_steps) if self.cfg.train.max_steps else total
@@ -338,6 +408,9 @@ class Trainer:
         self.G_BA = build_generator(cfg.model, channels, channels).to(self.device)
         self.D_A = build_discriminator_from_config(cfg.model, channels).to(self.device)
         self.D_B = build_discriminator_from_config(cfg.model, channels).to(self.device)
+        if self.channels_last:
+            for net in (self.G_AB, self.G_BA, self.D_A, self.D_B):
+                net.to(memory_format=torch.channels_last)  # in place: the optimisers keep the same tensors
         betas = (cfg.optim.beta1, cfg.optim.beta2)
         fused = self.device.type == "cuda"
         self.opt_G = torch.optim.Adam(
@@ -358,12 +431,53 @@ class Trainer:
 
         self.sched_G = torch.optim.lr_scheduler.LambdaLR(self.opt_G, rule)
         self.sched_D = torch.optim.lr_scheduler.LambdaLR(self.opt_D, rule)
-        self.pool_A = ImagePool(cfg.optim.pool_size, seed=derived_seed(cfg.train.seed, 10))
-        self.pool_B = ImagePool(cfg.optim.pool_size, seed=derived_seed(cfg.train.seed, 11))
+        # One pair of pools per process; rank 0 keeps the seeds of a single-process run.
+        rank = self.dist.rank
+        self.pool_A = ImagePool(
+            cfg.optim.pool_size, seed=derived_seed(cfg.train.seed, 10, *([rank] if rank else []))
+        )
+        self.pool_B = ImagePool(
+            cfg.optim.pool_size, seed=derived_seed(cfg.train.seed, 11, *([rank] if rank else []))
+        )
         self.adversarial = AdversarialLoss(cfg.loss.gan_mode)
+
+    def _build_step_networks(self) -> None:
+        """The networks as the training step calls them: DDP-wrapped and/or compiled when asked.
+
+        ``self.G_AB`` etc. stay the plain modules (checkpoints, validation, samples). The generators
+        and the discriminators' own update go through DistributedDataParallel in a multi-process run;
+        the frozen discriminators of the generator update are called unwrapped (they get no gradient,
+        so DDP must not wait for one).
+        """
+        compile_ = self.cfg.train.compile
+
+        def compiled(module: torch.nn.Module) -> torch.nn.Module:
+            return torch.compile(module) if compile_ else module
+
+        def trained(module: torch.nn.Module) -> torch.nn.Module:
+            return compiled(distributed.wrap_ddp(module, self.dist, self.device))
+
+        self._step_G_AB = trained(_GeneratorStep(self.G_AB))
+        self._step_G_BA = trained(_GeneratorStep(self.G_BA))
+        self._step_D_A = trained(self.D_A)
+        self._step_D_B = trained(self.D_B)
+        if self.dist.is_distributed:
+            self._frozen_D_A = compiled(self.D_A)
+            self._frozen_D_B = compiled(self.D_B)
+        else:
+            self._frozen_D_A, self._frozen_D_B = self._step_D_A, self._step_D_B
 
     # ------------------------------------------------------------ checkpoints
     def state(self) -> dict[str, Any]:
+        """Everything a checkpoint holds. In a multi-process run every process must call it together
+        (the image pools of all ranks are gathered); only rank 0's result is complete.
+        """
+        extra: dict[str, Any] = {"world_size": self.dist.world_size}
+        if self.dist.is_distributed:
+            pools = distributed.all_gather_objects(
+                {"A": _to_cpu(self.pool_A.state_dict()), "B": _to_cpu(self.pool_B.state_dict())}, self.dist
+            )
+            extra["pools"] = {"A": [p["A"] for p in pools], "B": [p["B"] for p in pools]}
         return {
             "config_yaml": config_to_yaml(self.cfg),
             "epoch": self.epoch,
@@ -393,6 +507,7 @@ class Trainer:
                 name: sum(p.numel() for p in getattr(self, name).parameters())
                 for name in ("G_AB", "G_BA", "D_A", "D_B")
             },
+            **extra,
         }
 
     def _restore(self, data: dict[str, Any]) -> None:
@@ -404,8 +519,12 @@ class Trainer:
             self.opt_D.load_state_dict(data["opt_D"])
             self.sched_G.load_state_dict(data["sched_G"])
             self.sched_D.load_state_dict(data["sched_D"])
-            self.pool_A.load_state_dict(data["pool_A"])
-            self.pool_B.load_state_dict(data["pool_B"])
+            if self.dist.is_distributed:
+                self.pool_A.load_state_dict(data["pools"]["A"][self.dist.rank])
+                self.pool_B.load_state_dict(data["pools"]["B"][self.dist.rank])
+            else:
+                self.pool_A.load_state_dict(data["pool_A"])
+                self.pool_B.load_state_dict(data["pool_B"])
         except (KeyError, ValueError, RuntimeError) as exc:
             raise CheckpointError(
                 f"cannot restore training state ({str(exc).splitlines()[0][:120]})", path
@@ -416,6 +535,8 @@ class Trainer:
                 f"{data['steps_per_epoch']} when the checkpoint was written; resume with the same --src/--tgt",
                 path,
             )
+        for optimizer in (self.opt_G, self.opt_D):
+            _match_state_layout(optimizer)
         set_rng_state(data["rng"])
         self.epoch = int(data["epoch"])
         self.step_in_epoch = int(data["step_in_epoch"])
@@ -423,8 +544,9 @@ class Trainer:
         best = data.get("best") or {}
         self.best_value = best.get("value")
         self.best_epoch = best.get("epoch")
-        self._truncate_logs(self.global_step)
-        logger.info("resumed from %s at epoch %d, step %d", path, self.epoch, self.global_step)
+        if self.dist.is_main:
+            self._truncate_logs(self.global_step)
+            logger.info("resumed from %s at epoch %d, step %d", path, self.epoch, self.global_step)
 
     def _truncate_logs(self, step: int) -> None:
         """Drops log rows written after the checkpoint (they will be computed again)."""
@@ -441,9 +563,19 @@ class Trainer:
             lines = [",".join(header)] + [",".join(r) for r in kept]
             atomic_write_text(path, "\n".join(lines) + "\n")
 
-    def save(self, name: str) -> Path:
-        path = save_checkpoint(self.state(), self.run_dir / "checkpoints" / name)
-        return path
+    def save(self, *names: str) -> Path:
+        """Writes the checkpoint under ``checkpoints/<name>`` for each name; returns the last path.
+
+        In a multi-process run every process calls it together: the pools are gathered, rank 0
+        writes, and the others wait until the files exist.
+        """
+        state = self.state()
+        paths = [self.run_dir / "checkpoints" / name for name in names]
+        if self.dist.is_main:
+            for path in paths:
+                save_checkpoint(state, path)
+        distributed.barrier(self.dist)
+        return paths[-1]
 
     # ------------------------------------------------------------------ loop
     def _loader(self, dataset: Any, batches: list[list[int]]) -> DataLoader:
@@ -458,8 +590,14 @@ class Trainer:
         self, epoch: int, start: int
     ) -> Iterator[tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]]:
         seed, batch, steps = self.cfg.train.seed, self.cfg.optim.batch_size, self.steps_per_epoch
-        batches_a = epoch_batches(len(self.src_dataset), batch, steps, seed, epoch, 0)[start:]
-        batches_b = epoch_batches(len(self.tgt_dataset), batch, steps, seed, epoch, 1)[start:]
+        rank, world = self.dist.rank, self.dist.world_size
+        # Global step s uses batches s * world ... s * world + world - 1 of the epoch's list, one per rank.
+        batches_a = distributed.shard(
+            epoch_batches(len(self.src_dataset), batch, steps * world, seed, epoch, 0), rank, world
+        )[start:]
+        batches_b = distributed.shard(
+            epoch_batches(len(self.tgt_dataset), batch, steps * world, seed, epoch, 1), rank, world
+        )[start:]
         self.src_dataset.set_epoch(epoch)
         self.tgt_dataset.set_epoch(epoch)
         return zip(self._loader(self.src_dataset, batches_a), self._loader(self.tgt_dataset, batches_b))
@@ -469,11 +607,15 @@ class Trainer:
     ) -> dict[str, torch.Tensor]:
         """One reference CycleGAN step. Returns the loss terms as 0-d tensors (not synchronised)."""
         from medcyclegan.losses import attention_regulariser, l1_loss, masked_l1, outline_loss
-        from medcyclegan.nets.slicewise import autocast_context, forward_with_attention
+        from medcyclegan.nets.slicewise import autocast_context
 
         cfg = self.cfg.loss
         real_a = batch_a["image"].to(self.device, non_blocking=True)
         real_b = batch_b["image"].to(self.device, non_blocking=True)
+        if self.channels_last:
+            # After the copy: converting first would copy from unpinned memory, i.e. synchronously.
+            real_a = real_a.contiguous(memory_format=torch.channels_last)
+            real_b = real_b.contiguous(memory_format=torch.channels_last)
         mask_a = batch_a["mask"].to(self.device, non_blocking=True)
         mask_b = batch_b["mask"].to(self.device, non_blocking=True)
 
@@ -484,21 +626,22 @@ class Trainer:
 
         losses: dict[str, torch.Tensor] = {}
         zero = torch.zeros((), device=self.device)
+        g_ab, g_ba = self._step_G_AB, self._step_G_BA
         with autocast_context(self.device, self.amp):
-            fake_b, att_ab = forward_with_attention(self.G_AB, real_a)
-            rec_a = self.G_BA(fake_b)
-            fake_a, att_ba = forward_with_attention(self.G_BA, real_b)
-            rec_b = self.G_AB(fake_a)
+            fake_b, att_ab = g_ab(real_a, with_attention=True)
+            rec_a = g_ba(fake_b)
+            fake_a, att_ba = g_ba(real_b, with_attention=True)
+            rec_b = g_ab(fake_a)
 
             set_requires_grad([self.D_A, self.D_B], False)
-            losses["G_adv_AB"] = self.adversarial.generator_loss(self.D_B(fake_b))
-            losses["G_adv_BA"] = self.adversarial.generator_loss(self.D_A(fake_a))
+            losses["G_adv_AB"] = self.adversarial.generator_loss(self._frozen_D_B(fake_b))
+            losses["G_adv_BA"] = self.adversarial.generator_loss(self._frozen_D_A(fake_a))
             losses["cycle_A"] = recon(rec_a, real_a, mask_a) * cfg.lambda_cycle
             losses["cycle_B"] = recon(rec_b, real_b, mask_b) * cfg.lambda_cycle
             if cfg.lambda_identity > 0:
                 weight = cfg.lambda_cycle * cfg.lambda_identity
-                losses["idt_A"] = recon(self.G_BA(real_a), real_a, mask_a) * weight
-                losses["idt_B"] = recon(self.G_AB(real_b), real_b, mask_b) * weight
+                losses["idt_A"] = recon(g_ba(real_a), real_a, mask_a) * weight
+                losses["idt_B"] = recon(g_ab(real_b), real_b, mask_b) * weight
             else:
                 losses["idt_A"] = losses["idt_B"] = zero
             if cfg.lambda_mask > 0:
@@ -520,13 +663,19 @@ class Trainer:
         self.opt_G.step()
 
         set_requires_grad([self.D_A, self.D_B], True)
+        self.opt_D.zero_grad(set_to_none=True)
         with autocast_context(self.device, self.amp):
             pooled_a = self.pool_A.query(fake_a.detach())
             pooled_b = self.pool_B.query(fake_b.detach())
-            loss_d_a = self.adversarial.discriminator_loss(self.D_A(real_a), self.D_A(pooled_a))
-            loss_d_b = self.adversarial.discriminator_loss(self.D_B(real_b), self.D_B(pooled_b))
-        self.opt_D.zero_grad(set_to_none=True)
-        (loss_d_a + loss_d_b).backward()
+        # One discriminator at a time, as the reference does: the two have no parameter in common, so
+        # the gradients are those of the summed loss exactly, and only one graph is held at a time.
+        d_a, d_b = self._step_D_A, self._step_D_B
+        with autocast_context(self.device, self.amp):
+            loss_d_a = self.adversarial.discriminator_loss(d_a(real_a), d_a(pooled_a))
+        loss_d_a.backward()
+        with autocast_context(self.device, self.amp):
+            loss_d_b = self.adversarial.discriminator_loss(d_b(real_b), d_b(pooled_b))
+        loss_d_b.backward()
         self.opt_D.step()
         losses["loss_D_A"] = loss_d_a
         losses["loss_D_B"] = loss_d_b
@@ -546,20 +695,28 @@ class Trainer:
     def fit(self, on_step: Callable[[int, dict[str, float]], None] | None = None) -> TrainResult:
         """Runs until all epochs or ``train.max_steps`` are done; resumable at any point.
 
+        In a multi-process run every process calls it; the processes agree on stopping (signals,
+        NaN) at the steps where losses are read back, so all of them save and stop together.
+
         Raises:
             TrainingInterrupted: after SIGINT/SIGTERM, once ``last.pt`` is written.
             TrainingError: a loss became NaN or Inf (the last good checkpoint is kept), or CUDA ran
                 out of memory.
         """
-        from torch.utils.tensorboard import SummaryWriter
+        main = self.dist.is_main
+        if main:
+            from torch.utils.tensorboard import SummaryWriter
 
-        save_config(self.cfg, self.run_dir / "config.yaml")
-        (self.run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-        writer = SummaryWriter(log_dir=str(self.run_dir / "tb"))
+            save_config(self.cfg, self.run_dir / "config.yaml")
+            (self.run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+            writer: Any = SummaryWriter(log_dir=str(self.run_dir / "tb"))
+        else:
+            writer = _NullWriter()
         previous_handlers = self._install_signal_handlers()
         progress = _Progress(self.show_progress, self.total_steps, self.global_step)
         last_path = self.run_dir / "checkpoints" / "last.pt"
         log_every = self.cfg.train.log_every
+        # Reading a loss back waits for the GPU: on CUDA only at logging steps. On the CPU it is free.
         check_every = 1 if self.device.type == "cpu" else log_every
         try:
             while self.global_step < self.total_steps and self.epoch < self.cfg.optim.total_epochs:
@@ -575,18 +732,24 @@ class Trainer:
                         ) from None
                     self.step_in_epoch += 1
                     self.global_step += 1
-                    if self.global_step % check_every == 0 or self.global_step == self.total_steps:
-                        self._check_finite(losses, last_path)
-                    if self.global_step % log_every == 0 or self.global_step == self.total_steps:
-                        row = self._log(losses, writer)
+                    is_log = self.global_step % log_every == 0 or self.global_step == self.total_steps
+                    # Processes agree on stopping only where they exchange the losses anyway.
+                    stop = None
+                    if is_log or self.global_step % check_every == 0:
+                        values, stop = self._read_back(losses)
+                        self._check_finite(values, last_path)
+                    if is_log:
+                        row = self._log(values, writer)
                         progress.update(self.global_step, self.epoch, row)
                         if on_step is not None:
                             on_step(self.global_step, row)
                     else:
                         progress.advance(self.global_step, self.epoch)
-                    if self._stop_signal is not None:
+                    if not self.dist.is_distributed:
+                        stop = self._stop_signal
+                    if stop is not None:
                         path = self.save("last.pt")
-                        raise TrainingInterrupted(self.global_step, path, self._stop_signal)
+                        raise TrainingInterrupted(self.global_step, path, stop)
                     every = self.cfg.train.save_every_steps
                     if every and self.global_step % every == 0:
                         self.save("last.pt")
@@ -614,10 +777,27 @@ class Trainer:
             val_history=self.val_history,
         )
 
-    def _check_finite(self, losses: dict[str, torch.Tensor], last_path: Path) -> None:
-        stacked = torch.stack([losses[k].float() for k in ("loss_G", "loss_D_A", "loss_D_B")])
-        if not bool(torch.isfinite(stacked).all()):
-            bad = [k for k in ("loss_G", "loss_D_A", "loss_D_B") if not bool(torch.isfinite(losses[k]))]
+    def _read_back(self, losses: dict[str, torch.Tensor]) -> tuple[dict[str, float], str | None]:
+        """The loss terms as floats (averaged over the processes) and whether to stop: one host sync.
+
+        In a multi-process run the losses and a stop flag travel in one all-reduce, so every process
+        sees the same values and takes the same decision.
+        """
+        names = [k for k in LOSS_COLUMNS if k in losses]
+        if not self.dist.is_distributed:
+            values = torch.stack([losses[k].float() for k in names]).tolist()
+            return dict(zip(names, values)), self._stop_signal
+        flag = (
+            torch.ones((), device=self.device) if self._stop_signal else torch.zeros((), device=self.device)
+        )
+        packed = torch.stack([losses[k].float() for k in names] + [flag])
+        packed = distributed.all_reduce_sum(packed, self.dist) / self.dist.world_size
+        *values, stop = packed.tolist()
+        return dict(zip(names, values)), (self._stop_signal or "SIGTERM") if stop > 0 else None
+
+    def _check_finite(self, values: dict[str, float], last_path: Path) -> None:
+        bad = [k for k in ("loss_G", "loss_D_A", "loss_D_B") if not math.isfinite(values.get(k, 0.0))]
+        if bad:
             kept = (
                 f"the last good checkpoint is kept at {last_path}"
                 if last_path.is_file()
@@ -628,8 +808,7 @@ class Trainer:
                 f"training stopped and {kept}; lower optim.lr or check the input data"
             )
 
-    def _log(self, losses: dict[str, torch.Tensor], writer: Any) -> dict[str, float]:
-        values = {k: float(v) for k, v in losses.items()}
+    def _log(self, values: dict[str, float], writer: Any) -> dict[str, float]:
         row: dict[str, float] = {
             "step": self.global_step,
             "epoch": self.epoch,
@@ -637,10 +816,11 @@ class Trainer:
             **{k: values.get(k, 0.0) for k in LOSS_COLUMNS},
         }
         self.history.append(row)
-        _append_csv(self.run_dir / "metrics.csv", row)
-        for key in LOSS_COLUMNS:
-            writer.add_scalar(f"loss/{key}", row[key], self.global_step)
-        writer.add_scalar("lr", row["lr"], self.global_step)
+        if self.dist.is_main:
+            _append_csv(self.run_dir / "metrics.csv", row)
+            for key in LOSS_COLUMNS:
+                writer.add_scalar(f"loss/{key}", row[key], self.global_step)
+            writer.add_scalar("lr", row["lr"], self.global_step)
         return row
 
     def _end_epoch(self, writer: Any, seconds: float) -> None:
@@ -649,29 +829,35 @@ class Trainer:
         self.sched_D.step()
         self.epoch += 1
         self.step_in_epoch = 0
-        writer.add_scalar("time/epoch_seconds", seconds, self.global_step)
-        if (epoch + 1) % self.cfg.train.sample_every == 0:
-            self.write_samples(epoch, writer)
-        if (self.val_src or self.val_tgt) and (epoch + 1) % self.cfg.train.val_every == 0:
-            metrics = self.validate()
-            row = {"step": self.global_step, "epoch": epoch, **metrics}
-            self.val_history.append(row)
-            _append_csv(self.run_dir / "val_metrics.csv", row)
-            for key, value in metrics.items():
-                writer.add_scalar(key, value, self.global_step)
-            self._maybe_best(metrics)
+        improved = False
+        if self.dist.is_main:
+            # Rank 0 alone draws samples and validates (on the plain networks); the others wait in save().
+            writer.add_scalar("time/epoch_seconds", seconds, self.global_step)
+            if (epoch + 1) % self.cfg.train.sample_every == 0:
+                self.write_samples(epoch, writer)
+            if (self.val_src or self.val_tgt) and (epoch + 1) % self.cfg.train.val_every == 0:
+                metrics = self.validate()
+                row = {"step": self.global_step, "epoch": epoch, **metrics}
+                self.val_history.append(row)
+                _append_csv(self.run_dir / "val_metrics.csv", row)
+                for key, value in metrics.items():
+                    writer.add_scalar(key, value, self.global_step)
+                improved = self._maybe_best(metrics)
+        improved = distributed.broadcast_object(improved, self.dist)
+        names = ["best.pt"] if improved else []
         if (epoch + 1) % self.cfg.train.checkpoint_every == 0:
-            self.save(f"epoch_{epoch + 1:04d}.pt")
-        self.save("last.pt")
+            names.append(f"epoch_{epoch + 1:04d}.pt")
+        self.save(*names, "last.pt")
 
-    def _maybe_best(self, metrics: dict[str, float]) -> None:
+    def _maybe_best(self, metrics: dict[str, float]) -> bool:
+        """Records a new best validation value; True when the caller should write ``best.pt``."""
         name = self.cfg.train.best_metric
         if name not in metrics:
             if self.best_epoch is None:
                 logger.warning(
                     "best_metric %s is not computed here (have: %s)", name, ", ".join(sorted(metrics))
                 )
-            return
+            return False
         value = metrics[name]
         better = (
             self.best_value is None
@@ -681,7 +867,8 @@ class Trainer:
         if better and math.isfinite(value):
             self.best_value = value
             self.best_epoch = self.epoch - 1
-            self.save("best.pt")
+            return True
+        return False
 
     # ------------------------------------------------------------ validation
     def validate(self) -> dict[str, float]:
@@ -785,6 +972,29 @@ class Trainer:
         if writer is not None:
             writer.add_image("samples", grid, self.global_step, dataformats="HW")
         return path
+
+
+def _to_cpu(state: dict[str, Any]) -> dict[str, Any]:
+    """A state dict with its tensors on the CPU (so that it can be gathered between processes)."""
+    return {k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in state.items()}
+
+
+def _match_state_layout(optimizer: torch.optim.Optimizer) -> None:
+    """Gives restored optimiser moments the memory layout of their parameters (e.g. channels-last).
+
+    A checkpoint written by a run in another layout loads with contiguous moments; fused Adam wants
+    moments laid out like the parameters.
+    """
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            state = optimizer.state.get(param, {})
+            for key, value in state.items():
+                if (
+                    isinstance(value, torch.Tensor)
+                    and value.shape == param.shape
+                    and value.stride() != param.stride()
+                ):
+                    state[key] = torch.empty_like(param, dtype=value.dtype).copy_(value)
 
 
 def _masked_mae_ssim(pred: np.ndarray, ref: np.ndarray, mask: np.ndarray) -> tuple[float, float]:

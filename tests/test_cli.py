@@ -1,0 +1,241 @@
+"""The ``medcyclegan`` command line: help, usage errors, one-line option errors, and each verb's output.
+
+Runs ``medcyclegan.cli.main`` in-process (the console entry point, with its error handling) and checks
+what a user sees: the exit status, stdout (results) and stderr (one ``error:`` line, no traceback).
+The fault matrix of issue 6 (bad inputs, outputs, checkpoints, signals) is in ``test_reliability.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import traceback
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from medcyclegan import __version__
+from medcyclegan.config import load_config
+from medcyclegan.io.readers import read_volume
+from medcyclegan.train.trainer import Trainer
+
+SPACING_MM = (2.0, 2.0, 4.0)
+TINY = {
+    "data.image_size": 32,
+    "data.min_body_fraction": 0.05,
+    "model.ngf": 8,
+    "model.n_blocks": 2,
+    "model.ndf": 8,
+    "model.n_layers_d": 2,
+    "optim.batch_size": 2,
+    "optim.pool_size": 4,
+    "train.steps_per_epoch": 4,
+    "train.max_steps": 1,
+    "train.device": "cpu",
+}
+VERBS = ("train", "convert", "evaluate", "info", "augment", "sample-data", "demo")
+
+
+@dataclass
+class CliResult:
+    code: int
+    out: str
+    err: str
+
+
+@pytest.fixture
+def cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> Iterator[Callable[..., CliResult]]:
+    """``medcyclegan ARGS`` through ``cli.main``; an escaped exception is recorded as a traceback."""
+    from medcyclegan.cli import main
+
+    logger = logging.getLogger("medcyclegan")
+    saved = (list(logger.handlers), logger.level, logger.propagate)
+    monkeypatch.setenv("COLUMNS", "1000")
+
+    def run(*args: object) -> CliResult:
+        monkeypatch.setattr(sys, "argv", ["medcyclegan", *(str(a) for a in args)])
+        capsys.readouterr()
+        code, escaped = 0, ""
+        try:
+            main()
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        except BaseException:
+            code, escaped = 1, traceback.format_exc()
+        out, err = capsys.readouterr()
+        return CliResult(code, out, err + escaped)
+
+    yield run
+    logger.handlers[:] = saved[0]
+    logger.setLevel(saved[1])
+    logger.propagate = saved[2]
+
+
+def one_error_line(result: CliResult) -> str:
+    assert result.code == 2, (result.code, result.out, result.err)
+    assert "Traceback" not in result.err + result.out
+    lines = [line for line in result.err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.err
+    return lines[0]
+
+
+def head(shape: tuple[int, int, int], modality: str, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    x, y, z = np.meshgrid(*[np.linspace(-1, 1, s) for s in shape], indexing="ij")
+    inside = (x / 0.75) ** 2 + (y / 0.82) ** 2 + (z / 1.4) ** 2 < 1
+    if modality == "ct":
+        vol = np.where(inside, 40.0, -1000.0) + rng.normal(0, 10, shape)
+        return vol.astype(np.int16)
+    return np.abs(np.where(inside, 600.0, 0.0) + rng.normal(0, 15, shape)).astype(np.float32)
+
+
+def save(path: Path, array: np.ndarray, affine: np.ndarray | None = None) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(array, np.diag([*SPACING_MM, 1.0]) if affine is None else affine), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("cli")
+    mr = [save(root / "mr" / f"m{i}.nii.gz", head((36, 40, 6), "mr", i)) for i in range(2)]
+    ct = [save(root / "ct" / f"c{i}.nii.gz", head((36, 40, 6), "ct", 10 + i)) for i in range(2)]
+    Trainer(load_config(None, TINY), root / "run", mr, ct, show_progress=False).fit()
+    return root / "run"
+
+
+# ------------------------------------------------------------------------------- help and usage
+
+
+def test_help_lists_every_verb_and_version_prints(cli) -> None:
+    result = cli("--help")
+    assert result.code == 0
+    for verb in VERBS:
+        assert verb in result.out
+    result = cli("--version")
+    assert result.code == 0 and result.out.strip() == f"medcyclegan {__version__}"
+
+
+@pytest.mark.parametrize("verb", VERBS)
+def test_every_verb_has_help(cli, verb: str) -> None:
+    result = cli(verb, "--help")
+    assert result.code == 0 and "Usage:" in result.out and "--" in result.out
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (("bogus",), "No such command"),
+        (("convert",), "Missing argument"),
+        (("convert", "x.nii.gz", "--batch-size", "many"), "--batch-size"),
+        (("evaluate", "--ref", "x"), "--pred"),
+    ],
+)
+def test_usage_errors_exit_2_without_traceback(cli, args: tuple[str, ...], expected: str) -> None:
+    result = cli(*args)
+    assert result.code == 2
+    assert "Traceback" not in result.err + result.out
+    assert "Usage:" in result.err and expected in result.err
+
+
+# ---------------------------------------------------------------------- option errors: one line
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (("convert", "{mr}", "-m", "{run}", "--to", "pet"), "error: --to must be ct or mr; got 'pet'"),
+        (("convert", "{mr}", "-m", "{run}", "--batch-size", "0"), "error: --batch-size must be >= 1; got 0"),
+        (("convert", "{mr}", "-m", "{run}", "--device", "cuda"), "no CUDA GPU is available"),
+        (("convert", "{mr}", "-m", "{run}", "-o", "{tmp}/x.txt"), "x.txt: unknown output format"),
+        (("convert", "{tmp}", "-m", "{run}"), "a folder input needs -o OUTPUT_FOLDER"),
+        (("convert", "{mr}", "-m", "{tmp}/nowhere"), "nowhere: no such run folder or checkpoint"),
+        (("convert", "{tmp}/missing.nii.gz", "-m", "{run}"), "missing.nii.gz: no such file or folder"),
+        (
+            ("convert", "{mr}", "-m", "{run}", "--save-attention", "-o", "{tmp}/a.nii.gz"),
+            "--save-attention needs a model trained with --generator resnet-attention",
+        ),
+        (("train", "--resume"), "error: --resume needs --out RUN_DIR"),
+        (("train", "--src", "{tmp}", "--tgt", "{tmp}", "-c", "nope"), "no built-in config 'nope'"),
+        (("train", "--src", "{tmp}", "--tgt", "{tmp}", "--set", "oops"), "must look like section.key=value"),
+        (
+            ("train", "--src", "{tmp}", "--tgt", "{tmp}", "--set", "data.nope=1"),
+            "unknown config key 'data.nope'",
+        ),
+        (("train", "--src", "{tmp}", "--tgt", "{tmp}", "--image-size", "8"), "data.image_size must be >= 16"),
+        (
+            ("train", "--src", "{tmp}", "--tgt", "{tmp}", "--generator", "unet"),
+            "model.generator must be one of",
+        ),
+        (("evaluate", "--pred", "{mr}", "--ref", "{mr}", "--standard", "x"), "unknown standard 'x'"),
+        (("augment", "--check", "{tmp}", "--images", "{tmp}"), "--check takes only the dataset folder"),
+        (("augment", "--images", "{tmp}"), "--labels, --out required"),
+    ],
+)
+def test_option_errors_are_one_line(cli, run_dir: Path, tmp_path: Path, args, expected: str) -> None:
+    mr = save(tmp_path / "in" / "scan.nii.gz", head((20, 22, 6), "mr"))
+    values = {"mr": mr, "run": run_dir, "tmp": tmp_path}
+    result = cli(*(arg.format(**values) for arg in args))
+    assert expected in one_error_line(result)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in"]  # nothing written
+
+
+# ------------------------------------------------------------------------------------ each verb
+
+
+def test_convert_a_file_prints_the_output_and_keeps_the_geometry(cli, run_dir: Path, tmp_path: Path) -> None:
+    affine = np.array([[0.0, -1.1, 0.0, 10.0], [0.9, 0.0, 0.0, -5.0], [0.0, 0.0, -2.5, 20.0], [0, 0, 0, 1]])
+    source = save(tmp_path / "case7.nii.gz", head((21, 23, 5), "mr"), affine)
+    result = cli("convert", source, "-m", run_dir)
+    default = tmp_path / "case7_synthct.nii.gz"  # beside the input, named after the case and modality
+    assert result.code == 0, result.err
+    assert result.out.strip() == str(default)
+    written = nib.load(default)
+    assert written.shape == (21, 23, 5) and written.get_data_dtype() == np.int16
+    np.testing.assert_allclose(written.affine, affine, atol=1e-6)
+    result = cli("convert", source, "-m", run_dir, "--to", "mr", "-o", tmp_path / "back.nrrd")
+    assert result.code == 0, result.err
+    back = read_volume(tmp_path / "back.nrrd")
+    assert back.array.dtype == np.float32 and back.array.shape == read_volume(source).array.shape
+
+
+def test_convert_a_folder_keeps_names_and_refuses_a_file_as_output(
+    cli, run_dir: Path, tmp_path: Path
+) -> None:
+    for name in ("a", "b"):
+        save(tmp_path / "in" / f"{name}.nii.gz", head((20, 22, 4), "mr"))
+    (tmp_path / "in" / "README.txt").write_text("ignored")
+    result = cli("convert", tmp_path / "in", "-m", run_dir, "-o", tmp_path / "out")
+    assert result.code == 0, result.err
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.nii.gz", "b.nii.gz"]
+    assert result.err.count("ignored 1 non-image file") == 1  # one search, one warning
+    (tmp_path / "in" / "README.txt").unlink()
+    (tmp_path / "file.nii.gz").write_text("x")
+    line = one_error_line(cli("convert", tmp_path / "in", "-m", run_dir, "-o", tmp_path / "file.nii.gz"))
+    assert "is a file, but the input is a folder" in line
+
+
+def test_info_prints_a_table_and_json(cli, run_dir: Path) -> None:
+    result = cli("info", run_dir, "--json")
+    assert result.code == 0, result.err
+    summary = json.loads(result.out)
+    assert summary["direction"] == "mr -> ct" and summary["step"] == 1
+    assert summary["networks"]["generator"]["ngf"] == 8 and summary["checkpoints"] == ["last.pt"]
+    result = cli("info", run_dir / "checkpoints" / "last.pt")
+    assert result.code == 0, result.err
+    assert "mr -> ct" in result.out and "ngf 8" in result.out
+
+
+def test_evaluate_prints_a_table_and_writes_json_and_csv(cli, tmp_path: Path) -> None:
+    reference = save(tmp_path / "ref" / "p1.nii.gz", head((24, 24, 8), "ct", 1))
+    prediction = save(tmp_path / "pred" / "p1.nii.gz", head((24, 24, 8), "ct", 2))
+    result = cli("evaluate", "--pred", prediction, "--ref", reference, "--out", tmp_path / "r" / "eval.json")
+    assert result.code == 0, result.err
+    assert "MAE" in result.out and "p1" in result.out
+    report = json.loads((tmp_path / "r" / "eval.json").read_text())
+    assert report and (tmp_path / "r" / "eval.csv").is_file()

@@ -1,0 +1,287 @@
+"""Multi-process training on the CPU (gloo): sharding, DDP weight agreement, rank-0 checkpoints, resume.
+
+The two-process test starts both ranks once (torch.multiprocessing spawn) and runs three trainings
+in them: straight through, stopped early, and resumed; the torchrun test drives the real command line.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from medcyclegan.config import load_config
+from medcyclegan.errors import CheckpointError, ConfigError
+from medcyclegan.train import distributed
+from medcyclegan.train.checkpoint import load_checkpoint
+from medcyclegan.train.distributed import DistributedContext, shard, strip_option, torchrun_command
+from medcyclegan.train.trainer import epoch_batches
+
+NETS = ("G_AB", "G_BA", "D_A", "D_B")
+TOTAL_STEPS, STOP_STEP = 6, 3  # 2 steps per epoch: the resume starts in the middle of epoch 1
+
+
+def _write_domain(folder: Path, modality: str, n: int, seed: int, shape=(36, 40, 5)) -> Path:
+    """Ellipses with a rim (skull-like), CT in HU (int16) or MR intensities (float32)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    x, y, _ = np.meshgrid(*[np.linspace(-1, 1, s) for s in shape], indexing="ij")
+    for i in range(n):
+        r = np.sqrt((x / rng.uniform(0.6, 0.8)) ** 2 + (y / 0.8) ** 2)
+        if modality == "ct":
+            vol = np.where(r < 1, np.where(r > 0.8, 1200.0, 40.0), -1000.0) + rng.normal(0, 10, shape)
+            vol = vol.astype(np.int16)
+        else:
+            vol = np.where(r < 1, np.where(r > 0.8, 80.0, 600.0), 0.0) + np.abs(rng.normal(0, 15, shape))
+            vol = vol.astype(np.float32)
+        nib.save(nib.Nifti1Image(vol, np.diag([2.0, 2.0, 4.0, 1.0])), folder / f"case{i:02d}.nii.gz")
+    return folder
+
+
+TINY = {
+    "data.image_size": 32,
+    "data.min_body_fraction": 0.05,
+    "model.ngf": 8,
+    "model.n_blocks": 2,
+    "model.ndf": 8,
+    "model.n_layers_d": 2,
+    "optim.batch_size": 2,
+    "optim.n_epochs": 2,
+    "optim.n_epochs_decay": 1,
+    "optim.pool_size": 3,
+    "train.steps_per_epoch": 2,
+    "train.log_every": 1,
+    "train.checkpoint_every": 1,
+    "train.device": "cpu",
+}
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _flat_weights(trainer) -> torch.Tensor:
+    return torch.cat([p.detach().reshape(-1) for name in NETS for p in getattr(trainer, name).parameters()])
+
+
+def _worker(rank: int, world_size: int, port: int, root: str) -> None:
+    """One rank: a straight run, a run stopped early, and its resumption; writes a JSON report."""
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        WORLD_SIZE=str(world_size),
+        LOCAL_RANK=str(rank),
+    )
+    torch.set_num_threads(1)
+    import torch.distributed as dist
+
+    from medcyclegan.train import trainer as trainer_module
+    from medcyclegan.train.trainer import Trainer
+
+    writes: list[str] = []
+    original_save = trainer_module.save_checkpoint
+
+    def counting_save(payload, path):
+        writes.append(Path(path).name)
+        return original_save(payload, path)
+
+    trainer_module.save_checkpoint = counting_save
+    base = Path(root)
+    mr, ct = sorted((base / "mr").glob("*.nii.gz")), sorted((base / "ct").glob("*.nii.gz"))
+
+    def run(folder: str, max_steps: int, resume: bool = False):
+        cfg = load_config(None, {**TINY, "train.max_steps": max_steps})
+        trainer = Trainer(
+            cfg,
+            base / folder,
+            mr,
+            ct,
+            resume=base / folder if resume else None,
+            show_progress=False,
+        )
+        result = trainer.fit()
+        return trainer, result
+
+    straight, result = run("straight", TOTAL_STEPS)
+    weights = _flat_weights(straight)
+    gathered = [torch.empty_like(weights) for _ in range(world_size)]
+    dist.all_gather(gathered, weights)
+    run("resumed", STOP_STEP)
+    _, resumed_result = run("resumed", TOTAL_STEPS, resume=True)
+    report = {
+        "step": result.step,
+        "resumed_step": resumed_result.step,
+        "steps_per_epoch": straight.steps_per_epoch,
+        "same_weights_on_all_ranks": all(torch.equal(gathered[0], w) for w in gathered),
+        "checkpoint_writes": writes,
+        "pool_sizes": [len(straight.pool_A), len(straight.pool_B)],
+        "lr": straight.opt_G.param_groups[0]["lr"],
+    }
+    (base / f"report{rank}.json").write_text(json.dumps(report))
+
+
+@pytest.fixture(scope="module")
+def two_rank_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("ddp")
+    _write_domain(root / "mr", "mr", 2, 1)
+    _write_domain(root / "ct", "ct", 2, 2)
+    torch.multiprocessing.spawn(_worker, args=(2, _free_port(), str(root)), nprocs=2, join=True)
+    return root
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    data = load_checkpoint(path)
+    return {f"{net}.{k}": v for net in NETS for k, v in data[net].items()}
+
+
+# ------------------------------------------------------------------------------ two processes
+def test_ranks_agree_and_only_rank0_writes(two_rank_run: Path) -> None:
+    reports = [json.loads((two_rank_run / f"report{r}.json").read_text()) for r in range(2)]
+    for report in reports:
+        assert report["step"] == TOTAL_STEPS and report["resumed_step"] == TOTAL_STEPS
+        assert report["same_weights_on_all_ranks"]  # different data per rank, so DDP averaged the gradients
+        assert report["pool_sizes"] == [3, 3]
+    assert reports[0]["lr"] == reports[1]["lr"]
+    assert reports[0]["steps_per_epoch"] == reports[1]["steps_per_epoch"] == 2
+    assert reports[1]["checkpoint_writes"] == []
+    # Straight run: 3 epochs x (epoch_XXXX + last) + final last; stopped run: epoch 1 (2) + final last;
+    # resumed run: epochs 2 and 3 (2 each) + final last.
+    assert len(reports[0]["checkpoint_writes"]) == 7 + 3 + 5
+    data = load_checkpoint(two_rank_run / "straight" / "checkpoints" / "last.pt")
+    assert data["world_size"] == 2 and data["step"] == TOTAL_STEPS
+    assert len(data["pools"]["A"]) == 2 and len(data["pools"]["B"]) == 2
+    with open(two_rank_run / "straight" / "metrics.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [int(r["step"]) for r in rows] == list(range(1, TOTAL_STEPS + 1))  # one row per step, written once
+    # The learning rate follows global epochs: 2 constant, then linear decay.
+    assert [float(r["lr"]) for r in rows] == pytest.approx([2e-4] * 4 + [1e-4] * 2)
+    assert not list((two_rank_run / "straight" / "checkpoints").glob(".*tmp*"))
+
+
+def test_two_rank_resume_is_exact(two_rank_run: Path) -> None:
+    a = _weights(two_rank_run / "straight" / "checkpoints" / "last.pt")
+    b = _weights(two_rank_run / "resumed" / "checkpoints" / "last.pt")
+    different = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not different, different[:5]
+
+
+def test_checkpoint_of_two_ranks_refuses_a_single_process_resume(two_rank_run: Path, tmp_path: Path) -> None:
+    from medcyclegan.train.trainer import Trainer
+
+    mr, ct = sorted((two_rank_run / "mr").glob("*")), sorted((two_rank_run / "ct").glob("*"))
+    cfg = load_config(None, {**TINY, "train.max_steps": TOTAL_STEPS + 2})
+    with pytest.raises(CheckpointError, match="2 process"):
+        Trainer(cfg, tmp_path, mr, ct, resume=two_rank_run / "straight", show_progress=False)
+
+
+# ------------------------------------------------------------------------------ torchrun
+@pytest.mark.slow
+def test_torchrun_runs_the_cli_on_two_processes(tmp_path: Path) -> None:
+    mr = _write_domain(tmp_path / "mr", "mr", 2, 3)
+    ct = _write_domain(tmp_path / "ct", "ct", 2, 4)
+    out = tmp_path / "run"
+    sets = [f"--set={k}={v}" for k, v in {**TINY, "train.max_steps": 2}.items()]
+    command = torchrun_command(["train", "--src", str(mr), "--tgt", str(ct), "-o", str(out), *sets], 2)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    data = load_checkpoint(out / "checkpoints" / "last.pt")
+    assert data["world_size"] == 2 and data["step"] == 2
+
+
+# ------------------------------------------------------------------------------ helpers
+def test_shard_splits_every_item_exactly_once() -> None:
+    items = list(range(11))
+    parts = [shard(items, r, 3) for r in range(3)]
+    assert sorted(i for part in parts for i in part) == items
+    assert [len(p) for p in parts] == [4, 4, 3]
+    assert parts[1] == [1, 4, 7, 10]
+    assert shard(items, 0, 1) == items
+    for rank, world in ((3, 3), (-1, 2), (0, 0)):
+        with pytest.raises(ValueError):
+            shard(items, rank, world)
+
+
+def test_sharded_epoch_batches_keep_the_global_order() -> None:
+    """Global step s = batches s*W .. s*W+W-1 of one list; with W = 1 it is the single-process list."""
+    world, steps = 2, 5
+    batches = epoch_batches(9, 2, steps * world, seed=3, epoch=1, domain=0)
+    per_rank = [shard(batches, r, world) for r in range(world)]
+    for step in range(steps):
+        assert [per_rank[r][step] for r in range(world)] == batches[step * world : (step + 1) * world]
+    assert shard(epoch_batches(9, 2, steps, 3, 1, 0), 0, 1) == epoch_batches(9, 2, steps, 3, 1, 0)
+
+
+def test_detect_reads_the_torchrun_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    assert distributed.detect() == DistributedContext(0, 1, 0)
+    assert not distributed.in_torchrun()
+    monkeypatch.setenv("RANK", "3")
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    context = distributed.detect()
+    assert (context.rank, context.world_size, context.local_rank) == (3, 4, 1)
+    assert context.is_distributed and not context.is_main and distributed.in_torchrun()
+    monkeypatch.setenv("RANK", "4")
+    with pytest.raises(ConfigError, match="RANK=4"):
+        distributed.detect()
+    monkeypatch.setenv("RANK", "x")
+    with pytest.raises(ConfigError, match="RANK"):
+        distributed.detect()
+
+
+def test_torchrun_command_drops_gpus_and_keeps_the_rest() -> None:
+    argv = ["-v", "train", "--gpus", "4", "--src", "a b", "--gpus=4", "--compile"]
+    assert strip_option(argv, "--gpus") == ["-v", "train", "--src", "a b", "--compile"]
+    command = torchrun_command(argv, 4, python="py")
+    assert command[:7] == ["py", "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "4", "-m"]
+    assert command[7:] == ["medcyclegan", "-v", "train", "--src", "a b", "--compile"]
+    with pytest.raises(ConfigError):
+        torchrun_command(argv, 0)
+
+
+def test_launch_refuses_missing_gpus_and_nested_torchrun(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.delenv("RANK", raising=False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    with pytest.raises(ConfigError, match="more GPUs"):
+        distributed.launch_with_torchrun(["train"], 2)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    with pytest.raises(ConfigError, match="inside torchrun"):
+        distributed.launch_with_torchrun(["train"], 2)
+
+
+def test_launch_runs_torchrun_and_returns_its_status(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The relaunch passes the command line through (checked with a stand-in for torchrun)."""
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.delenv("RANK", raising=False)
+    seen: list[list[str]] = []
+
+    class FakeProcess:
+        def __init__(self, command, **_kwargs):
+            seen.append(command)
+
+        def wait(self) -> int:
+            return 7
+
+        def send_signal(self, _signum: int) -> None:
+            pass
+
+    monkeypatch.setattr(distributed.subprocess, "Popen", FakeProcess)
+    status = distributed.launch_with_torchrun(["train", "--gpus", "2", "-o", "x"], 2, require_gpus=False)
+    assert status == 7
+    assert seen[0][-4:] == ["medcyclegan", "train", "-o", "x"] and seen[0][0] == sys.executable
