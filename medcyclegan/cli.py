@@ -153,8 +153,24 @@ def train(
         False, "--overwrite", help="Start afresh in a run folder that already holds a run."
     ),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the progress bar."),
+    gpus: int | None = typer.Option(
+        None,
+        "--gpus",
+        help="Train on N GPUs of this machine with DistributedDataParallel (relaunches via torchrun).",
+    ),
+    compile_: bool | None = typer.Option(
+        None,
+        "--compile/--no-compile",
+        help="torch.compile the networks (train.compile; slow start, faster steps on GPU).",
+    ),
 ) -> None:
     """Train a CycleGAN on two folders of unpaired volumes (NIfTI, NRRD/MHA, DICOM series)."""
+    if gpus is not None:
+        from medcyclegan.train.distributed import launch_with_torchrun, strip_option
+
+        if gpus < 1:
+            raise MedCycleGANError(f"--gpus must be >= 1; got {gpus}")
+        raise typer.Exit(launch_with_torchrun(strip_option(sys.argv[1:], "--gpus"), gpus))
     import datetime
 
     from medcyclegan.config import load_config, resolve_config_path
@@ -183,6 +199,7 @@ def train(
             "train.seed": seed,
             "train.device": device,
             "data.num_workers": num_workers,
+            "train.compile": compile_,
         },
         set_,
     )
