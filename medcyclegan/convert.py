@@ -234,9 +234,10 @@ def translate_loaded(
     resampled = size_xy != (nx, ny)
     k = int(cfg.data.context_slices)
     air = np.float32(AIR_VALUE[model.target_modality])
-    # Slice-major buffers: each slab is one contiguous block, and the writer reads whole slices.
-    out_zxy = np.empty((nz, nx, ny), dtype=out_dtype)
-    attention_zxy = np.zeros((nz, nx, ny), dtype=np.float32) if return_attention else None
+    # (Z, Y, X) buffers: each slab is one contiguous block, and the result, seen as (X, Y, Z), is
+    # Fortran-ordered like a NIfTI file, so the writer stores it without reordering the volume.
+    out_zyx = np.empty((nz, ny, nx), dtype=out_dtype)
+    attention_zyx = np.zeros((nz, ny, nx), dtype=np.float32) if return_attention else None
     for z0 in range(0, nz, batch_size):
         z1 = min(nz, z0 + batch_size)
         # Context slices beyond the slab come along; at the volume's ends they are clipped, exactly
@@ -259,13 +260,13 @@ def translate_loaded(
                 # The mask takes the same way as the image: onto the training grid and back.
                 inside = resample_slices(resample_slices(inside, size_xy, "nearest"), (nx, ny), "nearest")
             values = np.where(inside, values, air)
-        out_zxy[z0:z1] = cast_values(values, out_dtype)
-        if attention_zxy is not None and slab_attention is not None:
+        out_zyx[z0:z1] = cast_values(values, out_dtype).transpose(0, 2, 1)
+        if attention_zyx is not None and slab_attention is not None:
             if resampled:
                 slab_attention = resample_slices(slab_attention, (nx, ny), "bilinear")
-            attention_zxy[z0:z1] = slab_attention
-    attention = None if attention_zxy is None else np.moveaxis(attention_zxy, 0, 2)
-    return np.moveaxis(out_zxy, 0, 2), attention
+            attention_zyx[z0:z1] = slab_attention.transpose(0, 2, 1)
+    attention = None if attention_zyx is None else attention_zyx.T
+    return out_zyx.T, attention
 
 
 @torch.no_grad()

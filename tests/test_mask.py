@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from medcyclegan.data.mask import body_mask, fill_holes, largest_component
+from medcyclegan.data.mask import _largest_label, body_mask, fill_holes, largest_component
 from medcyclegan.errors import ConfigError
 
 SHAPE = (64, 56, 24)
@@ -92,14 +92,48 @@ def test_options_are_validated() -> None:
         body_mask(array, "ct", dilation=-1)
 
 
-def test_fill_holes_matches_scipy_definition() -> None:
+@pytest.mark.parametrize("order", ["C", "F"])
+def test_fill_holes_matches_scipy_definition(order: str) -> None:
+    # scipy's definition: 3D fill, then 2D fill of every axial slice; ours skips the 3D pass.
     rng = np.random.default_rng(3)
-    for _ in range(5):
+    for _ in range(8):
         mask = ndimage.binary_opening(rng.random((20, 18, 7)) > 0.45)
+        # A closed 3D cavity, so that the 3D pass of the definition has something to fill.
+        mask[4:12, 4:12, 1:6] = True
+        mask[6:10, 6:10, 2:5] = False
         expected = ndimage.binary_fill_holes(mask)
         for z in range(mask.shape[2]):
             expected[:, :, z] = ndimage.binary_fill_holes(expected[:, :, z])
-        np.testing.assert_array_equal(fill_holes(mask), expected)
+        np.testing.assert_array_equal(fill_holes(np.asarray(mask, order=order)), expected)
+
+
+def test_body_mask_is_the_same_for_c_and_fortran_ordered_volumes() -> None:
+    # NIfTI volumes are read Fortran-ordered and processed as their transpose: same mask.
+    rng = np.random.default_rng(4)
+    x, y, z = np.meshgrid(
+        np.linspace(-1, 1, 40), np.linspace(-1, 1, 36), np.linspace(-1, 1, 9), indexing="ij"
+    )
+    head = (x / 0.8) ** 2 + (y / 0.7) ** 2 + (z / 1.2) ** 2 < 1
+    cavity = (x / 0.3) ** 2 + (y / 0.3) ** 2 + (z / 0.5) ** 2 < 1
+    mr = np.where(head & ~cavity, 500.0, 0.0) + np.abs(rng.normal(0, 20, head.shape))
+    mr[2:4, 2:4, 2:4] = 900.0  # a detached blob
+    for modality, array in (("mr", mr), ("ct", np.where(head, 40.0, -1000.0))):
+        c_mask = body_mask(np.ascontiguousarray(array), modality)
+        f_mask = body_mask(np.asfortranarray(array), modality)
+        np.testing.assert_array_equal(c_mask, f_mask)
+        assert c_mask[20, 18, 4] and not c_mask[3, 3, 3]  # cavity filled, blob dropped
+
+
+def test_largest_label_matches_the_voxel_counts() -> None:
+    # Per-box counting (and its bincount fallback for many overlapping boxes) against the definition.
+    rng = np.random.default_rng(5)
+    for _ in range(100):
+        mask = rng.random((12, 11, 9)) > rng.uniform(0.3, 0.8)
+        labels, count = ndimage.label(mask, structure=ndimage.generate_binary_structure(3, 1))
+        if count:
+            sizes = np.bincount(labels.ravel())
+            sizes[0] = 0
+            assert _largest_label(labels, count) == int(np.argmax(sizes))
 
 
 def test_largest_component() -> None:

@@ -34,6 +34,7 @@ from medcyclegan.convert import OUTPUT_DTYPE, load_model, translate_loaded, tran
 from medcyclegan.data.normalise import denormalise, output_params
 from medcyclegan.data.prepare import prepare_volume, restore_inplane
 from medcyclegan.errors import OutputError
+from medcyclegan.io.parallel_gzip import ParallelGzipWriter
 from medcyclegan.io.readers import read_volume
 from medcyclegan.io.writers import cast_values
 from medcyclegan.nets.slicewise import translate_array
@@ -577,7 +578,15 @@ def test_a_failed_volume_write_leaves_no_partial_file_and_keeps_the_old_one(
         Path(filename).write_bytes(data[: len(data) // 2])
         raise RuntimeError("itk::ERROR: ImageFileWriter: No space left on device")
 
+    real_close = ParallelGzipWriter.close
+
+    def full_gzip_close(self: ParallelGzipWriter) -> None:
+        # .nii.gz goes through the parallel gzip writer: the disk fills as the stream ends.
+        real_close(self)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
     monkeypatch.setattr(nib, "save", full_nifti)
+    monkeypatch.setattr(ParallelGzipWriter, "close", full_gzip_close)
     monkeypatch.setattr(sitk, "WriteImage", full_itk)
     result = cli("convert", world["good_mr"], "-m", world["run"], "-o", target, "--overwrite")
     assert "cannot be written" in assert_clean_error(result, target)

@@ -28,10 +28,29 @@ from medcyclegan.config import MASK_METHODS
 from medcyclegan.data.normalise import check_modality_name
 from medcyclegan.errors import ConfigError
 
-# Face connectivity in 3D; in-plane (axial) connectivity and dilation element.
+# Face connectivity in 3D (symmetric: the same on a transposed array).
 _STRUCTURE_3D = ndimage.generate_binary_structure(3, 1)
-_STRUCTURE_AXIAL = np.zeros((3, 3, 3), dtype=bool)
-_STRUCTURE_AXIAL[:, :, 1] = ndimage.generate_binary_structure(2, 1)
+
+
+def _axial_structure(z_axis: int) -> np.ndarray:
+    """In-plane face connectivity (and dilation element) for an array whose slice axis is ``z_axis``."""
+    structure = np.zeros((3, 3, 3), dtype=bool)
+    index: list[slice | int] = [slice(None)] * 3
+    index[z_axis] = 1
+    structure[tuple(index)] = ndimage.generate_binary_structure(2, 1)
+    return structure
+
+
+def _memory_order(array: np.ndarray) -> tuple[np.ndarray, int]:
+    """``array`` (X, Y, Z) as a C-ordered array and the position of its slice axis in it.
+
+    scipy's labelling and morphology run several times faster along memory order: a Fortran-ordered
+    volume (as NIfTI files are read) is processed as its C-ordered transpose (Z, Y, X), which needs
+    no copy; the masks are transposed back (views again).
+    """
+    if array.flags.f_contiguous and not array.flags.c_contiguous:
+        return array.T, 0
+    return np.ascontiguousarray(array), 2
 
 
 def body_mask(
@@ -64,15 +83,16 @@ def body_mask(
         raise ValueError(f"body_mask expects a 3D array, got shape {array.shape}")
     if method == "auto":
         method = "threshold" if modality == "ct" else "otsu"
-    foreground = array > threshold_hu if method == "threshold" else _otsu_foreground(array)
+    ordered, z_axis = _memory_order(array)
+    foreground = ordered > threshold_hu if method == "threshold" else _otsu_foreground(ordered)
     mask = largest_component(foreground)
-    if not mask.any():
-        return mask
-    if dilation > 0:
-        # Filling after the dilation (not before) also fills pockets the dilation encloses, and gives
-        # the same result as filling before: a voxel within reach of a hole is within reach of its wall.
-        mask = ndimage.binary_dilation(mask, structure=_STRUCTURE_AXIAL, iterations=int(dilation))
-    return fill_holes(mask)
+    if mask.any():
+        if dilation > 0:
+            # Filling after the dilation (not before) also fills pockets the dilation encloses, and gives
+            # the same result as filling before: a voxel within reach of a hole is within reach of its wall.
+            mask = ndimage.binary_dilation(mask, structure=_axial_structure(z_axis), iterations=int(dilation))
+        mask = _fill_axial_holes(mask, z_axis)
+    return mask if z_axis == 2 else mask.T
 
 
 def _otsu_foreground(array: np.ndarray) -> np.ndarray:
@@ -99,12 +119,29 @@ def _otsu_foreground(array: np.ndarray) -> np.ndarray:
 
 def largest_component(mask: np.ndarray) -> np.ndarray:
     """The largest face-connected component of a 3D bool mask (all False if the mask is empty)."""
-    labels, count = ndimage.label(mask, structure=_STRUCTURE_3D)
+    ordered, z_axis = _memory_order(mask)
+    labels, count = ndimage.label(ordered, structure=_STRUCTURE_3D)
     if count == 0:
         return np.zeros(mask.shape, dtype=bool)
-    sizes = np.bincount(labels.ravel())
-    sizes[0] = 0
-    return labels == int(np.argmax(sizes))
+    largest = labels == _largest_label(labels, count)
+    return largest if z_axis == 2 else largest.T
+
+
+def _largest_label(labels: np.ndarray, count: int) -> int:
+    """The label (1..count) with the most voxels; the lowest such label on a tie.
+
+    Each label is counted inside its own bounding box: noise blobs have tiny boxes, so this reads the
+    volume about once, where ``np.bincount`` would first widen all the int32 labels to int64 (about
+    1 s for 512 x 512 x 200). Falls back to ``bincount`` when the boxes add up to much more.
+    """
+    boxes = ndimage.find_objects(labels)
+    if sum(int(np.prod([s.stop - s.start for s in box])) for box in boxes if box) > 4 * labels.size:
+        sizes = np.bincount(labels.ravel(), minlength=count + 1)[1:]
+    else:
+        sizes = np.array(
+            [np.count_nonzero(labels[box] == i) if box else 0 for i, box in enumerate(boxes, start=1)]
+        )
+    return int(np.argmax(sizes)) + 1
 
 
 def fill_holes(mask: np.ndarray) -> np.ndarray:
@@ -112,20 +149,24 @@ def fill_holes(mask: np.ndarray) -> np.ndarray:
 
     A hole is a background region that does not touch the array border: in 3D for closed cavities,
     and within each axial slice ``[:, :, z]`` for cavities open only through other slices. Equivalent
-    to ``scipy.ndimage.binary_fill_holes`` in 3D plus per axial slice, computed with one labelling
-    each (``binary_fill_holes`` iterates a dilation to convergence, slow on large volumes).
+    to ``scipy.ndimage.binary_fill_holes`` in 3D followed by the same per axial slice, computed with
+    one labelling (``binary_fill_holes`` iterates a dilation to convergence, slow on large volumes).
+    The 3D fill needs no pass of its own: a cavity closed in 3D is closed within every axial slice it
+    crosses (an in-plane way out would be a 3D way out), so the per-slice fill fills it too
+    (tested against scipy).
     """
-    filled = _fill_enclosed(mask, _STRUCTURE_3D, border_axes=(0, 1, 2))
-    return _fill_enclosed(filled, _STRUCTURE_AXIAL, border_axes=(0, 1))
+    ordered, z_axis = _memory_order(mask)
+    filled = _fill_axial_holes(ordered, z_axis)
+    return filled if z_axis == 2 else filled.T
 
 
-def _fill_enclosed(mask: np.ndarray, structure: np.ndarray, border_axes: tuple[int, ...]) -> np.ndarray:
-    """Sets to True each background component (``structure``) that touches no border of ``border_axes``."""
-    labels, count = ndimage.label(~mask, structure=structure)
+def _fill_axial_holes(mask: np.ndarray, z_axis: int) -> np.ndarray:
+    """Sets to True each background region of each axial slice that touches no in-plane border."""
+    labels, count = ndimage.label(~mask, structure=_axial_structure(z_axis))
     if count == 0:
         return mask.copy()
     outside = np.zeros(count + 1, dtype=bool)
-    for axis in border_axes:
+    for axis in (a for a in range(3) if a != z_axis):
         for index in (0, -1):
             outside[np.unique(np.take(labels, index, axis=axis))] = True
     outside[0] = False  # label 0 is the foreground itself

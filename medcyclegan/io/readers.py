@@ -1,7 +1,7 @@
 """Reading volumes (NIfTI, NRRD/MHA/MHD, DICOM series) into a :class:`Volume` in RAS voxel order.
 
-NIfTI goes through MONAI's ``NibabelReader``; NRRD, MHA/MHD and DICOM through SimpleITK, which is
-imported only when needed (GPU machines may lack it). Values keep their natural dtype (int16 CT stays
+NIfTI goes through nibabel (as MONAI's ``NibabelReader`` does, in one decompression pass that also
+checks the gzip CRC); NRRD, MHA/MHD and DICOM through SimpleITK, which is imported only when needed (GPU machines may lack it). Values keep their natural dtype (int16 CT stays
 int16; NIfTI ``scl_slope``/``scl_inter`` and DICOM rescale slope/intercept are applied, so DICOM CT is
 in HU). Every problem with an input becomes one :class:`InputError` line naming the file.
 """
@@ -278,13 +278,7 @@ def _read_nifti(path: Path, suffix: str, size: int) -> Volume:
     _check_affine(affine, path)
     _check_size(math.prod(file_shape) * raw_dtype.itemsize, offset, size, suffix == ".nii.gz", path)
 
-    if suffix == ".nii.gz":
-        # nibabel stops reading at the end of the voxels and so never checks the gzip CRC: corrupted
-        # data could decode silently into wrong values. One streaming pass checks it.
-        problem = _probe_gzip(path)
-        if problem is not None:
-            raise InputError(problem, path)
-    data = _load_nifti_voxels(path, suffix)
+    data = _load_nifti_voxels(path, suffix, type(header_image))
     data = data.reshape(shape)
     geometry = Geometry(
         affine=affine,
@@ -299,15 +293,23 @@ def _read_nifti(path: Path, suffix: str, size: int) -> Volume:
     return Volume(geometry.array_to_ras(data), geometry)
 
 
-def _load_nifti_voxels(path: Path, suffix: str) -> np.ndarray:
-    from monai.data import NibabelReader
+def _load_nifti_voxels(path: Path, suffix: str, image_class: type) -> np.ndarray:
+    """The voxels as nibabel gives them (``scl_slope``/``scl_inter`` applied, file order kept).
 
-    # mmap=False: a memory map would keep the input open (and read-only) for the array's lifetime.
-    reader = NibabelReader(mmap=False)
+    A ``.nii.gz`` is decompressed once, through a stream this function reads to its end: reaching the
+    end makes ``gzip`` check the CRC-32 and length of the whole file. (nibabel on its own stops at the
+    last voxel and never checks them, so a corrupted file could decode silently into wrong values; a
+    separate checking pass would decompress the file twice.)
+    """
+    opener = gzip.open if suffix == ".nii.gz" else open
     try:
-        image = reader.read(str(path))
-        data, _ = reader.get_data(image)
-        data = np.asarray(data)
+        with opener(path, "rb") as stream:
+            file_map = image_class.make_file_map({"image": stream})
+            image = image_class.from_file_map(file_map, mmap=False)
+            # The same reading as MONAI's NibabelReader (np.asanyarray of the array proxy).
+            data = np.asanyarray(image.dataobj)
+            while stream.read(_GZIP_CHUNK_BYTES):  # anything after the voxels, then the CRC check
+                pass
     except Exception as exc:
         raise _nifti_error(exc, path, suffix) from None
     _check_voxel_type(data.dtype, path)

@@ -107,17 +107,30 @@ class Geometry:
         """Reorients an array of this file's voxel order (spatial axes first) to RAS voxel order."""
         if array.shape[:3] != self.shape:
             raise ValueError(f"array shape {array.shape[:3]} does not match geometry shape {self.shape}")
-        return np.ascontiguousarray(ornt_lib.apply_orientation(array, self.to_ras))
+        return _contiguous(ornt_lib.apply_orientation(array, self.to_ras))
 
     def array_from_ras(self, array: np.ndarray) -> np.ndarray:
         """Inverse of :meth:`array_to_ras`: back to the file's voxel order."""
         if array.shape[:3] != self.ras_shape:
             raise ValueError(f"array shape {array.shape[:3]} does not match RAS shape {self.ras_shape}")
-        return np.ascontiguousarray(ornt_lib.apply_orientation(array, self.from_ras))
+        return _contiguous(ornt_lib.apply_orientation(array, self.from_ras))
 
     def same_grid(self, other: Geometry, atol: float = 1e-4) -> bool:
         """True if ``other`` has the same shape and (within ``atol`` mm) the same affine."""
         return self.shape == other.shape and bool(np.allclose(self.affine, other.affine, atol=atol))
+
+
+def _contiguous(array: np.ndarray) -> np.ndarray:
+    """``array`` itself when C- or Fortran-contiguous, else a copy in the closest contiguous layout.
+
+    A NIfTI volume is Fortran-ordered (x fastest): reoriented by a pure axis permutation it stays one
+    contiguous block, and forcing C order would transpose the whole volume (about 1 s for 200 MB). Its
+    axial slices are then contiguous too, which is what slab-by-slab work reads. Flips (negative
+    strides) are copied out, keeping the memory order of the axes.
+    """
+    if array.flags.c_contiguous or array.flags.f_contiguous:
+        return array
+    return np.copy(array, order="K")
 
 
 @dataclass(eq=False)
