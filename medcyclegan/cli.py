@@ -60,9 +60,21 @@ def _root(
     ),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Show debug messages."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Show only warnings and errors."),
+    threads: int | None = typer.Option(
+        None,
+        "--threads",
+        help="CPU threads for torch [default: all cores]. Use fewer on a machine shared with other jobs: "
+        "oversubscribed cores can slow CPU training many times over.",
+    ),
 ) -> None:
     """medcyclegan: train, convert, evaluate; volumes keep their geometry, CT stays in HU."""
     _setup_logging(verbose, quiet)
+    if threads is not None:
+        if threads < 1:
+            raise MedCycleGANError(f"--threads must be >= 1; got {threads}")
+        import torch
+
+        torch.set_num_threads(threads)
 
 
 def _overrides(pairs: dict[str, Any], sets: list[str] | None) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 
 from medcyclegan import __version__
 from medcyclegan.config import load_config
@@ -239,3 +240,14 @@ def test_evaluate_prints_a_table_and_writes_json_and_csv(cli, tmp_path: Path) ->
     assert "MAE" in result.out and "p1" in result.out
     report = json.loads((tmp_path / "r" / "eval.json").read_text())
     assert report and (tmp_path / "r" / "eval.csv").is_file()
+
+
+def test_threads_sets_the_torch_cpu_threads_and_is_validated(cli, run_dir: Path) -> None:
+    before = torch.get_num_threads()
+    try:
+        result = cli("--threads", "1", "info", run_dir)
+        assert result.code == 0, result.err
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    assert "--threads must be >= 1" in one_error_line(cli("--threads", "0", "info", run_dir))
