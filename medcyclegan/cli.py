@@ -87,6 +87,15 @@ def _overrides(pairs: dict[str, Any], sets: list[str] | None) -> dict[str, Any]:
     return overrides
 
 
+def _relaunch_with_torchrun(gpus: int) -> None:
+    """Runs this very command on ``gpus`` processes through torchrun and exits with its status."""
+    from medcyclegan.train.distributed import launch_with_torchrun, strip_option
+
+    if gpus < 1:
+        raise MedCycleGANError(f"--gpus must be >= 1; got {gpus}")
+    raise typer.Exit(launch_with_torchrun(strip_option(sys.argv[1:], "--gpus"), gpus))
+
+
 @app.command()
 def train(
     src: Path | None = typer.Option(
@@ -178,11 +187,7 @@ def train(
 ) -> None:
     """Train a CycleGAN on two folders of unpaired volumes (NIfTI, NRRD/MHA, DICOM series)."""
     if gpus is not None:
-        from medcyclegan.train.distributed import launch_with_torchrun, strip_option
-
-        if gpus < 1:
-            raise MedCycleGANError(f"--gpus must be >= 1; got {gpus}")
-        raise typer.Exit(launch_with_torchrun(strip_option(sys.argv[1:], "--gpus"), gpus))
+        _relaunch_with_torchrun(gpus)
     import datetime
 
     from medcyclegan.config import load_config, resolve_config_path
@@ -273,8 +278,15 @@ def convert(
         help="Also write the attention mask (resnet-attention models) as <name>_attention.",
     ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs."),
+    gpus: int | None = typer.Option(
+        None,
+        "--gpus",
+        help="Convert a folder on N GPUs of this machine, one process each (relaunches via torchrun).",
+    ),
 ) -> None:
     """Translate volumes with a trained model; outputs keep the input's exact geometry (CT as int16 HU)."""
+    if gpus is not None:
+        _relaunch_with_torchrun(gpus)
     from medcyclegan.convert import convert_paths, load_model
 
     if to is not None and to not in ("ct", "mr"):

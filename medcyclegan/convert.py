@@ -84,6 +84,7 @@ def load_model(model: str | Path | None, *, to: str | None = None, device: str =
             non-finite weights, no recorded normalisation, or a modality the model cannot produce.
     """
     from medcyclegan.nets import build_generator
+    from medcyclegan.train import distributed
     from medcyclegan.train.checkpoint import (
         checkpoint_config,
         find_checkpoint,
@@ -121,7 +122,8 @@ def load_model(model: str | Path | None, *, to: str | None = None, device: str =
             "before this checkpoint; use an earlier one",
             path,
         )
-    torch_device = resolve_device(device)
+    # Under torchrun each process takes its own GPU (cuda:LOCAL_RANK).
+    torch_device = distributed.local_device(distributed.detect(), resolve_device(device))
     generator.to(torch_device).eval()
     return TranslationModel(generator, cfg, source, to, path, torch_device)
 
@@ -355,21 +357,30 @@ def plan_outputs(inputs: Sequence[Path], output: Path | None, input_is_folder: b
     return [output]
 
 
-def convert_paths(
+@dataclass(frozen=True)
+class ConversionJob:
+    """One input to convert and where its outputs go (checked by :func:`plan_conversion`)."""
+
+    input: Path
+    output: Path
+    attention: Path | None = None
+
+
+def plan_conversion(
     model: TranslationModel,
     input_path: str | Path,
     output: str | Path | None = None,
     *,
-    batch_size: int = 16,
-    mask_background: bool = False,
     save_attention: bool = False,
     overwrite: bool = False,
-) -> list[Path]:
-    """Converts a file, a DICOM series (``FOLDER`` or ``FOLDER::SERIES_UID``) or every volume of a folder.
+) -> list[ConversionJob]:
+    """The conversions a :func:`convert_paths` call makes, every output checked, nothing read or written.
 
-    Every output is checked (exists without ``overwrite``, unwritable folder) before any input is
-    read. Inputs are converted in order; a bad input stops the run with an error naming it, and the
-    outputs already written are complete files.
+    Raises:
+        InputError: a missing input, no volumes in a folder, or ``save_attention`` for a model
+            without attention.
+        OutputError: an existing output without ``overwrite``, an unwritable place, two inputs with
+            one output name, or an output that would replace its own input.
     """
     from medcyclegan.io.discovery import find_volumes, split_series
 
@@ -400,20 +411,72 @@ def convert_paths(
         raise InputError(
             "--save-attention needs a model trained with --generator resnet-attention", model.checkpoint
         )
+    return [ConversionJob(i, o, a) for i, o, a in zip(inputs, outputs, attention_paths)]
+
+
+def convert_paths(
+    model: TranslationModel,
+    input_path: str | Path,
+    output: str | Path | None = None,
+    *,
+    batch_size: int = 16,
+    mask_background: bool = False,
+    save_attention: bool = False,
+    overwrite: bool = False,
+) -> list[Path]:
+    """Converts a file, a DICOM series (``FOLDER`` or ``FOLDER::SERIES_UID``) or every volume of a folder.
+
+    Every output is checked (exists without ``overwrite``, unwritable folder) before any input is
+    read. Inputs are converted in order; a bad input stops the run with an error naming it, and the
+    outputs already written are complete files.
+
+    Under torchrun (``WORLD_SIZE`` > 1) every process checks every output, waits until all have
+    (a barrier over a gloo group: no GPU involved), then converts its own share of the sorted inputs
+    (every world_size-th one, :func:`~medcyclegan.train.distributed.shard`); each file is converted by
+    exactly one process, and a single input by rank 0.
+
+    Returns:
+        The outputs this process wrote.
+    """
+    from medcyclegan.train import distributed
+
+    jobs = plan_conversion(model, input_path, output, save_attention=save_attention, overwrite=overwrite)
+    context = distributed.detect()
+    if context.is_distributed:
+        # No process may write before all have checked: one's output would be another's "exists".
+        distributed.cpu_barrier(context)
+        total, jobs = len(jobs), distributed.shard(jobs, context.rank, context.world_size)
+        logger.info(
+            "process %d of %d converts %d of %d volume(s)", context.rank, context.world_size, len(jobs), total
+        )
+    return convert_jobs(
+        model, jobs, batch_size=batch_size, mask_background=mask_background, overwrite=overwrite
+    )
+
+
+def convert_jobs(
+    model: TranslationModel,
+    jobs: Sequence[ConversionJob],
+    *,
+    batch_size: int = 16,
+    mask_background: bool = False,
+    overwrite: bool = False,
+) -> list[Path]:
+    """Runs planned conversions in order (see :func:`convert_file`); returns the outputs written."""
     written = []
-    for inp, out, att in zip(inputs, outputs, attention_paths):
+    for job in jobs:
         written.append(
             convert_file(
                 model,
-                inp,
-                out,
+                job.input,
+                job.output,
                 batch_size=batch_size,
                 mask_background=mask_background,
-                attention_path=att,
+                attention_path=job.attention,
                 overwrite=overwrite,
             )
         )
-        logger.info("%s -> %s", inp, out)
+        logger.info("%s -> %s", job.input, job.output)
     return written
 
 

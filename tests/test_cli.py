@@ -251,3 +251,12 @@ def test_threads_sets_the_torch_cpu_threads_and_is_validated(cli, run_dir: Path)
     finally:
         torch.set_num_threads(before)
     assert "--threads must be >= 1" in one_error_line(cli("--threads", "0", "info", run_dir))
+
+
+def test_convert_gpus_is_validated_before_any_work(cli, tmp_path: Path) -> None:
+    assert "--gpus must be >= 1" in one_error_line(
+        cli("convert", tmp_path, "-o", tmp_path / "o", "--gpus", "0")
+    )
+    if not torch.cuda.is_available():
+        line = one_error_line(cli("convert", tmp_path, "-o", tmp_path / "o", "--gpus", "2"))
+        assert "more GPUs than this machine has" in line

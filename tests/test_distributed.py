@@ -20,7 +20,8 @@ import pytest
 import torch
 
 from medcyclegan.config import load_config
-from medcyclegan.errors import CheckpointError, ConfigError
+from medcyclegan.convert import convert_paths, load_model
+from medcyclegan.errors import CheckpointError, ConfigError, OutputError
 from medcyclegan.train import distributed
 from medcyclegan.train.checkpoint import load_checkpoint
 from medcyclegan.train.distributed import DistributedContext, shard, strip_option, torchrun_command
@@ -285,3 +286,86 @@ def test_launch_runs_torchrun_and_returns_its_status(monkeypatch: pytest.MonkeyP
     status = distributed.launch_with_torchrun(["train", "--gpus", "2", "-o", "x"], 2, require_gpus=False)
     assert status == 7
     assert seen[0][-4:] == ["medcyclegan", "train", "-o", "x"] and seen[0][0] == sys.executable
+
+
+# ------------------------------------------------------------------------------ sharded convert
+@pytest.fixture(scope="module")
+def convert_world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A tiny trained run, a folder of 3 MR volumes and their single-process conversions."""
+    from medcyclegan.train.trainer import Trainer
+
+    root = tmp_path_factory.mktemp("convert_shard")
+    mr = _write_domain(root / "mr", "mr", 2, 5)
+    ct = _write_domain(root / "ct", "ct", 2, 6)
+    cfg = load_config(None, {**TINY, "train.max_steps": 1})
+    Trainer(cfg, root / "run", sorted(mr.iterdir()), sorted(ct.iterdir()), show_progress=False).fit()
+    scans = _write_domain(root / "scans", "mr", 3, 7)
+    convert_paths(load_model(root / "run", device="cpu"), scans, root / "single")
+    return {"run": root / "run", "scans": scans, "single": root / "single"}
+
+
+def _same_outputs(folder: Path, reference: Path) -> None:
+    names = sorted(p.name for p in reference.iterdir())
+    assert sorted(p.name for p in folder.iterdir()) == names
+    for name in names:
+        np.testing.assert_array_equal(
+            np.asanyarray(nib.load(folder / name).dataobj), np.asanyarray(nib.load(reference / name).dataobj)
+        )
+
+
+def test_convert_under_torchrun_shards_the_files(
+    convert_world: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two ranks as convert_paths runs them, simulated in turn: all check, (barrier), each converts its share."""
+    from medcyclegan.convert import convert_jobs, load_model, plan_conversion
+
+    model = load_model(convert_world["run"], device="cpu")
+    out = tmp_path / "out"
+    plans = [plan_conversion(model, convert_world["scans"], out) for _rank in range(2)]
+    written = [convert_jobs(model, shard(plans[rank], rank, 2)) for rank in range(2)]
+    assert [len(w) for w in written] == [2, 1]  # strided: case00, case02 | case01
+    assert not set(written[0]) & set(written[1])
+    _same_outputs(out, convert_world["single"])  # every file once, equal to one process's output
+
+    # convert_paths itself: the barrier, then this rank's share only.
+    calls: list[DistributedContext] = []
+    monkeypatch.setattr(distributed, "cpu_barrier", calls.append)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    again = convert_paths(model, convert_world["scans"], tmp_path / "again")
+    assert [p.name for p in again] == ["case01.nii.gz"] and len(calls) == 1 and calls[0].rank == 1
+
+    # An existing output stops every rank at the check, before the barrier and before any work.
+    (out / "case00.nii.gz").unlink()
+    before = sorted(out.iterdir())
+    for rank in range(2):
+        monkeypatch.setenv("RANK", str(rank))
+        with pytest.raises(OutputError, match="already exists"):
+            convert_paths(model, convert_world["scans"], out)
+    assert sorted(out.iterdir()) == before and len(calls) == 1
+
+
+def test_single_input_under_torchrun_is_converted_by_rank0_only(
+    convert_world: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = load_model(convert_world["run"], device="cpu")
+    scan = convert_world["scans"] / "case01.nii.gz"
+    monkeypatch.setattr(distributed, "cpu_barrier", lambda context: None)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    assert convert_paths(model, scan, tmp_path / "a.nii.gz") == []
+    assert not (tmp_path / "a.nii.gz").exists()
+    monkeypatch.setenv("RANK", "0")
+    assert convert_paths(model, scan, tmp_path / "a.nii.gz") == [tmp_path / "a.nii.gz"]
+
+
+@pytest.mark.slow
+def test_torchrun_converts_a_folder_on_two_processes(convert_world: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    argv = ["convert", str(convert_world["scans"]), "-o", str(out), "--model", str(convert_world["run"])]
+    command = torchrun_command([*argv, "--device", "cpu"], 2)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    _same_outputs(out, convert_world["single"])

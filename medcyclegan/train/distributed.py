@@ -16,11 +16,11 @@ every epoch's batches with :func:`shard`, so the global order of the batches sta
 (seed, epoch) and resuming stays exact. Only rank 0 writes files and logs; the others wait at a
 barrier.
 
-Converting many files on several processes uses the same :func:`shard`::
+Converting many files on several processes uses the same :func:`shard` (no process group is needed:
+the files are independent). :func:`medcyclegan.convert.convert_paths` does it under torchrun::
 
-    context = detect()
-    for path in shard(sorted(inputs), context.rank, context.world_size):
-        convert_file(model, path, ...)
+    torchrun --nproc_per_node 4 -m medcyclegan convert scans/ -o synth/ --model runs/x
+    medcyclegan convert scans/ -o synth/ --model runs/x --gpus 4       # the same
 """
 
 from __future__ import annotations
@@ -126,18 +126,8 @@ def setup(context: DistributedContext, device: torch.device) -> torch.device:
     """
     if not context.is_distributed:
         return device
-    if device.type == "cuda":
-        available = torch.cuda.device_count()
-        if context.local_rank >= available:
-            raise ConfigError(
-                f"process {context.rank} needs GPU {context.local_rank}, but this node has {available}; "
-                "start at most one process per GPU"
-            )
-        torch.cuda.set_device(context.local_rank)
-        device = torch.device("cuda", context.local_rank)
-        backend = "nccl"
-    else:
-        backend = "gloo"
+    device = local_device(context, device)
+    backend = "nccl" if device.type == "cuda" else "gloo"
     if not dist.is_initialized():
         kwargs: dict[str, Any] = {"timeout": COLLECTIVE_TIMEOUT}
         if device.type == "cuda":
@@ -147,6 +137,44 @@ def setup(context: DistributedContext, device: torch.device) -> torch.device:
         )
         atexit.register(cleanup)
     return device
+
+
+def cpu_barrier(context: DistributedContext) -> None:
+    """Waits for every process, over a gloo group joined on first use (for work that needs no GPU group).
+
+    Uses the process group already joined, if any (training's); else joins a gloo group through the
+    torchrun environment (``MASTER_ADDR``/``MASTER_PORT``). Nothing for a single process.
+    """
+    if not context.is_distributed:
+        return
+    if not dist.is_initialized():
+        dist.init_process_group(
+            "gloo",
+            rank=context.rank,
+            world_size=context.world_size,
+            init_method="env://",
+            timeout=COLLECTIVE_TIMEOUT,
+        )
+        atexit.register(cleanup)
+    dist.barrier()
+
+
+def local_device(context: DistributedContext, device: torch.device) -> torch.device:
+    """This process's device: GPU ``local_rank`` on CUDA under torchrun (made current), else ``device``.
+
+    Raises:
+        ConfigError: if this node has fewer GPUs than processes.
+    """
+    if not context.is_distributed or device.type != "cuda":
+        return device
+    available = torch.cuda.device_count()
+    if context.local_rank >= available:
+        raise ConfigError(
+            f"process {context.rank} needs GPU {context.local_rank}, but this node has {available}; "
+            "start at most one process per GPU"
+        )
+    torch.cuda.set_device(context.local_rank)
+    return torch.device("cuda", context.local_rank)
 
 
 def cleanup() -> None:
