@@ -7,11 +7,15 @@ SimpleITK, pydicom) rather than the code under test.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import logging
+import sys
+import traceback
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 import pytest
+from tiny import CliResult
 
 REAL_DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
 
@@ -150,3 +154,36 @@ def write_dicom_series(tmp_path: Path) -> Callable[..., tuple[Path, str]]:
         return folder, series_uid
 
     return write
+
+
+@pytest.fixture
+def cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> Iterator[Callable[..., CliResult]]:
+    """Runs ``medcyclegan ARGS`` in this process through ``cli.main`` (the console entry point).
+
+    An exception escaping ``main`` is what a user would see as a traceback: it is recorded in ``err``
+    (and fails the tests' one-error-line checks) rather than failing the test from inside the CLI.
+    The logger's handlers, which the CLI replaces, are restored afterwards.
+    """
+    from medcyclegan.cli import main
+
+    logger = logging.getLogger("medcyclegan")
+    saved = (list(logger.handlers), logger.level, logger.propagate)
+    monkeypatch.setenv("COLUMNS", "1000")  # rich wraps log lines at the terminal width
+
+    def run(*args: object) -> CliResult:
+        monkeypatch.setattr(sys, "argv", ["medcyclegan", *(str(a) for a in args)])
+        capsys.readouterr()
+        code, escaped = 0, ""
+        try:
+            main()
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        except BaseException:
+            code, escaped = 1, traceback.format_exc()
+        out, err = capsys.readouterr()
+        return CliResult(code, out, err + escaped)
+
+    yield run
+    logger.handlers[:] = saved[0]
+    logger.setLevel(saved[1])
+    logger.propagate = saved[2]

@@ -12,6 +12,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from tiny import TINY
 
 from medcyclegan.augment import (
     FILE_ENDING,
@@ -119,18 +120,11 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     cfg = load_config(
         None,
         {
-            "data.image_size": 32,
-            "data.min_body_fraction": 0.05,
-            "model.ngf": 8,
-            "model.n_blocks": 2,
-            "model.ndf": 8,
-            "model.n_layers_d": 2,
-            "optim.batch_size": 2,
+            **TINY,
             "optim.n_epochs": 1,
             "optim.n_epochs_decay": 0,
             "optim.pool_size": 4,
             "train.steps_per_epoch": 2,
-            "train.device": "cpu",
         },
     )
     Trainer(cfg, root / "run", mr, ct, show_progress=False).fit()

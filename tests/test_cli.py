@@ -8,17 +8,14 @@ The fault matrix of issue 6 (bad inputs, outputs, checkpoints, signals) is in ``
 from __future__ import annotations
 
 import json
-import logging
-import sys
-import traceback
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from tiny import TINY as TINY_BASE
+from tiny import CliResult
 
 from medcyclegan import __version__
 from medcyclegan.config import load_config
@@ -26,55 +23,8 @@ from medcyclegan.io.readers import read_volume
 from medcyclegan.train.trainer import Trainer
 
 SPACING_MM = (2.0, 2.0, 4.0)
-TINY = {
-    "data.image_size": 32,
-    "data.min_body_fraction": 0.05,
-    "model.ngf": 8,
-    "model.n_blocks": 2,
-    "model.ndf": 8,
-    "model.n_layers_d": 2,
-    "optim.batch_size": 2,
-    "optim.pool_size": 4,
-    "train.steps_per_epoch": 4,
-    "train.max_steps": 1,
-    "train.device": "cpu",
-}
+TINY = {**TINY_BASE, "optim.pool_size": 4, "train.steps_per_epoch": 4, "train.max_steps": 1}
 VERBS = ("train", "convert", "evaluate", "info", "augment", "sample-data", "demo")
-
-
-@dataclass
-class CliResult:
-    code: int
-    out: str
-    err: str
-
-
-@pytest.fixture
-def cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> Iterator[Callable[..., CliResult]]:
-    """``medcyclegan ARGS`` through ``cli.main``; an escaped exception is recorded as a traceback."""
-    from medcyclegan.cli import main
-
-    logger = logging.getLogger("medcyclegan")
-    saved = (list(logger.handlers), logger.level, logger.propagate)
-    monkeypatch.setenv("COLUMNS", "1000")
-
-    def run(*args: object) -> CliResult:
-        monkeypatch.setattr(sys, "argv", ["medcyclegan", *(str(a) for a in args)])
-        capsys.readouterr()
-        code, escaped = 0, ""
-        try:
-            main()
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-        except BaseException:
-            code, escaped = 1, traceback.format_exc()
-        out, err = capsys.readouterr()
-        return CliResult(code, out, err + escaped)
-
-    yield run
-    logger.handlers[:] = saved[0]
-    logger.setLevel(saved[1])
-    logger.propagate = saved[2]
 
 
 def one_error_line(result: CliResult) -> str:

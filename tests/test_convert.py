@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-from test_train import files, tiny_config, write_domain
+from tiny import files, tiny_config, write_domain
 
 from medcyclegan.config import config_from_dict
 from medcyclegan.convert import TranslationModel, convert_paths, load_model

@@ -18,6 +18,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from tiny import TINY_RUN, write_ring_domain
 
 from medcyclegan.config import load_config
 from medcyclegan.convert import convert_paths, load_model
@@ -31,38 +32,10 @@ NETS = ("G_AB", "G_BA", "D_A", "D_B")
 TOTAL_STEPS, STOP_STEP = 6, 3  # 2 steps per epoch: the resume starts in the middle of epoch 1
 
 
-def _write_domain(folder: Path, modality: str, n: int, seed: int, shape=(36, 40, 5)) -> Path:
-    """Ellipses with a rim (skull-like), CT in HU (int16) or MR intensities (float32)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    x, y, _ = np.meshgrid(*[np.linspace(-1, 1, s) for s in shape], indexing="ij")
-    for i in range(n):
-        r = np.sqrt((x / rng.uniform(0.6, 0.8)) ** 2 + (y / 0.8) ** 2)
-        if modality == "ct":
-            vol = np.where(r < 1, np.where(r > 0.8, 1200.0, 40.0), -1000.0) + rng.normal(0, 10, shape)
-            vol = vol.astype(np.int16)
-        else:
-            vol = np.where(r < 1, np.where(r > 0.8, 80.0, 600.0), 0.0) + np.abs(rng.normal(0, 15, shape))
-            vol = vol.astype(np.float32)
-        nib.save(nib.Nifti1Image(vol, np.diag([2.0, 2.0, 4.0, 1.0])), folder / f"case{i:02d}.nii.gz")
-    return folder
-
-
 TINY = {
-    "data.image_size": 32,
-    "data.min_body_fraction": 0.05,
-    "model.ngf": 8,
-    "model.n_blocks": 2,
-    "model.ndf": 8,
-    "model.n_layers_d": 2,
-    "optim.batch_size": 2,
-    "optim.n_epochs": 2,
-    "optim.n_epochs_decay": 1,
+    **TINY_RUN,
     "optim.pool_size": 3,
     "train.steps_per_epoch": 2,
-    "train.log_every": 1,
-    "train.checkpoint_every": 1,
-    "train.device": "cpu",
 }
 
 
@@ -136,8 +109,8 @@ def _worker(rank: int, world_size: int, port: int, root: str) -> None:
 @pytest.fixture(scope="module")
 def two_rank_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("ddp")
-    _write_domain(root / "mr", "mr", 2, 1)
-    _write_domain(root / "ct", "ct", 2, 2)
+    write_ring_domain(root / "mr", "mr", 2, 1)
+    write_ring_domain(root / "ct", "ct", 2, 2)
     torch.multiprocessing.spawn(_worker, args=(2, _free_port(), str(root)), nprocs=2, join=True)
     return root
 
@@ -190,8 +163,8 @@ def test_checkpoint_of_two_ranks_refuses_a_single_process_resume(two_rank_run: P
 # ------------------------------------------------------------------------------ torchrun
 @pytest.mark.slow
 def test_torchrun_runs_the_cli_on_two_processes(tmp_path: Path) -> None:
-    mr = _write_domain(tmp_path / "mr", "mr", 2, 3)
-    ct = _write_domain(tmp_path / "ct", "ct", 2, 4)
+    mr = write_ring_domain(tmp_path / "mr", "mr", 2, 3)
+    ct = write_ring_domain(tmp_path / "ct", "ct", 2, 4)
     out = tmp_path / "run"
     sets = [f"--set={k}={v}" for k, v in {**TINY, "train.max_steps": 2}.items()]
     command = torchrun_command(["train", "--src", str(mr), "--tgt", str(ct), "-o", str(out), *sets], 2)
@@ -295,11 +268,11 @@ def convert_world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     from medcyclegan.train.trainer import Trainer
 
     root = tmp_path_factory.mktemp("convert_shard")
-    mr = _write_domain(root / "mr", "mr", 2, 5)
-    ct = _write_domain(root / "ct", "ct", 2, 6)
+    mr = write_ring_domain(root / "mr", "mr", 2, 5)
+    ct = write_ring_domain(root / "ct", "ct", 2, 6)
     cfg = load_config(None, {**TINY, "train.max_steps": 1})
     Trainer(cfg, root / "run", sorted(mr.iterdir()), sorted(ct.iterdir()), show_progress=False).fit()
-    scans = _write_domain(root / "scans", "mr", 3, 7)
+    scans = write_ring_domain(root / "scans", "mr", 3, 7)
     convert_paths(load_model(root / "run", device="cpu"), scans, root / "single")
     return {"run": root / "run", "scans": scans, "single": root / "single"}
 

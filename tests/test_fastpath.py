@@ -13,10 +13,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import nibabel as nib
-import numpy as np
 import pytest
 import torch
+from tiny import TINY, files, write_ring_domain
 
 from medcyclegan.config import load_config
 from medcyclegan.errors import ConfigError
@@ -29,43 +28,21 @@ WEIGHT_ATOL = 1e-6
 SIGNAL = 1e-3
 
 
-def _write_domain(folder: Path, modality: str, n: int, seed: int, shape=(36, 40, 4)) -> list[Path]:
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    x, y, _ = np.meshgrid(*[np.linspace(-1, 1, s) for s in shape], indexing="ij")
-    paths = []
-    for i in range(n):
-        r = np.sqrt((x / rng.uniform(0.6, 0.8)) ** 2 + (y / 0.8) ** 2)
-        if modality == "ct":
-            vol = np.where(r < 1, np.where(r > 0.8, 1200.0, 40.0), -1000.0) + rng.normal(0, 10, shape)
-            vol = vol.astype(np.int16)
-        else:
-            vol = np.where(r < 1, np.where(r > 0.8, 80.0, 600.0), 0.0) + np.abs(rng.normal(0, 15, shape))
-            vol = vol.astype(np.float32)
-        path = folder / f"case{i:02d}.nii.gz"
-        nib.save(nib.Nifti1Image(vol, np.diag([2.0, 2.0, 4.0, 1.0])), path)
-        paths.append(path)
-    return paths
-
-
 @pytest.fixture(scope="module")
 def domains(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[Path], list[Path]]:
     root = tmp_path_factory.mktemp("fastpath")
-    return _write_domain(root / "mr", "mr", 2, 1), _write_domain(root / "ct", "ct", 2, 2)
+    shape = (36, 40, 4)
+    return (
+        files(write_ring_domain(root / "mr", "mr", 2, 1, shape)),
+        files(write_ring_domain(root / "ct", "ct", 2, 2, shape)),
+    )
 
 
 def _config(**overrides):
     base = {
-        "data.image_size": 32,
-        "data.min_body_fraction": 0.05,
-        "model.ngf": 8,
-        "model.n_blocks": 2,
-        "model.ndf": 8,
-        "model.n_layers_d": 2,
-        "optim.batch_size": 2,
+        **TINY,
         "optim.pool_size": 4,
         "train.steps_per_epoch": 2,
-        "train.device": "cpu",
         # Every loss term on, so that every code path of the step is compared.
         "model.generator": "resnet-attention",
         "loss.mask_loss": True,

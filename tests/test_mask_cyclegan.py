@@ -9,7 +9,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 from PIL import Image
-from test_train import write_domain
+from tiny import write_domain
 from typer.testing import CliRunner
 
 from medcyclegan.cli import app

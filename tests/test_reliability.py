@@ -12,22 +12,20 @@ from __future__ import annotations
 
 import errno
 import hashlib
-import logging
 import os
 import signal
 import subprocess
 import sys
 import time
-import traceback
 import tracemalloc
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from tiny import TINY_RUN, CliResult
 
 from medcyclegan.config import load_config
 from medcyclegan.convert import OUTPUT_DTYPE, load_model, translate_loaded, translate_volume
@@ -44,23 +42,7 @@ from medcyclegan.train.trainer import Trainer
 REPO = Path(__file__).resolve().parents[1]
 SPACING_MM = (2.0, 2.0, 4.0)
 # The tiny training run of every test here (seconds on 2 CPU cores).
-TINY = {
-    "data.image_size": 32,
-    "data.min_body_fraction": 0.05,
-    "data.val_fraction": 0.0,
-    "model.ngf": 8,
-    "model.n_blocks": 2,
-    "model.ndf": 8,
-    "model.n_layers_d": 2,
-    "optim.batch_size": 2,
-    "optim.n_epochs": 2,
-    "optim.n_epochs_decay": 1,
-    "optim.pool_size": 4,
-    "train.steps_per_epoch": 4,
-    "train.log_every": 1,
-    "train.checkpoint_every": 1,
-    "train.device": "cpu",
-}
+TINY = {**TINY_RUN, "data.val_fraction": 0.0}
 TINY_YAML = """\
 data: {image_size: 32, min_body_fraction: 0.05, val_fraction: 0.0}
 model: {ngf: 8, n_blocks: 2, ndf: 8, n_layers_d: 2}
@@ -117,17 +99,6 @@ def listing(folder: Path) -> list[str]:
     return sorted(os.listdir(folder)) if folder.is_dir() else []
 
 
-@dataclass
-class CliResult:
-    code: int
-    out: str
-    err: str
-
-    @property
-    def text(self) -> str:
-        return " ".join((self.out + self.err).split())
-
-
 def assert_clean_error(result: CliResult, *names: object, notices_allowed: bool = False) -> str:
     """A non-zero exit and exactly one ``error:`` line naming ``names``; no traceback. Returns the line.
 
@@ -145,38 +116,6 @@ def assert_clean_error(result: CliResult, *names: object, notices_allowed: bool 
     for name in names:
         assert str(name) in errors[0], (name, errors[0])
     return errors[0]
-
-
-@pytest.fixture
-def cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> Iterator[Callable[..., CliResult]]:
-    """Runs ``medcyclegan ARGS`` in this process through ``cli.main`` (the console entry point).
-
-    An exception escaping ``main`` is what a user would see as a traceback: it is recorded in ``err``
-    (and fails :func:`assert_clean_error`) rather than failing the test from inside the CLI.
-    """
-    from medcyclegan.cli import main
-
-    logger = logging.getLogger("medcyclegan")
-    saved = (list(logger.handlers), logger.level, logger.propagate)
-    monkeypatch.setenv("COLUMNS", "1000")  # rich wraps log lines at the terminal width
-
-    def run(*args: object) -> CliResult:
-        monkeypatch.setattr(sys, "argv", ["medcyclegan", *(str(a) for a in args)])
-        capsys.readouterr()
-        code, escaped = 0, ""
-        try:
-            main()
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-        except BaseException:
-            code, escaped = 1, traceback.format_exc()
-        out, err = capsys.readouterr()
-        return CliResult(code, out, err + escaped)
-
-    yield run
-    logger.handlers[:] = saved[0]
-    logger.setLevel(saved[1])
-    logger.propagate = saved[2]
 
 
 def tiny_train(run: Path, mr: Path, ct: Path, **overrides: object) -> Path:

@@ -8,74 +8,20 @@ import pickle
 import signal
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from tiny import files, tiny_config, write_domain
 
-from medcyclegan.config import load_config
 from medcyclegan.errors import CheckpointError, OutputError, TrainingError, TrainingInterrupted
 from medcyclegan.train.checkpoint import load_checkpoint
 from medcyclegan.train.trainer import Trainer, epoch_batches, lr_factor
-
-
-def _head(shape: tuple[int, int, int], rng: np.random.Generator, modality: str) -> np.ndarray:
-    """An ellipsoid 'head' with a bright or dark rim (skull) and a cavity, plus noise."""
-    x, y, z = np.meshgrid(*[np.linspace(-1, 1, s) for s in shape], indexing="ij")
-    r = rng.uniform(0.65, 0.8)
-    dist = np.sqrt((x / r) ** 2 + (y / (r * 1.1)) ** 2 + (z / 1.4) ** 2)
-    inside, skull, cavity = dist < 1.0, (dist > 0.8) & (dist < 1.0), np.sqrt(x**2 + (y - 0.2) ** 2) < 0.15
-    if modality == "ct":
-        vol = np.full(shape, -1000.0)
-        vol[inside] = 40.0
-        vol[skull] = 1200.0
-        vol[cavity & inside] = -900.0
-        return (vol + rng.normal(0, 10, shape)).astype(np.int16)
-    vol = np.zeros(shape)
-    vol[inside] = 600.0
-    vol[skull] = 80.0
-    vol[cavity & inside] = 20.0
-    return np.abs(vol + rng.normal(0, 15, shape)).astype(np.float32)
-
-
-def write_domain(folder: Path, modality: str, n: int, seed: int, shape=(40, 44, 6)) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    for i in range(n):
-        affine = np.diag([2.0, 2.0, 4.0, 1.0])
-        nib.save(nib.Nifti1Image(_head(shape, rng, modality), affine), folder / f"case{i:02d}.nii.gz")
-    return folder
 
 
 @pytest.fixture(scope="module")
 def domains(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("domains")
     return write_domain(root / "mr", "mr", 2, 1), write_domain(root / "ct", "ct", 2, 2)
-
-
-def tiny_config(**overrides):
-    base = {
-        "data.image_size": 32,
-        "data.min_body_fraction": 0.05,
-        "model.ngf": 8,
-        "model.n_blocks": 2,
-        "model.ndf": 8,
-        "model.n_layers_d": 2,
-        "optim.batch_size": 2,
-        "optim.n_epochs": 2,
-        "optim.n_epochs_decay": 1,
-        "optim.pool_size": 4,
-        "train.steps_per_epoch": 4,
-        "train.log_every": 1,
-        "train.checkpoint_every": 1,
-        "train.device": "cpu",
-    }
-    base.update(overrides)
-    return load_config(None, base)
-
-
-def files(folder: Path) -> list[Path]:
-    return sorted(folder.glob("*.nii.gz"))
 
 
 def test_epoch_batches_are_a_pure_function_of_seed_and_epoch() -> None:
