@@ -63,8 +63,9 @@ def _root(
     threads: int | None = typer.Option(
         None,
         "--threads",
-        help="CPU threads for torch [default: all cores]. Use fewer on a machine shared with other jobs: "
-        "oversubscribed cores can slow CPU training many times over.",
+        help="CPU threads for torch and for medcyclegan's own parallel steps (gzip, body masks) "
+        "[default: all cores]. Use fewer on a machine shared with other jobs: oversubscribed cores "
+        "can slow CPU training many times over.",
     ),
 ) -> None:
     """medcyclegan: train, convert, evaluate; volumes keep their geometry, CT stays in HU."""
@@ -74,7 +75,10 @@ def _root(
             raise MedCycleGANError(f"--threads must be >= 1; got {threads}")
         import torch
 
+        from medcyclegan.parallel import set_worker_threads
+
         torch.set_num_threads(threads)
+        set_worker_threads(threads)
 
 
 def _overrides(pairs: dict[str, Any], sets: list[str] | None) -> dict[str, Any]:

@@ -193,13 +193,16 @@ def test_evaluate_prints_a_table_and_writes_json_and_csv(cli, tmp_path: Path) ->
 
 
 def test_threads_sets_the_torch_cpu_threads_and_is_validated(cli, run_dir: Path) -> None:
+    from medcyclegan import parallel
+
     before = torch.get_num_threads()
     try:
         result = cli("--threads", "1", "info", run_dir)
         assert result.code == 0, result.err
-        assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 1 and parallel.worker_threads() == 1
     finally:
         torch.set_num_threads(before)
+        parallel.set_worker_threads(None)
     assert "--threads must be >= 1" in one_error_line(cli("--threads", "0", "info", run_dir))
 
 

@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from medcyclegan.data.mask import _largest_label, body_mask, fill_holes, largest_component
+from medcyclegan import parallel
+from medcyclegan.data import mask as mask_module
+from medcyclegan.data.mask import _label_sizes, body_mask, fill_holes, largest_component
 from medcyclegan.errors import ConfigError
 
 SHAPE = (64, 56, 24)
@@ -124,16 +126,50 @@ def test_body_mask_is_the_same_for_c_and_fortran_ordered_volumes() -> None:
         assert c_mask[20, 18, 4] and not c_mask[3, 3, 3]  # cavity filled, blob dropped
 
 
-def test_largest_label_matches_the_voxel_counts() -> None:
+def test_label_sizes_match_the_voxel_counts() -> None:
     # Per-box counting (and its bincount fallback for many overlapping boxes) against the definition.
     rng = np.random.default_rng(5)
     for _ in range(100):
         mask = rng.random((12, 11, 9)) > rng.uniform(0.3, 0.8)
         labels, count = ndimage.label(mask, structure=ndimage.generate_binary_structure(3, 1))
+        np.testing.assert_array_equal(
+            _label_sizes(labels, count), np.bincount(labels.ravel(), minlength=count + 1)[1:]
+        )
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3, 5])
+def test_threaded_largest_component_equals_one_scipy_labelling(
+    threads: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Runs of 2 slices so that components cross many run boundaries (U shapes, spirals of noise).
+    monkeypatch.setattr(mask_module, "_MIN_RUN_SLICES", 2)
+    rng = np.random.default_rng(6)
+    structure = ndimage.generate_binary_structure(3, 1)
+    for trial in range(40):
+        shape = (int(rng.integers(4, 14)), int(rng.integers(3, 9)), int(rng.integers(3, 9)))
+        mask = rng.random(shape) > rng.uniform(0.35, 0.75)
+        if trial % 4 == 0:  # two equal blocks: the tie goes to the first in memory order
+            mask[:] = False
+            mask[0:2, 0:2, 0:2] = mask[-2:, -2:, -2:] = True
+        labels, count = ndimage.label(mask, structure=structure)
+        expected = np.zeros(shape, dtype=bool)
         if count:
             sizes = np.bincount(labels.ravel())
             sizes[0] = 0
-            assert _largest_label(labels, count) == int(np.argmax(sizes))
+            expected = labels == int(np.argmax(sizes))  # argmax: the lowest label on a tie
+        for order in ("C", "F"):
+            got = largest_component(np.asarray(mask, order=order), threads=threads)
+            np.testing.assert_array_equal(got, expected, err_msg=f"trial {trial}, order {order}")
+
+
+def test_threaded_per_slice_steps_equal_one_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(mask_module, "_MIN_RUN_SLICES", 2)
+    monkeypatch.setattr(parallel, "_threads", 3)
+    rng = np.random.default_rng(7)
+    mask = ndimage.binary_opening(rng.random((30, 26, 11)) > 0.4)
+    single = body_mask(np.where(mask, 40.0, -1000.0), "ct")
+    monkeypatch.setattr(parallel, "_threads", 1)
+    np.testing.assert_array_equal(single, body_mask(np.where(mask, 40.0, -1000.0), "ct"))
 
 
 def test_largest_component() -> None:

@@ -23,19 +23,12 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import BinaryIO
 
+from medcyclegan.parallel import worker_threads
+
 # gzip member header (RFC 1952): magic, deflate, no flags, mtime 0 (reproducible output), no extra
 # flags, OS "unknown".
 _GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"
 DEFAULT_BLOCK_BYTES = 1 << 20
-
-
-def default_threads() -> int:
-    """Worker threads: the CPUs this process may run on, at most 16."""
-    try:
-        available = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        available = os.cpu_count() or 1
-    return max(1, min(16, available))
 
 
 def _deflate_block(data: bytes, level: int) -> bytes:
@@ -55,7 +48,7 @@ class ParallelGzipWriter(io.IOBase):
     Args:
         fileobj: a binary file opened for writing, positioned where the gzip data starts.
         level: zlib compression level, 0-9 (nibabel writes level 1).
-        threads: worker threads (default: :func:`default_threads`).
+        threads: worker threads (default: :func:`medcyclegan.parallel.worker_threads`).
         block_bytes: uncompressed bytes per block, at least 64 KiB.
 
     Example:
@@ -79,7 +72,7 @@ class ParallelGzipWriter(io.IOBase):
             raise ValueError(f"gzip level must be in 0..9; got {level}")
         if block_bytes < 1 << 16:
             raise ValueError(f"block_bytes must be >= 65536; got {block_bytes}")
-        threads = default_threads() if threads is None else threads
+        threads = worker_threads() if threads is None else threads
         if threads < 1:
             raise ValueError(f"threads must be >= 1; got {threads}")
         super().__init__()
