@@ -296,14 +296,16 @@ def _read_nifti(path: Path, suffix: str, size: int) -> Volume:
 def _load_nifti_voxels(path: Path, suffix: str, image_class: type) -> np.ndarray:
     """The voxels as nibabel gives them (``scl_slope``/``scl_inter`` applied, file order kept).
 
-    A ``.nii.gz`` is decompressed once, through a stream this function reads to its end: reaching the
-    end makes ``gzip`` check the CRC-32 and length of the whole file. (nibabel on its own stops at the
+    A ``.nii.gz`` is decompressed once (:mod:`medcyclegan.io.gzip_reader`, 1 MiB blocks), through a
+    stream this function reads to its end: reaching the end checks the CRC-32 and length of the whole
+    file. (nibabel on its own stops at the
     last voxel and never checks them, so a corrupted file could decode silently into wrong values; a
     separate checking pass would decompress the file twice.)
     """
-    opener = gzip.open if suffix == ".nii.gz" else open
+    from medcyclegan.io.gzip_reader import open_gzip
+
     try:
-        with opener(path, "rb") as stream:
+        with open_gzip(path) if suffix == ".nii.gz" else open(path, "rb") as stream:
             file_map = image_class.make_file_map({"image": stream})
             image = image_class.from_file_map(file_map, mmap=False)
             # The same reading as MONAI's NibabelReader (np.asanyarray of the array proxy).
