@@ -212,4 +212,4 @@ def test_convert_gpus_is_validated_before_any_work(cli, tmp_path: Path) -> None:
     )
     if not torch.cuda.is_available():
         line = one_error_line(cli("convert", tmp_path, "-o", tmp_path / "o", "--gpus", "2"))
-        assert "more GPUs than this machine has" in line
+        assert "more GPUs than this machine has" in line and "-m medcyclegan convert --device cpu" in line

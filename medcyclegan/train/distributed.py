@@ -298,8 +298,12 @@ def torchrun_command(argv: Sequence[str], nproc_per_node: int, *, python: str | 
     ]
 
 
-def check_gpus(gpus: int) -> None:
+def check_gpus(gpus: int, verb: str = "train") -> None:
     """Fails fast when ``gpus`` CUDA devices are not there.
+
+    Args:
+        gpus: GPUs asked for.
+        verb: the command being relaunched, for the hint in the message.
 
     Raises:
         ConfigError: no CUDA, or fewer devices than asked for.
@@ -307,8 +311,8 @@ def check_gpus(gpus: int) -> None:
     available = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if gpus > available:
         raise ConfigError(
-            f"--gpus {gpus} asks for more GPUs than this machine has ({available}); "
-            "for several CPU processes run torchrun --nproc_per_node N -m medcyclegan train --device cpu ..."
+            f"--gpus {gpus} asks for more GPUs than this machine has ({available}); for several CPU "
+            f"processes run torchrun --nproc_per_node N -m medcyclegan {verb} --device cpu ..."
         )
 
 
@@ -329,7 +333,8 @@ def launch_with_torchrun(argv: Sequence[str], nproc_per_node: int, *, require_gp
     if in_torchrun():
         raise ConfigError("--gpus cannot be used inside torchrun; torchrun already started the processes")
     if require_gpus:
-        check_gpus(nproc_per_node)
+        verb = next((arg for arg in argv if arg in ("train", "convert")), "train")
+        check_gpus(nproc_per_node, verb)
     command = torchrun_command(argv, nproc_per_node)
     logger.info("starting %d processes: %s", nproc_per_node, " ".join(command))
     # Its own session: a Ctrl-C in the terminal reaches torchrun once (forwarded below), not twice.
