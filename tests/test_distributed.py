@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import os
 import socket
 import subprocess
@@ -29,6 +30,7 @@ from medcyclegan.train.distributed import DistributedContext, shard, strip_optio
 from medcyclegan.train.trainer import epoch_batches
 
 NETS = ("G_AB", "G_BA", "D_A", "D_B")
+REPO_ROOT = Path(__file__).resolve().parents[1]
 TOTAL_STEPS, STOP_STEP = 6, 3  # 2 steps per epoch: the resume starts in the middle of epoch 1
 
 
@@ -43,6 +45,16 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def _torchrun_env() -> dict[str, str]:
+    """This environment with one thread per process and this checkout first on the import path.
+
+    The processes torchrun starts run ``-m medcyclegan``: they must import the tree under test, not
+    another installed copy.
+    """
+    path = [str(REPO_ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(path)}
 
 
 def _flat_weights(trainer) -> torch.Tensor:
@@ -168,8 +180,7 @@ def test_torchrun_runs_the_cli_on_two_processes(tmp_path: Path) -> None:
     out = tmp_path / "run"
     sets = [f"--set={k}={v}" for k, v in {**TINY, "train.max_steps": 2}.items()]
     command = torchrun_command(["train", "--src", str(mr), "--tgt", str(ct), "-o", str(out), *sets], 2)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    done = subprocess.run(command, capture_output=True, text=True, env=_torchrun_env(), timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     data = load_checkpoint(out / "checkpoints" / "last.pt")
     assert data["world_size"] == 2 and data["step"] == 2
@@ -286,50 +297,96 @@ def _same_outputs(folder: Path, reference: Path) -> None:
         )
 
 
-def test_convert_under_torchrun_shards_the_files(
-    convert_world: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Two ranks as convert_paths runs them, simulated in turn: all check, (barrier), each converts its share."""
-    from medcyclegan.convert import convert_jobs, load_model, plan_conversion
+def _as_rank(monkeypatch: pytest.MonkeyPatch, rank: int, world_size: int = 2) -> None:
+    """The torchrun environment of process ``rank`` of ``world_size`` on one node."""
+    monkeypatch.setenv("WORLD_SIZE", str(world_size))
+    monkeypatch.setenv("RANK", str(rank))
+    monkeypatch.setenv("LOCAL_RANK", str(rank))
 
+
+def test_convert_under_torchrun_shards_the_files(
+    convert_world: dict[str, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Ranks 0 and 1 of 2 through convert_paths into one folder: all check, barrier, each its share.
+
+    Both ranks run in this process. The barrier is simulated by running rank 1 entirely inside rank
+    0's barrier, i.e. after rank 0 has checked every output and before it writes any: one of the
+    orders the real barrier allows, and the one where an early write would fail a later check.
+    """
     model = load_model(convert_world["run"], device="cpu")
     out = tmp_path / "out"
-    plans = [plan_conversion(model, convert_world["scans"], out) for _rank in range(2)]
-    written = [convert_jobs(model, shard(plans[rank], rank, 2)) for rank in range(2)]
-    assert [len(w) for w in written] == [2, 1]  # strided: case00, case02 | case01
-    assert not set(written[0]) & set(written[1])
-    _same_outputs(out, convert_world["single"])  # every file once, equal to one process's output
+    written: dict[int, list[Path]] = {}
+    barriers: list[int] = []
 
-    # convert_paths itself: the barrier, then this rank's share only.
-    calls: list[DistributedContext] = []
-    monkeypatch.setattr(distributed, "cpu_barrier", calls.append)
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    monkeypatch.setenv("RANK", "1")
-    monkeypatch.setenv("LOCAL_RANK", "1")
-    again = convert_paths(model, convert_world["scans"], tmp_path / "again")
-    assert [p.name for p in again] == ["case01.nii.gz"] and len(calls) == 1 and calls[0].rank == 1
+    def convert_as(rank: int) -> None:
+        _as_rank(monkeypatch, rank)
+        written[rank] = convert_paths(model, convert_world["scans"], out)
+
+    def barrier(context: DistributedContext) -> None:
+        barriers.append(context.rank)
+        assert not out.exists() or not any(out.iterdir())  # no rank writes before all have checked
+        if context.rank == 0:
+            convert_as(1)
+
+    monkeypatch.setattr(distributed, "cpu_barrier", barrier)
+    with caplog.at_level(logging.INFO, logger="medcyclegan"):
+        convert_as(0)
+    assert barriers == [0, 1]
+    assert [p.name for p in written[0]] == ["case00.nii.gz", "case02.nii.gz"]  # strided share
+    assert [p.name for p in written[1]] == ["case01.nii.gz"]
+    assert not set(written[0]) & set(written[1])
+    assert sorted(written[0] + written[1]) == sorted(out.iterdir())
+    _same_outputs(out, convert_world["single"])  # every file once, bit-identical to one process's output
+    assert "process 0 of 2 converts 2 of 3 volume(s)" in caplog.text
+    assert "process 1 of 2 converts 1 of 3 volume(s)" in caplog.text
 
     # An existing output stops every rank at the check, before the barrier and before any work.
     (out / "case00.nii.gz").unlink()
-    before = sorted(out.iterdir())
+    before = {p: p.stat().st_mtime_ns for p in out.iterdir()}
     for rank in range(2):
-        monkeypatch.setenv("RANK", str(rank))
+        _as_rank(monkeypatch, rank)
         with pytest.raises(OutputError, match="already exists"):
             convert_paths(model, convert_world["scans"], out)
-    assert sorted(out.iterdir()) == before and len(calls) == 1
+    assert {p: p.stat().st_mtime_ns for p in out.iterdir()} == before and barriers == [0, 1]
+
+
+def test_convert_keeps_the_cpu_under_torchrun_and_takes_gpu_local_rank_on_cuda(
+    convert_world: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The device choice convert shares with training (``local_device``), without a GPU."""
+    _as_rank(monkeypatch, 1)
+    assert load_model(convert_world["run"], device="cpu").device == torch.device("cpu")
+    current: list[int] = []
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_device", current.append)
+    context = distributed.detect()
+    assert distributed.local_device(context, torch.device("cuda")) == torch.device("cuda", 1)
+    assert current == [1]
+    assert distributed.local_device(context, torch.device("cpu")) == torch.device("cpu")
+    assert distributed.local_device(DistributedContext(), torch.device("cuda")) == torch.device("cuda")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(ConfigError, match="needs GPU 1, but this node has 1"):
+        distributed.local_device(context, torch.device("cuda"))
 
 
 def test_single_input_under_torchrun_is_converted_by_rank0_only(
-    convert_world: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    convert_world: dict[str, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     model = load_model(convert_world["run"], device="cpu")
     scan = convert_world["scans"] / "case01.nii.gz"
     monkeypatch.setattr(distributed, "cpu_barrier", lambda context: None)
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    monkeypatch.setenv("RANK", "1")
-    assert convert_paths(model, scan, tmp_path / "a.nii.gz") == []
+    _as_rank(monkeypatch, 1)
+    with caplog.at_level(logging.INFO, logger="medcyclegan"):
+        assert convert_paths(model, scan, tmp_path / "a.nii.gz") == []
+    assert "process 1 of 2 converts 0 of 1 volume(s)" in caplog.text
     assert not (tmp_path / "a.nii.gz").exists()
-    monkeypatch.setenv("RANK", "0")
+    _as_rank(monkeypatch, 0)
     assert convert_paths(model, scan, tmp_path / "a.nii.gz") == [tmp_path / "a.nii.gz"]
 
 
@@ -338,7 +395,9 @@ def test_torchrun_converts_a_folder_on_two_processes(convert_world: dict[str, Pa
     out = tmp_path / "out"
     argv = ["convert", str(convert_world["scans"]), "-o", str(out), "--model", str(convert_world["run"])]
     command = torchrun_command([*argv, "--device", "cpu"], 2)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    done = subprocess.run(command, capture_output=True, text=True, env=_torchrun_env(), timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     _same_outputs(out, convert_world["single"])
+    # Each process prints what it wrote, so every output is printed exactly once.
+    printed = [Path(line) for line in done.stdout.splitlines() if line.strip()]
+    assert sorted(printed) == sorted(out.iterdir()), done.stdout
