@@ -288,13 +288,21 @@ def convert_world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {"run": root / "run", "scans": scans, "single": root / "single"}
 
 
-def _same_outputs(folder: Path, reference: Path) -> None:
+def _same_outputs(folder: Path, reference: Path, max_hu_difference: int = 0) -> None:
+    """The same file names with the same voxels: bit-identical, or within ``max_hu_difference`` HU.
+
+    Bit-identical is promised only for the same thread count on the same machine; another thread
+    count (or CPU) changes the order of the convolutions' sums, and a voxel near .5 HU can round
+    the other way (seen on AMD EPYC: 3 of 7,200 voxels 1 HU apart).
+    """
     names = sorted(p.name for p in reference.iterdir())
     assert sorted(p.name for p in folder.iterdir()) == names
     for name in names:
-        np.testing.assert_array_equal(
-            np.asanyarray(nib.load(folder / name).dataobj), np.asanyarray(nib.load(reference / name).dataobj)
-        )
+        got = np.asanyarray(nib.load(folder / name).dataobj).astype(np.int32)
+        expected = np.asanyarray(nib.load(reference / name).dataobj).astype(np.int32)
+        assert got.shape == expected.shape, name
+        worst = int(np.abs(got - expected).max())
+        assert worst <= max_hu_difference, f"{name}: {worst} HU apart (allowed {max_hu_difference})"
 
 
 def _as_rank(monkeypatch: pytest.MonkeyPatch, rank: int, world_size: int = 2) -> None:
@@ -397,7 +405,16 @@ def test_torchrun_converts_a_folder_on_two_processes(convert_world: dict[str, Pa
     command = torchrun_command([*argv, "--device", "cpu"], 2)
     done = subprocess.run(command, capture_output=True, text=True, env=_torchrun_env(), timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    _same_outputs(out, convert_world["single"])
     # Each process prints what it wrote, so every output is printed exactly once.
     printed = [Path(line) for line in done.stdout.splitlines() if line.strip()]
     assert sorted(printed) == sorted(out.iterdir()), done.stdout
+    # This process converted the reference with its own thread count: within 1 HU.
+    _same_outputs(out, convert_world["single"], max_hu_difference=1)
+    # One process with the ranks' thread count (1) on the same machine: bit-identical.
+    single = tmp_path / "single"
+    one_process = [sys.executable, "-m", "medcyclegan", "--threads", "1", *argv[:3], str(single), *argv[4:]]
+    done = subprocess.run(
+        [*one_process, "--device", "cpu"], capture_output=True, text=True, env=_torchrun_env(), timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    _same_outputs(out, single)
