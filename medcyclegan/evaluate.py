@@ -7,6 +7,10 @@ or computes it from the reference (:func:`medcyclegan.metrics.synthrad_body_mask
 :class:`EvaluationReport` that prints as a table and writes JSON + CSV. Every report records the
 standard, data range, clip range and the mask source of every case, because these choices alone move
 the numbers (PSNR by several dB).
+
+PSNR is infinite when the masked voxels of prediction and reference are identical (as in the official
+SynthRAD code). The table shows ``inf``; JSON, which has no infinity, carries the string ``"inf"``
+(NaN, an undefined value, is ``null``); the CSV writes ``inf`` / ``nan``.
 """
 
 from __future__ import annotations
@@ -92,7 +96,7 @@ class EvaluationReport:
         return metric_names(self.standard)
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain Python structure (floats may be ``nan`` or ``inf``; :meth:`to_json` makes them null)."""
+        """Plain Python structure (floats may be ``nan`` or ``inf``; see :meth:`to_json` for JSON)."""
         return {
             "standard": self.standard,
             "metadata": self.metadata,
@@ -101,8 +105,13 @@ class EvaluationReport:
         }
 
     def to_json(self) -> str:
-        """Strict JSON (indent 2). Non-finite values (NaN; ``inf`` PSNR of identical volumes) become null."""
-        return json.dumps(_finite_or_none(self.to_dict()), indent=2, allow_nan=False) + "\n"
+        """Strict JSON (indent 2): no bare ``NaN`` / ``Infinity``, which JSON does not allow.
+
+        An infinite value (PSNR of identical masked voxels, ``inf`` as in the official SynthRAD code) is
+        written as the string ``"inf"`` (``"-inf"`` if negative), so that it stays distinguishable from an
+        undefined value: NaN is written as ``null``. ``float("inf")`` reads the string back.
+        """
+        return json.dumps(_json_safe(self.to_dict()), indent=2, allow_nan=False) + "\n"
 
     def to_csv(self) -> str:
         """One row per case: case, pred, ref, mask_source, the metrics, then standard, data range, clip range.
@@ -367,11 +376,12 @@ def _evaluate_case(
             raise InputError("computed body mask is empty (constant volume?); give a mask", ref_path)
         mask_source = BODY_MASK_METHOD
     else:
-        mask_ras = np.asarray(read_mask(mask_path, like=ref.geometry), dtype=bool)
+        # Voxels > 0 are inside, as in the SynthRAD evaluation code (negative labels are outside).
+        mask_ras = np.asarray(read_mask(mask_path, like=ref.geometry, positive_only=True), dtype=bool)
         if mask_ras.shape != ref.shape:
             raise InputError(f"mask shape {mask_ras.shape} differs from {ref_path} {ref.shape}", mask_path)
         if not mask_ras.any():
-            raise InputError("mask is empty", mask_path)
+            raise InputError("mask is empty: no voxel > 0 (voxels > 0 are inside)", mask_path)
         mask_source = f"file: {mask_path}"
     # Back to the reference's file voxel order: the numbers are those of the file's own array (the only
     # order-sensitive step is MS-SSIM's odd-side padding, which then falls where the file puts it).
@@ -395,12 +405,16 @@ def _display(name: str, value: float) -> str:
     return DISPLAY_FORMATS[name].format(value)
 
 
-def _finite_or_none(value: Any) -> Any:
-    """Recursively replaces non-finite floats by None (JSON has no NaN or Infinity)."""
+def _json_safe(value: Any) -> Any:
+    """Recursively replaces infinite floats by ``"inf"`` / ``"-inf"`` and NaN by None (not in JSON)."""
     if isinstance(value, float):
-        return value if math.isfinite(value) else None
+        if math.isnan(value):
+            return None
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+        return value
     if isinstance(value, dict):
-        return {key: _finite_or_none(item) for key, item in value.items()}
+        return {key: _json_safe(item) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_finite_or_none(item) for item in value]
+        return [_json_safe(item) for item in value]
     return value

@@ -14,13 +14,16 @@ summarised in ``REFERENCE.md`` section 3):
       the result is the mean of the SSIM map over the mask voxels after cropping 3 voxels
       (``win_size // 2``) from every border of both map and mask (skimage's own border rule).
 
-SynthRAD2025 (:func:`synthrad2025`; https://synthrad2025.grand-challenge.org/metrics-ranking and
-``REFERENCE.md`` section 3):
-    * Both volumes clipped to [-1024, 3071] HU (data range 4095) and set to -1024 outside ``m`` before
-      every metric (MAE included, unlike 2023).
-    * MAE [HU] and PSNR [dB] (data range 4095) on the mask voxels, as above.
-    * MS-SSIM, masked (:func:`masked_ms_ssim`): multi-scale SSIM of Wang, Simoncelli & Bovik (2003),
+SynthRAD2025 (:func:`synthrad2025`; as the challenge's own evaluation code computes it,
+SynthRAD2025/evaluation ``image_metrics.py`` at commit 17cac47, and ``REFERENCE.md`` section 3):
+    * MAE [HU] = mean |ref - pred| over ``m``, **not clipped** (as in 2023).
+    * PSNR [dB]: both clipped to [-1024, 3071] HU (data range 4095), mask voxels only.
+    * MS-SSIM, masked (:func:`masked_ms_ssim`): both clipped to [-1024, 3071] HU, set to -1024 outside
+      ``m``, +1024; multi-scale SSIM of Wang, Simoncelli & Bovik (2003) in the challenge code's form,
       5 scales with weights (0.0448, 0.2856, 0.3001, 0.2363, 0.1333).
+
+In both standards a voxel is inside the mask when its mask value is > 0 (negative values are outside),
+and PSNR is ``inf`` when the masked voxels of both volumes are identical (skimage's 10 log10(R^2 / 0)).
 
 The ``data_range`` alone moves PSNR by several dB, so every report records it, together with the clip
 range and the source of the mask (:func:`metric_metadata`).
@@ -49,9 +52,10 @@ SSIM_WINDOW = 7  # voxels, uniform window (skimage default)
 SSIM_K1 = 0.01
 SSIM_K2 = 0.03
 MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
-# Smallest side that lets a 7-voxel window fit at the 5th scale after four ceil-halvings
-# (97 -> 49 -> 25 -> 13 -> 7); the same bound as the usual MS-SSIM implementations, (7 - 1) * 2**4 + 1.
-MS_SSIM_MIN_SIZE = (SSIM_WINDOW - 1) * 2 ** (len(MS_SSIM_WEIGHTS) - 1) + 1
+# Every side is padded to at least 97 voxels before MS-SSIM, so that the 7-voxel window fits at the 5th
+# scale after four ceil-halvings (97 -> 49 -> 25 -> 13 -> 7); the SynthRAD2025 code fixes 97 whatever
+# the number of scales.
+MS_SSIM_MIN_SIZE = 97
 
 BODY_MASK_METHOD = "computed from reference (Otsu, dilation, closing, dilation)"
 
@@ -81,9 +85,11 @@ def metric_metadata(standard: str) -> dict[str, Any]:
 
     Returns:
         A JSON-ready dict: ``standard``, ``data_range`` (HU), ``clip_range_hu`` ([low, high] HU),
-        ``mae_clipped`` (whether MAE uses the clipped values), ``outside_mask_hu`` (value given to voxels
+        ``mae_clipped`` (whether MAE uses the clipped values: False in both standards),
+        ``mask_rule`` (which mask values count as inside), ``outside_mask_hu`` (value given to voxels
         outside the mask before SSIM/MS-SSIM), ``metrics`` (key -> one-line definition), ``units``,
-        ``ssim_window`` (voxels) and, for 2025, ``ms_ssim_weights``.
+        ``psnr_identical`` (PSNR of identical masked voxels), ``ssim_window`` (voxels) and, for 2025,
+        ``ms_ssim_weights`` and ``ms_ssim_min_size``.
 
     Raises:
         ConfigError: unknown ``standard``.
@@ -104,13 +110,15 @@ def metric_metadata(standard: str) -> dict[str, Any]:
     else:
         low, high = SYNTHRAD2025_CLIP_HU
         definitions = {
-            "mae": "mean |ref - pred| over mask voxels, both clipped to [-1024, 3071] HU",
+            "mae": "mean |ref - pred| over mask voxels, unclipped HU",
             "psnr": "skimage peak_signal_noise_ratio on clipped mask voxels, data_range 4095",
             "ms_ssim": (
-                "masked multi-scale SSIM (Wang et al. 2003): 5 scales, 7-voxel uniform window, sample "
-                "covariance, K1 0.01, K2 0.03, mean contrast-structure term at scales 1-4 and mean SSIM "
-                "at scale 5 over mask voxels (3-voxel border cropped), negative means clamped to 0, "
-                "2x2x2 box downsampling (mask: any of 8), each side padded with background to >= 97"
+                "masked multi-scale SSIM as the SynthRAD2025 evaluation code (commit 17cac47): clipped "
+                "volumes set to -1024 outside the mask and shifted by +1024; each side edge-padded "
+                "(numpy mode 'edge', mask alike) to >= 97; 5 scales, 7-voxel uniform window, sample "
+                "covariance, K1 0.01, K2 0.03, C3 = C2/2; at each scale the mean over mask voxels "
+                "(3-voxel border cropped) of l^w c^w s^w, clipped to [0, 1]; product over scales; "
+                "images halved by a 2x2x2 box (fftconvolve 'same', then [::2]), the mask by [::2]"
             ),
         }
         extra = {"ms_ssim_weights": list(MS_SSIM_WEIGHTS), "ms_ssim_min_size": MS_SSIM_MIN_SIZE}
@@ -118,10 +126,12 @@ def metric_metadata(standard: str) -> dict[str, Any]:
         "standard": standard,
         "data_range": high - low,
         "clip_range_hu": [low, high],
-        "mae_clipped": standard == "synthrad2025",
+        "mae_clipped": False,
+        "mask_rule": "inside where mask value > 0",
         "outside_mask_hu": low,
         "metrics": definitions,
         "units": {name: METRIC_UNITS[name] for name in definitions},
+        "psnr_identical": "inf",
         "ssim_window": SSIM_WINDOW,
         **extra,
     }
@@ -151,7 +161,7 @@ def _prepare(
     """
     pred = np.asarray(pred_hu, dtype=np.float64, order="C")
     ref = np.asarray(ref_hu, dtype=np.float64, order="C")
-    mask_bool = np.ascontiguousarray(np.asarray(mask) > 0)  # any non-zero label value counts as inside
+    mask_bool = np.ascontiguousarray(np.asarray(mask) > 0)  # the SynthRAD rule: negative values are outside
     if pred.shape != ref.shape or mask_bool.shape != ref.shape:
         raise ValueError(
             f"shapes differ: pred {pred.shape}, ref {ref.shape}, mask {mask_bool.shape} (voxels); "
@@ -187,7 +197,7 @@ def synthrad2023(pred_hu: np.ndarray, ref_hu: np.ndarray, mask: np.ndarray) -> d
     Args:
         pred_hu: synthetic CT in HU, 3D.
         ref_hu: reference CT in HU, same shape.
-        mask: body mask, same shape; non-zero voxels are inside.
+        mask: body mask, same shape; voxels > 0 are inside.
 
     Returns:
         ``{"mae": HU, "psnr": dB, "ssim": unitless}``. PSNR is ``inf`` when the masked voxels are
@@ -239,12 +249,13 @@ def synthrad2023(pred_hu: np.ndarray, ref_hu: np.ndarray, mask: np.ndarray) -> d
 def synthrad2025(pred_hu: np.ndarray, ref_hu: np.ndarray, mask: np.ndarray) -> dict[str, float]:
     """MAE, PSNR and masked MS-SSIM of a synthetic CT with the SynthRAD2025 definitions.
 
-    Both volumes are clipped to [-1024, 3071] HU and set to -1024 outside the mask before every metric.
+    MAE on the unclipped HU of the mask voxels; PSNR and MS-SSIM on volumes clipped to [-1024, 3071] HU
+    and set to -1024 outside the mask (see the module docstring).
 
     Args:
         pred_hu: synthetic CT in HU, 3D.
         ref_hu: reference CT in HU, same shape.
-        mask: body mask, same shape; non-zero voxels are inside.
+        mask: body mask, same shape; voxels > 0 are inside.
 
     Returns:
         ``{"mae": HU, "psnr": dB, "ms_ssim": unitless}``; all NaN (with a warning) for an empty mask;
@@ -260,25 +271,33 @@ def synthrad2025(pred_hu: np.ndarray, ref_hu: np.ndarray, mask: np.ndarray) -> d
         return _nan_result(names)
     low, high = SYNTHRAD2025_CLIP_HU
     data_range = high - low
+    # The official code sets voxels outside the mask to -1024 before its MAE but does not clip: the
+    # masked mean then sees the raw HU.
+    mae = float(np.abs(ref[inside] - pred[inside]).mean())
     ref_clip = np.where(inside, np.clip(ref, low, high), low)
     pred_clip = np.where(inside, np.clip(pred, low, high), low)
-
-    mae = float(np.abs(ref_clip[inside] - pred_clip[inside]).mean())
     psnr = _psnr(ref_clip[inside], pred_clip[inside], data_range)
     # Shift to non-negative values as in 2023: the luminance term depends on the absolute level.
     ms_ssim = masked_ms_ssim(pred_clip - low, ref_clip - low, inside, data_range=data_range)
     return {"mae": mae, "psnr": psnr, "ms_ssim": ms_ssim}
 
 
-def ssim_terms(
+def ssim_components(
     image_a: np.ndarray, image_b: np.ndarray, data_range: float, win_size: int = SSIM_WINDOW
-) -> tuple[np.ndarray, np.ndarray]:
-    """Voxel-wise luminance and contrast-structure maps of SSIM, exactly as skimage computes them.
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Voxel-wise luminance, contrast and structure maps of SSIM (Wang et al. 2004, eqs. 6, 9, 10).
 
-    Uniform ``win_size`` window (``scipy.ndimage.uniform_filter``, reflect mode), sample covariance
-    (factor N / (N - 1), N = win_size**ndim), C1 = (0.01 R)^2, C2 = (0.03 R)^2 with R = ``data_range``.
-    ``luminance * contrast_structure`` equals skimage's ``structural_similarity(..., full=True)`` map;
-    skimage does not expose the two factors, which MS-SSIM needs separately.
+    Local statistics as skimage's SSIM: uniform ``win_size`` window (``scipy.ndimage.uniform_filter``,
+    reflect mode), sample (co)variance (factor N / (N - 1), N = win_size**ndim). Constants C1 = (0.01 R)^2,
+    C2 = (0.03 R)^2, C3 = C2 / 2, R = ``data_range``:
+
+        l = (2 mu_a mu_b + C1) / (mu_a^2 + mu_b^2 + C1)
+        c = (2 sd_a sd_b + C2) / (var_a + var_b + C2)
+        s = (cov_ab + C3) / (sd_a sd_b + C3)
+
+    with sd = sqrt(max(var, 0)) (rounding can make a flat window's variance slightly negative), and each
+    map clamped at 0 from below, as the SynthRAD2025 evaluation does. With C3 = C2 / 2, ``c * s`` equals
+    skimage's contrast-structure term (2 cov + C2) / (var_a + var_b + C2) wherever s >= 0.
 
     Args:
         image_a: first image (float64), any number of dimensions.
@@ -287,7 +306,7 @@ def ssim_terms(
         win_size: odd window side in voxels.
 
     Returns:
-        ``(luminance, contrast_structure)`` maps, each the shape of the input.
+        ``(luminance, contrast, structure)`` maps, each the shape of the input.
     """
     n_window = win_size**image_a.ndim
     cov_norm = n_window / (n_window - 1)
@@ -296,17 +315,25 @@ def ssim_terms(
     var_a = cov_norm * (ndi.uniform_filter(image_a * image_a, size=win_size) - mean_a * mean_a)
     var_b = cov_norm * (ndi.uniform_filter(image_b * image_b, size=win_size) - mean_b * mean_b)
     cov_ab = cov_norm * (ndi.uniform_filter(image_a * image_b, size=win_size) - mean_a * mean_b)
+    sd_product = np.sqrt(np.maximum(var_a, 0.0) * np.maximum(var_b, 0.0))
     c1 = (SSIM_K1 * data_range) ** 2
     c2 = (SSIM_K2 * data_range) ** 2
-    luminance = (2 * mean_a * mean_b + c1) / (mean_a**2 + mean_b**2 + c1)
-    contrast_structure = (2 * cov_ab + c2) / (var_a + var_b + c2)
-    return luminance, contrast_structure
+    c3 = c2 / 2
+    luminance = np.maximum((2 * mean_a * mean_b + c1) / (mean_a**2 + mean_b**2 + c1), 0.0)
+    contrast = np.maximum((2 * sd_product + c2) / (var_a + var_b + c2), 0.0)
+    structure = np.maximum((cov_ab + c3) / (sd_product + c3), 0.0)
+    return luminance, contrast, structure
 
 
 def _pad_to_min_size(
-    image_a: np.ndarray, image_b: np.ndarray, mask: np.ndarray, min_size: int, background: float
+    image_a: np.ndarray, image_b: np.ndarray, mask: np.ndarray, min_size: int = MS_SSIM_MIN_SIZE
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Pads every side shorter than ``min_size`` voxels, centred, with background (and mask False)."""
+    """Pads every side shorter than ``min_size`` to ``min_size`` by repeating its edge voxels.
+
+    ``numpy.pad(mode="edge")`` on images and mask alike, ``(min_size - n) // 2`` voxels before and the
+    rest after, as the SynthRAD2025 evaluation does: a mask that touches the border grows into the
+    padding, and so do the image values there.
+    """
     pad = []
     for size in mask.shape:
         missing = max(0, min_size - size)
@@ -314,28 +341,27 @@ def _pad_to_min_size(
     if not any(before or after for before, after in pad):
         return image_a, image_b, mask
     return (
-        np.pad(image_a, pad, constant_values=background),
-        np.pad(image_b, pad, constant_values=background),
-        np.pad(mask, pad, constant_values=False),
+        np.pad(image_a, pad, mode="edge"),
+        np.pad(image_b, pad, mode="edge"),
+        np.pad(mask, pad, mode="edge"),
     )
 
 
-def _downsample(image: np.ndarray, background: float) -> np.ndarray:
-    """2x2x2 box mean; odd sides are first padded with one voxel of ``background`` (ceil halving)."""
-    pad = [(0, size % 2) for size in image.shape]
-    if any(after for _, after in pad):
-        image = np.pad(image, pad, constant_values=background)
-    a, b, c = (size // 2 for size in image.shape)
-    return image.reshape(a, 2, b, 2, c, 2).mean(axis=(1, 3, 5))
+def _box_downsample(image: np.ndarray) -> np.ndarray:
+    """Halves a 3D image: coarse[i, j, k] = mean of fine[2i-1 : 2i+1, 2j-1 : 2j+1, 2k-1 : 2k+1], zeros before 0.
 
-
-def _downsample_mask(mask: np.ndarray) -> np.ndarray:
-    """A coarse voxel is inside if any of its 8 children is (ceil halving, padding outside)."""
-    pad = [(0, size % 2) for size in mask.shape]
-    if any(after for _, after in pad):
-        mask = np.pad(mask, pad, constant_values=False)
-    a, b, c = (size // 2 for size in mask.shape)
-    return mask.reshape(a, 2, b, 2, c, 2).any(axis=(1, 3, 5))
+    This is what the SynthRAD2025 evaluation computes with
+    ``scipy.signal.fftconvolve(image, np.ones((2, 2, 2)) / 8, mode="same")[::2, ::2, ::2]``: the "same"
+    window of a 2-tap kernel ends at the output voxel, so each coarse voxel averages its fine voxel and
+    the one before it (one voxel offset from an aligned 2x2x2 mean), and the first one on every axis
+    averages in zeros. Computed here directly (exact sums instead of FFT rounding); ceil(n / 2) per axis.
+    """
+    sizes = [(size + 1) // 2 for size in image.shape]
+    # One zero before index 0 on each axis, then keep 2 * ceil(n / 2) voxels so that pairs (2i - 1, 2i)
+    # line up with (0, 1), (2, 3), ... of the padded array.
+    padded = np.pad(image, [(1, 0)] * image.ndim)[tuple(slice(0, 2 * size) for size in sizes)]
+    a, b, c = sizes
+    return padded.reshape(a, 2, b, 2, c, 2).mean(axis=(1, 3, 5))
 
 
 def masked_ms_ssim(
@@ -345,43 +371,37 @@ def masked_ms_ssim(
     *,
     data_range: float,
     weights: tuple[float, ...] = MS_SSIM_WEIGHTS,
-    background: float = 0.0,
 ) -> float:
-    """Multi-scale SSIM averaged inside a mask (3D).
+    """Multi-scale SSIM averaged inside a mask (3D), computed as the SynthRAD2025 evaluation does.
 
-    Definition (Wang, Simoncelli & Bovik 2003, "Multi-scale structural similarity for image quality
-    assessment"; masked and 3D as in SynthRAD2025):
+    Based on Wang, Simoncelli & Bovik (2003), "Multi-scale structural similarity for image quality
+    assessment", in the form of the challenge's own code (SynthRAD2025/evaluation ``image_metrics.py``,
+    commit 17cac47), quirks included so that the numbers are comparable with the leaderboard:
 
-        MS-SSIM = prod_{j=1..M-1} max(cs_j, 0)^w_j * max(ssim_M, 0)^w_M,   M = len(weights) = 5
+        MS-SSIM = prod_{j=1..M} clip(mean_{mask_j}(l_j^w_j * c_j^w_j * s_j^w_j), 0, 1),   M = len(weights)
 
-    where ``cs_j`` is the mean of the contrast-structure map and ``ssim_M`` the mean of the full SSIM
-    map (luminance x contrast-structure) over the mask voxels of that scale, 3 voxels (``win // 2``)
-    cropped from every border as skimage does for SSIM. The luminance term enters only at the coarsest
-    scale, as in Wang et al.; SSIM maps come from :func:`ssim_terms` (7-voxel uniform window, sample
-    covariance, K1 0.01, K2 0.03).
+    where ``l_j, c_j, s_j`` are the luminance, contrast and structure maps of scale ``j``
+    (:func:`ssim_components`) and the mean runs over the mask voxels of that scale after cropping 3
+    voxels (``win // 2``) from every border of map and mask. In detail:
 
-    Choices (documented because the published description leaves them open):
-        * Before the first scale every side shorter than 97 voxels is padded (centred) with
-          ``background`` and the mask with False, so that the 7-voxel window still fits at scale 5.
-        * Between scales, images are 2x2x2 box-averaged; odd sides get one voxel of ``background``
-          first (ceil halving, as ``avg_pool`` with ``padding = size % 2`` in common implementations).
-        * The mask is downsampled with "any of the 8 children": a thin structure never vanishes at a
-          coarse scale (so the mask stays non-empty), and the boundary voxels it adds mix body and
-          background in both images alike, so they are still compared fairly.
-        * Negative per-scale means are clamped at 0 before the power (a negative base with a fractional
-          exponent is undefined); common implementations (e.g. pytorch-msssim's ReLU) do the same.
+        * the mean is taken of the powered product map (not the mean raised to the power);
+        * luminance enters at every scale, with the scale's weight (not only at the coarsest scale);
+        * before the first scale every side shorter than 97 voxels is padded to 97 with
+          ``numpy.pad(mode="edge")``, images and mask alike (``(97 - n) // 2`` voxels before);
+        * between scales the images are halved by :func:`_box_downsample` (the 2x2x2 box of
+          ``fftconvolve(..., "same")`` then ``[::2]``, one voxel offset, zeros before the first voxel);
+        * the mask is halved by taking every other voxel, ``mask[::2, ::2, ::2]``.
 
     Args:
-        image_a: first volume, non-negative (e.g. clipped HU + 1024), 3D.
+        image_a: first volume, non-negative (e.g. clipped HU + 1024, 0 outside the mask), 3D.
         image_b: second volume, same shape.
         mask: bool mask, same shape.
         data_range: value range R of the images (e.g. 4095).
-        weights: per-scale exponents, finest first.
-        background: value outside the field of view, used for padding.
+        weights: per-scale exponents, finest first (used for l, c and s alike).
 
     Returns:
-        MS-SSIM in [0, 1] (1 for identical images); NaN (with a warning) if the mask is empty or lies
-        entirely in the cropped border at some scale.
+        MS-SSIM in [0, 1] (1 for identical images); NaN (with a warning) if at some scale no mask voxel
+        is left after cropping (the official code's mean of an empty selection is NaN too).
     """
     image_a = np.asarray(image_a, dtype=np.float64)
     image_b = np.asarray(image_b, dtype=np.float64)
@@ -390,24 +410,23 @@ def masked_ms_ssim(
         raise ValueError(
             f"expected three 3D arrays of one shape, got {image_a.shape}, {image_b.shape}, {mask.shape}"
         )
-    min_size = (SSIM_WINDOW - 1) * 2 ** (len(weights) - 1) + 1
-    image_a, image_b, mask = _pad_to_min_size(image_a, image_b, mask, min_size, background)
+    image_a, image_b, mask = _pad_to_min_size(image_a, image_b, mask)
     border = SSIM_WINDOW // 2
     result = 1.0
     for scale, weight in enumerate(weights):
-        luminance, contrast_structure = ssim_terms(image_a, image_b, data_range)
         inside = _crop(mask, border)
         if not inside.any():
             logger.warning("MS-SSIM: no mask voxel away from the border at scale %d: NaN", scale + 1)
             return float("nan")
-        last = scale == len(weights) - 1
-        term_map = luminance * contrast_structure if last else contrast_structure
+        luminance, contrast, structure = ssim_components(image_a, image_b, data_range)
+        # (l c s)^w equals l^w c^w s^w: all three are clamped non-negative.
+        term_map = (luminance * contrast * structure) ** weight
         term = float(_crop(term_map, border)[inside].mean(dtype=np.float64))
-        result *= max(term, 0.0) ** weight
-        if not last:
-            image_a = _downsample(image_a, background)
-            image_b = _downsample(image_b, background)
-            mask = _downsample_mask(mask)
+        result *= min(max(term, 0.0), 1.0)
+        if scale < len(weights) - 1:
+            image_a = _box_downsample(image_a)
+            image_b = _box_downsample(image_b)
+            mask = mask[::2, ::2, ::2]
     return float(result)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
 from pathlib import Path
 
@@ -278,15 +279,47 @@ def test_json_path_ending_in_csv_is_refused(report: EvaluationReport, tmp_path: 
         report.write(tmp_path / "eval.csv")
 
 
-def test_infinite_psnr_is_null_in_json(tmp_path: Path) -> None:
+def test_infinite_psnr_is_inf_in_json_csv_and_table(tmp_path: Path) -> None:
+    """Identical volumes: PSNR inf as in the official code; JSON stays strict with the string "inf"
+    (NaN, undefined, is null), the CSV and the table say inf."""
+    from rich.console import Console
+
     ref_path = _save(tmp_path / "ref.nii.gz", _phantom())
     pred_path = _save(tmp_path / "pred.nii.gz", _phantom())
     report = evaluate(pred_path, ref_path)
     assert report.cases[0].metrics["psnr"] == math.inf
     data = _strict_json(report.to_json())
-    assert data["cases"][0]["metrics"]["psnr"] is None
+    assert data["cases"][0]["metrics"]["psnr"] == "inf"
+    assert float(data["cases"][0]["metrics"]["psnr"]) == math.inf
+    assert data["summary"]["psnr"]["mean"] == "inf"
+    assert data["summary"]["psnr"]["std"] is None  # std of [inf] is NaN: undefined
     assert data["cases"][0]["metrics"]["mae"] == 0.0
-    assert "inf" in report.to_csv()
+    assert data["metadata"]["psnr_identical"] == "inf"
+    assert ",inf," in report.to_csv()
+    console = Console(record=True, width=120)
+    console.print(report.to_rich_table())
+    rows = [[cell.strip() for cell in line.split("│")[1:-1]] for line in console.export_text().splitlines()]
+    case_row = next(cells for cells in rows if cells and cells[0] == "ref")  # case name of ref.nii.gz
+    assert case_row[2] == "inf"  # Case, MAE, PSNR, SSIM
+
+
+@pytest.mark.parametrize("standard", ["synthrad2023", "synthrad2025"])
+def test_negative_mask_values_are_outside(
+    tmp_path: Path, standard: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The SynthRAD code binarises masks with > 0: a -1 label is outside, not inside (!= 0)."""
+    ref = _phantom()
+    pred = ref + 25.0  # 25 HU error everywhere ...
+    pred[0] += 5000.0  # ... and a large one in slice 0, labelled -1 in the mask
+    mask = _box_mask().astype(np.int16)
+    mask[0] = -1
+    ref_path = _save(tmp_path / "ref.nii.gz", ref)
+    pred_path = _save(tmp_path / "pred.nii.gz", pred)
+    mask_path = _save(tmp_path / "mask.nii.gz", mask, dtype=np.int16)
+    with caplog.at_level(logging.WARNING, logger="medcyclegan"):
+        metrics = evaluate(pred_path, ref_path, mask_path, standard=standard).cases[0].metrics
+    assert metrics["mae"] == pytest.approx(25.0)
+    assert "only voxels > 0 count as inside" in caplog.text
 
 
 def test_rich_table_layout(report: EvaluationReport) -> None:

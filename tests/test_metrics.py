@@ -17,7 +17,7 @@ from medcyclegan.metrics import (
     masked_ms_ssim,
     metric_metadata,
     metric_names,
-    ssim_terms,
+    ssim_components,
     synthrad2023,
     synthrad2025,
     synthrad_body_mask,
@@ -47,13 +47,17 @@ def test_mae_by_hand_with_known_mask() -> None:
     assert synthrad2025(pred, ref, mask)["mae"] == pytest.approx(15.0)
 
 
-def test_mae_2023_unclipped_2025_clipped() -> None:
+def test_mae_is_not_clipped_in_either_standard() -> None:
+    """The SynthRAD2025 code clips for PSNR and MS-SSIM only; its MAE sees the raw HU, as in 2023."""
     ref = np.zeros((8, 8, 8))
     pred = np.zeros((8, 8, 8))
     mask = np.ones((8, 8, 8), dtype=bool)
     pred[0, 0, 0] = 4000.0 * 512  # one voxel, +2048000 HU: MAE 4000 unclipped
     assert synthrad2023(pred, ref, mask)["mae"] == pytest.approx(4000.0)
-    assert synthrad2025(pred, ref, mask)["mae"] == pytest.approx(3071.0 / 512)
+    assert synthrad2025(pred, ref, mask)["mae"] == pytest.approx(4000.0)
+    ref[1, 1, 1], pred[1, 1, 1] = 3500.0, -2000.0  # beyond [-1024, 3071] on both sides: |diff| 5500
+    assert synthrad2025(pred, ref, mask)["mae"] == pytest.approx((4000.0 * 512 + 5500.0) / 512)
+    assert metric_metadata("synthrad2025")["mae_clipped"] is False
 
 
 def test_int16_inputs_do_not_overflow() -> None:
@@ -197,50 +201,154 @@ def test_shape_mismatch_raises() -> None:
 
 
 # --------------------------------------------------------------------------- MS-SSIM (2025)
-def test_ssim_terms_multiply_to_skimage_map() -> None:
+# The SynthRAD2025 evaluation's procedure (REFERENCE.md section 3), checked point by point on volumes
+# whose values follow from the definitions: constant images give flat windows (contrast = structure = 1,
+# luminance l(p, q) = (2pq + C1) / (p^2 + q^2 + C1)), so only the chosen effect moves the result.
+C1_2025 = (0.01 * 4095.0) ** 2
+C2_2025 = (0.03 * 4095.0) ** 2
+
+
+def _luminance(p: float, q: float) -> float:
+    return (2 * p * q + C1_2025) / (p * p + q * q + C1_2025)
+
+
+def _centre_voxel_mask(shape: tuple[int, int, int]) -> np.ndarray:
+    """One voxel that lands on (48, 48, 48) once the volume is padded to 97: it survives 4 halvings."""
+    mask = np.zeros(shape, dtype=bool)
+    mask[tuple(48 - (97 - size) // 2 for size in shape)] = True
+    return mask
+
+
+def _two_regions(split: int) -> tuple[np.ndarray, np.ndarray, float, float, float]:
+    """a = 1000 everywhere; b = 1500 before ``split`` on axis 0, 3000 from it on (97 x 11 x 11)."""
+    p, q1, q2 = 1000.0, 1500.0, 3000.0
+    a = np.full((97, 11, 11), p)
+    b = np.where(np.arange(97)[:, None, None] < split, q1, q2) * np.ones((1, 11, 11))
+    return a, b, p, q1, q2
+
+
+def test_ssim_components_multiply_to_skimage_map() -> None:
+    """With C3 = C2 / 2, l * c * s is skimage's SSIM map wherever the structure term is not clamped."""
     rng = np.random.default_rng(5)
     a = rng.uniform(0, 4095, size=(12, 11, 10))
     b = a + rng.normal(0, 200, size=a.shape)
-    luminance, contrast_structure = ssim_terms(a, b, 4095.0)
+    luminance, contrast, structure = ssim_components(a, b, 4095.0)
+    assert structure.min() > 0
     _, expected = structural_similarity(a, b, data_range=4095.0, full=True)
-    np.testing.assert_allclose(luminance * contrast_structure, expected, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(luminance * contrast * structure, expected, rtol=1e-10, atol=1e-12)
 
 
-def test_ms_ssim_single_scale_is_masked_ssim(volumes: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
-    pred, ref, mask = volumes
-    a, b = np.clip(pred, -1024, 3071) + 1024, np.clip(ref, -1024, 3071) + 1024
-    _, ssim_map = structural_similarity(a, b, data_range=4095.0, full=True)
-    expected = ssim_map[3:-3, 3:-3, 3:-3][mask[3:-3, 3:-3, 3:-3]].mean()
-    value = masked_ms_ssim(a, b, mask, data_range=4095.0, weights=(1.0,))
-    assert value == pytest.approx(expected, rel=1e-12)
-
-
-def test_ms_ssim_two_scales_by_hand() -> None:
-    """cs at scale 1, box-downsample images (mean of 8) and mask (any of 8), full SSIM at scale 2."""
-    rng = np.random.default_rng(6)
-    a = rng.uniform(0, 3000, size=(16, 14, 14))
-    b = np.clip(a + rng.normal(0, 300, size=a.shape), 0, 4095)
+def test_ms_ssim_is_the_masked_mean_of_the_powered_map() -> None:
+    """(a) Two mask voxels with luminance 1 and l2: mean(l^w) = (1 + l2^w) / 2, not mean(l)^w."""
+    a, b, _, q1, q2 = _two_regions(split=49)
+    a[:] = q1  # a equals b in the first region: l = 1 there
     mask = np.zeros(a.shape, dtype=bool)
-    # z 7..9 covers only one of the two fine slices (6, 7) of coarse slice 3: in by the any-of-8 rule.
-    mask[2:14, 3:12, 7:10] = True
-    weights = (0.4, 0.6)
+    mask[20, 5, 5] = mask[76, 5, 5] = True  # 7-voxel windows inside one region each
+    expected = (1.0 + _luminance(q1, q2) ** 0.5) / 2
+    assert masked_ms_ssim(a, b, mask, data_range=4095.0, weights=(0.5,)) == pytest.approx(expected, rel=1e-9)
+    assert expected != pytest.approx(((1.0 + _luminance(q1, q2)) / 2) ** 0.5, rel=1e-3)
 
-    _, cs1 = ssim_terms(a, b, 4095.0)
-    inner = (slice(3, -3),) * 3
-    term1 = cs1[inner][mask[inner]].mean()
 
-    def box(x: np.ndarray) -> np.ndarray:
-        return x.reshape(8, 2, 7, 2, 7, 2).mean(axis=(1, 3, 5))
+def test_ms_ssim_edge_pads_images_and_mask_to_97() -> None:
+    """(b) A 9x9x9 body filling its volume: edge padding keeps everything flat and inside, so the value
+    is l(p, q)^w exactly; padding with background would put air into the windows at the border.
 
-    coarse_mask = mask.reshape(8, 2, 7, 2, 7, 2).any(axis=(1, 3, 5))
-    assert coarse_mask[3:5, 3, 3].all()
-    # 8x7x7 after halving: the 7-voxel window leaves 2x1x1 uncropped voxels, the mask covers them.
-    lum2, cs2 = ssim_terms(box(a), box(b), 4095.0)
-    term2 = (lum2 * cs2)[inner][coarse_mask[inner]].mean()
-    expected = term1**0.4 * term2**0.6
-    assert masked_ms_ssim(a, b, mask, data_range=4095.0, weights=weights) == pytest.approx(
-        expected, rel=1e-12
-    )
+    Five scales, weight 0 beyond the first (those terms are mean(x^0) = 1): the padding to 97 is
+    done whatever the weights, and only scale 1 counts.
+    """
+    p, q = 1000.0, 3000.0
+    a, b = np.full((9, 9, 9), p), np.full((9, 9, 9), q)
+    mask = np.ones(a.shape, dtype=bool)
+    value = masked_ms_ssim(a, b, mask, data_range=4095.0, weights=(0.5, 0.0, 0.0, 0.0, 0.0))
+    assert value == pytest.approx(_luminance(p, q) ** 0.5, rel=1e-9)
+
+
+def test_box_downsample_is_fftconvolve_same_then_every_other_voxel() -> None:
+    """(c) coarse[i] averages fine[2i - 1] and fine[2i] per axis, zeros before index 0."""
+    from scipy.signal import fftconvolve
+
+    from medcyclegan.metrics import _box_downsample
+
+    coarse = _box_downsample(np.full((3, 3, 3), 8.0))
+    assert coarse.shape == (2, 2, 2)
+    # (0, 0, 0) sees 1 of its 8 voxels, (0, 0, 1) 2, (0, 1, 1) 4, (1, 1, 1) all 8.
+    assert coarse[0, 0, 0] == 1.0 and coarse[0, 0, 1] == 2.0 and coarse[0, 1, 1] == 4.0
+    assert coarse[1, 1, 1] == 8.0 and coarse[1, 0, 1] == 4.0
+    fine = np.random.default_rng(8).uniform(0, 4095, size=(5, 6, 7))
+    expected = fftconvolve(fine, np.ones((2, 2, 2)) / 8, mode="same")[::2, ::2, ::2]
+    np.testing.assert_allclose(_box_downsample(fine), expected, rtol=1e-12, atol=1e-9)
+
+
+def test_ms_ssim_downsamples_the_mask_by_every_other_voxel() -> None:
+    """(d) Mask voxels at axis-0 index 20 (even, kept at scale 2) and 77 (odd, dropped by [::2]; an
+    any-of-8 rule would keep it): scale 2 sees region 1 only."""
+    a, b, p, q1, q2 = _two_regions(split=49)
+    mask = np.zeros(a.shape, dtype=bool)
+    mask[20, 5, 5] = mask[77, 5, 5] = True
+    # Scale 1: voxels 20 and 77, flat windows in regions 1 and 2. Scale 2: b is still q1 around coarse
+    # voxel 10 (fine voxels 7..26) and the box average of a constant is that constant away from index 0.
+    scale1 = (_luminance(p, q1) ** 0.3 + _luminance(p, q2) ** 0.3) / 2
+    scale2 = _luminance(p, q1) ** 0.7
+    value = masked_ms_ssim(a, b, mask, data_range=4095.0, weights=(0.3, 0.7))
+    assert value == pytest.approx(scale1 * scale2, rel=1e-9)
+
+
+@pytest.mark.parametrize("shape", [(97, 97, 97), (9, 10, 11)])
+def test_ms_ssim_luminance_at_every_scale_and_offset_downsampling(shape: tuple[int, int, int]) -> None:
+    """(e) and (c) on constant volumes p and q, mask one voxel that survives to scale 5 (b: a small
+    volume is padded (97 - n) // 2 voxels before, so the voxel lands on the same centre).
+
+    Scales 1-4: flat windows, each term l(p, q)^w_j (luminance enters at every scale). Scale 5 (7^3
+    voxels): the offset box puts zeros before index 0 at every halving, so that voxel holds 1/16 of its
+    value per axis: image = p * g with g = f x f x f, f = (1/16, 1, 1, 1, 1, 1, 1); the window is the
+    whole volume, b = (q / p) a gives s = 1, and l, c follow from the sample statistics of g.
+    """
+    p, q = 1000.0, 3000.0
+    a, b = np.full(shape, p), np.full(shape, q)
+    mask = _centre_voxel_mask(shape)
+    w = MS_SSIM_WEIGHTS
+
+    f = np.array([1 / 16, 1, 1, 1, 1, 1, 1])
+    g = f[:, None, None] * f[None, :, None] * f[None, None, :]
+    mean, variance = g.mean(), g.var(ddof=1)  # sample variance, as skimage's SSIM
+    lum5 = (2 * p * q * mean**2 + C1_2025) / ((p * p + q * q) * mean**2 + C1_2025)
+    con5 = (2 * p * q * variance + C2_2025) / ((p * p + q * q) * variance + C2_2025)
+    expected = _luminance(p, q) ** sum(w[:4]) * (lum5 * con5) ** w[4]
+
+    value = masked_ms_ssim(a, b, mask, data_range=4095.0)
+    assert value == pytest.approx(expected, rel=1e-9)
+    assert masked_ms_ssim(a, a, mask, data_range=4095.0) == pytest.approx(1.0, rel=1e-12)
+
+
+def _reference_ms_ssim(a: np.ndarray, b: np.ndarray, mask: np.ndarray, weights: tuple[float, ...]) -> float:
+    """The published procedure from independent parts: skimage's SSIM map, numpy edge padding, scipy's
+    fftconvolve box and [::2]. skimage's map is l * c * s, and negative only where s < 0, so clamping
+    the map at 0 is clamping s."""
+    from scipy.signal import fftconvolve
+
+    pad = [(max(0, 97 - n) // 2, max(0, 97 - n) - max(0, 97 - n) // 2) for n in a.shape]
+    a, b, mask = (np.pad(x, pad, mode="edge") for x in (a, b, mask))
+    result = 1.0
+    for weight in weights:
+        _, ssim_map = structural_similarity(a, b, data_range=4095.0, full=True)
+        ssim_map = np.maximum(ssim_map, 0.0)
+        inner = (slice(3, -3),) * 3
+        result *= np.clip((ssim_map[inner] ** weight)[mask[inner]].mean(), 0, 1)
+        a, b = (fftconvolve(x, np.ones((2, 2, 2)) / 8, mode="same")[::2, ::2, ::2] for x in (a, b))
+        mask = mask[::2, ::2, ::2]
+    return float(result)
+
+
+def test_ms_ssim_matches_the_procedure_built_from_skimage_and_scipy() -> None:
+    rng = np.random.default_rng(6)
+    z, y, x = np.mgrid[0:21, 0:17, 0:25]
+    a = 1500 + 600 * np.sin(x / 3.0) + 400 * np.cos(y / 4.0) + 30 * z
+    b = np.clip(a + rng.normal(0, 150, size=a.shape), 0, 4095)
+    mask = np.zeros(a.shape, dtype=bool)
+    mask[:, 2:15, 3:22] = True  # touches two faces: padded into the margin
+    value = masked_ms_ssim(a, b, mask, data_range=4095.0)
+    assert value == pytest.approx(_reference_ms_ssim(a, b, mask, MS_SSIM_WEIGHTS), rel=1e-9)
+    assert 0.0 < value < 1.0
 
 
 def test_ms_ssim_decreases_with_noise() -> None:
@@ -256,27 +364,38 @@ def test_ms_ssim_decreases_with_noise() -> None:
     assert all(0.0 <= v <= 1.0 for v in values)
 
 
-def test_ms_ssim_negative_contrast_structure_is_clamped_to_zero() -> None:
-    """Anti-correlated checkerboards of 2-voxel blocks (still anti-correlated at scale 2): 0, not NaN."""
+def test_ms_ssim_negative_structure_is_clamped_to_zero() -> None:
+    """Anti-correlated checkerboards (b = 4000 - a): s < 0 is clamped to 0 per voxel, so 0, not NaN."""
     x, y, z = np.meshgrid(*(np.arange(16),) * 3, indexing="ij")
     a = 2000.0 + 800.0 * (((x // 2 + y // 2 + z // 2) % 2) * 2 - 1)
     b = 4000.0 - a
-    mask = np.ones(a.shape, dtype=bool)
-    _, cs = ssim_terms(a, b, 4095.0)
-    assert cs[3:-3, 3:-3, 3:-3].mean() < 0
+    mask = np.zeros(a.shape, dtype=bool)
+    mask[4:12, 4:12, 4:12] = True
+    _, _, structure = ssim_components(a, b, 4095.0)
+    assert (structure[4:12, 4:12, 4:12] == 0.0).all()
     assert masked_ms_ssim(a, b, mask, data_range=4095.0, weights=(0.5, 0.5)) == 0.0
     assert masked_ms_ssim(a, a, mask, data_range=4095.0, weights=(0.5, 0.5)) == pytest.approx(1.0)
 
 
-def test_ms_ssim_pads_small_volumes_and_keeps_thin_masks() -> None:
-    """A 12x10x6 volume (far below 97) and a one-voxel-thick mask still give a finite value."""
+def test_ms_ssim_pads_small_volumes() -> None:
+    """A 12x10x6 volume (far below 97) and a one-voxel-thick mask give a value in (0, 1)."""
     rng = np.random.default_rng(9)
     ref = rng.normal(0, 300, size=(12, 10, 6))
     pred = ref + rng.normal(0, 30, size=ref.shape)
     mask = np.zeros(ref.shape, dtype=bool)
-    mask[2:10, 2:8, 3] = True
+    mask[2:10, 2:8, 3] = True  # padded onto z = 48, which every halving keeps
     value = synthrad2025(pred, ref, mask)["ms_ssim"]
     assert 0.0 < value < 1.0
+
+
+def test_ms_ssim_mask_vanishing_at_a_coarse_scale_is_nan(caplog: pytest.LogCaptureFixture) -> None:
+    """A one-voxel mask at an odd index is gone after mask[::2]: the official mean is NaN, so is ours."""
+    a = np.full((97, 11, 11), 1000.0)
+    mask = np.zeros(a.shape, dtype=bool)
+    mask[49, 5, 5] = True
+    with caplog.at_level(logging.WARNING, logger="medcyclegan"):
+        assert math.isnan(masked_ms_ssim(a, a, mask, data_range=4095.0, weights=(0.5, 0.5)))
+    assert "scale 2" in caplog.text
 
 
 def test_ms_ssim_default_weights() -> None:
@@ -294,7 +413,8 @@ def test_metric_metadata_records_range_and_clip() -> None:
     assert set(meta_2023["metrics"]) == {"mae", "psnr", "ssim"}
     assert meta_2025["data_range"] == 4095.0
     assert meta_2025["clip_range_hu"] == [-1024.0, 3071.0]
-    assert meta_2025["mae_clipped"] is True
+    assert meta_2025["mae_clipped"] is False
+    assert meta_2023["mask_rule"] == meta_2025["mask_rule"] == "inside where mask value > 0"
     assert meta_2025["units"] == {"mae": "HU", "psnr": "dB", "ms_ssim": "1"}
     assert metric_names("synthrad2025") == ("mae", "psnr", "ms_ssim")
 

@@ -125,7 +125,7 @@ def read_volume(path: str | Path, *, series_uid: str | None = None) -> Volume:
     return volume
 
 
-def read_mask(path: str | Path, like: Geometry) -> np.ndarray:
+def read_mask(path: str | Path, like: Geometry, *, positive_only: bool = False) -> np.ndarray:
     """Reads a mask (non-zero = inside) that must lie on the same grid as the volume ``like``.
 
     The grids are compared in RAS voxel order, so a mask stored with other axis flips still matches.
@@ -133,6 +133,8 @@ def read_mask(path: str | Path, like: Geometry) -> np.ndarray:
     Args:
         path: the mask file (any format :func:`read_volume` reads).
         like: geometry of the volume the mask belongs to.
+        positive_only: only voxels > 0 are inside (the SynthRAD evaluation's rule: negative values are
+            outside); by default every non-zero voxel is.
 
     Returns:
         Boolean array in RAS voxel order, shape ``like.ras_shape``.
@@ -156,9 +158,10 @@ def read_mask(path: str | Path, like: Geometry) -> np.ndarray:
             path,
         )
     values = mask.array
-    inside = values != 0
-    if np.count_nonzero(inside & (values != 1)):
-        logger.warning("%s: mask has values other than 0 and 1; every non-zero voxel counts as inside", path)
+    inside = values > 0 if positive_only else values != 0
+    if np.count_nonzero((values != 0) & (values != 1)):
+        rule = "only voxels > 0 count" if positive_only else "every non-zero voxel counts"
+        logger.warning("%s: mask has values other than 0 and 1; %s as inside", path, rule)
     return inside
 
 
