@@ -158,6 +158,20 @@ def test_a_crash_during_overwrite_leaves_no_mix_and_the_next_start_finishes_it(
     assert [int(r["step"]) for r in _metric_rows(run / "metrics.csv")] == [1]
 
 
+def test_what_a_run_left_before_its_first_checkpoint_is_replaced_with_a_warning(
+    world, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # e.g. out of memory at the first step: config.yaml, metrics.csv and tb/ but no checkpoint yet.
+    run = _copy_run_a(world, tmp_path)
+    shutil.rmtree(run / "checkpoints")
+    cfg = load_config(None, RUN_B)
+    with caplog.at_level(logging.WARNING, logger="medcyclegan"):
+        Trainer(cfg, run, files(world["mr"]), files(world["ct"]), show_progress=False).fit()
+    assert "a run that stopped before its first checkpoint left config.yaml, metrics.csv" in caplog.text
+    assert [int(r["step"]) for r in _metric_rows(run / "metrics.csv")] == [1]  # not appended to A's rows
+    assert not (run / "samples").exists() and not (run / "val_metrics.csv").exists()
+
+
 def test_run_files_in_a_folder_no_trainer_used_are_not_removed_without_overwrite(
     world, tmp_path: Path
 ) -> None:

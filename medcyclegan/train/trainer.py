@@ -317,9 +317,10 @@ class Trainer:
 
         Each is renamed into one hidden trash folder, ``checkpoints/`` first, and the trash is then
         deleted: a crash part-way leaves no checkpoint that convert, info or --resume would take
-        for a run, and the next start finishes the removal. Without ``overwrite`` only what an
-        interrupted --overwrite left is removed (with a warning); files of those names without a
-        checkpoint (a run killed before its first one, or someone else's files) are refused.
+        for a run, and the next start finishes the removal. Without ``overwrite`` (called only when
+        the folder has no checkpoint) what an interrupted --overwrite, or a run stopped before its
+        first checkpoint (its ``config.yaml`` tells), left is removed with a warning; files of those
+        names in any other folder are someone else's, and refused.
         """
         present = [name for name in RUN_ARTEFACTS if os.path.lexists(self.run_dir / name)]
         if not present:
@@ -330,6 +331,12 @@ class Trainer:
         elif self._overwrite_interrupted:
             logger.warning(
                 "%s: an interrupted --overwrite left %s of the previous run; removing them",
+                self.run_dir,
+                shown,
+            )
+        elif _is_run_config(self.run_dir / "config.yaml"):
+            logger.warning(
+                "%s: a run that stopped before its first checkpoint left %s; removing them",
                 self.run_dir,
                 shown,
             )
@@ -1069,6 +1076,16 @@ class Trainer:
         if writer is not None:
             writer.add_image("samples", grid, self.global_step, dataformats="HW")
         return path
+
+
+def _is_run_config(path: Path) -> bool:
+    """True for a ``config.yaml`` a trainer wrote: a resolved config with the data's normalisation."""
+    from medcyclegan.config import config_from_yaml
+
+    try:
+        return bool(config_from_yaml(path.read_text(), source=str(path)).normalisation)
+    except Exception:  # unreadable, not YAML, not a config: not a run's, so not ours to remove
+        return False
 
 
 def _warn_if_batches_repeat(batch_size: int, world_size: int, *datasets: Any) -> None:
