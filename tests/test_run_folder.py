@@ -355,3 +355,44 @@ def test_a_batch_larger_than_the_slices_warns_once(
     with caplog.at_level(logging.WARNING, logger="medcyclegan"):
         Trainer(tiny_config(), tmp_path / "ok", mr, ct, show_progress=False)
     assert "batch size" not in caplog.text
+
+
+# ------------------------------------------------------------------------- the io helpers
+
+
+def test_folder_lock_is_reentrant_in_one_process_and_says_why_it_is_skipped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import errno
+
+    from medcyclegan.io import lock as lock_module
+
+    first = lock_module.FolderLock(tmp_path / "a").acquire()
+    second = lock_module.FolderLock(tmp_path / "a").acquire()  # same process: shares the flock
+    second.release()
+    assert (tmp_path / "a").resolve() in lock_module._HELD  # still held by the first
+    first.release()
+    assert (tmp_path / "a").resolve() not in lock_module._HELD
+
+    def no_locks(_fd: int, _op: int) -> None:
+        raise OSError(errno.ENOSYS, "Function not implemented")
+
+    monkeypatch.setattr(lock_module.fcntl, "flock", no_locks)
+    with caplog.at_level(logging.WARNING, logger="medcyclegan"), lock_module.FolderLock(tmp_path / "b"):
+        pass
+    assert "this file system cannot lock files (Function not implemented)" in caplog.text
+
+
+def test_stale_temporary_names_are_those_of_atomic_path(tmp_path: Path) -> None:
+    from medcyclegan.io.atomic import atomic_path
+    from medcyclegan.io.lock import is_atomic_temporary
+
+    seen = []
+    for name in ("last.pt", "metrics.csv", "CT.NII.GZ", "epoch_0001.png", "noext"):
+        with pytest.raises(KeyboardInterrupt), atomic_path(tmp_path / name) as tmp:
+            seen.append(tmp.name)
+            raise KeyboardInterrupt
+    assert all(is_atomic_temporary(n) for n in seen), seen
+    assert not any(
+        is_atomic_temporary(n) for n in (".last.pt.tmp.pt", ".notes.tmp", "last.pt", ".a.abcdefgh.tmp.csv")
+    )

@@ -16,6 +16,7 @@ writer's temporary is removed.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import logging
 import os
@@ -28,6 +29,9 @@ from medcyclegan.io.atomic import _suffix
 logger = logging.getLogger("medcyclegan")
 
 LOCK_FILE = ".medcyclegan.lock"
+
+# flock errors of file systems without locks (the lock is then skipped with a warning).
+_NO_LOCKS = {errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOLCK}
 
 # Per process: resolved folder -> (file descriptor of the flocked lock file, number of holders).
 _HELD: dict[Path, tuple[int, int]] = {}
@@ -84,8 +88,17 @@ class FolderLock:
             who = f"another {self.holder}" + (f" (pid {pid})" if pid else "")
             raise OutputError(f"{who} is using this {self.place}", self.folder) from None
         except OSError as exc:
-            os.close(fd)
-            raise OutputError(f"cannot lock {self.place} ({exc.strerror or exc})", self.folder) from None
+            if exc.errno not in _NO_LOCKS:
+                os.close(fd)
+                raise OutputError(f"cannot lock {self.place} ({exc.strerror or exc})", self.folder) from None
+            # e.g. Lustre mounted without -o flock: working unlocked beats refusing to work at all.
+            logger.warning(
+                "%s: this file system cannot lock files (%s); nothing stops another %s from using this %s",
+                self.folder,
+                exc.strerror or exc,
+                self.holder,
+                self.place,
+            )
         # The pid is only for the message of a refused process: a failed write must not stop the run.
         with contextlib.suppress(OSError):
             os.ftruncate(fd, 0)

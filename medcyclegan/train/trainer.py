@@ -219,7 +219,11 @@ class Trainer:
         tgt_mask_paths: optional body masks for ``tgt_paths``.
         resume: a checkpoint (or run folder) to continue from; its stored config is used.
         show_progress: draw a rich progress bar.
-        overwrite: allow starting afresh in a run folder that already holds a run.
+        overwrite: allow starting afresh in a run folder that already holds a run (every artefact
+            of the old run, :data:`RUN_ARTEFACTS`, is removed first).
+
+    The run folder is locked from here to the end of :meth:`fit` (rank 0 of a multi-process run
+    holds the lock for all ranks): another process starting in it is refused.
     """
 
     def __init__(
