@@ -245,7 +245,10 @@ class TrainConfig:
             the batch size (as the reference does with its image counts).
         log_every: steps between rows of ``metrics.csv`` and TensorBoard scalars.
         sample_every: epochs between sample grids in ``samples/``.
-        checkpoint_every: epochs between kept ``epoch_XXXX`` checkpoints (``last`` is always kept).
+        checkpoint_every: epochs between ``epoch_XXXX`` checkpoints (``last`` is always kept).
+        keep_epoch_checkpoints: how many of the newest ``epoch_XXXX.pt`` to keep; older ones are
+            deleted once a newer checkpoint is safely written (0: none is written). ``best.pt`` and
+            ``last.pt`` are always kept.
         save_every_steps: steps between refreshes of ``last.pt`` inside an epoch, so a killed run
             loses at most this many steps (0: only at epoch ends, interrupts and the end).
         val_every: epochs between validations.
@@ -270,6 +273,7 @@ class TrainConfig:
     log_every: int = 50
     sample_every: int = 1
     checkpoint_every: int = 10
+    keep_epoch_checkpoints: int = 3
     save_every_steps: int = 500
     val_every: int = 1
     best_metric: str = "val/cycle_ssim"
@@ -294,6 +298,7 @@ class TrainConfig:
         for name in ("log_every", "sample_every", "checkpoint_every", "val_every"):
             _check_positive("train", name, getattr(self, name))
         _check_positive("train", "save_every_steps", self.save_every_steps, allow_zero=True)
+        _check_positive("train", "keep_epoch_checkpoints", self.keep_epoch_checkpoints, allow_zero=True)
 
 
 @dataclass

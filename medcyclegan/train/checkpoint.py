@@ -9,6 +9,8 @@ epoch and step counters, the best validation value and the fully resolved config
 
 from __future__ import annotations
 
+import logging
+import os
 import pickle
 import random
 import zipfile
@@ -26,6 +28,8 @@ from medcyclegan.io.atomic import atomic_path
 FORMAT = "medcyclegan-checkpoint"
 FORMAT_VERSION = 1
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt")
+
+logger = logging.getLogger("medcyclegan")
 
 
 def rng_state() -> dict[str, Any]:
@@ -141,7 +145,11 @@ def load_state_strict(module: torch.nn.Module, state: dict[str, Any], name: str,
 
 
 def find_checkpoint(path: str | Path, prefer: tuple[str, ...] = ("best.pt", "last.pt")) -> Path:
-    """A checkpoint file from a run folder (``best.pt``, else ``last.pt``) or the file itself."""
+    """A checkpoint file from a run folder (``best.pt``, else ``last.pt``) or the file itself.
+
+    A ``best.pt`` of another run than the folder's ``last.pt`` (see :func:`same_run`) is never
+    picked: it is skipped with a warning.
+    """
     path = Path(path)
     if path.is_file():
         return path
@@ -149,9 +157,81 @@ def find_checkpoint(path: str | Path, prefer: tuple[str, ...] = ("best.pt", "las
         folder = path / "checkpoints" if (path / "checkpoints").is_dir() else path
         for name in prefer:
             if (folder / name).is_file():
+                if name == "best.pt" and not same_run(folder / name, folder / "last.pt"):
+                    continue
                 return folder / name
         raise CheckpointError(f"no checkpoint ({' or '.join(prefer)}) in this run folder", path)
     raise CheckpointError("no such run folder or checkpoint", path)
+
+
+def checkpoint_run_id(path: str | Path) -> str | None:
+    """The run id stored in a checkpoint (``None``: written before run ids, or unreadable).
+
+    Memory-mapped, so the weights are not read: cheap even for a checkpoint of hundreds of MB.
+    """
+    try:
+        data = torch.load(Path(path), map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # an unreadable file is reported by the load that actually uses it
+        return None
+    run_id = data.get("run_id") if isinstance(data, dict) else None
+    return run_id if isinstance(run_id, str) else None
+
+
+def same_run(best: str | Path, last: str | Path) -> bool:
+    """False (with a warning) when ``best`` and ``last`` carry different run ids.
+
+    Each run draws an id at its fresh start and keeps it on resume; a ``best.pt`` with another id
+    than ``last.pt`` was left by an earlier run in the same folder. A missing ``last.pt`` or id
+    (checkpoints from before run ids) cannot tell, and counts as the same run.
+    """
+    best, last = Path(best), Path(last)
+    if not last.is_file():
+        return True
+    best_id, last_id = checkpoint_run_id(best), checkpoint_run_id(last)
+    if best_id is None or last_id is None or best_id == last_id:
+        return True
+    logger.warning(
+        "%s: belongs to another run than %s (left by an earlier run in this folder); ignoring it",
+        best,
+        last.name,
+    )
+    return False
+
+
+def prune_epoch_checkpoints(folder: str | Path, keep: int) -> list[Path]:
+    """Deletes all but the ``keep`` newest ``epoch_XXXX.pt`` of ``folder``; returns what was deleted.
+
+    Call it after the newest checkpoint is written: the folder is synced first, so a crash cannot
+    lose the old files before the new one is on disk. ``best.pt`` and ``last.pt`` are never touched.
+    """
+    folder = Path(folder)
+    numbered = []
+    for path in folder.glob("epoch_*.pt"):
+        digits = path.stem[len("epoch_") :]
+        if digits.isdigit():
+            numbered.append((int(digits), path))
+    numbered.sort()
+    stale = [path for _, path in numbered[: max(0, len(numbered) - keep)]]
+    if not stale:
+        return []
+    _fsync_folder(folder)
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Makes the folder's entries durable (the renames of the new checkpoints) where the OS allows."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some file systems cannot sync a folder; the file itself was synced before its rename
+    finally:
+        os.close(fd)
 
 
 def newest_run(runs_dir: str | Path = "runs") -> Path:

@@ -11,6 +11,7 @@ from medcyclegan.train.checkpoint import (
     find_checkpoint,
     load_checkpoint,
     load_state_strict,
+    same_run,
 )
 
 
@@ -81,7 +82,8 @@ def describe(path: str | Path) -> dict[str, Any]:
         info["run_dir"] = str(path)
         info["checkpoints"] = sorted(p.name for p in folder.glob("*.pt"))
         best = folder / "best.pt"
-        if best.is_file():
+        # A best.pt of another run (left by an earlier run in this folder) says nothing of this one.
+        if best.is_file() and same_run(best, folder / "last.pt"):
             best_data = load_checkpoint(best)
             info["best"] = best_data.get("best")
     return info

@@ -33,8 +33,13 @@ import contextlib
 import csv
 import logging
 import math
+import os
+import shutil
 import signal
+import tempfile
 import time
+import uuid
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,11 +53,13 @@ from medcyclegan import __version__
 from medcyclegan.config import Config, config_to_yaml, save_config
 from medcyclegan.errors import CheckpointError, ConfigError, OutputError, TrainingError, TrainingInterrupted
 from medcyclegan.io.atomic import atomic_path, atomic_write_text
+from medcyclegan.io.lock import FolderLock, remove_stale_temporaries
 from medcyclegan.train import distributed
 from medcyclegan.train.checkpoint import (
     checkpoint_config,
     load_checkpoint,
     load_state_strict,
+    prune_epoch_checkpoints,
     rng_state,
     save_checkpoint,
     set_rng_state,
@@ -67,6 +74,7 @@ RESUMABLE_OVERRIDES = {
     "train.log_every",
     "train.sample_every",
     "train.checkpoint_every",
+    "train.keep_epoch_checkpoints",
     "train.save_every_steps",
     "train.val_every",
     "data.num_workers",
@@ -74,6 +82,22 @@ RESUMABLE_OVERRIDES = {
     "train.channels_last",
     "train.compile",
 }
+
+# Everything a run writes into its folder (sources.json is api.SOURCES_FILE). Overwriting a run moves
+# each of these aside, checkpoints/ first; add any new file of the run here.
+RUN_ARTEFACTS = (
+    "checkpoints",
+    "config.yaml",
+    "metrics.csv",
+    "val_metrics.csv",
+    "samples",
+    "tb",
+    "sources.json",
+)
+# Hidden folder of a run being removed by --overwrite (deleted at the next start if a crash left it).
+TRASH_PREFIX = ".previous-run."
+# Sub-folders of a run folder where atomic writes leave their temporaries.
+TEMPORARY_FOLDERS = (".", "checkpoints", "samples")
 
 LOSS_COLUMNS = (
     "loss_G",
@@ -195,7 +219,11 @@ class Trainer:
         tgt_mask_paths: optional body masks for ``tgt_paths``.
         resume: a checkpoint (or run folder) to continue from; its stored config is used.
         show_progress: draw a rich progress bar.
-        overwrite: allow starting afresh in a run folder that already holds a run.
+        overwrite: allow starting afresh in a run folder that already holds a run (every artefact
+            of the old run, :data:`RUN_ARTEFACTS`, is removed first).
+
+    The run folder is locked from here to the end of :meth:`fit` (rank 0 of a multi-process run
+    holds the lock for all ranks): another process starting in it is refused.
     """
 
     def __init__(
@@ -215,6 +243,7 @@ class Trainer:
     ) -> None:
         self.run_dir = Path(run_dir)
         self.dist = distributed.detect()
+        self._run_lock = self._lock_run_dir()
         self.show_progress = show_progress and self.dist.is_main
         self.resume_data: dict[str, Any] | None = None
         if resume is not None:
@@ -252,6 +281,8 @@ class Trainer:
         self.global_step = 0
         self.best_value: float | None = None
         self.best_epoch: int | None = None
+        # Drawn at a fresh start, kept on resume: tells this run's checkpoints from an earlier run's.
+        self.run_id = uuid.uuid4().hex
         if self.resume_data is not None:
             self._restore(self.resume_data)
         self._build_step_networks()
@@ -265,6 +296,69 @@ class Trainer:
         return self.dist.is_main
 
     # ------------------------------------------------------------------ setup
+    def _lock_run_dir(self) -> FolderLock | None:
+        """Locks the run folder for this process, then removes what a killed process left there.
+
+        Only rank 0 of a multi-process run locks (for all ranks: they must not block each other).
+        A second process training in the folder is refused with one line. Removed under the lock:
+        atomic-write temporaries of a write cut short, and the trash of an interrupted --overwrite.
+        """
+        if not self.dist.is_main:
+            return None
+        lock = FolderLock(self.run_dir, holder="training process", place="run folder").acquire()
+        weakref.finalize(self, lock.release)
+        trash = list(self.run_dir.glob(TRASH_PREFIX + "*"))
+        # A trash folder means an --overwrite was cut short: the user asked for the rest to go too.
+        self._overwrite_interrupted = bool(trash)
+        for folder in trash:
+            shutil.rmtree(folder, ignore_errors=True)
+        for sub in TEMPORARY_FOLDERS:
+            remove_stale_temporaries(self.run_dir / sub)
+        return lock
+
+    def _move_aside_previous_run(self, overwrite: bool) -> None:
+        """Removes every artefact of an earlier run (:data:`RUN_ARTEFACTS`) from the run folder.
+
+        Each is renamed into one hidden trash folder, ``checkpoints/`` first, and the trash is then
+        deleted: a crash part-way leaves no checkpoint that convert, info or --resume would take
+        for a run, and the next start finishes the removal. Without ``overwrite`` (called only when
+        the folder has no checkpoint) what an interrupted --overwrite, or a run stopped before its
+        first checkpoint (its ``config.yaml`` tells), left is removed with a warning; files of those
+        names in any other folder are someone else's, and refused.
+        """
+        present = [name for name in RUN_ARTEFACTS if os.path.lexists(self.run_dir / name)]
+        if not present:
+            return
+        shown = ", ".join(present)
+        if overwrite:
+            logger.info("--overwrite: removing the previous run in %s (%s)", self.run_dir, shown)
+        elif self._overwrite_interrupted:
+            logger.warning(
+                "%s: an interrupted --overwrite left %s of the previous run; removing them",
+                self.run_dir,
+                shown,
+            )
+        elif _is_run_config(self.run_dir / "config.yaml"):
+            logger.warning(
+                "%s: a run that stopped before its first checkpoint left %s; removing them",
+                self.run_dir,
+                shown,
+            )
+        else:
+            raise OutputError(
+                f"holds {shown} but no checkpoint; pass --overwrite to start afresh (they are removed)",
+                self.run_dir,
+            )
+        try:
+            trash = Path(tempfile.mkdtemp(prefix=TRASH_PREFIX, dir=self.run_dir))
+            for name in present:
+                os.rename(self.run_dir / name, trash / name)
+        except OSError as exc:
+            raise OutputError(
+                f"cannot move the previous run's files aside ({exc.strerror or exc})", self.run_dir
+            ) from None
+        shutil.rmtree(trash, ignore_errors=True)
+
     def _check_fresh_run_dir(self, overwrite: bool) -> None:
         ckpt_dir = self.run_dir / "checkpoints"
         if ckpt_dir.is_dir() and any(ckpt_dir.glob("*.pt")) and not overwrite:
@@ -283,9 +377,8 @@ class Trainer:
             probe.unlink()
         except OSError:
             raise OutputError("run folder is not writable", self.run_dir) from None
-        if overwrite and self.dist.is_main:
-            for stale in ("metrics.csv", "val_metrics.csv"):
-                (self.run_dir / stale).unlink(missing_ok=True)
+        if self.dist.is_main:
+            self._move_aside_previous_run(overwrite)
 
     @staticmethod
     def _merge_resume_config(stored: Config, requested: Config) -> Config:
@@ -375,6 +468,10 @@ class Trainer:
                 )
         # A global step takes batch_size slices on each of world_size processes.
         global_batch = self.cfg.optim.batch_size * self.dist.world_size
+        if self.dist.is_main:
+            _warn_if_batches_repeat(
+                self.cfg.optim.batch_size, self.dist.world_size, self.src_dataset, self.tgt_dataset
+            )
         self.steps_per_epoch = self.cfg.train.steps_per_epoch or math.ceil(
             max(len(self.src_dataset), len(self.tgt_dataset)) / global_batch
         )
@@ -497,6 +594,7 @@ class Trainer:
             "pool_A": self.pool_A.state_dict(),
             "pool_B": self.pool_B.state_dict(),
             "rng": rng_state(),
+            "run_id": self.run_id,
             "best": {
                 "metric": self.cfg.train.best_metric,
                 "mode": self.cfg.train.best_mode,
@@ -541,6 +639,8 @@ class Trainer:
         self.epoch = int(data["epoch"])
         self.step_in_epoch = int(data["step_in_epoch"])
         self.global_step = int(data["step"])
+        # A checkpoint from before run ids keeps the id drawn for it in __init__.
+        self.run_id = str(data.get("run_id") or self.run_id)
         best = data.get("best") or {}
         self.best_value = best.get("value")
         self.best_epoch = best.get("epoch")
@@ -704,6 +804,8 @@ class Trainer:
                 out of memory.
         """
         main = self.dist.is_main
+        if self._run_lock is not None:
+            self._run_lock.acquire()  # again, if an earlier fit() of this trainer released it
         if main:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -765,6 +867,8 @@ class Trainer:
             writer.close()
             for sig, old in previous_handlers.items():
                 signal.signal(sig, old)
+            if self._run_lock is not None:
+                self._run_lock.release()
         best = self.run_dir / "checkpoints" / "best.pt"
         return TrainResult(
             run_dir=self.run_dir,
@@ -845,9 +949,13 @@ class Trainer:
                 improved = self._maybe_best(metrics)
         improved = distributed.broadcast_object(improved, self.dist)
         names = ["best.pt"] if improved else []
-        if (epoch + 1) % self.cfg.train.checkpoint_every == 0:
+        keep = self.cfg.train.keep_epoch_checkpoints
+        if keep > 0 and (epoch + 1) % self.cfg.train.checkpoint_every == 0:
             names.append(f"epoch_{epoch + 1:04d}.pt")
         self.save(*names, "last.pt")
+        if self.dist.is_main:
+            # Only now that the new checkpoints are written: the older epoch checkpoints beyond keep.
+            prune_epoch_checkpoints(self.run_dir / "checkpoints", keep)
 
     def _maybe_best(self, metrics: dict[str, float]) -> bool:
         """Records a new best validation value; True when the caller should write ``best.pt``."""
@@ -972,6 +1080,40 @@ class Trainer:
         if writer is not None:
             writer.add_image("samples", grid, self.global_step, dataformats="HW")
         return path
+
+
+def _is_run_config(path: Path) -> bool:
+    """True for a ``config.yaml`` a trainer wrote: a resolved config with the data's normalisation."""
+    from medcyclegan.config import config_from_yaml
+
+    try:
+        return bool(config_from_yaml(path.read_text(), source=str(path)).normalisation)
+    except Exception:  # unreadable, not YAML, not a config: not a run's, so not ours to remove
+        return False
+
+
+def _warn_if_batches_repeat(batch_size: int, world_size: int, *datasets: Any) -> None:
+    """One warning line when a batch is larger than a domain's slice count.
+
+    The batches cycle through the slices, and a slice's augmentation depends only on (seed, epoch,
+    index): such a batch holds identical copies, so it costs more and teaches nothing more than a
+    batch of the distinct slices. Not an error: the training is still correct, only slower.
+    """
+    global_batch = batch_size * world_size
+    counts = {name: len(ds) for name, ds in zip(("source", "target"), datasets) if len(ds) < global_batch}
+    if not counts:
+        return
+    per = f"batch size {batch_size}" + (f" x {world_size} processes" if world_size > 1 else "")
+    slices = " and ".join(f"{n} {name}" for name, n in counts.items())
+    fewest = min(counts.values())
+    logger.warning(
+        "%s is larger than the %s training slices: each batch repeats the same slices (about %d times each), "
+        "which costs time and adds nothing; use --batch-size %d or less",
+        per,
+        slices,
+        math.ceil(global_batch / fewest),
+        max(1, fewest // world_size),
+    )
 
 
 def _to_cpu(state: dict[str, Any]) -> dict[str, Any]:
