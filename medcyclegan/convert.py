@@ -307,7 +307,9 @@ def _check_slice_size(
     if min(prepared) >= MIN_SLICE_VOXELS:
         return
     at_spacing = (
-        f" ({prepared[0]} x {prepared[1]} at the model's {spacing_mm:g} mm)" if prepared != size else ""
+        f" ({prepared[0]} x {prepared[1]} at the model's {spacing_mm:g} mm spacing)"
+        if prepared != size
+        else ""
     )
     raise InputError(
         f"its axial slices are {size[0]} x {size[1]} voxels{at_spacing}; the model translates whole axial "
