@@ -544,6 +544,9 @@ def convert_paths(
 ) -> list[Path]:
     """Converts a file, a DICOM series (``FOLDER`` or ``FOLDER::SERIES_UID``) or every volume of a folder.
 
+    A folder's volumes keep their relative paths in the output folder (a patient/series tree
+    converts as one folder; see :func:`plan_outputs`).
+
     Every output is checked (exists without ``overwrite``, unwritable folder) before any input is
     read. Inputs are converted in order; a bad input stops the run with an error naming it, and the
     outputs already written are complete files.
