@@ -185,7 +185,7 @@ def augment_dataset(
             values; default ``{"background": 0, "label_1": 1, ...}`` up to the largest value found.
         overwrite: rewrite existing case files.
         batch_size: axial slices per generator call.
-        device: ``auto``, ``cpu`` or ``cuda``.
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (ignored for a loaded model).
 
     Returns:
         The :class:`AugmentResult`.
@@ -200,8 +200,11 @@ def augment_dataset(
         CheckpointError: the model cannot be loaded or cannot produce ``to``.
     """
     from medcyclegan.convert import TranslationModel, load_model
+    from medcyclegan.runtime import resolve_device
 
     fmt = _check_choice("format", fmt, FORMATS)
+    if not isinstance(model, TranslationModel):
+        resolve_device(device)  # a device this machine lacks fails before any input is read
     if to is not None:
         to = _check_choice("to", to, MODALITIES)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -365,7 +368,7 @@ def _write_pair(
     Returns:
         (files written, existing files kept).
     """
-    from medcyclegan.convert import OUTPUT_DTYPE, translate_volume
+    from medcyclegan.convert import OUTPUT_DTYPE, synthetic_description, translate_volume
     from medcyclegan.io.readers import read_volume
     from medcyclegan.io.writers import write_volume
 
@@ -381,10 +384,22 @@ def _write_pair(
             if synthetic[case_id]:
                 array, _, _ = translate_volume(translator, pair.image, batch_size=batch_size)
                 dtype = OUTPUT_DTYPE[translator.target_modality]
+                # Written on the label's header: its description must not stay on a synthetic image.
+                description = synthetic_description(translator)
             else:
                 original = read_volume(pair.image)
                 array, dtype = original.array, _image_dtype(original.geometry.dtype)
-            written.append(write_volume(array, label.geometry, image_out, dtype=dtype, overwrite=overwrite))
+                description = None
+            written.append(
+                write_volume(
+                    array,
+                    label.geometry,
+                    image_out,
+                    dtype=dtype,
+                    overwrite=overwrite,
+                    description=description,
+                )
+            )
         if label_out in todo:
             written.append(
                 write_volume(label.array, label.geometry, label_out, dtype=label_dtype, overwrite=overwrite)

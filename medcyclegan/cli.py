@@ -156,7 +156,7 @@ def train(
         None, "--context-slices", help="2.5D: neighbouring slices each side."
     ),
     seed: int | None = typer.Option(None, "--seed", help="Random seed."),
-    device: str | None = typer.Option(None, "--device", help="auto, cpu or cuda."),
+    device: str | None = typer.Option(None, "--device", help="auto, cpu, cuda or cuda:N (GPU number N)."),
     num_workers: int | None = typer.Option(None, "--num-workers", help="DataLoader worker processes."),
     val_src: Path | None = typer.Option(None, "--val-src", help="Validation volumes of domain A."),
     val_tgt: Path | None = typer.Option(
@@ -272,7 +272,7 @@ def convert(
         None, "--to", help="Target modality ct or mr [default: the training target]."
     ),
     batch_size: int = typer.Option(16, "--batch-size", help="Slices per forward pass."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N (GPU number N)."),
     mask_background: bool = typer.Option(
         False, "--mask-background", help="Set voxels outside the body to air."
     ),
@@ -325,12 +325,12 @@ def evaluate(
     """Score synthetic CT against reference CT: MAE, PSNR, SSIM (SynthRAD definitions, masked)."""
     from rich.console import Console
 
+    from medcyclegan.evaluate import check_report_paths
     from medcyclegan.evaluate import evaluate as run_evaluation
-    from medcyclegan.io.atomic import check_can_write
 
     if out is not None:
-        check_can_write(out, overwrite)
-        check_can_write(out.with_suffix(".csv"), overwrite)
+        # Before any metric is computed: a report that cannot be written fails at once.
+        check_report_paths(out, overwrite=overwrite)
     report = run_evaluation(pred, ref, mask, standard=standard)
     Console().print(report.to_rich_table())
     if out is not None:
@@ -413,7 +413,7 @@ def augment(
         None, "--labels-json", help='Label names: {"background": 0, "liver": 1}.'
     ),
     batch_size: int = typer.Option(16, "--batch-size", help="Slices per forward pass."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N (GPU number N)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Rewrite cases that already exist."),
     check: Path | None = typer.Option(
         None, "--check", help="Only check an existing nnU-Net v2 or MSD dataset folder."

@@ -24,12 +24,12 @@ from typing import Any
 import yaml
 
 from medcyclegan.errors import ConfigError
+from medcyclegan.runtime import check_device_name
 
 MODALITIES = ("mr", "ct")
 GENERATORS = ("resnet", "resnet-attention")
 UPSAMPLE_MODES = ("transpose", "resize")
 GAN_MODES = ("lsgan", "vanilla", "hinge")
-DEVICES = ("auto", "cpu", "cuda")
 MASK_METHODS = ("auto", "otsu", "threshold")
 
 
@@ -238,7 +238,7 @@ class TrainConfig:
 
     Attributes:
         seed: seed of every random generator (Python, NumPy, torch).
-        device: ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``.
+        device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"`` or ``"cuda:N"`` (GPU N).
         max_steps: stop after this many total optimisation steps (counted over resumes); ``None``
             runs all epochs.
         steps_per_epoch: steps in one epoch; ``None`` uses the larger domain's slice count divided by
@@ -284,7 +284,7 @@ class TrainConfig:
     compile: bool = False
 
     def validate(self) -> None:
-        _check_choice("train", "device", self.device, DEVICES)
+        check_device_name(self.device, "train.device")
         for name in ("channels_last", "compile"):
             value = getattr(self, name)
             if not (isinstance(value, bool) or (value is None and name == "channels_last")):

@@ -30,6 +30,7 @@ from medcyclegan.config import Config
 from medcyclegan.errors import CheckpointError, InputError, OutputError
 from medcyclegan.io.atomic import check_can_write
 from medcyclegan.io.volume import Geometry, Volume
+from medcyclegan.runtime import resolve_device
 
 logger = logging.getLogger("medcyclegan")
 
@@ -40,6 +41,9 @@ OUTPUT_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 # Slices are padded to a multiple of the generator's total stride (two stride-2 layers), with air.
 _STRIDE_MULTIPLE = 4
 _PAD_VALUE = -1.0
+# Smallest in-plane size the generator can take: padded to the stride multiple, the residual blocks
+# must still see 2 voxels (their reflection padding and InstanceNorm fail on 1).
+MIN_SLICE_VOXELS = _STRIDE_MULTIPLE + 1
 
 
 @dataclass
@@ -77,9 +81,10 @@ def load_model(model: str | Path | None, *, to: str | None = None, device: str =
         model: a run folder (``checkpoints/best.pt`` is used, else ``last.pt``), a checkpoint file,
             or ``None`` for the newest run under ``./runs``.
         to: target modality (``"ct"`` or ``"mr"``); default: the training target modality.
-        device: ``auto``, ``cpu`` or ``cuda``.
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (see :func:`~medcyclegan.runtime.resolve_device`).
 
     Raises:
+        ConfigError: an unknown device or one this machine does not have.
         CheckpointError: missing, corrupted or unsafe checkpoint, weights of another architecture,
             non-finite weights, no recorded normalisation, or a modality the model cannot produce.
     """
@@ -92,8 +97,9 @@ def load_model(model: str | Path | None, *, to: str | None = None, device: str =
         load_state_strict,
         newest_run,
     )
-    from medcyclegan.train.trainer import resolve_device
 
+    # The device choice is checked first: a typo fails before the checkpoint is read.
+    requested = resolve_device(device)
     path = find_checkpoint(newest_run() if model is None else model)
     data = load_checkpoint(path)
     cfg = checkpoint_config(data, path)
@@ -123,9 +129,27 @@ def load_model(model: str | Path | None, *, to: str | None = None, device: str =
             path,
         )
     # Under torchrun each process takes its own GPU (cuda:LOCAL_RANK).
-    torch_device = distributed.local_device(distributed.detect(), resolve_device(device))
+    torch_device = distributed.local_device(distributed.detect(), requested)
     generator.to(torch_device).eval()
     return TranslationModel(generator, cfg, source, to, path, torch_device)
+
+
+def synthetic_description(model: TranslationModel) -> str:
+    """The description a translated volume carries in its header instead of its input's.
+
+    E.g. ``"synthetic CT from MR by medcyclegan 0.4.0, model 20250101-1200/best.pt"``: what it is,
+    what made it, and which checkpoint (run folder and file), most important first because NIfTI
+    keeps only 79 characters.
+    """
+    from medcyclegan import __version__
+
+    checkpoint = model.checkpoint
+    run = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
+    model_name = f"{run.name}/{checkpoint.name}" if run.name else checkpoint.name
+    return (
+        f"synthetic {model.target_modality.upper()} from {model.source_modality.upper()} "
+        f"by medcyclegan {__version__}, model {model_name}"
+    )
 
 
 def default_output_path(input_path: Path, output_dir: Path) -> Path:
@@ -224,15 +248,16 @@ def translate_loaded(
     record_key = "tgt" if model.source_modality == cfg.data.src_modality else "src"
     out_params = output_params(cfg.normalisation[record_key])
     out_dtype = np.dtype(OUTPUT_DTYPE[model.target_modality] if dtype is None else dtype)
+    array = volume.array
+    nx, ny, nz = (int(n) for n in array.shape)
+    size_xy = prepared_inplane_shape((nx, ny, nz), volume.spacing, cfg.data.spacing)
+    _check_slice_size((nx, ny), size_xy, cfg.data.spacing, volume.geometry.source_path or None)
     # Whole-volume statistics, once. CT parameters do not depend on the mask: skip it unless needed.
     params, body = fit_volume(volume, model.source_modality, cfg.data, mask=mask, need_mask=mask_background)
     if not mask_background:
         body = None  # MR percentiles needed it; nothing else does: free it now
     elif body is not None and not body.any():
         logger.warning("%s: the body mask is empty; --mask-background makes the whole output air", where)
-    array = volume.array
-    nx, ny, nz = (int(n) for n in array.shape)
-    size_xy = prepared_inplane_shape((nx, ny, nz), volume.spacing, cfg.data.spacing)
     resampled = size_xy != (nx, ny)
     k = int(cfg.data.context_slices)
     air = np.float32(AIR_VALUE[model.target_modality])
@@ -269,6 +294,29 @@ def translate_loaded(
             attention_zyx[z0:z1] = slab_attention.transpose(0, 2, 1)
     attention = None if attention_zyx is None else attention_zyx.T
     return out_zyx.T, attention
+
+
+def _check_slice_size(
+    size: tuple[int, int], prepared: tuple[int, int], spacing_mm: float | None, path: str | None
+) -> None:
+    """Refuses axial slices too small for the generator (e.g. one coronal slice: 40 x 1 voxels).
+
+    The model translates whole axial (x-y) slices; below :data:`MIN_SLICE_VOXELS` voxels per axis,
+    as the network sees them, it cannot run, and a thinner image is not one it could translate.
+    """
+    if min(prepared) >= MIN_SLICE_VOXELS:
+        return
+    at_spacing = (
+        f" ({prepared[0]} x {prepared[1]} at the model's {spacing_mm:g} mm spacing)"
+        if prepared != size
+        else ""
+    )
+    raise InputError(
+        f"its axial slices are {size[0]} x {size[1]} voxels{at_spacing}; the model translates whole axial "
+        f"slices and needs at least {MIN_SLICE_VOXELS} x {MIN_SLICE_VOXELS}: a single coronal or sagittal "
+        "slice, or a volume this small, cannot be converted",
+        path,
+    )
 
 
 @torch.no_grad()
@@ -329,22 +377,57 @@ def convert_file(
         return_attention=attention_path is not None,
     )
     # ``out`` already has the output dtype: the writer stores it without another copy.
+    description = synthetic_description(model)
     written = write_volume(
-        out, geometry, output_path, dtype=OUTPUT_DTYPE[model.target_modality], overwrite=overwrite
+        out,
+        geometry,
+        output_path,
+        dtype=OUTPUT_DTYPE[model.target_modality],
+        overwrite=overwrite,
+        description=description,
     )
     if attention_path is not None and attention is not None:
-        write_volume(attention, geometry, attention_path, dtype="float32", overwrite=overwrite)
+        write_volume(
+            attention,
+            geometry,
+            attention_path,
+            dtype="float32",
+            overwrite=overwrite,
+            description=f"attention mask of a {description}",
+        )
     return written
 
 
-def plan_outputs(inputs: Sequence[Path], output: Path | None, input_is_folder: bool, to: str) -> list[Path]:
-    """Output paths for the inputs; a folder input needs a folder output."""
+def plan_outputs(
+    inputs: Sequence[Path], output: Path | None, input_is_folder: bool, to: str, root: Path | None = None
+) -> list[Path]:
+    """Output paths for the inputs; a folder input needs a folder output.
+
+    The volumes of a folder input keep their place below it: ``root/patient1/series_T1`` (a DICOM
+    series) becomes ``output/patient1/series_T1.nii.gz``, ``root/a/b.nrrd`` becomes
+    ``output/a/b.nrrd``, so a patient/series tree converts as one folder.
+
+    Args:
+        inputs: the volumes (for a folder input, as :func:`~medcyclegan.io.discovery.find_volumes`
+            found them below ``root``).
+        output: ``-o`` as given, or ``None``.
+        input_is_folder: the input was a folder of volumes.
+        to: the target modality (names the default single output ``<case>_synth<to>.nii.gz``).
+        root: the input folder (default: every output directly in ``output``).
+    """
     if input_is_folder:
         if output is None:
             raise OutputError("a folder input needs -o OUTPUT_FOLDER")
         if output.exists() and not output.is_dir():
             raise OutputError("is a file, but the input is a folder: give an output folder", output)
-        return [default_output_path(p, output) for p in inputs]
+        if not output.exists() and output.name.lower().endswith(OUTPUT_SUFFIXES):
+            # Would silently become a folder named like a volume file.
+            raise OutputError(
+                f"is a file name, but the input is a folder of {len(inputs)} volume(s): give an output "
+                "folder (each output keeps its input's name)",
+                output,
+            )
+        return [_mirrored_output_path(p, root, output) for p in inputs]
     (single,) = inputs
     if output is None:
         from medcyclegan.io.discovery import case_name
@@ -355,6 +438,36 @@ def plan_outputs(inputs: Sequence[Path], output: Path | None, input_is_folder: b
     if not output.name.lower().endswith(OUTPUT_SUFFIXES):
         raise OutputError(f"unknown output format; use one of {', '.join(OUTPUT_SUFFIXES)}", output)
     return [output]
+
+
+def _mirrored_output_path(input_path: Path, root: Path | None, output_dir: Path) -> Path:
+    """:func:`default_output_path` in the sub-folder of ``output_dir`` that ``input_path`` has below ``root``."""
+    if root is None:
+        return default_output_path(input_path, output_dir)
+    relative = input_path.relative_to(root)
+    # The input folder itself may be a DICOM series (beside sub-folders of volumes): named after it.
+    folder = output_dir if relative == Path(".") else output_dir / relative.parent
+    return default_output_path(input_path, folder)
+
+
+def _check_distinct_outputs(planned: Sequence[tuple[Path, Path | None]]) -> None:
+    """Refuses two inputs with one output path (e.g. DICOM folder ``a`` beside ``a.nii.gz``), naming both.
+
+    Args:
+        planned: ``(input, output)`` pairs, every output of every input (volumes, attention maps);
+            ``None`` outputs are skipped.
+    """
+    owners: dict[Path, Path] = {}
+    for source, out in planned:
+        if out is None:
+            continue
+        other = owners.setdefault(out, source)
+        if other != source:
+            raise OutputError(
+                f"two inputs would be written to the same output name: {other} and {source}; "
+                "rename one of them",
+                out,
+            )
 
 
 @dataclass(frozen=True)
@@ -396,10 +509,15 @@ def plan_conversion(
         found = find_volumes(input_path)
         is_folder = found != [input_path]
         inputs = found if is_folder else [input_path]
-    outputs = plan_outputs(inputs, None if output is None else Path(output), is_folder, model.target_modality)
-    if len(set(outputs)) != len(outputs):
-        raise OutputError("two inputs would be written to the same output name; rename one of them")
+    outputs = plan_outputs(
+        inputs,
+        None if output is None else Path(output),
+        is_folder,
+        model.target_modality,
+        root=input_path if is_folder else None,
+    )
     attention_paths = [_attention_path(p) if save_attention else None for p in outputs]
+    _check_distinct_outputs([*zip(inputs, outputs), *zip(inputs, attention_paths)])
     resolved_inputs = {p.resolve() for p in inputs}
     for out, att in zip(outputs, attention_paths):
         if out.resolve() in resolved_inputs:
@@ -425,6 +543,9 @@ def convert_paths(
     overwrite: bool = False,
 ) -> list[Path]:
     """Converts a file, a DICOM series (``FOLDER`` or ``FOLDER::SERIES_UID``) or every volume of a folder.
+
+    A folder's volumes keep their relative paths in the output folder (a patient/series tree
+    converts as one folder; see :func:`plan_outputs`).
 
     Every output is checked (exists without ``overwrite``, unwritable folder) before any input is
     read. Inputs are converted in order; a bad input stops the run with an error naming it, and the

@@ -50,6 +50,30 @@ COLUMN_HEADERS = {"mae": "MAE [HU]", "psnr": "PSNR [dB]", "ssim": "SSIM", "ms_ss
 DISPLAY_FORMATS = {"mae": "{:.1f}", "psnr": "{:.2f}", "ssim": "{:.4f}", "ms_ssim": "{:.4f}"}
 
 
+def check_report_paths(json_path: str | Path, *, overwrite: bool = False) -> tuple[Path, Path]:
+    """The JSON report path and the CSV beside it (same stem, ``.csv``), both checked before any work.
+
+    Call it before computing metrics, so that a report that cannot be written fails at once.
+
+    Raises:
+        OutputError: the JSON path ends in ``.csv``, a target exists (without ``overwrite``), is a
+            folder, or its folder cannot be created or written.
+    """
+    from medcyclegan.io.atomic import check_can_write
+
+    json_path = Path(json_path)
+    csv_path = json_path.with_suffix(".csv")
+    if json_path.suffix.lower() == ".csv":
+        raise OutputError(
+            f"the JSON report path must not end in .csv (the CSV is written beside it); "
+            f"give e.g. {json_path.with_suffix('.json').name}",
+            json_path,
+        )
+    check_can_write(json_path, overwrite)
+    check_can_write(csv_path, overwrite)
+    return json_path, csv_path
+
+
 @dataclass
 class CaseResult:
     """Metrics of one case.
@@ -158,18 +182,11 @@ class EvaluationReport:
             OutputError: a target exists (without ``overwrite``), the folder is unwritable, or the JSON
                 path itself ends in ``.csv``.
         """
-        from medcyclegan.io.atomic import atomic_write_text, check_can_write
+        from medcyclegan.io.atomic import atomic_write_text
 
-        json_path = Path(json_path)
-        csv_path = json_path.with_suffix(".csv")
-        if csv_path == json_path:
-            raise OutputError(
-                "the JSON report path must not end in .csv (the CSV is written beside it)", json_path
-            )
-        check_can_write(json_path, overwrite)
-        check_can_write(csv_path, overwrite)
-        atomic_write_text(json_path, self.to_json())
-        atomic_write_text(csv_path, self.to_csv())
+        json_path, csv_path = check_report_paths(json_path, overwrite=overwrite)
+        atomic_write_text(json_path, self.to_json(), overwrite=overwrite)
+        atomic_write_text(csv_path, self.to_csv(), overwrite=overwrite)
         return json_path, csv_path
 
     def to_rich_table(self) -> Table:

@@ -485,3 +485,16 @@ def test_msd_layout(tmp_path: Path, inputs, model) -> None:
     (root / "dataset.json").write_text(json.dumps(meta))
     problems = check_dataset(root).problems
     assert any("p5_synth.nii.gz: not listed" in p for p in problems)
+
+
+def test_synthetic_images_say_what_they_are_in_their_header(with_originals, model) -> None:
+    images = sorted((with_originals.dataset_dir / "imagesTr").glob("*_0000.nii.gz"))
+    synthetic = [p for p in images if "_synth_" in p.name]
+    assert synthetic and len(synthetic) < len(images)
+    for path in images:
+        description = nib.load(path).header["descrip"].item().decode()
+        if path in synthetic:
+            assert description.startswith("synthetic CT from MR by medcyclegan"), (path, description)
+            assert model.checkpoint.name in description
+        else:
+            assert "synthetic" not in description, (path, description)

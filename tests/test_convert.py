@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
+from test_reliability import assert_clean_error
 from tiny import files, tiny_config, write_domain
 
 from medcyclegan.config import config_from_dict
@@ -157,3 +158,178 @@ def test_convert_folder_refuses_to_overwrite_before_any_work(trained_run: Path, 
     with pytest.raises(OutputError, match="--overwrite"):
         convert_paths(model, trained_run / "mr", out)
     assert {p: p.stat().st_mtime_ns for p in written} == before
+
+
+# --------------------------------------------------------------- issue 12: outputs and odd inputs
+
+
+def _mr(shape: tuple[int, int, int], seed: int = 0) -> np.ndarray:
+    return np.abs(np.random.default_rng(seed).normal(300, 50, shape)).astype(np.float32)
+
+
+def test_convert_keeps_an_output_another_process_created_meanwhile(
+    trained_run: Path, tmp_path: Path, write_nifti, cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from test_atomic import _race_at_temporary
+
+    path = write_nifti("in/scan.nii.gz", _mr((20, 22, 4)))
+    out = tmp_path / "out" / "sct.nii.gz"
+    created = _race_at_temporary(monkeypatch)
+    result = cli("convert", path, "-o", out, "-m", trained_run / "run", "--device", "cpu")
+    assert created == [out]
+    line = assert_clean_error(result, out, notices_allowed=True)
+    assert line == (
+        f"error: {out}: was created by another process while this one was writing; "
+        "pass --overwrite to replace it"
+    )
+    assert result.code == 2
+    assert out.read_text() == "the other process's file"
+    assert sorted(p.name for p in out.parent.iterdir()) == ["sct.nii.gz"]  # our temporary is gone
+
+
+@pytest.mark.parametrize("shape", [(40, 1, 12), (3, 3, 12), (1, 40, 12), (4, 30, 6)])
+def test_convert_refuses_slices_too_small_for_the_generator(
+    trained_run: Path, tmp_path: Path, write_nifti, cli, shape: tuple[int, int, int]
+) -> None:
+    path = write_nifti("thin.nii.gz", _mr(shape))
+    out = tmp_path / "out.nii.gz"
+    result = cli("convert", path, "-o", out, "-m", trained_run / "run", "--device", "cpu")
+    line = assert_clean_error(result, path, notices_allowed=True)
+    assert f"axial slices are {shape[0]} x {shape[1]} voxels" in line and "at least 5 x 5" in line
+    assert result.code == 2 and not out.exists()
+
+
+@pytest.mark.parametrize("shape", [(5, 5, 3), (40, 5, 12)])
+def test_convert_smallest_slices_the_generator_takes_onto_the_input_grid(
+    trained_run: Path, tmp_path: Path, write_nifti, cli, shape: tuple[int, int, int]
+) -> None:
+    path = write_nifti("small.nii.gz", _mr(shape), OBLIQUE)
+    out = tmp_path / "out.nii.gz"
+    result = cli("convert", path, "-o", out, "-m", trained_run / "run", "--device", "cpu")
+    assert result.code == 0, result.err
+    res = nib.load(out)
+    assert res.shape == shape and res.header.get_data_dtype() == np.int16
+    np.testing.assert_array_equal(res.affine, nib.load(path).affine)
+
+
+@pytest.mark.parametrize("device", ["tpu", "meta", "cuda:x", "gpu0"])
+def test_convert_and_augment_refuse_an_unknown_device_in_one_line(
+    trained_run: Path, tmp_path: Path, cli, device: str
+) -> None:
+    result = cli(
+        "convert", trained_run / "mr", "-o", tmp_path / "out", "-m", trained_run / "run", "--device", device
+    )
+    line = assert_clean_error(result, repr(device))
+    assert "auto, cpu, cuda, cuda:N" in line and result.code == 2
+    labels = write_domain(tmp_path / "labels", "ct", 2, 0)
+    for label in files(labels):
+        nib.save(
+            nib.Nifti1Image(
+                (np.asarray(nib.load(label).dataobj) > 0).astype(np.uint8), nib.load(label).affine
+            ),
+            label,
+        )
+    result = cli(
+        "augment", "--images", trained_run / "mr", "--labels", labels, "--out", tmp_path / "ds",
+        "--dataset-id", 5, "-m", trained_run / "run", "--device", device,
+    )  # fmt: skip
+    line = assert_clean_error(result, repr(device))
+    assert "auto, cpu, cuda, cuda:N" in line and not (tmp_path / "ds").exists()
+
+
+def test_convert_and_augment_refuse_cuda_without_a_gpu_in_one_line(
+    trained_run: Path, tmp_path: Path, cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    for verb in ("convert", "augment"):
+        args = (
+            [trained_run / "mr", "-o", tmp_path / "out"]
+            if verb == "convert"
+            else ["--images", trained_run / "mr", "--labels", trained_run / "ct", "--out", tmp_path / "ds", "--dataset-id", 5]
+        )  # fmt: skip
+        result = cli(verb, *args, "-m", trained_run / "run", "--device", "cuda:0")
+        line = assert_clean_error(result)
+        assert "--device cuda:0 was requested but no CUDA GPU is available" in line, line
+
+
+def test_folder_input_with_a_file_name_as_output_is_refused(trained_run: Path, tmp_path: Path, cli) -> None:
+    out = tmp_path / "x.nii.gz"
+    result = cli("convert", trained_run / "mr", "-o", out, "-m", trained_run / "run", "--device", "cpu")
+    line = assert_clean_error(result, out)
+    assert "is a file name, but the input is a folder of 2 volume(s): give an output folder" in line
+    assert not out.exists()
+
+
+def test_two_inputs_with_one_output_name_are_both_named(
+    tmp_path: Path, write_nifti, write_dicom_series
+) -> None:
+    from medcyclegan.convert import plan_conversion
+    from medcyclegan.errors import OutputError
+
+    write_dicom_series("in/a", head_ct((12, 10, 3)))
+    nifti = write_nifti("in/a.nii.gz", head_ct((12, 10, 3)))
+    with pytest.raises(OutputError) as caught:
+        plan_conversion(identity_ct_model(), tmp_path / "in", tmp_path / "out")
+    message = str(caught.value)
+    assert message.startswith(
+        f"{tmp_path / 'out' / 'a.nii.gz'}: two inputs would be written to the same output name"
+    )
+    assert str(tmp_path / "in" / "a") + " and" in message and str(nifti) in message
+
+
+def test_a_patient_series_tree_converts_as_one_folder_mirroring_its_paths(
+    tmp_path: Path, write_nifti, write_dicom_series
+) -> None:
+    # Two patients with a series of the same name: named by relative path, they no longer collide.
+    volumes = {
+        "p1/T1": head_ct((12, 10, 3), 1),
+        "p1/T2": head_ct((12, 10, 3), 2),
+        "p2/T1": head_ct((12, 10, 3), 3),
+    }
+    for name, ct in volumes.items():
+        write_dicom_series(f"in/{name}", ct)
+    write_nifti("in/p2/extra/scan.nii.gz", head_ct((12, 10, 3), 4))
+    written = convert_paths(identity_ct_model(), tmp_path / "in", tmp_path / "out")
+    out = tmp_path / "out"
+    assert sorted(written) == sorted(
+        [out / "p1" / "T1.nii.gz", out / "p1" / "T2.nii.gz", out / "p2" / "T1.nii.gz", out / "p2" / "extra" / "scan.nii.gz"]
+    )  # fmt: skip
+    for name, ct in volumes.items():
+        # The identity model gives back each series: the right input went to the right output.
+        res = sitk.GetArrayFromImage(sitk.ReadImage(str(out / f"{name}.nii.gz"))).transpose(2, 1, 0)
+        np.testing.assert_array_equal(res, ct)
+
+
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nrrd", ".mha"])
+def test_a_synthetic_ct_says_what_it_is_instead_of_the_mr_description(
+    trained_run: Path, tmp_path: Path, write_nifti, suffix: str
+) -> None:
+    path = write_nifti("mr.nii.gz", _mr((20, 22, 4)))
+    image = nib.load(path)
+    image.header["descrip"] = b"MR T1w axial 3D"
+    nib.save(image, path)
+    model = load_model(trained_run / "run", device="cpu")
+    (out,) = convert_paths(model, path, tmp_path / f"sct{suffix}")
+    if suffix == ".nii.gz":
+        description = nib.load(out).header["descrip"].item().decode()
+    else:
+        key = "NRRD_content" if suffix == ".nrrd" else "Description"
+        description = sitk.ReadImage(str(out)).GetMetaData(key)
+    assert description.startswith("synthetic CT from MR by medcyclegan"), description
+    assert f"model run/{model.checkpoint.name}" in description and "T1w" not in description
+
+
+def test_slices_too_small_at_the_model_spacing_are_refused_naming_both_sizes(
+    tmp_path: Path, write_nifti
+) -> None:
+    from medcyclegan.errors import InputError
+
+    # 12 x 40 voxels of 0.5 mm are 3 x 10 voxels at the model's 2 mm: too narrow for the generator.
+    path = write_nifti("fine.nii.gz", head_ct((12, 40, 3)), np.diag([0.5, 0.5, 3.0, 1.0]))
+    with pytest.raises(InputError) as caught:
+        convert_paths(identity_ct_model(spacing=2.0), path, tmp_path / "out.nii.gz")
+    assert str(caught.value).startswith(
+        f"{path}: its axial slices are 12 x 40 voxels (3 x 10 at the model's 2 mm spacing); "
+    )
+    assert not (tmp_path / "out.nii.gz").exists()

@@ -342,3 +342,45 @@ def test_mask_on_another_grid_is_an_error(tmp_path: Path) -> None:
     mask_path = _save(tmp_path / "mask.nii.gz", _box_mask()[:, :, :-2], dtype=np.uint8)
     with pytest.raises(InputError, match=r"mask\.nii\.gz: mask shape"):
         evaluate(pred_path, ref_path, mask_path)
+
+
+@pytest.mark.parametrize("problem", ["ends-in-csv", "exists", "is-a-folder", "unwritable-folder"])
+def test_cli_checks_the_report_path_before_computing_any_metric(
+    tmp_path: Path, cli, monkeypatch: pytest.MonkeyPatch, problem: str
+) -> None:
+    import os
+
+    import medcyclegan.evaluate
+
+    ref = _save(tmp_path / "ref.nii.gz", _phantom())
+    computed: list[object] = []
+
+    def scoring(*args: object, **kwargs: object) -> None:
+        computed.append(args)
+        raise AssertionError("metrics computed before the report path was checked")
+
+    monkeypatch.setattr(medcyclegan.evaluate, "evaluate", scoring)
+    out = tmp_path / "reports" / "r.json"
+    out.parent.mkdir()
+    if problem == "ends-in-csv":
+        out = out.with_suffix(".csv")
+    elif problem == "exists":
+        out.write_text("keep")
+    elif problem == "is-a-folder":
+        out.mkdir()
+    else:
+        if os.geteuid() == 0:
+            pytest.skip("root may write into any folder")
+        out.parent.chmod(0o500)
+    try:
+        result = cli("evaluate", "--pred", ref, "--ref", ref, "--out", out)
+    finally:
+        out.parent.chmod(0o700)
+    assert result.code == 2 and computed == []
+    lines = [line for line in result.err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in result.err, result.err
+    if problem == "ends-in-csv":
+        assert lines[0] == (
+            f"error: {out}: the JSON report path must not end in .csv (the CSV is written beside it); "
+            "give e.g. r.json"
+        )

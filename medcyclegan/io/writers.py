@@ -7,6 +7,7 @@ whole header (units, intent, descriptions). SimpleITK is imported only when writ
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -15,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from medcyclegan.errors import OutputError
-from medcyclegan.io.atomic import atomic_path, check_can_write
+from medcyclegan.io.atomic import atomic_path, check_can_write, publish
 from medcyclegan.io.discovery import DETACHED_HEADER_SUFFIXES, ITK_SUFFIXES, NIFTI_SUFFIXES, volume_suffix
 from medcyclegan.io.parallel_gzip import ParallelGzipWriter
 from medcyclegan.io.readers import import_simpleitk
@@ -39,6 +40,7 @@ _NIFTI2_HEADER_BYTES = 540
 _GZIP_LEVEL = 1
 # A written affine may differ from the requested one by float32 rounding of the stored sform.
 _AFFINE_TOLERANCE = 1e-5
+_NIFTI_DESCRIP_BYTES = 79
 
 
 def write_volume(
@@ -48,6 +50,7 @@ def write_volume(
     *,
     dtype: str | np.dtype | None = None,
     overwrite: bool = False,
+    description: str | None = None,
 ) -> Path:
     """Writes ``array_ras`` on the grid of ``geometry`` to ``path`` (format from its extension).
 
@@ -59,6 +62,10 @@ def write_volume(
             default ``geometry.dtype``. Floats cast to an integer type are rounded to the nearest
             integer and clipped to the type's range.
         overwrite: replace an existing output.
+        description: what the volume is (e.g. "synthetic CT ... by medcyclegan"), stored as the
+            NIfTI ``descrip`` (first 79 characters), the NRRD ``content`` field or the MetaImage
+            ``Description``; it replaces the description of a reused input header (an MR series
+            description must not label a synthetic CT). ``None`` keeps the input header's.
 
     Returns:
         ``path`` as a :class:`Path`.
@@ -82,9 +89,9 @@ def write_volume(
     check_can_write(path, overwrite)
     data = cast_values(geometry.array_from_ras(array_ras), out_dtype)
     if suffix in NIFTI_SUFFIXES:
-        _write_nifti(data, geometry, path)
+        _write_nifti(data, geometry, path, overwrite, description)
     else:
-        _write_itk(data, geometry, path, suffix, overwrite)
+        _write_itk(data, geometry, path, suffix, overwrite, description)
     return path
 
 
@@ -145,7 +152,9 @@ def cast_values(array: np.ndarray, dtype: str | np.dtype) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------- NIfTI
 
 
-def _write_nifti(data: np.ndarray, geometry: Geometry, path: Path) -> None:
+def _write_nifti(
+    data: np.ndarray, geometry: Geometry, path: Path, overwrite: bool, description: str | None
+) -> None:
     import nibabel as nib
 
     if geometry.nifti_header is not None:
@@ -175,7 +184,10 @@ def _write_nifti(data: np.ndarray, geometry: Geometry, path: Path) -> None:
         image.set_qform(geometry.affine, code=1)
         image.set_sform(geometry.affine, code=1)
         image.header.set_xyzt_units("mm")
-    with atomic_path(path) as tmp:
+    if description is not None:
+        # descrip is 80 bytes of ASCII, NUL-terminated by convention.
+        image.header["descrip"] = description.encode("ascii", "replace")[:_NIFTI_DESCRIP_BYTES]
+    with atomic_path(path, overwrite=overwrite) as tmp:
         try:
             if path.name.lower().endswith(".gz"):
                 # nibabel deflates on one core; the same level-1 stream, compressed on all of them.
@@ -204,7 +216,9 @@ def _itk_geometry(geometry: Geometry) -> tuple[list[float], list[float], list[fl
     return spacing.tolist(), affine_lps[:3, 3].tolist(), direction.ravel().tolist()
 
 
-def _write_itk(data: np.ndarray, geometry: Geometry, path: Path, suffix: str, overwrite: bool) -> None:
+def _write_itk(
+    data: np.ndarray, geometry: Geometry, path: Path, suffix: str, overwrite: bool, description: str | None
+) -> None:
     sitk = import_simpleitk(path, f"writing {suffix} files", OutputError)
 
     image = sitk.GetImageFromArray(np.ascontiguousarray(data.transpose(2, 1, 0)))
@@ -212,6 +226,10 @@ def _write_itk(data: np.ndarray, geometry: Geometry, path: Path, suffix: str, ov
     image.SetSpacing(spacing)
     image.SetOrigin(origin)
     image.SetDirection(direction)
+    if description is not None:
+        # NRRD's own "content" field; MetaImage writes any key as a header line.
+        key = "NRRD_content" if suffix in (".nrrd", ".nhdr") else "Description"
+        image.SetMetaData(key, " ".join(description.split()))
     _write_itk_files(image, path, suffix, overwrite)
 
 
@@ -242,10 +260,25 @@ def _write_itk_files(image: object, path: Path, suffix: str, overwrite: bool) ->
             )
         for data_file in data_files:
             check_can_write(path.parent / data_file.name, overwrite)
-        for data_file in data_files:
-            os.replace(data_file, path.parent / data_file.name)
-        with atomic_path(path) as tmp:
-            os.replace(scratch_header, tmp)
+        published: list[Path] = []
+        try:
+            for data_file in data_files:
+                target = path.parent / data_file.name
+                try:
+                    publish(data_file, target, overwrite=overwrite)
+                except OSError as exc:
+                    raise OutputError(f"cannot be written ({exc.strerror or exc})", target) from None
+                published.append(target)
+            with atomic_path(path, overwrite=overwrite) as tmp:
+                os.replace(scratch_header, tmp)
+        except BaseException:
+            if not overwrite:
+                # Data files this call created (their names were free) must not outlive a header
+                # that was never published; replaced ones (overwrite) cannot be taken back.
+                for target in published:
+                    with contextlib.suppress(OSError):
+                        target.unlink()
+            raise
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 

@@ -54,6 +54,7 @@ from medcyclegan.config import Config, config_to_yaml, save_config
 from medcyclegan.errors import CheckpointError, ConfigError, OutputError, TrainingError, TrainingInterrupted
 from medcyclegan.io.atomic import atomic_path, atomic_write_text
 from medcyclegan.io.lock import FolderLock, remove_stale_temporaries
+from medcyclegan.runtime import resolve_device
 from medcyclegan.train import distributed
 from medcyclegan.train.checkpoint import (
     checkpoint_config,
@@ -127,15 +128,6 @@ class TrainResult:
     best_value: float | None
     history: list[dict[str, float]] = field(default_factory=list)
     val_history: list[dict[str, float]] = field(default_factory=list)
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` picks CUDA when available; ``cuda`` without a GPU is a clear error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda was requested but no CUDA GPU is available (use auto or cpu)")
-    return torch.device(name)
 
 
 def derived_seed(*parts: int) -> int:
