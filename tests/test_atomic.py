@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tiny import race_at_temporary
 
 from medcyclegan.errors import OutputError
 from medcyclegan.io import atomic
@@ -23,26 +24,6 @@ RACE_MESSAGE = "was created by another process while this one was writing; pass 
 def _entries(folder: Path) -> list[str]:
     """Every name in ``folder``, hidden temporaries included."""
     return sorted(p.name for p in folder.iterdir())
-
-
-def _race_at_temporary(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
-    """Lets "another process" create each final file as soon as its temporary exists.
-
-    That is after every existence check and before the temporary is published; returns the paths
-    it created.
-    """
-    created: list[Path] = []
-    real = atomic.tempfile.mkstemp
-
-    def mkstemp(*args: object, prefix: str, dir: Path, **kwargs: object) -> tuple[int, str]:
-        result = real(*args, prefix=prefix, dir=dir, **kwargs)
-        final = Path(dir) / prefix[1:-1]  # atomic_path's temporaries are ".{name}.{random}.tmp..."
-        final.write_text("the other process's file")
-        created.append(final)
-        return result
-
-    monkeypatch.setattr(atomic.tempfile, "mkstemp", mkstemp)
-    return created
 
 
 def _racing_publish(monkeypatch: pytest.MonkeyPatch, module: object) -> list[Path]:
@@ -63,7 +44,7 @@ def _racing_publish(monkeypatch: pytest.MonkeyPatch, module: object) -> list[Pat
 
 def test_a_file_created_while_writing_is_kept_without_overwrite(tmp_path: Path, monkeypatch) -> None:
     target = tmp_path / "report.json"
-    created = _race_at_temporary(monkeypatch)
+    created = race_at_temporary(monkeypatch)
     with pytest.raises(OutputError) as caught:
         atomic_write_text(target, "ours", overwrite=False)
     assert str(caught.value) == f"{target}: {RACE_MESSAGE}"
@@ -74,7 +55,7 @@ def test_a_file_created_while_writing_is_kept_without_overwrite(tmp_path: Path, 
 
 def test_overwrite_replaces_a_file_created_while_writing(tmp_path: Path, monkeypatch) -> None:
     target = tmp_path / "report.json"
-    _race_at_temporary(monkeypatch)
+    race_at_temporary(monkeypatch)
     atomic_write_text(target, "ours", overwrite=True)
     assert target.read_text() == "ours"
     assert _entries(tmp_path) == ["report.json"]
@@ -109,7 +90,7 @@ def test_file_systems_without_hard_links_still_never_replace(
     atomic_write_text(fresh, "ours", overwrite=False)
     assert fresh.read_text() == "ours"
     taken = tmp_path / "taken.json"
-    _race_at_temporary(monkeypatch)
+    race_at_temporary(monkeypatch)
     with pytest.raises(OutputError, match="was created by another process"):
         atomic_write_text(taken, "ours", overwrite=False)
     assert taken.read_text() == "the other process's file"
@@ -128,7 +109,7 @@ def test_write_volume_keeps_an_output_created_while_writing(
 ) -> None:
     from medcyclegan.io.writers import write_volume
 
-    _race_at_temporary(monkeypatch)  # the volume file (the header of .mhd / .nhdr) loses the race
+    race_at_temporary(monkeypatch)  # the volume file (the header of .mhd / .nhdr) loses the race
     target = tmp_path / name
     with pytest.raises(OutputError) as caught:
         write_volume(np.zeros((4, 5, 3), np.int16), _geometry(), target)

@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-from test_reliability import assert_clean_error
-from tiny import files, tiny_config, write_domain
+from tiny import assert_clean_error, files, race_at_temporary, tiny_config, write_domain
 
 from medcyclegan.config import config_from_dict
 from medcyclegan.convert import TranslationModel, convert_paths, load_model
@@ -170,11 +169,10 @@ def _mr(shape: tuple[int, int, int], seed: int = 0) -> np.ndarray:
 def test_convert_keeps_an_output_another_process_created_meanwhile(
     trained_run: Path, tmp_path: Path, write_nifti, cli, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from test_atomic import _race_at_temporary
 
     path = write_nifti("in/scan.nii.gz", _mr((20, 22, 4)))
     out = tmp_path / "out" / "sct.nii.gz"
-    created = _race_at_temporary(monkeypatch)
+    created = race_at_temporary(monkeypatch)
     result = cli("convert", path, "-o", out, "-m", trained_run / "run", "--device", "cpu")
     assert created == [out]
     line = assert_clean_error(result, out, notices_allowed=True)

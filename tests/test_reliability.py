@@ -25,7 +25,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from tiny import TINY_RUN, CliResult
+from tiny import TINY_RUN, CliResult, assert_clean_error
 
 from medcyclegan.config import load_config
 from medcyclegan.convert import OUTPUT_DTYPE, load_model, translate_loaded, translate_volume
@@ -97,25 +97,6 @@ def snapshot(folder: Path) -> dict[str, str]:
 def listing(folder: Path) -> list[str]:
     """Names in ``folder`` including hidden (temporary) files."""
     return sorted(os.listdir(folder)) if folder.is_dir() else []
-
-
-def assert_clean_error(result: CliResult, *names: object, notices_allowed: bool = False) -> str:
-    """A non-zero exit and exactly one ``error:`` line naming ``names``; no traceback. Returns the line.
-
-    With ``notices_allowed`` log lines (warnings, progress) may come first; the error line is last.
-    """
-    assert result.code not in (0, None), (result.code, result.out, result.err)
-    assert "Traceback" not in result.err + result.out, result.err
-    lines = [line for line in result.err.splitlines() if line.strip()]
-    errors = [line for line in lines if line.startswith("error: ")]
-    assert len(errors) == 1, result.err
-    if not notices_allowed:
-        assert lines == errors, f"expected only the error line on stderr, got: {result.err!r}"
-    else:
-        assert lines[-1] == errors[0], result.err
-    for name in names:
-        assert str(name) in errors[0], (name, errors[0])
-    return errors[0]
 
 
 def tiny_train(run: Path, mr: Path, ct: Path, **overrides: object) -> Path:

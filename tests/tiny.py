@@ -14,6 +14,7 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
+import medcyclegan.io.atomic
 from medcyclegan.config import Config, load_config
 
 TINY: dict[str, Any] = {
@@ -107,3 +108,42 @@ class CliResult:
     def text(self) -> str:
         """stdout and stderr as one line of single-spaced words (rich wraps long lines)."""
         return " ".join((self.out + self.err).split())
+
+
+def assert_clean_error(result: CliResult, *names: object, notices_allowed: bool = False) -> str:
+    """A non-zero exit and exactly one ``error:`` line naming ``names``; no traceback. Returns the line.
+
+    With ``notices_allowed`` log lines (warnings, progress) may come first; the error line is last.
+    """
+    assert result.code not in (0, None), (result.code, result.out, result.err)
+    assert "Traceback" not in result.err + result.out, result.err
+    lines = [line for line in result.err.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("error: ")]
+    assert len(errors) == 1, result.err
+    if not notices_allowed:
+        assert lines == errors, f"expected only the error line on stderr, got: {result.err!r}"
+    else:
+        assert lines[-1] == errors[0], result.err
+    for name in names:
+        assert str(name) in errors[0], (name, errors[0])
+    return errors[0]
+
+
+def race_at_temporary(monkeypatch: Any) -> list[Path]:
+    """Lets "another process" create each final file as soon as its temporary exists.
+
+    That is after every existence check and before the temporary is published; returns the paths
+    it created.
+    """
+    created: list[Path] = []
+    real = medcyclegan.io.atomic.tempfile.mkstemp
+
+    def mkstemp(*args: object, prefix: str, dir: Path, **kwargs: object) -> tuple[int, str]:
+        result = real(*args, prefix=prefix, dir=dir, **kwargs)
+        final = Path(dir) / prefix[1:-1]  # atomic_path's temporaries are ".{name}.{random}.tmp..."
+        final.write_text("the other process's file")
+        created.append(final)
+        return result
+
+    monkeypatch.setattr(medcyclegan.io.atomic.tempfile, "mkstemp", mkstemp)
+    return created
