@@ -209,7 +209,8 @@ def train(
     import datetime
 
     from medcyclegan.config import load_config, resolve_config_path
-    from medcyclegan.train.api import has_checkpoint, resume_config, train_from_folders
+    from medcyclegan.train.api import auto_resume as auto_resume_plan
+    from medcyclegan.train.api import resume_config, train_from_folders
 
     overrides = _overrides(
         {
@@ -249,7 +250,7 @@ def train(
             "--auto-resume cannot be combined with --overwrite (a requeued job would start afresh)"
         )
     if auto_resume and out is not None and not resume:
-        resume = has_checkpoint(out)
+        resume, overwrite = auto_resume_plan(out)
         if not resume:
             logger.info("--auto-resume: no checkpoint in %s yet, starting the run", out)
     config_path = resolve_config_path(config) if config else None

@@ -292,7 +292,8 @@ class TrainConfig:
         seed: seed of every random generator (Python, NumPy, torch).
         device: ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``.
         max_steps: stop after this many total optimisation steps (counted over resumes); ``None``
-            runs all epochs.
+            runs the whole schedule. More steps than the schedule has are refused (for more, use
+            ``optim.n_steps``, a step-based schedule, or more epochs).
         steps_per_epoch: steps in one epoch; ``None`` uses the larger domain's slice count divided by
             the batch size (as the reference does with its image counts).
         log_every: steps between rows of ``metrics.csv`` and TensorBoard scalars.

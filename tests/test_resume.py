@@ -108,6 +108,10 @@ def test_auto_resume_starts_then_resumes_the_same_command_exactly(
 
     monkeypatch.setattr(Trainer, "train_step", preempted)
     command = requeued_command(data["mr"], data["ct"], tmp_path / "run", data["config"])
+    # An earlier job was killed before its first checkpoint: its log rows describe no saved state.
+    (tmp_path / "run").mkdir()
+    rows = (tmp_path / "straight" / "metrics.csv").read_text().splitlines()
+    (tmp_path / "run" / "metrics.csv").write_text("\n".join(rows[:3]) + "\n")
     first = cli(*command)
     assert first.code == 130, first.err
     assert "no checkpoint in" in first.text and "starting the run" in first.text

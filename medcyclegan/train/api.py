@@ -43,9 +43,17 @@ def _resolve(folder: Path | None) -> list[Path] | None:
     return find_volumes(folder)
 
 
-def has_checkpoint(out: str | Path) -> bool:
-    """True when ``out`` holds a run to resume (``checkpoints/last.pt``); what ``--auto-resume`` asks."""
-    return (Path(out) / "checkpoints" / "last.pt").is_file()
+def auto_resume(out: str | Path) -> tuple[bool, bool]:
+    """``(resume, overwrite)`` for ``--auto-resume``: resume when ``out`` holds ``checkpoints/last.pt``.
+
+    Otherwise the run starts; a folder without any checkpoint may still hold the logs of a job killed
+    before its first checkpoint, which describe no saved state: they are replaced (``overwrite``)
+    rather than continued with the new run's rows.
+    """
+    checkpoints = Path(out) / "checkpoints"
+    if (checkpoints / "last.pt").is_file():
+        return True, False
+    return False, not (checkpoints.is_dir() and any(checkpoints.glob("*.pt")))
 
 
 def resume_config(out: str | Path, overrides: dict[str, Any], config: str | Path | None = None) -> Config:

@@ -14,6 +14,14 @@ pure function of (seed, epoch, index), the image pools have their own generators
 holds networks, optimisers, schedulers, pools, RNG states and counters. A run of n steps stopped
 after k and resumed ends with the same weights as an uninterrupted run of n steps (on CPU).
 
+Schedule: the reference's epochs (``optim.n_epochs`` constant, then ``optim.n_epochs_decay`` of linear
+decay; the schedulers step at epoch ends), or with ``optim.n_steps`` the same rule counted in steps
+(the schedulers step after every step) while epochs continue as needed. ``train.max_steps`` only
+stops a run early; asking for more steps than the schedule has is refused before training.
+
+Every checkpoint records the input files (:mod:`medcyclegan.train.data_record`); a resume on other
+data is refused before the data is prepared.
+
 Speed (see ``train.channels_last``, ``train.compile``, ``train.amp``): on CUDA the step runs in bf16
 autocast with channels-last tensors, fused Adam, cuDNN autotuning, pinned memory and non-blocking
 copies, and never waits for the GPU: the losses are read back (and checked for NaN) only every
@@ -62,9 +70,6 @@ from medcyclegan.train.checkpoint import (
 from medcyclegan.train.data_record import DATA_FILE
 
 logger = logging.getLogger("medcyclegan")
-
-# Fields that may differ when resuming (re-exported; the rule lives in medcyclegan.train.resume).
-RESUMABLE_OVERRIDES = resume_rules.RESUMABLE_OVERRIDES
 
 LOSS_COLUMNS = (
     "loss_G",
