@@ -38,6 +38,8 @@ MAX_IMAGE_SIZE = 4096
 MAX_CONTEXT_SLICES = 32
 MAX_FILTERS = 1024
 MAX_BLOCKS = 64
+MAX_WORKERS = 256
+MAX_STEPS_PER_EPOCH = 1_000_000  # an epoch's batch list is built up front
 
 
 def _check_choice(section: str, name: str, value: Any, choices: tuple[str, ...]) -> None:
@@ -146,6 +148,7 @@ class DataConfig:
         if not 0 <= self.val_fraction < 1:
             raise ConfigError(f"data.val_fraction must be in [0, 1); got {self.val_fraction}")
         _check_positive("data", "num_workers", self.num_workers, allow_zero=True)
+        _check_at_most("data", "num_workers", self.num_workers, MAX_WORKERS)
 
     @property
     def in_channels(self) -> int:
@@ -347,6 +350,7 @@ class TrainConfig:
             _check_positive("train", "max_steps", self.max_steps)
         if self.steps_per_epoch is not None:
             _check_positive("train", "steps_per_epoch", self.steps_per_epoch)
+            _check_at_most("train", "steps_per_epoch", self.steps_per_epoch, MAX_STEPS_PER_EPOCH)
         for name in ("log_every", "sample_every", "checkpoint_every", "val_every"):
             _check_positive("train", name, getattr(self, name))
         _check_positive("train", "save_every_steps", self.save_every_steps, allow_zero=True)

@@ -59,6 +59,8 @@ def one_error_line(result: CliResult) -> str:
         (("--ngf", "100000"), "model.ngf must be at most 1024; got 100000"),
         (("--n-blocks", "5000"), "model.n_blocks must be at most 64; got 5000"),
         (("--context-slices", "1000"), "data.context_slices must be at most 32; got 1000"),
+        (("--num-workers", "100000"), "data.num_workers must be at most 256; got 100000"),
+        (("--set", "train.steps_per_epoch=1000000000000"), "train.steps_per_epoch must be at most 1000000"),
         (("--set", "train.seed=99999999999999999999999"), "train.seed must be a 64-bit integer"),
         (("--set", "optim.decay_fraction=2"), "optim.decay_fraction must be in [0, 1]; got 2.0"),
         (("--steps", "0"), "optim.n_steps must be > 0; got 0"),

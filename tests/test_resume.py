@@ -247,6 +247,21 @@ def test_resume_accepts_the_same_content_moved_and_touched(data, cli, tmp_path: 
     assert record["roles"]["src"][0]["path"] == os.path.abspath(moved / "mr" / "case00.nii.gz")
 
 
+def test_a_checkpoint_without_a_data_record_resumes_with_a_warning(data, cli, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    start = cli("train", "--src", data["mr"], "--tgt", data["ct"], "--out", run, "-c", data["config"],
+                "--max-steps", 1, "--no-progress")  # fmt: skip
+    assert start.code == 0, start.err
+    last = run / "checkpoints" / "last.pt"
+    old = load_checkpoint(last)
+    del old["data"]  # as written before the record existed
+    torch.save(old, last)
+    resumed = cli("train", "--out", run, "--resume", "--max-steps", 2, "--no-progress")
+    assert resumed.code == 0, resumed.err
+    assert "has no record of its training data" in resumed.text and "trained to step 2" in resumed.out
+    assert "data" in load_checkpoint(last)  # recorded from now on
+
+
 def test_multi_file_volumes_are_hashed_whole(write_itk, write_dicom_series, tmp_path: Path) -> None:
     header = write_itk("itk/scan.mhd", np.arange(60, dtype=np.int16).reshape(3, 4, 5), compress=False)
     series, _uid = write_dicom_series("dicom/ct", np.zeros((4, 5, 3)))
