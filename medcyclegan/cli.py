@@ -122,7 +122,15 @@ def train(
         None, "--epochs-decay", help="Epochs of linear learning-rate decay (optim.n_epochs_decay)."
     ),
     max_steps: int | None = typer.Option(
-        None, "--max-steps", help="Stop at this total step count (counted over resumes)."
+        None,
+        "--max-steps",
+        help="Stop at this total step count (counted over resumes); at most the schedule's steps.",
+    ),
+    steps: int | None = typer.Option(
+        None,
+        "--steps",
+        help="Step-based schedule of N steps (optim.n_steps) instead of --epochs/--epochs-decay: "
+        "constant learning rate, then linear decay over the last half (optim.decay_fraction).",
     ),
     image_size: int | None = typer.Option(
         None, "--image-size", help="Training slice size in pixels (pad/crop)."
@@ -174,6 +182,12 @@ def train(
     resume: bool = typer.Option(
         False, "--resume", help="Continue the run in --out exactly where it stopped."
     ),
+    auto_resume: bool = typer.Option(
+        False,
+        "--auto-resume",
+        help="Resume the run in --out if it has a checkpoint, else start it (one command line for "
+        "jobs that may be requeued).",
+    ),
     overwrite: bool = typer.Option(
         False, "--overwrite", help="Start afresh in a run folder that already holds a run."
     ),
@@ -195,12 +209,14 @@ def train(
     import datetime
 
     from medcyclegan.config import load_config, resolve_config_path
+    from medcyclegan.train.api import auto_resume as auto_resume_plan
     from medcyclegan.train.api import resume_config, train_from_folders
 
     overrides = _overrides(
         {
             "optim.n_epochs": epochs,
             "optim.n_epochs_decay": epochs_decay,
+            "optim.n_steps": steps,
             "train.max_steps": max_steps,
             "data.image_size": image_size,
             "optim.batch_size": batch_size,
@@ -224,16 +240,22 @@ def train(
         },
         set_,
     )
-    if resume and out is None:
-        raise MedCycleGANError("--resume needs --out RUN_DIR (the run to continue)")
-    if resume:
-        if config is not None:
-            raise MedCycleGANError(
-                "--config cannot be combined with --resume: the run's stored config is used"
-            )
-        cfg = resume_config(out, overrides)
-    else:
-        cfg = load_config(resolve_config_path(config) if config else None, overrides)
+    if steps is not None and (epochs is not None or epochs_decay is not None):
+        raise MedCycleGANError("--steps replaces --epochs and --epochs-decay; give one or the other")
+    for flag, given in (("--resume", resume), ("--auto-resume", auto_resume)):
+        if given and out is None:
+            raise MedCycleGANError(f"{flag} needs --out RUN_DIR (the run to continue)")
+    if auto_resume and overwrite:
+        raise MedCycleGANError(
+            "--auto-resume cannot be combined with --overwrite (a requeued job would start afresh)"
+        )
+    if auto_resume and out is not None and not resume:
+        resume = auto_resume_plan(out)
+        if not resume:
+            logger.info("--auto-resume: no checkpoint in %s yet, starting the run", out)
+    config_path = resolve_config_path(config) if config else None
+    # On resume the stored config is used; a --config or options equal to it are accepted (requeued jobs).
+    cfg = resume_config(out, overrides, config_path) if resume else load_config(config_path, overrides)
     run_dir = out or Path("runs") / datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     result = train_from_folders(
         cfg,
@@ -360,7 +382,12 @@ def info(
     gen, disc = nets["generator"], nets["discriminator"]
     rows = [
         ("direction", summary["direction"]),
-        ("progress", f"epoch {summary['epoch']} of {summary['total_epochs']}, step {summary['step']}"),
+        (
+            "progress",
+            f"epoch {summary['epoch']}, step {summary['step']} of {summary['total_steps']}"
+            if summary["total_steps"] is not None
+            else f"epoch {summary['epoch']} of {summary['total_epochs']}, step {summary['step']}",
+        ),
         (
             "generator",
             f"{gen['type']} ngf {gen['ngf']}, {gen['n_blocks']} blocks, {gen['upsample']}: {gen['parameters']:,} parameters",

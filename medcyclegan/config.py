@@ -15,6 +15,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import asdict, dataclass, field, fields
@@ -31,6 +32,14 @@ GENERATORS = ("resnet", "resnet-attention")
 UPSAMPLE_MODES = ("transpose", "resize")
 GAN_MODES = ("lsgan", "vanilla", "hinge")
 MASK_METHODS = ("auto", "otsu", "threshold")
+# Upper bounds that catch typos (an image_size of 100000, ngf 64000) with one line, before any
+# allocation fails with a traceback; far above every sensible value.
+MAX_IMAGE_SIZE = 4096
+MAX_CONTEXT_SLICES = 32
+MAX_FILTERS = 1024
+MAX_BLOCKS = 64
+MAX_WORKERS = 256
+MAX_STEPS_PER_EPOCH = 1_000_000  # an epoch's batch list is built up front
 
 
 def _check_choice(section: str, name: str, value: Any, choices: tuple[str, ...]) -> None:
@@ -42,6 +51,21 @@ def _check_positive(section: str, name: str, value: float, allow_zero: bool = Fa
     if value < 0 or (value == 0 and not allow_zero):
         bound = ">= 0" if allow_zero else "> 0"
         raise ConfigError(f"{section}.{name} must be {bound}; got {value!r}")
+
+
+def _check_at_most(section: str, name: str, value: int, limit: int) -> None:
+    if value > limit:
+        raise ConfigError(f"{section}.{name} must be at most {limit}; got {value!r}")
+
+
+def _check_finite(section: str, obj: Any) -> None:
+    """Every float of a section (tuples too) is finite: NaN slips through every ``<``/``>`` check."""
+    for f in fields(obj):
+        value = getattr(obj, f.name)
+        items = value if isinstance(value, (tuple, list)) else (value,)
+        if any(isinstance(v, float) and not math.isfinite(v) for v in items):
+            shown = list(value) if isinstance(value, (tuple, list)) else value
+            raise ConfigError(f"{section}.{f.name} must be a finite number; got {shown!r}")
 
 
 @dataclass
@@ -90,12 +114,18 @@ class DataConfig:
     num_workers: int = 0
 
     def validate(self) -> None:
+        _check_finite("data", self)
         _check_choice("data", "src_modality", self.src_modality, MODALITIES)
         _check_choice("data", "tgt_modality", self.tgt_modality, MODALITIES)
         _check_choice("data", "mask_method", self.mask_method, MASK_METHODS)
         if self.image_size < 16:
             raise ConfigError(f"data.image_size must be >= 16 pixels; got {self.image_size}")
+        if self.image_size > MAX_IMAGE_SIZE:
+            raise ConfigError(
+                f"data.image_size must be at most {MAX_IMAGE_SIZE} pixels; got {self.image_size}"
+            )
         _check_positive("data", "context_slices", self.context_slices, allow_zero=True)
+        _check_at_most("data", "context_slices", self.context_slices, MAX_CONTEXT_SLICES)
         if self.spacing is not None:
             _check_positive("data", "spacing", self.spacing)
         if not 0 <= self.min_body_fraction < 1:
@@ -118,6 +148,7 @@ class DataConfig:
         if not 0 <= self.val_fraction < 1:
             raise ConfigError(f"data.val_fraction must be in [0, 1); got {self.val_fraction}")
         _check_positive("data", "num_workers", self.num_workers, allow_zero=True)
+        _check_at_most("data", "num_workers", self.num_workers, MAX_WORKERS)
 
     @property
     def in_channels(self) -> int:
@@ -149,11 +180,15 @@ class ModelConfig:
     init_gain: float = 0.02
 
     def validate(self) -> None:
+        _check_finite("model", self)
         _check_choice("model", "generator", self.generator, GENERATORS)
         _check_choice("model", "upsample", self.upsample, UPSAMPLE_MODES)
         for name in ("ngf", "ndf", "n_layers_d"):
             _check_positive("model", name, getattr(self, name))
+        for name in ("ngf", "ndf"):
+            _check_at_most("model", name, getattr(self, name), MAX_FILTERS)
         _check_positive("model", "n_blocks", self.n_blocks, allow_zero=True)
+        _check_at_most("model", "n_blocks", self.n_blocks, MAX_BLOCKS)
         _check_positive("model", "init_gain", self.init_gain)
 
 
@@ -181,6 +216,7 @@ class LossConfig:
     lambda_attention: float = 0.01
 
     def validate(self) -> None:
+        _check_finite("loss", self)
         _check_choice("loss", "gan_mode", self.gan_mode, GAN_MODES)
         for name in (
             "lambda_cycle",
@@ -204,6 +240,13 @@ class OptimConfig:
         n_epochs: epochs at the constant learning rate.
         n_epochs_decay: epochs of linear decay to zero after ``n_epochs``.
         pool_size: generated images kept in the history pool for D updates (0 disables the pool).
+        n_steps: a step-based schedule of this many optimisation steps in all, instead of the epochs
+            (as ganslate's ``n_iters`` + ``n_iters_decay``): the learning rate is constant, then
+            decays linearly over the last ``decay_fraction`` of the steps; epochs (data passes,
+            validation, samples, checkpoints) continue as needed. ``None`` keeps the epoch schedule
+            of ``n_epochs`` and ``n_epochs_decay``.
+        decay_fraction: share of ``n_steps`` with linear decay (0.5: half constant, half decay, the
+            reference's 100 + 100 proportion); unused by the epoch schedule.
     """
 
     lr: float = 2e-4
@@ -213,8 +256,11 @@ class OptimConfig:
     n_epochs: int = 100
     n_epochs_decay: int = 100
     pool_size: int = 50
+    n_steps: int | None = None
+    decay_fraction: float = 0.5
 
     def validate(self) -> None:
+        _check_finite("optim", self)
         _check_positive("optim", "lr", self.lr)
         for name in ("beta1", "beta2"):
             value = getattr(self, name)
@@ -226,10 +272,19 @@ class OptimConfig:
         if self.n_epochs + self.n_epochs_decay == 0:
             raise ConfigError("optim.n_epochs + optim.n_epochs_decay must be > 0")
         _check_positive("optim", "pool_size", self.pool_size, allow_zero=True)
+        if self.n_steps is not None:
+            _check_positive("optim", "n_steps", self.n_steps)
+        if not 0 <= self.decay_fraction <= 1:
+            raise ConfigError(f"optim.decay_fraction must be in [0, 1]; got {self.decay_fraction}")
 
     @property
     def total_epochs(self) -> int:
         return self.n_epochs + self.n_epochs_decay
+
+    @property
+    def decay_steps(self) -> int:
+        """Steps of linear decay at the end of a step-based schedule (0 without ``n_steps``)."""
+        return round((self.n_steps or 0) * self.decay_fraction)
 
 
 @dataclass
@@ -240,7 +295,8 @@ class TrainConfig:
         seed: seed of every random generator (Python, NumPy, torch).
         device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"`` or ``"cuda:N"`` (GPU N).
         max_steps: stop after this many total optimisation steps (counted over resumes); ``None``
-            runs all epochs.
+            runs the whole schedule. More steps than the schedule has are refused (for more, use
+            ``optim.n_steps``, a step-based schedule, or more epochs).
         steps_per_epoch: steps in one epoch; ``None`` uses the larger domain's slice count divided by
             the batch size (as the reference does with its image counts).
         log_every: steps between rows of ``metrics.csv`` and TensorBoard scalars.
@@ -284,6 +340,9 @@ class TrainConfig:
     compile: bool = False
 
     def validate(self) -> None:
+        _check_finite("train", self)
+        if not -(2**63) <= self.seed < 2**63:
+            raise ConfigError(f"train.seed must be a 64-bit integer; got {self.seed}")
         check_device_name(self.device, "train.device")
         for name in ("channels_last", "compile"):
             value = getattr(self, name)
@@ -295,6 +354,7 @@ class TrainConfig:
             _check_positive("train", "max_steps", self.max_steps)
         if self.steps_per_epoch is not None:
             _check_positive("train", "steps_per_epoch", self.steps_per_epoch)
+            _check_at_most("train", "steps_per_epoch", self.steps_per_epoch, MAX_STEPS_PER_EPOCH)
         for name in ("log_every", "sample_every", "checkpoint_every", "val_every"):
             _check_positive("train", name, getattr(self, name))
         _check_positive("train", "save_every_steps", self.save_every_steps, allow_zero=True)
@@ -320,7 +380,40 @@ class Config:
     def validate(self) -> Config:
         for section in (self.data, self.model, self.loss, self.optim, self.train):
             section.validate()
+        self._check_image_size()
+        n_steps, max_steps = self.optim.n_steps, self.train.max_steps
+        if n_steps is not None and max_steps is not None and max_steps > n_steps:
+            # Checked here, before any data is read; the epoch schedule's length needs the data
+            # (steps per epoch), so the trainer checks that one.
+            raise ConfigError(
+                f"train.max_steps {max_steps} is more than the {n_steps} steps of optim.n_steps; "
+                f"raise --steps to {max_steps}"
+            )
         return self
+
+    def _check_image_size(self) -> None:
+        """The slice size against the networks: a multiple of the generator's stride, big enough for D.
+
+        The networks know their own limits; imported here, not at the top, because the config is
+        the bottom layer (and most of its users never validate a whole run config).
+        """
+        from medcyclegan.nets import discriminator_min_size, generator_stride_multiple
+
+        size = self.data.image_size
+        multiple = generator_stride_multiple(self.model.generator)
+        smallest = discriminator_min_size(self.model.n_layers_d)
+        if size % multiple:
+            lower, upper = size - size % multiple, size - size % multiple + multiple
+            options = f"{lower} or {upper}" if lower >= max(16, smallest) else str(upper)
+            raise ConfigError(
+                f"data.image_size must be a multiple of {multiple} (the generator's stride-2 layers); "
+                f"got {size}, use {options}"
+            )
+        if size < smallest:
+            raise ConfigError(
+                f"data.image_size {size} is too small for model.n_layers_d {self.model.n_layers_d}: "
+                f"the discriminator needs at least {smallest} pixels (raise the size or lower n_layers_d)"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return _plain(asdict(self))

@@ -328,8 +328,16 @@ def test_temporaries_of_a_killed_write_are_removed_at_the_next_start(world, tmp_
     keep = [run / ".notes.tmp", run / "checkpoints" / ".last.pt.tmp.pt", run / "checkpoints" / "notes.txt"]
     for path in keep:
         path.write_text("mine")
+    mr, ct = files(world["mr"]), files(world["ct"])  # run A's training and validation data
     trainer = Trainer(
-        load_config(None, RUN_A), run, files(world["mr"]), files(world["ct"]), resume=run, show_progress=False
+        load_config(None, RUN_A),
+        run,
+        mr,
+        ct,
+        val_src_paths=mr,
+        val_tgt_paths=ct,
+        resume=run,
+        show_progress=False,
     )
     assert not _temporaries(run)
     assert all(p.read_text() == "mine" for p in keep)

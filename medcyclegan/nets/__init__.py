@@ -33,6 +33,8 @@ __all__ = [
     "build_discriminator_from_config",
     "build_generator",
     "count_parameters",
+    "discriminator_min_size",
+    "generator_stride_multiple",
     "init_weights",
 ]
 
@@ -40,6 +42,29 @@ _GENERATORS: dict[str, type[ResnetGenerator]] = {
     "resnet": ResnetGenerator,
     "resnet-attention": AttentionResnetGenerator,
 }
+
+
+def generator_stride_multiple(name: str) -> int:
+    """H and W of an input of generator ``name`` must be multiples of this (its ``stride_multiple``).
+
+    Raises:
+        ConfigError: for an unknown generator.
+    """
+    cls = _GENERATORS.get(name)
+    if cls is None:
+        raise ConfigError(f"model.generator must be one of {', '.join(_GENERATORS)}; got {name!r}")
+    return cls.stride_multiple
+
+
+def discriminator_min_size(n_layers: int) -> int:
+    """Smallest square input (pixels) for which the PatchGAN with ``n_layers`` gives any logits.
+
+    Its ``n_layers`` stride-2 4x4 convolutions (padding 1) floor-halve the side, then two stride-1
+    4x4 convolutions take 1 pixel each: at least 1 pixel is left when ``side // 2**n_layers >= 3``.
+    Computed here rather than in :mod:`medcyclegan.nets.discriminator` so that config validation does
+    not import MONAI (tested against the real network in ``tests/test_nets.py``).
+    """
+    return 3 * 2**n_layers
 
 
 def build_generator(model_cfg: ModelConfig, in_channels: int, out_channels: int) -> ResnetGenerator:

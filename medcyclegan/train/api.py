@@ -43,26 +43,36 @@ def _resolve(folder: Path | None) -> list[Path] | None:
     return find_volumes(folder)
 
 
-def resume_config(out: str | Path, overrides: dict[str, Any]) -> Config:
-    """The config stored in ``out/checkpoints/last.pt`` with the run-control overrides the user gave.
+def auto_resume(out: str | Path) -> bool:
+    """Whether ``--auto-resume`` resumes: ``out`` holds ``checkpoints/last.pt``; otherwise the run starts.
 
-    Only fields that change how a run is watched or stopped (``RESUMABLE_OVERRIDES``) may change on
-    resume; anything else would make the resumed run a different experiment.
+    Starting goes through the fresh-run checks: what a job killed before its first checkpoint left
+    (its config and log rows, which describe no saved state) is replaced with a warning, and files
+    of that name that no trainer wrote are refused, as without ``--auto-resume``.
     """
-    from medcyclegan.config import apply_overrides
+    return (Path(out) / "checkpoints" / "last.pt").is_file()
+
+
+def resume_config(out: str | Path, overrides: dict[str, Any], config: str | Path | None = None) -> Config:
+    """The config stored in ``out/checkpoints/last.pt`` with the run-control changes the user gave.
+
+    A requeued job repeats its command line: values equal to the stored ones are accepted, from
+    ``overrides`` and from a ``config`` file alike. Only fields that change how a run is watched or
+    stopped (``RESUMABLE_OVERRIDES``) may take another value; any other difference is refused naming
+    the key, the stored and the given value (see :func:`medcyclegan.train.resume.merge_resume_config`).
+    """
+    from medcyclegan.config import apply_overrides, load_config
     from medcyclegan.train.checkpoint import checkpoint_config, load_checkpoint
-    from medcyclegan.train.trainer import RESUMABLE_OVERRIDES
+    from medcyclegan.train.resume import merge_resume_config
 
     checkpoint = Path(out) / "checkpoints" / "last.pt"
     if not checkpoint.is_file():
         raise InputError("no checkpoints/last.pt to resume from", out)
-    refused = sorted(set(overrides) - RESUMABLE_OVERRIDES)
-    if refused:
-        raise ConfigError(
-            f"cannot change {', '.join(refused)} when resuming; only {', '.join(sorted(RESUMABLE_OVERRIDES))} may change"
-        )
     stored = checkpoint_config(load_checkpoint(checkpoint), checkpoint)
-    return apply_overrides(stored, overrides)
+    if config is not None:
+        # A whole config file: every field is given, so every field is compared.
+        return merge_resume_config(stored, load_config(config, overrides), announce=False)
+    return merge_resume_config(stored, apply_overrides(stored, overrides), keys=overrides, announce=False)
 
 
 def train_from_folders(

@@ -51,7 +51,9 @@ def describe(path: str | Path) -> dict[str, Any]:
         "direction": f"{cfg.data.src_modality} -> {cfg.data.tgt_modality}",
         "epoch": int(data.get("epoch", 0)),
         "step": int(data.get("step", 0)),
-        "total_epochs": cfg.optim.total_epochs,
+        # A step-based schedule (optim.n_steps) has no fixed epoch count.
+        "total_epochs": None if cfg.optim.n_steps is not None else cfg.optim.total_epochs,
+        "total_steps": cfg.optim.n_steps,
         "max_steps": cfg.train.max_steps,
         "networks": {
             "generator": {

@@ -14,6 +14,14 @@ pure function of (seed, epoch, index), the image pools have their own generators
 holds networks, optimisers, schedulers, pools, RNG states and counters. A run of n steps stopped
 after k and resumed ends with the same weights as an uninterrupted run of n steps (on CPU).
 
+Schedule: the reference's epochs (``optim.n_epochs`` constant, then ``optim.n_epochs_decay`` of linear
+decay; the schedulers step at epoch ends), or with ``optim.n_steps`` the same rule counted in steps
+(the schedulers step after every step) while epochs continue as needed. ``train.max_steps`` only
+stops a run early; asking for more steps than the schedule has is refused before training.
+
+Every checkpoint records the input files (:mod:`medcyclegan.train.data_record`); a resume on other
+data is refused before the data is prepared.
+
 Speed (see ``train.channels_last``, ``train.compile``, ``train.amp``): on CUDA the step runs in bf16
 autocast with channels-last tensors, fused Adam, cuDNN autotuning, pinned memory and non-blocking
 copies, and never waits for the GPU: the losses are read back (and checked for NaN) only every
@@ -31,6 +39,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import json
 import logging
 import math
 import os
@@ -56,6 +65,7 @@ from medcyclegan.io.atomic import atomic_path, atomic_write_text
 from medcyclegan.io.lock import FolderLock, remove_stale_temporaries
 from medcyclegan.runtime import resolve_device
 from medcyclegan.train import distributed
+from medcyclegan.train import resume as resume_rules
 from medcyclegan.train.checkpoint import (
     checkpoint_config,
     load_checkpoint,
@@ -65,24 +75,9 @@ from medcyclegan.train.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
+from medcyclegan.train.data_record import DATA_FILE
 
 logger = logging.getLogger("medcyclegan")
-
-# Fields that may differ when resuming: they change how the run is watched, not what it computes.
-RESUMABLE_OVERRIDES = {
-    "train.max_steps",
-    "train.device",
-    "train.log_every",
-    "train.sample_every",
-    "train.checkpoint_every",
-    "train.keep_epoch_checkpoints",
-    "train.save_every_steps",
-    "train.val_every",
-    "data.num_workers",
-    "data.cache_dir",
-    "train.channels_last",
-    "train.compile",
-}
 
 # Everything a run writes into its folder (sources.json is api.SOURCES_FILE). Overwriting a run moves
 # each of these aside, checkpoints/ first; add any new file of the run here.
@@ -94,6 +89,7 @@ RUN_ARTEFACTS = (
     "samples",
     "tb",
     "sources.json",
+    DATA_FILE,
 )
 # Hidden folder of a run being removed by --overwrite (deleted at the next start if a crash left it).
 TRASH_PREFIX = ".previous-run."
@@ -152,7 +148,10 @@ def epoch_batches(
 
 
 def lr_factor(epoch: int, n_epochs: int, n_epochs_decay: int) -> float:
-    """Reference schedule: constant for ``n_epochs``, then linear decay towards 0 over ``n_epochs_decay``."""
+    """Reference schedule: constant for ``n_epochs``, then linear decay towards 0 over ``n_epochs_decay``.
+
+    The step-based schedule (``optim.n_steps``) is the same rule counted in steps.
+    """
     return 1.0 - max(0, epoch + 1 - n_epochs) / float(n_epochs_decay + 1)
 
 
@@ -266,6 +265,9 @@ class Trainer:
             self.device.type == "cuda" if cfg.train.channels_last is None else bool(cfg.train.channels_last)
         )
         self._seed_everything(cfg.train.seed)
+        self.data_record = self._record_data(
+            src_paths, tgt_paths, val_src_paths, val_tgt_paths, src_mask_paths, tgt_mask_paths
+        )
         self._prepare_data(src_paths, tgt_paths, val_src_paths, val_tgt_paths, src_mask_paths, tgt_mask_paths)
         self._build_models()
         self.epoch = 0
@@ -374,22 +376,22 @@ class Trainer:
 
     @staticmethod
     def _merge_resume_config(stored: Config, requested: Config) -> Config:
-        """The stored config, with only the run-control fields the user may change on resume."""
-        stored_dict = stored.to_dict()
-        requested_dict = requested.to_dict()
-        merged = stored
-        changes: dict[str, Any] = {}
-        for section in ("data", "model", "loss", "optim", "train"):
-            for key, value in requested_dict[section].items():
-                name = f"{section}.{key}"
-                if value != stored_dict[section][key] and name in RESUMABLE_OVERRIDES:
-                    changes[name] = value
-        if changes:
-            from medcyclegan.config import apply_overrides
+        """The stored config with the run-control changes of ``requested``; any other difference is
+        refused naming key, stored and given value (see :mod:`medcyclegan.train.resume`)."""
+        return resume_rules.merge_resume_config(stored, requested)
 
-            merged = apply_overrides(stored, changes)
-            logger.info("resume: changed %s", ", ".join(f"{k}={v}" for k, v in changes.items()))
-        return merged
+    def _record_data(self, *lists: Sequence[Path] | None) -> dict[str, Any]:
+        """The record of the input files (rank 0 hashes them); on resume, refuses other data.
+
+        ``lists`` are the files of :data:`~medcyclegan.train.data_record.ROLES`, in that order.
+        """
+        from medcyclegan.train.data_record import ROLES, check_same_data, record_data
+
+        record = record_data(dict(zip(ROLES, lists))) if self.dist.is_main else None
+        record = distributed.broadcast_object(record, self.dist)
+        if self.resume_data is not None:
+            check_same_data(self.resume_data.get("data"), record, self.resume_path or self.run_dir)
+        return record
 
     def _seed_everything(self, seed: int) -> None:
         import random
@@ -467,8 +469,34 @@ class Trainer:
         self.steps_per_epoch = self.cfg.train.steps_per_epoch or math.ceil(
             max(len(self.src_dataset), len(self.tgt_dataset)) / global_batch
         )
-        total = self.steps_per_epoch * self.cfg.optim.total_epochs
-        self.total_steps = min(total, self.cfg.train.max_steps) if self.cfg.train.max_steps else total
+        self.total_steps = self._schedule_steps()
+
+    def _schedule_steps(self) -> int:
+        """Steps this run makes: the schedule's, or ``train.max_steps`` when that stops it earlier.
+
+        Raises:
+            ConfigError: ``train.max_steps`` is more than the epoch schedule has (the config refuses
+                that for ``optim.n_steps``): the user would silently get fewer steps than asked for;
+                the message says how to get them.
+        """
+        optim, max_steps = self.cfg.optim, self.cfg.train.max_steps
+        if optim.n_steps is not None:
+            total = optim.n_steps
+        else:
+            total = self.steps_per_epoch * optim.total_epochs
+            if max_steps is not None and max_steps > total:
+                raise ConfigError(
+                    f"train.max_steps {max_steps} is more than the {total} steps of the epoch schedule "
+                    f"({optim.n_epochs} + {optim.n_epochs_decay} epochs of {self.steps_per_epoch} steps); "
+                    f"use --steps {max_steps} for a step-based schedule of {max_steps} steps (constant, "
+                    "then linear decay; epochs continue as needed), or more --epochs / --epochs-decay"
+                )
+        return min(total, max_steps) if max_steps is not None else total
+
+    @property
+    def step_schedule(self) -> bool:
+        """True when the learning rate follows steps (``optim.n_steps``), False for epochs."""
+        return self.cfg.optim.n_steps is not None
 
     def _hold_out(
         self, paths: list[Path], masks: list[Path] | None, domain: int
@@ -515,8 +543,18 @@ class Trainer:
             fused=fused,
         )
 
-        def rule(epoch: int) -> float:
-            return lr_factor(epoch, cfg.optim.n_epochs, cfg.optim.n_epochs_decay)
+        if cfg.optim.n_steps is not None:
+            # Step-based: the schedulers count optimisation steps (stepped after every step).
+            decay = cfg.optim.decay_steps
+            constant = cfg.optim.n_steps - decay
+
+            def rule(step: int) -> float:
+                return lr_factor(step, constant, decay)
+
+        else:
+
+            def rule(epoch: int) -> float:
+                return lr_factor(epoch, cfg.optim.n_epochs, cfg.optim.n_epochs_decay)
 
         self.sched_G = torch.optim.lr_scheduler.LambdaLR(self.opt_G, rule)
         self.sched_D = torch.optim.lr_scheduler.LambdaLR(self.opt_D, rule)
@@ -597,6 +635,7 @@ class Trainer:
                 name: sum(p.numel() for p in getattr(self, name).parameters())
                 for name in ("G_AB", "G_BA", "D_A", "D_B")
             },
+            "data": self.data_record,
             **extra,
         }
 
@@ -802,6 +841,7 @@ class Trainer:
             from torch.utils.tensorboard import SummaryWriter
 
             save_config(self.cfg, self.run_dir / "config.yaml")
+            atomic_write_text(self.run_dir / DATA_FILE, json.dumps(self.data_record, indent=2) + "\n")
             (self.run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
             writer: Any = SummaryWriter(log_dir=str(self.run_dir / "tb"))
         else:
@@ -813,7 +853,9 @@ class Trainer:
         # Reading a loss back waits for the GPU: on CUDA only at logging steps. On the CPU it is free.
         check_every = 1 if self.device.type == "cpu" else log_every
         try:
-            while self.global_step < self.total_steps and self.epoch < self.cfg.optim.total_epochs:
+            while self.global_step < self.total_steps and (
+                self.step_schedule or self.epoch < self.cfg.optim.total_epochs
+            ):
                 epoch_start = time.perf_counter()
                 for batch_a, batch_b in self._epoch_iterator(self.epoch, self.step_in_epoch):
                     try:
@@ -839,6 +881,10 @@ class Trainer:
                             on_step(self.global_step, row)
                     else:
                         progress.advance(self.global_step, self.epoch)
+                    if self.step_schedule:
+                        # After the log row (which shows this step's rate), before any checkpoint.
+                        self.sched_G.step()
+                        self.sched_D.step()
                     if not self.dist.is_distributed:
                         stop = self._stop_signal
                     if stop is not None:
@@ -921,8 +967,9 @@ class Trainer:
 
     def _end_epoch(self, writer: Any, seconds: float) -> None:
         epoch = self.epoch
-        self.sched_G.step()
-        self.sched_D.step()
+        if not self.step_schedule:
+            self.sched_G.step()
+            self.sched_D.step()
         self.epoch += 1
         self.step_in_epoch = 0
         improved = False
