@@ -208,7 +208,9 @@ def check_data_files_inside(layout: DataLayout, allow_external: bool | None = No
     folder = layout.header.parent.resolve()
     for data_file in layout.data_files:
         if not data_file.resolve().is_relative_to(folder):
-            shown = os.path.relpath(data_file, layout.header.parent) if not data_file.is_absolute() else data_file
+            shown = (
+                os.path.relpath(data_file, layout.header.parent) if not data_file.is_absolute() else data_file
+            )
             link = " (through a symbolic link)" if _is_relative(data_file, layout.header.parent) else ""
             raise InputError(
                 f"names a data file outside its own folder{link}: {shown}; a detached header may only "
@@ -219,4 +221,6 @@ def check_data_files_inside(layout: DataLayout, allow_external: bool | None = No
 
 def _is_relative(path: Path, folder: Path) -> bool:
     """Whether ``path`` lies in ``folder`` by its name alone (``..`` collapsed, links not followed)."""
-    return Path(os.path.normpath(os.path.abspath(path))).is_relative_to(os.path.normpath(os.path.abspath(folder)))
+    return Path(os.path.normpath(os.path.abspath(path))).is_relative_to(
+        os.path.normpath(os.path.abspath(folder))
+    )
