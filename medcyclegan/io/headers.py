@@ -37,6 +37,7 @@ class DataLayout:
         header: the header file.
         fields: header fields (MetaImage keys, NRRD field names in lower case) and their values.
         data_files: the detached data files in reading order; empty when the voxels follow the header.
+        data_names: the same files as the header spells them (relative to its folder, or absolute).
         data_offset: for attached data, the byte offset of the voxels in ``header`` (else 0).
         compression: ``"zlib"`` (MetaImage), ``"gzip"`` or ``"bzip2"`` (NRRD), or ``None``.
         line_skip: NRRD ``line skip``: text lines to skip in each data file before its data.
@@ -46,6 +47,7 @@ class DataLayout:
     header: Path
     fields: dict[str, str]
     data_files: tuple[Path, ...]
+    data_names: tuple[str, ...]
     data_offset: int
     compression: str | None
     line_skip: int = 0
@@ -128,23 +130,30 @@ def data_layout(path: Path, suffix: str) -> DataLayout | None:
         compressed = fields.get("CompressedData", "False").lower() == "true"
         data_file = fields["ElementDataFile"]
         if data_file.upper() == "LOCAL":
-            files: tuple[Path, ...] = ()
+            names: tuple[str, ...] = ()
         elif data_file.split()[0].upper() == "LIST":
-            files = tuple(path.parent / name for name in rest if name)
+            names = tuple(name for name in rest if name)
         else:
-            files = _expanded(path, data_file)
-        return DataLayout(path, fields, files, header_end if not files else 0, "zlib" if compressed else None)
+            names = _expanded(path, data_file)
+        return DataLayout(
+            path,
+            fields,
+            tuple(path.parent / name for name in names),
+            names,
+            header_end if not names else 0,
+            "zlib" if compressed else None,
+        )
     parsed = read_nrrd_header(path)
     if parsed is None:
         return None
     fields, data_offset, list_lines = parsed
     data_file = fields.get("data file", fields.get("datafile"))
     if data_file is None:
-        files = ()
+        names = ()
     elif data_file.split()[:1] == ["LIST"]:
-        files = tuple(path.parent / name for name in list_lines if name)
+        names = tuple(name for name in list_lines if name)
     else:
-        files = _expanded(path, data_file)
+        names = _expanded(path, data_file)
     encoding = fields.get("encoding", "raw").lower()
     compression = (
         "gzip" if encoding in _NRRD_GZIP_ENCODINGS else "bzip2" if encoding in _NRRD_BZIP2_ENCODINGS else None
@@ -152,8 +161,9 @@ def data_layout(path: Path, suffix: str) -> DataLayout | None:
     return DataLayout(
         path,
         fields,
-        files,
-        data_offset if not files else 0,
+        tuple(path.parent / name for name in names),
+        names,
+        data_offset if not names else 0,
         compression,
         line_skip=_int_field(fields, "line skip", "lineskip"),
         byte_skip=_int_field(fields, "byte skip", "byteskip"),
@@ -170,11 +180,11 @@ def _int_field(fields: dict[str, str], *names: str) -> int:
     return 0
 
 
-def _expanded(header: Path, spec: str) -> tuple[Path, ...]:
+def _expanded(header: Path, spec: str) -> tuple[str, ...]:
     """One data file name, or a printf-style pattern ``name%03d.raw MIN MAX STEP [SUBDIM]``."""
     parts = spec.split()
     if "%" not in spec or len(parts) < 4:
-        return (header.parent / spec,)
+        return (spec,)
     try:
         first, last, step = (int(v) for v in parts[1:4])
         if step == 0 or (last - first) // step + 1 > _MAX_DATA_FILES:
@@ -182,7 +192,7 @@ def _expanded(header: Path, spec: str) -> tuple[Path, ...]:
         names = [parts[0] % i for i in range(first, last + (1 if step > 0 else -1), step)]
     except (ValueError, TypeError):
         raise InputError(f"has a data file pattern that cannot be expanded ({spec})", header) from None
-    return tuple(header.parent / name for name in names)
+    return tuple(names)
 
 
 def external_data_allowed(allow: bool | None = None) -> bool:
@@ -206,11 +216,8 @@ def check_data_files_inside(layout: DataLayout, allow_external: bool | None = No
     if not layout.data_files or external_data_allowed(allow_external):
         return
     folder = layout.header.parent.resolve()
-    for data_file in layout.data_files:
+    for data_file, shown in zip(layout.data_files, layout.data_names):
         if not data_file.resolve().is_relative_to(folder):
-            shown = (
-                os.path.relpath(data_file, layout.header.parent) if not data_file.is_absolute() else data_file
-            )
             link = " (through a symbolic link)" if _is_relative(data_file, layout.header.parent) else ""
             raise InputError(
                 f"names a data file outside its own folder{link}: {shown}; a detached header may only "
