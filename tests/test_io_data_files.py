@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from medcyclegan.errors import InputError
-from medcyclegan.io import read_volume
+from medcyclegan.io import read_volume, write_volume
 from medcyclegan.io.headers import ALLOW_EXTERNAL_DATA_ENV
 
 SHAPE = (6, 5, 4)
@@ -101,3 +101,77 @@ def test_etc_passwd_is_not_read_as_voxels(write_itk, tmp_path) -> None:
     )
     with pytest.raises(InputError, match="names a data file outside its own folder"):
         read_volume(header)
+
+
+# ------------------------------------------------------------------- the files a volume consists of
+
+
+def test_files_of_each_kind_of_volume(write_itk, write_nifti, write_dicom_series, tmp_path) -> None:
+    from medcyclegan.io.discovery import files_of_volume
+
+    assert files_of_volume(write_nifti("n.nii.gz", voxels())) == [tmp_path / "n.nii.gz"]
+    assert files_of_volume(write_itk("m.mha", voxels())) == [tmp_path / "m.mha"]
+    assert files_of_volume(write_itk("m.mhd", voxels())) == [tmp_path / "m.mhd", tmp_path / "m.zraw"]
+    assert files_of_volume(write_itk("r.mhd", voxels(), compress=False)) == [
+        tmp_path / "r.mhd",
+        tmp_path / "r.raw",
+    ]
+    assert files_of_volume(write_itk("h.nhdr", voxels())) == [tmp_path / "h.nhdr", tmp_path / "h.raw.gz"]
+    folder, uid = write_dicom_series("ct", voxels() + 100)
+    slices = sorted(folder.glob("*.dcm"))
+    assert len(slices) == SHAPE[2]
+    assert files_of_volume(folder) == [folder, *slices]
+    assert files_of_volume(f"{folder}::{uid}") == [folder, *slices]
+
+
+def test_files_of_list_and_pattern_headers(tmp_path) -> None:
+    from medcyclegan.io.discovery import files_of_volume
+
+    mhd = tmp_path / "list.mhd"
+    mhd.write_text(
+        "ObjectType = Image\nNDims = 3\nDimSize = 2 2 2\nElementType = MET_UCHAR\n"
+        "ElementDataFile = LIST 2D\ns0.raw\nsub/s1.raw\n"
+    )
+    assert files_of_volume(mhd) == [mhd, tmp_path / "s0.raw", tmp_path / "sub" / "s1.raw"]
+    nhdr = tmp_path / "pattern.nhdr"
+    nhdr.write_text(
+        "NRRD0004\ntype: uchar\ndimension: 3\nsizes: 2 2 3\nencoding: raw\ndata file: z%02d.raw 1 5 2 2\n"
+    )
+    assert files_of_volume(nhdr) == [nhdr, *(tmp_path / f"z{i:02d}.raw" for i in (1, 3, 5))]
+    listed = tmp_path / "listed.nhdr"
+    listed.write_text(
+        "NRRD0004\ntype: uchar\ndimension: 3\nsizes: 2 2 2\nencoding: gzip\ndata file: LIST\na.raw.gz\nb.raw.gz\n"
+    )
+    assert files_of_volume(listed) == [listed, tmp_path / "a.raw.gz", tmp_path / "b.raw.gz"]
+
+
+def test_files_written_by_an_output_include_its_data_file(write_nifti, tmp_path) -> None:
+    from medcyclegan.io.writers import files_written_by
+
+    volume = read_volume(write_nifti("in/n.nii.gz", voxels()))
+    for name, data in (("A.MHD", "A.zraw"), ("b.nhdr", "b.raw.gz"), ("c.mha", None), ("d.nii.gz", None)):
+        out = tmp_path / "out" / name
+        expected = [out] if data is None else [out, out.parent / data]
+        assert files_written_by(out) == expected
+        write_volume(volume.array, volume.geometry, out)
+        assert sorted((tmp_path / "out").glob(f"{name[0]}.*")) == sorted(expected)  # exactly those
+
+
+def test_same_file_ignores_case_and_follows_links(tmp_path) -> None:
+    from medcyclegan.io.discovery import same_file, shared_file
+
+    (tmp_path / "a.zraw").write_bytes(b"x")
+    (tmp_path / "link").symlink_to(tmp_path)
+    os.link(tmp_path / "a.zraw", tmp_path / "hard.zraw")
+    assert same_file(tmp_path / "a.mhd", tmp_path / "a.MHD")  # neither exists: the name decides
+    assert same_file(tmp_path / "link" / "a.zraw", tmp_path / "a.zraw")
+    assert same_file(tmp_path / "hard.zraw", tmp_path / "a.zraw")
+    assert same_file(tmp_path / "x" / ".." / "a.zraw", tmp_path / "a.zraw")
+    assert not same_file(tmp_path / "a.zraw", tmp_path / "b.zraw")
+    inputs = [tmp_path / "a.mhd", tmp_path / "a.zraw"]
+    assert shared_file([tmp_path / "a.MHD", tmp_path / "a.zraw"], inputs) == (
+        tmp_path / "a.MHD",
+        tmp_path / "a.mhd",
+    )
+    assert shared_file([tmp_path / "hard.zraw"], inputs) == (tmp_path / "hard.zraw", tmp_path / "a.zraw")
+    assert shared_file([tmp_path / "b.mhd", tmp_path / "b.zraw"], inputs) is None

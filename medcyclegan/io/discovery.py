@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterable
 from pathlib import Path
 
 from medcyclegan.errors import InputError
+from medcyclegan.io.headers import data_layout
 
 logger = logging.getLogger("medcyclegan")
 
@@ -166,3 +168,83 @@ def find_volumes(folder: str | Path) -> list[Path]:
             folder,
         )
     return sorted(volumes, key=lambda p: str(p))
+
+
+def files_of_volume(path: str | Path) -> list[Path]:
+    """Every file the volume at ``path`` consists of, ``path`` first.
+
+    A ``.mhd``/``.nhdr`` (or a ``.nrrd`` with a ``data file`` line) adds the data files its header
+    names (``.raw``, ``.zraw``, ``.raw.gz``, lists and file patterns included); a DICOM series folder
+    (``FOLDER`` or ``FOLDER::SERIES_UID``) gives the folder, then the DICOM files directly in it. Used
+    to refuse an output that would replace any part of an input. A header that cannot be parsed
+    gives only ``path``: reading it fails anyway, before anything is written.
+    """
+    folder, uid = split_series(path)
+    if uid is not None or folder.is_dir():
+        try:
+            entries = sorted(folder.iterdir())
+        except OSError:
+            entries = []
+        slices = [e for e in entries if not e.name.startswith(".") and e.is_file() and is_dicom_file(e)]
+        return [folder, *slices]
+    path = Path(path)
+    suffix = volume_suffix(path)
+    if suffix not in ITK_SUFFIXES or not path.is_file():
+        return [path]
+    try:
+        layout = data_layout(path, suffix)
+    except (InputError, OSError):
+        return [path]
+    return [path, *(layout.data_files if layout is not None else ())]
+
+
+def path_key(path: str | Path) -> str:
+    """A key that is equal for two paths naming the same file: absolute, links resolved, case folded.
+
+    Case is folded on every file system: on a case-insensitive one ``a.mhd`` and ``a.MHD`` are one
+    file, and on a case-sensitive one treating them as one only refuses a confusing output name.
+    """
+    return os.path.normcase(str(Path(path).resolve())).casefold()
+
+
+def same_file(a: str | Path, b: str | Path) -> bool:
+    """Whether ``a`` and ``b`` name (or, once created, would name) the same file (see :func:`path_key`).
+
+    Existing files are also compared by device and inode, which catches hard links and bind mounts.
+    """
+    if path_key(a) == path_key(b):
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def shared_file(written: Iterable[str | Path], read: Iterable[str | Path]) -> tuple[Path, Path] | None:
+    """The first pair (file to be written, file read) that are the same file (:func:`same_file`), or ``None``.
+
+    Args:
+        written: the files an output consists of (:func:`~medcyclegan.io.writers.files_written_by`).
+        read: the files the inputs consist of (:func:`files_of_volume`).
+    """
+    by_key: dict[str, Path] = {}
+    by_inode: dict[tuple[int, int], Path] = {}
+    for name in read:
+        by_key.setdefault(path_key(name), Path(name))
+        if (inode := _inode(name)) is not None:
+            by_inode.setdefault(inode, Path(name))
+    for out in written:
+        clash = by_key.get(path_key(out))
+        if clash is None and (inode := _inode(out)) is not None:
+            clash = by_inode.get(inode)
+        if clash is not None:
+            return Path(out), clash
+    return None
+
+
+def _inode(path: str | Path) -> tuple[int, int] | None:
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return stat.st_dev, stat.st_ino
