@@ -13,6 +13,7 @@ import logging
 import math
 import re
 import zlib
+from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -31,6 +32,7 @@ from medcyclegan.io.discovery import (
     volume_suffix,
 )
 from medcyclegan.io.headers import DataLayout, check_data_files_inside, data_layout
+from medcyclegan.io.library_messages import nibabel_messages, route_itk_messages
 from medcyclegan.io.volume import LPS_TO_RAS, Geometry, Volume
 
 logger = logging.getLogger("medcyclegan")
@@ -54,7 +56,11 @@ _ITK_IMAGE_IO = {".nrrd": "NrrdImageIO", ".nhdr": "NrrdImageIO", ".mha": "MetaIm
 # Slices whose spacing differs from the median by more than this fraction mean missing/duplicate slices.
 _SLICE_SPACING_TOLERANCE = 0.01
 _SLICE_SPACING_ABS_TOLERANCE_MM = 0.01
+# Direction cosines of two slices differing by more than this: another orientation (about 0.06 deg).
+_ORIENTATION_TOLERANCE = 1e-3
 _MASK_AFFINE_TOLERANCE_MM = 1e-3
+# Files already warned about for a zero or negative pixdim (one warning per file and process).
+_PIXDIM_WARNED: set[str] = set()
 # Voxel sizes outside these bounds (1 nm, 1 km) can only come from a corrupted header.
 _MIN_VOXEL_MM = 1e-6
 _MAX_VOXEL_MM = 1e6
@@ -255,6 +261,34 @@ def _one_line(text: str, path: Path | None = None) -> str:
 
 
 def _read_nifti(path: Path, suffix: str, size: int) -> Volume:
+    with nibabel_messages() as messages:  # nibabel prints each header fix once per parse (twice here)
+        volume = _read_nifti_file(path, suffix, size)
+    _report_pixdim_fixes(messages, volume.geometry, path)
+    return volume
+
+
+def _report_pixdim_fixes(messages: list[str], geometry: Geometry, path: Path) -> None:
+    """One warning of our own (once per file and process) when nibabel invented a voxel size.
+
+    A zero (or negative) ``pixdim`` is replaced by 1 mm (or its absolute value). That matters only when
+    the geometry comes from the qform or from pixdim alone (``sform_code`` 0): the sform does not use
+    pixdim.
+    """
+    zero = any("pixdim[1,2,3] should be non-zero" in m for m in messages)
+    negative = any("pixdim[1,2,3] should be positive" in m for m in messages)
+    if geometry.sform_code > 0 or not (zero or negative) or str(path) in _PIXDIM_WARNED:
+        return
+    _PIXDIM_WARNED.add(str(path))
+    what = "0 (read as 1 mm)" if zero else "negative (read as its absolute value)"
+    logger.warning(
+        "%s: a voxel size (pixdim) in the NIfTI header is %s and no sform gives the geometry: "
+        "the voxel spacing along that axis is a guess",
+        path,
+        what,
+    )
+
+
+def _read_nifti_file(path: Path, suffix: str, size: int) -> Volume:
     import nibabel as nib
 
     try:
@@ -401,6 +435,7 @@ def import_simpleitk(
         raise error_class(
             f"{purpose} needs SimpleITK, which is not installed (pip install SimpleITK)", path
         ) from None
+    route_itk_messages(SimpleITK)
     return SimpleITK
 
 
@@ -742,7 +777,7 @@ def _read_dicom_series(folder: Path, series_uid: str | None) -> Volume:
     if image.GetDimension() == 2 or (len(files) == 1 and image.GetSize()[2:3] == (1,)):
         raise InputError(f"DICOM series {series_uid} is a single 2D slice; give a 3D series", folder)
     if len(files) > 1:
-        _check_slice_positions(reader, len(files), folder, series_uid)
+        _check_slice_positions(reader, len(files), folder, series_uid, files)
     extra = {
         "series_uid": series_uid,
         "series_description": _slice_tag(reader, "0008|103e"),
@@ -769,15 +804,55 @@ def _slice_vector(series_reader: Any, index: int, key: str, length: int) -> np.n
     return values if values.shape == (length,) else None
 
 
-def _check_slice_positions(series_reader: Any, n_slices: int, folder: Path, series_uid: str) -> None:
-    """Refuses series with missing or duplicated slices (uneven steps along the slice normal)."""
-    orientation = _slice_vector(series_reader, 0, "0020|0037", 6)
+def _check_slice_orientations(
+    series_reader: Any, orientations: list[np.ndarray], folder: Path, series_uid: str, files: Sequence[str]
+) -> None:
+    """Refuses a series whose slices do not all have the first slice's orientation.
+
+    Before the spacing check, which would blame the uneven positions of such slices on missing or
+    duplicated slices. Slices in 3 or more planes (or ImageType LOCALIZER) are a localizer (scout).
+    """
+    first = orientations[0]
+    differ = [i for i, o in enumerate(orientations) if np.abs(o - first).max() > _ORIENTATION_TOLERANCE]
+    if not differ:
+        return
+    planes: list[np.ndarray] = []
+    for o in orientations:
+        normal = np.cross(o[:3], o[3:])
+        if all(abs(float(np.dot(normal, p))) < 1 - _ORIENTATION_TOLERANCE for p in planes):
+            planes.append(normal)
+    localizer = any(
+        "LOCALIZER" in _slice_tag(series_reader, "0008|0008", i).upper() for i in range(len(orientations))
+    )
+    if localizer or len(planes) >= 3:
+        raise InputError(
+            f"DICOM series {series_uid} is a localizer (scout): its {len(orientations)} slices lie in "
+            f"{len(planes)} different planes, not one 3D volume; choose the series of the scan itself",
+            folder,
+        )
+    example = f", e.g. {Path(files[differ[0]]).name}" if len(files) == len(orientations) else ""
+    raise InputError(
+        f"DICOM series {series_uid} mixes slice orientations: {len(differ)} of {len(orientations)} "
+        f"slices are not oriented like the first{example}; a 3D volume needs one orientation",
+        folder,
+    )
+
+
+def _check_slice_positions(
+    series_reader: Any, n_slices: int, folder: Path, series_uid: str, files: Sequence[str] = ()
+) -> None:
+    """Refuses series with slices of several orientations (a localizer, a stray slice), or with
+    missing or duplicated slices (uneven steps along the slice normal)."""
+    orientations = [_slice_vector(series_reader, i, "0020|0037", 6) for i in range(n_slices)]
     positions = [_slice_vector(series_reader, i, "0020|0032", 3) for i in range(n_slices)]
-    if orientation is None or any(p is None for p in positions):
+    if any(o is None for o in orientations) or any(p is None for p in positions):
         logger.warning(
             "%s: DICOM series %s lacks slice positions; slice spacing unchecked", folder, series_uid
         )
         return
+    _check_slice_orientations(series_reader, orientations, folder, series_uid, files)  # type: ignore[arg-type]
+    orientation = orientations[0]
+    assert orientation is not None
     normal = np.cross(orientation[:3], orientation[3:])
     distances = np.array([float(np.dot(normal, p)) for p in positions])  # type: ignore[arg-type]
     steps = np.diff(distances)
