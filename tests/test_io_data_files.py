@@ -10,9 +10,10 @@ import pytest
 
 from medcyclegan.errors import InputError
 from medcyclegan.io import read_volume, write_volume
-from medcyclegan.io.headers import ALLOW_EXTERNAL_DATA_ENV
 
 SHAPE = (6, 5, 4)
+# The documented opt-in (medcyclegan.io.headers.ALLOW_EXTERNAL_DATA_ENV).
+ALLOW_EXTERNAL_DATA_ENV = "MEDCYCLEGAN_ALLOW_EXTERNAL_DATA_FILES"
 # The data file ITK writes beside each detached header, uncompressed and compressed.
 DATA_NAME = {
     (".mhd", False): "raw",

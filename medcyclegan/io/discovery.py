@@ -113,6 +113,8 @@ def find_volumes(folder: str | Path) -> list[Path]:
     Hidden files and folders (name starting with ``.``) are skipped, including the temporary files of
     interrupted atomic writes. A folder holding DICOM files counts as one volume (the folder itself);
     its subfolders are still searched. Other files are ignored, with one warning that counts them.
+    Symbolic links to folders and files are followed; what is reached twice (a link to a folder or
+    file also found directly, a link loop) is listed once, with one warning naming what was skipped.
 
     Args:
         folder: a folder to search, or a single volume file (returned as ``[folder]``).
@@ -137,10 +139,29 @@ def find_volumes(folder: str | Path) -> list[Path]:
 
     volumes: list[Path] = []
     ignored: list[Path] = []
-    for root, dirs, files in os.walk(folder):
-        # Pruning in place stops os.walk from descending into hidden folders.
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+    # Symbolic links to folders are followed; a folder reached twice (a loop, or a link to a folder
+    # that is also found directly) is searched once, through its real path where it has one.
+    real_folders = set()
+    for root, dirs, _ in os.walk(folder):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        real_folders.add(_inode(root))
+    visited = {_inode(folder)}
+    skipped: list[Path] = []
+    for root, dirs, files in os.walk(folder, followlinks=True):
         root_path = Path(root)
+        kept = []
+        for name in sorted(d for d in dirs if not d.startswith(".")):
+            key = _inode(root_path / name)
+            if key is None:
+                continue
+            linked = (root_path / name).is_symlink()
+            if key in visited or (linked and key in real_folders):
+                skipped.append(root_path / name)
+                continue
+            visited.add(key)
+            kept.append(name)
+        # Pruning in place stops os.walk from descending into hidden and already searched folders.
+        dirs[:] = kept
         names = sorted(f for f in files if not f.startswith("."))
         lower_names = [name.lower() for name in names]
         has_detached_header = any(name.endswith(DETACHED_HEADER_SUFFIXES) for name in lower_names)
@@ -157,6 +178,18 @@ def find_volumes(folder: str | Path) -> list[Path]:
                 ignored.append(path)
         if dicom_here:
             volumes.append(root_path)
+    volumes, duplicates = _distinct_files(volumes)
+    skipped += duplicates
+    if skipped:
+        examples = ", ".join(str(p.relative_to(folder)) for p in skipped[:_WARNING_EXAMPLES])
+        more = ", ..." if len(skipped) > _WARNING_EXAMPLES else ""
+        logger.warning(
+            "%s: skipped %d path(s) that are symbolic links to a file or folder already found: %s%s",
+            folder,
+            len(skipped),
+            examples,
+            more,
+        )
 
     if ignored:
         examples = ", ".join(str(p.relative_to(folder)) for p in ignored[:_WARNING_EXAMPLES])
@@ -168,6 +201,24 @@ def find_volumes(folder: str | Path) -> list[Path]:
             folder,
         )
     return sorted(volumes, key=lambda p: str(p))
+
+
+def _distinct_files(paths: list[Path]) -> tuple[list[Path], list[Path]]:
+    """``paths`` without those naming a file or folder already in it (kept: its link-free path, or
+    the first); and the paths left out."""
+
+    def links_in(path: Path) -> bool:
+        return path.resolve() != Path(os.path.abspath(path))
+
+    kept: dict[tuple[int, int] | Path, Path] = {}
+    left_out = []
+    for path in sorted(paths, key=lambda p: (links_in(p), str(p))):
+        key = _inode(path) or path
+        if key in kept:
+            left_out.append(path)
+        else:
+            kept[key] = path
+    return list(kept.values()), left_out
 
 
 def files_of_volume(path: str | Path) -> list[Path]:
