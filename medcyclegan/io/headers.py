@@ -38,7 +38,8 @@ class DataLayout:
         fields: header fields (MetaImage keys, NRRD field names in lower case) and their values.
         data_files: the detached data files in reading order; empty when the voxels follow the header.
         data_names: the same files as the header spells them (relative to its folder, or absolute).
-        data_offset: for attached data, the byte offset of the voxels in ``header`` (else 0).
+        data_offset: the byte offset of the voxels in ``header`` (attached data) or in each data file
+            (MetaImage ``HeaderSize``; else 0).
         compression: ``"zlib"`` (MetaImage), ``"gzip"`` or ``"bzip2"`` (NRRD), or ``None``.
         line_skip: NRRD ``line skip``: text lines to skip in each data file before its data.
         byte_skip: NRRD ``byte skip``: bytes to skip (after decompression) in each data file.
@@ -140,7 +141,7 @@ def data_layout(path: Path, suffix: str) -> DataLayout | None:
             fields,
             tuple(path.parent / name for name in names),
             names,
-            header_end if not names else 0,
+            header_end if not names else max(_int_field(fields, "HeaderSize"), 0),
             "zlib" if compressed else None,
         )
     parsed = read_nrrd_header(path)

@@ -3,7 +3,7 @@
 ITK writes multi-line warnings (``WARNING: In .../itkImageSeriesReader.hxx, line 502 ...``) to
 stderr, and nibabel's header checks print lines such as ``pixdim[1,2,3] should be non-zero`` once per
 header parse (twice per NIfTI read here). The readers check what matters themselves and say it in one
-line of their own; the library's words stay available with ``--log-level debug``.
+line of their own; the library's words stay available with ``medcyclegan --verbose``.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ import zlib
 from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from nibabel import orientations as ornt_lib
@@ -850,9 +850,9 @@ def _check_slice_positions(
             "%s: DICOM series %s lacks slice positions; slice spacing unchecked", folder, series_uid
         )
         return
-    _check_slice_orientations(series_reader, orientations, folder, series_uid, files)  # type: ignore[arg-type]
-    orientation = orientations[0]
-    assert orientation is not None
+    oriented = cast("list[np.ndarray]", orientations)  # no None left
+    _check_slice_orientations(series_reader, oriented, folder, series_uid, files)
+    orientation = oriented[0]
     normal = np.cross(orientation[:3], orientation[3:])
     distances = np.array([float(np.dot(normal, p)) for p in positions])  # type: ignore[arg-type]
     steps = np.diff(distances)
