@@ -57,7 +57,7 @@ def damaged(write_itk, name: str, damage: str) -> Path:
 
 
 @pytest.mark.parametrize("name", list(DATA_FILE))
-@pytest.mark.parametrize("damage", ["flip@0.3", "flip@0.9", "trailer", "cut@0.5", "cut@0.99"])
+@pytest.mark.parametrize("damage", ["flip@0", "flip@0.3", "flip@0.9", "trailer", "cut@0.5", "cut@0.99"])
 def test_damaged_compressed_voxels_are_one_error_line(write_itk, capfd, name, damage) -> None:
     path = damaged(write_itk, name, damage)
     capfd.readouterr()
@@ -113,4 +113,14 @@ def test_nrrd_bzip2_is_refused_clearly(tmp_path) -> None:
     header = b"NRRD0004\ntype: short\ndimension: 3\nsizes: 5 4 3\nendian: little\nencoding: bzip2\n\n"
     path.write_bytes(header + bz2.compress(np.arange(60, dtype=np.int16).tobytes()))
     with pytest.raises(InputError, match="uses NRRD bzip2 encoding, which ITK cannot read"):
+        read_volume(path)
+
+
+def test_nrrd_saying_gzip_over_data_that_is_not(tmp_path) -> None:
+    path = tmp_path / "raw.nrrd"
+    header = b"NRRD0004\ntype: short\ndimension: 3\nsizes: 5 4 3\nendian: little\nencoding: gzip\n\n"
+    path.write_bytes(header + np.arange(60, dtype=np.int16).tobytes())
+    with pytest.raises(
+        InputError, match=r"raw\.nrrd: is corrupted or not gzip-compressed \(its header says gzip"
+    ):
         read_volume(path)

@@ -615,7 +615,8 @@ def _check_compressed_voxels(layout: DataLayout, voxel_bytes: int, path: Path) -
                     total += count
         except OSError as exc:
             if isinstance(exc, gzip.BadGzipFile):
-                raise InputError(f"{subject}{_gzip_problem(exc)}", path) from None
+                problem = _gzip_problem(exc) if "CRC" in str(exc) else _NOT_GZIP
+                raise InputError(f"{subject}{problem}", path) from None
             raise InputError(f"{subject}cannot be opened ({exc.strerror or exc})", path) from None
         except (EOFError, zlib.error) as exc:
             problem = _gzip_problem(exc) if layout.compression == "gzip" else _zlib_problem(exc)
@@ -626,6 +627,11 @@ def _check_compressed_voxels(layout: DataLayout, voxel_bytes: int, path: Path) -
         raise InputError(
             f"{kind}: its compressed voxel data holds {total} bytes, the header announces {expected}", path
         )
+
+
+_NOT_GZIP = (
+    "is corrupted or not gzip-compressed (its header says gzip, its voxel data does not start like gzip)"
+)
 
 
 def _zlib_stream_size(handle: Any, limit: int | None) -> int:
