@@ -246,7 +246,9 @@ def files_of_volume(path: str | Path) -> list[Path]:
         layout = data_layout(path, suffix)
     except (InputError, OSError):
         return [path]
-    return [path, *(layout.data_files if layout is not None else ())]
+    if layout is None:
+        return [path]
+    return [path, *(f for f, name in zip(layout.data_files, layout.data_names) if name.strip())]
 
 
 def path_key(path: str | Path) -> str:

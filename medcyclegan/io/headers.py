@@ -132,7 +132,7 @@ def data_layout(path: Path, suffix: str) -> DataLayout | None:
         data_file = fields["ElementDataFile"]
         if data_file.upper() == "LOCAL":
             names: tuple[str, ...] = ()
-        elif data_file.split()[0].upper() == "LIST":
+        elif data_file.upper().split()[:1] == ["LIST"]:
             names = tuple(name for name in rest if name)
         else:
             names = _expanded(path, data_file)

@@ -554,7 +554,7 @@ def _check_metaimage_header(path: Path, layout: DataLayout, size: int) -> None:
         raise InputError(
             "has a malformed MetaImage header (ElementDataFile must be LOCAL in a .mha file)", path
         )
-    elif not data_file.isprintable():
+    elif not data_file.strip() or not data_file.isprintable():
         raise InputError("has a malformed MetaImage header (ElementDataFile is not a file name)", path)
     elif len(layout.data_files) > 1 or data_file.upper().startswith("LIST"):
         if layout.compression:
