@@ -176,3 +176,12 @@ def test_same_file_ignores_case_and_follows_links(tmp_path) -> None:
     )
     assert shared_file([tmp_path / "hard.zraw"], inputs) == (tmp_path / "hard.zraw", tmp_path / "a.zraw")
     assert shared_file([tmp_path / "b.mhd", tmp_path / "b.zraw"], inputs) is None
+
+
+def test_data_file_that_is_a_link_loop_is_refused(write_itk, tmp_path) -> None:
+    header = header_naming(write_itk, tmp_path, ".mhd", "a.raw")
+    (header.parent / "a.raw").unlink()
+    (header.parent / "a.raw").symlink_to(header.parent / "a.raw")
+    with pytest.raises(InputError) as info:
+        read_volume(header)
+    assert "\n" not in str(info.value) and str(info.value).startswith(f"{header}: ")

@@ -43,3 +43,9 @@ def test_a_plain_tree_gives_no_symlink_warning(write_nifti, tmp_path: Path, capl
     with caplog.at_level(logging.WARNING, logger="medcyclegan"):
         assert find_volumes(tmp_path / "d") == [tmp_path / "d" / "x" / "a.nii.gz"]
     assert not caplog.records
+
+
+def test_a_file_link_loop_neither_hangs_nor_crashes(write_nifti, tmp_path: Path) -> None:
+    write_nifti("d/a.nii.gz", np.zeros(SHAPE, np.int16))
+    (tmp_path / "d" / "loop.nii.gz").symlink_to(tmp_path / "d" / "loop.nii.gz")
+    assert find_volumes(tmp_path / "d") == [tmp_path / "d" / "a.nii.gz", tmp_path / "d" / "loop.nii.gz"]

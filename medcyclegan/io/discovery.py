@@ -208,7 +208,10 @@ def _distinct_files(paths: list[Path]) -> tuple[list[Path], list[Path]]:
     the first); and the paths left out."""
 
     def links_in(path: Path) -> bool:
-        return path.resolve() != Path(os.path.abspath(path))
+        try:
+            return path.resolve() != Path(os.path.abspath(path))
+        except (OSError, RuntimeError):  # a link loop
+            return True
 
     kept: dict[tuple[int, int] | Path, Path] = {}
     left_out = []
@@ -257,7 +260,11 @@ def path_key(path: str | Path) -> str:
     Case is folded on every file system: on a case-insensitive one ``a.mhd`` and ``a.MHD`` are one
     file, and on a case-sensitive one treating them as one only refuses a confusing output name.
     """
-    return os.path.normcase(str(Path(path).resolve())).casefold()
+    try:
+        resolved = str(Path(path).resolve())
+    except (OSError, RuntimeError):  # a symbolic link loop
+        resolved = os.path.abspath(path)
+    return os.path.normcase(resolved).casefold()
 
 
 def same_file(a: str | Path, b: str | Path) -> bool:

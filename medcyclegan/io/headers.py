@@ -126,6 +126,13 @@ def data_layout(path: Path, suffix: str) -> DataLayout | None:
     Raises:
         InputError: a malformed MetaImage header, or a data file pattern that cannot be expanded.
     """
+    layout = _data_layout(path, suffix)
+    if layout is not None and any("\0" in name for name in layout.data_names):
+        raise InputError("names a data file with a NUL character in its name", path)
+    return layout
+
+
+def _data_layout(path: Path, suffix: str) -> DataLayout | None:
     if suffix in (".mha", ".mhd"):
         fields, header_end, rest = read_metaimage_header(path)
         compressed = fields.get("CompressedData", "False").lower() == "true"
@@ -218,7 +225,11 @@ def check_data_files_inside(layout: DataLayout, allow_external: bool | None = No
         return
     folder = layout.header.parent.resolve()
     for data_file, shown in zip(layout.data_files, layout.data_names):
-        if not data_file.resolve().is_relative_to(folder):
+        try:
+            inside = data_file.resolve().is_relative_to(folder)
+        except (OSError, RuntimeError):  # a link loop: it cannot lead anywhere inside
+            inside = False
+        if not inside:
             link = " (through a symbolic link)" if _is_relative(data_file, layout.header.parent) else ""
             raise InputError(
                 f"names a data file outside its own folder{link}: {shown}; a detached header may only "
