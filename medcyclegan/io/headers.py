@@ -227,8 +227,8 @@ def check_data_files_inside(layout: DataLayout, allow_external: bool | None = No
     for data_file, shown in zip(layout.data_files, layout.data_names):
         try:
             inside = data_file.resolve().is_relative_to(folder)
-        except (OSError, RuntimeError):  # a link loop: it cannot lead anywhere inside
-            inside = False
+        except (OSError, RuntimeError):
+            raise InputError(f"its data file {shown} is a symbolic link loop", layout.header) from None
         if not inside:
             link = " (through a symbolic link)" if _is_relative(data_file, layout.header.parent) else ""
             raise InputError(
