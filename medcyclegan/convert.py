@@ -457,17 +457,22 @@ def _check_distinct_outputs(planned: Sequence[tuple[Path, Path | None]]) -> None
         planned: ``(input, output)`` pairs, every output of every input (volumes, attention maps);
             ``None`` outputs are skipped.
     """
-    owners: dict[Path, Path] = {}
+    from medcyclegan.io.discovery import path_key
+    from medcyclegan.io.writers import files_written_by
+
+    owners: dict[str, Path] = {}
     for source, out in planned:
         if out is None:
             continue
-        other = owners.setdefault(out, source)
-        if other != source:
-            raise OutputError(
-                f"two inputs would be written to the same output name: {other} and {source}; "
-                "rename one of them",
-                out,
-            )
+        # Case folded, detached data files included: a.mhd and A.MHD both write a.zraw.
+        for written in files_written_by(out):
+            other = owners.setdefault(path_key(written), source)
+            if other != source:
+                raise OutputError(
+                    f"two inputs would be written to the same output name: {other} and {source}; "
+                    "rename one of them",
+                    out,
+                )
 
 
 @dataclass(frozen=True)
@@ -495,7 +500,8 @@ def plan_conversion(
         OutputError: an existing output without ``overwrite``, an unwritable place, two inputs with
             one output name, or an output that would replace its own input.
     """
-    from medcyclegan.io.discovery import find_volumes, split_series
+    from medcyclegan.io.discovery import files_of_volume, find_volumes, shared_file, split_series
+    from medcyclegan.io.writers import files_written_by
 
     input_path = Path(input_path)
     folder, series_uid = split_series(input_path)
@@ -518,10 +524,12 @@ def plan_conversion(
     )
     attention_paths = [_attention_path(p) if save_attention else None for p in outputs]
     _check_distinct_outputs([*zip(inputs, outputs), *zip(inputs, attention_paths)])
-    resolved_inputs = {p.resolve() for p in inputs}
+    input_files = [f for p in inputs for f in files_of_volume(p)]  # detached data files included
     for out, att in zip(outputs, attention_paths):
-        if out.resolve() in resolved_inputs:
-            raise OutputError("output would replace its own input", out)
+        if clash := shared_file(
+            [*files_written_by(out), *(files_written_by(att) if att else [])], input_files
+        ):
+            raise OutputError(f"output would replace its own input file {clash[1]}", out)
         check_can_write(out, overwrite)
         if att is not None:
             check_can_write(att, overwrite)

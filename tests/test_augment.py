@@ -301,6 +301,20 @@ def test_image_label_grid_mismatch_names_both_files(tmp_path: Path, model) -> No
     assert not (tmp_path / "raw").exists()  # checked before any translation
 
 
+def test_image_whose_header_names_a_file_outside_is_refused(tmp_path: Path, model) -> None:
+    """``--include-originals`` would copy the named file's bytes into a dataset meant to be shared."""
+    images, labels = write_labelled(tmp_path / "in", cases=("p1", "p2"))
+    sitk.WriteImage(sitk.ReadImage(str(images / "p1.nii.gz")), str(images / "p1.mhd"), useCompression=False)
+    (images / "p1.nii.gz").unlink()
+    (tmp_path / "elsewhere").mkdir()
+    (images / "p1.raw").rename(tmp_path / "elsewhere" / "p1.raw")
+    header = images / "p1.mhd"
+    header.write_text(header.read_text().replace("= p1.raw", "= ../../elsewhere/p1.raw"))
+    with pytest.raises(InputError, match=r"p1\.mhd: names a data file outside its own folder"):
+        augment_dataset(images, labels, model, tmp_path / "raw", dataset_id=9, include_originals=True)
+    assert not [p for p in (tmp_path / "raw").rglob("*p1*") if p.is_file()]
+
+
 def test_label_values_must_be_non_negative_integers(tmp_path: Path) -> None:
     assert label_values(np.array([[[0, 3, 3, 1]]], dtype=np.int16), "x") == [0, 1, 3]
     with pytest.raises(InputError, match="non-integer"):

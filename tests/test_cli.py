@@ -192,6 +192,49 @@ def test_evaluate_prints_a_table_and_writes_json_and_csv(cli, tmp_path: Path) ->
     assert report and (tmp_path / "r" / "eval.csv").is_file()
 
 
+def _write_mr_itk(path: Path) -> Path:
+    """An MR head as a compressed ITK file (``.mha``/``.nrrd``/``.mhd``...)."""
+    import SimpleITK as sitk
+
+    image = sitk.GetImageFromArray(np.ascontiguousarray(head((24, 24, 6), "mr").transpose(2, 1, 0)))
+    image.SetSpacing(SPACING_MM)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sitk.WriteImage(image, str(path), useCompression=True)
+    return path
+
+
+@pytest.mark.parametrize("name", ["scan.mha", "scan.nrrd"])
+def test_convert_and_evaluate_refuse_corrupted_compressed_itk_files(
+    cli, run_dir: Path, tmp_path: Path, name: str
+) -> None:
+    path = _write_mr_itk(tmp_path / "in" / name)
+    data = bytearray(path.read_bytes())
+    if name.endswith(".mha"):  # 50 bytes of the zlib stream inverted: MetaIO decodes wrong voxels
+        middle = len(data) * 3 // 4
+        data[middle : middle + 50] = bytes(b ^ 0xFF for b in data[middle : middle + 50])
+    else:  # the gzip length field, which NrrdIO never checks
+        data[-1] ^= 0xFF
+    path.write_bytes(bytes(data))
+    for args in (
+        ("convert", path, "-m", run_dir, "-o", tmp_path / "out.nii.gz"),
+        ("evaluate", "--pred", path, "--ref", path),
+    ):
+        line = one_error_line(cli(*args))
+        assert line.startswith(f"error: {path}: is corrupted"), line
+    assert not (tmp_path / "out.nii.gz").exists()
+
+
+def test_convert_refuses_an_output_whose_data_file_is_the_inputs(cli, run_dir: Path, tmp_path: Path) -> None:
+    """``a.mhd -o a.MHD``: the output's ``a.zraw`` is the input's voxels, even with --overwrite."""
+    source = _write_mr_itk(tmp_path / "a.mhd")
+    voxels = (tmp_path / "a.zraw").read_bytes()
+    for output in ("a.MHD", "a.mhd", "A.Mhd"):
+        line = one_error_line(cli("convert", source, "-m", run_dir, "-o", tmp_path / output, "--overwrite"))
+        assert "output would replace its own input file" in line, line
+    assert (tmp_path / "a.zraw").read_bytes() == voxels
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.mhd", "a.zraw"]
+
+
 def test_threads_sets_the_torch_cpu_threads_and_is_validated(cli, run_dir: Path) -> None:
     from medcyclegan import parallel
 

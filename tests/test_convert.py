@@ -276,6 +276,18 @@ def test_two_inputs_with_one_output_name_are_both_named(
     assert str(tmp_path / "in" / "a") + " and" in message and str(nifti) in message
 
 
+def test_output_names_differing_only_in_case_collide(tmp_path: Path, write_nifti) -> None:
+    """``scan.mhd`` and ``SCAN.MHD`` are one file on a case-insensitive disk (and both write scan.zraw)."""
+    from medcyclegan.convert import plan_conversion
+    from medcyclegan.errors import OutputError
+
+    first = write_nifti("in/scan.nii.gz", head_ct((12, 10, 3)))
+    second = write_nifti("in/SCAN.NII.GZ", head_ct((12, 10, 3), 2))
+    with pytest.raises(OutputError, match="two inputs would be written to the same output name") as caught:
+        plan_conversion(identity_ct_model(), tmp_path / "in", tmp_path / "out")
+    assert str(first) in str(caught.value) and str(second) in str(caught.value)
+
+
 def test_a_patient_series_tree_converts_as_one_folder_mirroring_its_paths(
     tmp_path: Path, write_nifti, write_dicom_series
 ) -> None:

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterable
 from pathlib import Path
 
 from medcyclegan.errors import InputError
+from medcyclegan.io.headers import data_layout
 
 logger = logging.getLogger("medcyclegan")
 
@@ -111,6 +113,8 @@ def find_volumes(folder: str | Path) -> list[Path]:
     Hidden files and folders (name starting with ``.``) are skipped, including the temporary files of
     interrupted atomic writes. A folder holding DICOM files counts as one volume (the folder itself);
     its subfolders are still searched. Other files are ignored, with one warning that counts them.
+    Symbolic links to folders and files are followed; what is reached twice (a link to a folder or
+    file also found directly, a link loop) is listed once, with one warning naming what was skipped.
 
     Args:
         folder: a folder to search, or a single volume file (returned as ``[folder]``).
@@ -135,10 +139,29 @@ def find_volumes(folder: str | Path) -> list[Path]:
 
     volumes: list[Path] = []
     ignored: list[Path] = []
-    for root, dirs, files in os.walk(folder):
-        # Pruning in place stops os.walk from descending into hidden folders.
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+    # Symbolic links to folders are followed; a folder reached twice (a loop, or a link to a folder
+    # that is also found directly) is searched once, through its real path where it has one.
+    real_folders = set()
+    for root, dirs, _ in os.walk(folder):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        real_folders.add(_inode(root))
+    visited = {_inode(folder)}
+    skipped: list[Path] = []
+    for root, dirs, files in os.walk(folder, followlinks=True):
         root_path = Path(root)
+        kept = []
+        for name in sorted(d for d in dirs if not d.startswith(".")):
+            key = _inode(root_path / name)
+            if key is None:
+                continue
+            linked = (root_path / name).is_symlink()
+            if key in visited or (linked and key in real_folders):
+                skipped.append(root_path / name)
+                continue
+            visited.add(key)
+            kept.append(name)
+        # Pruning in place stops os.walk from descending into hidden and already searched folders.
+        dirs[:] = kept
         names = sorted(f for f in files if not f.startswith("."))
         lower_names = [name.lower() for name in names]
         has_detached_header = any(name.endswith(DETACHED_HEADER_SUFFIXES) for name in lower_names)
@@ -155,6 +178,18 @@ def find_volumes(folder: str | Path) -> list[Path]:
                 ignored.append(path)
         if dicom_here:
             volumes.append(root_path)
+    volumes, duplicates = _distinct_files(volumes)
+    skipped += duplicates
+    if skipped:
+        examples = ", ".join(str(p.relative_to(folder)) for p in skipped[:_WARNING_EXAMPLES])
+        more = ", ..." if len(skipped) > _WARNING_EXAMPLES else ""
+        logger.warning(
+            "%s: skipped %d path(s) that are symbolic links to a file or folder already found: %s%s",
+            folder,
+            len(skipped),
+            examples,
+            more,
+        )
 
     if ignored:
         examples = ", ".join(str(p.relative_to(folder)) for p in ignored[:_WARNING_EXAMPLES])
@@ -166,3 +201,110 @@ def find_volumes(folder: str | Path) -> list[Path]:
             folder,
         )
     return sorted(volumes, key=lambda p: str(p))
+
+
+def _distinct_files(paths: list[Path]) -> tuple[list[Path], list[Path]]:
+    """``paths`` without those naming a file or folder already in it (kept: its link-free path, or
+    the first); and the paths left out."""
+
+    def links_in(path: Path) -> bool:
+        try:
+            return path.resolve() != Path(os.path.abspath(path))
+        except (OSError, RuntimeError):  # a link loop
+            return True
+
+    kept: dict[tuple[int, int] | Path, Path] = {}
+    left_out = []
+    for path in sorted(paths, key=lambda p: (links_in(p), str(p))):
+        key = _inode(path) or path
+        if key in kept:
+            left_out.append(path)
+        else:
+            kept[key] = path
+    return list(kept.values()), left_out
+
+
+def files_of_volume(path: str | Path) -> list[Path]:
+    """Every file the volume at ``path`` consists of, ``path`` first.
+
+    A ``.mhd``/``.nhdr`` (or a ``.nrrd`` with a ``data file`` line) adds the data files its header
+    names (``.raw``, ``.zraw``, ``.raw.gz``, lists and file patterns included); a DICOM series folder
+    (``FOLDER`` or ``FOLDER::SERIES_UID``) gives the folder, then the DICOM files directly in it. Used
+    to refuse an output that would replace any part of an input. A header that cannot be parsed
+    gives only ``path``: reading it fails anyway, before anything is written.
+    """
+    folder, uid = split_series(path)
+    if uid is not None or folder.is_dir():
+        try:
+            entries = sorted(folder.iterdir())
+        except OSError:
+            entries = []
+        slices = [e for e in entries if not e.name.startswith(".") and e.is_file() and is_dicom_file(e)]
+        return [folder, *slices]
+    path = Path(path)
+    suffix = volume_suffix(path)
+    if suffix not in ITK_SUFFIXES or not path.is_file():
+        return [path]
+    try:
+        layout = data_layout(path, suffix)
+    except (InputError, OSError):
+        return [path]
+    if layout is None:
+        return [path]
+    return [path, *(f for f, name in zip(layout.data_files, layout.data_names) if name.strip())]
+
+
+def path_key(path: str | Path) -> str:
+    """A key that is equal for two paths naming the same file: absolute, links resolved, case folded.
+
+    Case is folded on every file system: on a case-insensitive one ``a.mhd`` and ``a.MHD`` are one
+    file, and on a case-sensitive one treating them as one only refuses a confusing output name.
+    """
+    try:
+        resolved = str(Path(path).resolve())
+    except (OSError, RuntimeError):  # a symbolic link loop
+        resolved = os.path.abspath(path)
+    return os.path.normcase(resolved).casefold()
+
+
+def same_file(a: str | Path, b: str | Path) -> bool:
+    """Whether ``a`` and ``b`` name (or, once created, would name) the same file (see :func:`path_key`).
+
+    Existing files are also compared by device and inode, which catches hard links and bind mounts.
+    """
+    if path_key(a) == path_key(b):
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def shared_file(written: Iterable[str | Path], read: Iterable[str | Path]) -> tuple[Path, Path] | None:
+    """The first pair (file to be written, file read) that are the same file (:func:`same_file`), or ``None``.
+
+    Args:
+        written: the files an output consists of (:func:`~medcyclegan.io.writers.files_written_by`).
+        read: the files the inputs consist of (:func:`files_of_volume`).
+    """
+    by_key: dict[str, Path] = {}
+    by_inode: dict[tuple[int, int], Path] = {}
+    for name in read:
+        by_key.setdefault(path_key(name), Path(name))
+        if (inode := _inode(name)) is not None:
+            by_inode.setdefault(inode, Path(name))
+    for out in written:
+        clash = by_key.get(path_key(out))
+        if clash is None and (inode := _inode(out)) is not None:
+            clash = by_inode.get(inode)
+        if clash is not None:
+            return Path(out), clash
+    return None
+
+
+def _inode(path: str | Path) -> tuple[int, int] | None:
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return stat.st_dev, stat.st_ino

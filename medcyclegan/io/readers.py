@@ -13,9 +13,10 @@ import logging
 import math
 import re
 import zlib
+from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from nibabel import orientations as ornt_lib
@@ -30,6 +31,8 @@ from medcyclegan.io.discovery import (
     split_series,
     volume_suffix,
 )
+from medcyclegan.io.headers import DataLayout, check_data_files_inside, data_layout
+from medcyclegan.io.library_messages import nibabel_messages, route_itk_messages
 from medcyclegan.io.volume import LPS_TO_RAS, Geometry, Volume
 
 logger = logging.getLogger("medcyclegan")
@@ -42,9 +45,6 @@ _NIFTI1_HEADER_BYTES = 348
 _NIFTI2_HEADER_BYTES = 540
 _MAX_MESSAGE_CHARS = 200
 _GZIP_CHUNK_BYTES = 1 << 22
-# MetaImage header: "Key = Value" lines, ending with ElementDataFile (data follows for LOCAL).
-_META_HEADER_MAX_BYTES = 1 << 16
-_META_LINE = re.compile(r"^([^=]+?)\s*=\s*(.*)$")
 _META_ELEMENT_TYPE = re.compile(r"^MET_[A-Z_]+$")
 _META_MAX_DIMS = 10
 # Lower bounds of element sizes (MET_LONG is 4 or 8 bytes depending on the writer's platform).
@@ -56,7 +56,11 @@ _ITK_IMAGE_IO = {".nrrd": "NrrdImageIO", ".nhdr": "NrrdImageIO", ".mha": "MetaIm
 # Slices whose spacing differs from the median by more than this fraction mean missing/duplicate slices.
 _SLICE_SPACING_TOLERANCE = 0.01
 _SLICE_SPACING_ABS_TOLERANCE_MM = 0.01
+# Direction cosines of two slices differing by more than this: another orientation (about 0.06 deg).
+_ORIENTATION_TOLERANCE = 1e-3
 _MASK_AFFINE_TOLERANCE_MM = 1e-3
+# Files already warned about for a zero or negative pixdim (one warning per file and process).
+_PIXDIM_WARNED: set[str] = set()
 # Voxel sizes outside these bounds (1 nm, 1 km) can only come from a corrupted header.
 _MIN_VOXEL_MM = 1e-6
 _MAX_VOXEL_MM = 1e6
@@ -90,20 +94,26 @@ def is_constant(array: np.ndarray) -> bool:
     return bool(np.min(array) == np.max(array))
 
 
-def read_volume(path: str | Path, *, series_uid: str | None = None) -> Volume:
+def read_volume(
+    path: str | Path, *, series_uid: str | None = None, allow_external_data: bool | None = None
+) -> Volume:
     """Reads a 3D volume with its exact geometry; the array is returned in RAS voxel order.
 
     Args:
         path: a ``.nii.gz``/``.nii``/``.nrrd``/``.nhdr``/``.mha``/``.mhd`` file, a folder holding one
             DICOM series, or ``FOLDER::SERIES_UID`` to choose one series of a folder holding several.
         series_uid: the DICOM Series Instance UID to read from a folder holding several series.
+        allow_external_data: let a detached header (``.mhd``, ``.nhdr``, ``.nrrd``) name data files
+            outside its own folder; default: only if the environment variable
+            ``MEDCYCLEGAN_ALLOW_EXTERNAL_DATA_FILES`` is ``1``.
 
     Returns:
         The volume: values in their natural dtype (HU for DICOM CT), axes (R, A, S).
 
     Raises:
         InputError: missing, empty, unreadable, corrupted or truncated file; unknown extension; 2D or
-            4D data; non-scalar voxels; NaN or infinite voxels; ambiguous or unknown DICOM series.
+            4D data; non-scalar voxels; NaN or infinite voxels; ambiguous or unknown DICOM series;
+            a detached header naming a data file outside its folder.
     """
     folder, uid_from_path = split_series(path)
     if uid_from_path is not None:
@@ -120,7 +130,7 @@ def read_volume(path: str | Path, *, series_uid: str | None = None) -> Volume:
     else:
         if series_uid is not None:
             raise InputError("a series UID only applies to a DICOM folder, and this is a file", path)
-        volume = _read_file(path)
+        volume = _read_file(path, allow_external_data)
     check_finite(volume.array, path)
     return volume
 
@@ -169,7 +179,7 @@ def _shape_text(shape: tuple[int, ...]) -> str:
     return "x".join(str(s) for s in shape)
 
 
-def _read_file(path: Path) -> Volume:
+def _read_file(path: Path, allow_external_data: bool | None = None) -> Volume:
     try:
         size = path.stat().st_size
         with open(path, "rb"):
@@ -182,7 +192,7 @@ def _read_file(path: Path) -> Volume:
     if suffix in NIFTI_SUFFIXES:
         return _read_nifti(path, suffix, size)
     if suffix in ITK_SUFFIXES:
-        return _read_itk(path, suffix, size)
+        return _read_itk(path, suffix, size, allow_external_data)
     if path.name.lower().endswith(DICOM_SUFFIX):
         raise InputError("is a single DICOM file; give the folder holding the whole series", path)
     raise InputError(
@@ -254,6 +264,34 @@ def _one_line(text: str, path: Path | None = None) -> str:
 
 
 def _read_nifti(path: Path, suffix: str, size: int) -> Volume:
+    with nibabel_messages() as messages:  # nibabel prints each header fix once per parse (twice here)
+        volume = _read_nifti_file(path, suffix, size)
+    _report_pixdim_fixes(messages, volume.geometry, path)
+    return volume
+
+
+def _report_pixdim_fixes(messages: list[str], geometry: Geometry, path: Path) -> None:
+    """One warning of our own (once per file and process) when nibabel invented a voxel size.
+
+    A zero (or negative) ``pixdim`` is replaced by 1 mm (or its absolute value). That matters only when
+    the geometry comes from the qform or from pixdim alone (``sform_code`` 0): the sform does not use
+    pixdim.
+    """
+    zero = any("pixdim[1,2,3] should be non-zero" in m for m in messages)
+    negative = any("pixdim[1,2,3] should be positive" in m for m in messages)
+    if geometry.sform_code > 0 or not (zero or negative) or str(path) in _PIXDIM_WARNED:
+        return
+    _PIXDIM_WARNED.add(str(path))
+    what = "0 (read as 1 mm)" if zero else "negative (read as its absolute value)"
+    logger.warning(
+        "%s: a voxel size (pixdim) in the NIfTI header is %s and no sform gives the geometry: "
+        "the voxel spacing along that axis is a guess",
+        path,
+        what,
+    )
+
+
+def _read_nifti_file(path: Path, suffix: str, size: int) -> Volume:
     import nibabel as nib
 
     try:
@@ -400,6 +438,7 @@ def import_simpleitk(
         raise error_class(
             f"{purpose} needs SimpleITK, which is not installed (pip install SimpleITK)", path
         ) from None
+    route_itk_messages(SimpleITK)
     return SimpleITK
 
 
@@ -429,11 +468,18 @@ def _itk_dtype(pixel_id: int) -> np.dtype:
     return sitk.GetArrayViewFromImage(sitk.Image([1, 1, 1], pixel_id)).dtype
 
 
-def _read_itk(path: Path, suffix: str, size: int) -> Volume:
+def _read_itk(path: Path, suffix: str, size: int, allow_external_data: bool | None) -> Volume:
     sitk = import_simpleitk(path, f"reading {suffix} files")
 
-    if suffix in (".mha", ".mhd"):
-        _check_metaimage_header(path, suffix, size)
+    layout = data_layout(path, suffix)
+    if layout is not None:
+        check_data_files_inside(layout, allow_external_data)
+        if suffix in (".mha", ".mhd"):
+            _check_metaimage_header(path, layout, size)
+        elif layout.compression == "bzip2":
+            raise InputError(
+                "uses NRRD bzip2 encoding, which ITK cannot read; re-save it with gzip or raw encoding", path
+            )
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     # ITK matches extensions case-sensitively: choose the reader from our (case-insensitive) suffix.
@@ -457,6 +503,8 @@ def _read_itk(path: Path, suffix: str, size: int) -> Volume:
     if suffix not in (".nhdr", ".mhd"):
         # Attached data: the voxels (raw or gzip-compressed) must fit in this very file.
         _check_size(math.prod(file_shape) * dtype.itemsize, 0, size, True, path)
+    if layout is not None and layout.compression is not None:
+        _check_compressed_voxels(layout, math.prod(file_shape) * dtype.itemsize, path)
     try:
         image = reader.Execute()
     except RuntimeError as exc:
@@ -466,33 +514,14 @@ def _read_itk(path: Path, suffix: str, size: int) -> Volume:
     return _itk_volume(image, path, "itk")
 
 
-def _check_metaimage_header(path: Path, suffix: str, size: int) -> None:
+def _check_metaimage_header(path: Path, layout: DataLayout, size: int) -> None:
     """Validates a MetaImage header before ITK sees it.
 
     ITK's MetaIO corrupts the heap and kills the process (not an exception) on some malformed
     headers, e.g. a missing ``ElementDataFile`` line or fewer data bytes than announced, so those are
     refused here. The checks are lenient: unknown keys are allowed, only structure and sizes matter.
     """
-    with open(path, "rb") as handle:
-        head = handle.read(_META_HEADER_MAX_BYTES)
-    fields: dict[str, str] = {}
-    header_end = None
-    position = 0
-    for number, raw_line in enumerate(head.split(b"\n"), start=1):
-        line_end = position + len(raw_line) + 1
-        text = raw_line.decode("latin-1").strip()
-        position = line_end
-        if not text:
-            continue
-        match = _META_LINE.match(text)
-        if match is None or not match.group(1).isprintable():
-            raise InputError(f"has a malformed MetaImage header (line {number} is not 'Key = Value')", path)
-        fields[match.group(1)] = match.group(2)
-        if match.group(1) == "ElementDataFile":
-            header_end = min(line_end, len(head))
-            break
-    if header_end is None:
-        raise InputError("has a malformed MetaImage header (no ElementDataFile line)", path)
+    fields = layout.fields
 
     def numbers(key: str, count: int, kind: type = float) -> list[Any] | None:
         if key not in fields:
@@ -519,26 +548,32 @@ def _check_metaimage_header(path: Path, suffix: str, size: int) -> None:
     element_type = fields.get("ElementType", "")
     if not _META_ELEMENT_TYPE.match(element_type) or channels < 1:
         raise InputError("has a malformed MetaImage header (ElementType missing or unknown)", path)
-    compressed = fields.get("CompressedData", "False").lower() == "true"
     compressed_size = numbers("CompressedDataSize", 1, int)
 
     data_file = fields["ElementDataFile"]
-    if data_file.upper() == "LOCAL":
-        data_bytes = size - header_end
-    elif suffix == ".mha":
+    if not layout.data_files:
+        data_bytes = size - layout.data_offset
+    elif layout.header.name.lower().endswith(".mha"):
         raise InputError(
             "has a malformed MetaImage header (ElementDataFile must be LOCAL in a .mha file)", path
         )
-    elif not data_file.isprintable():
+    elif not data_file.strip() or not data_file.isprintable():
         raise InputError("has a malformed MetaImage header (ElementDataFile is not a file name)", path)
-    elif data_file.upper().startswith("LIST") or "%" in data_file or " " in data_file:
+    elif len(layout.data_files) > 1 or data_file.upper().startswith("LIST"):
+        if layout.compression:
+            # MetaIO has no checked way to read compressed slices from several files.
+            raise InputError(
+                "has compressed voxel data split over several files, which cannot be checked; "
+                "re-save it as one .mha or .mhd file",
+                path,
+            )
         return  # slice lists and file patterns: left to ITK
     else:
-        data_path = path.parent / data_file
+        data_path = layout.data_files[0]
         if not data_path.is_file():
             raise InputError(f"its data file {data_file} is missing", path)
         data_bytes = data_path.stat().st_size
-    if compressed:
+    if layout.compression:
         if compressed_size is not None and compressed_size[0] > data_bytes:
             raise InputError(
                 f"is truncated: {compressed_size[0]} bytes of compressed voxels announced, {data_bytes} present",
@@ -548,6 +583,90 @@ def _check_metaimage_header(path: Path, suffix: str, size: int) -> None:
         needed = math.prod(dim_size) * channels * _META_ELEMENT_BYTES.get(element_type, 1)
         if needed > data_bytes:
             raise InputError(f"is truncated: {needed} bytes of voxels announced, {data_bytes} present", path)
+
+
+def _check_compressed_voxels(layout: DataLayout, voxel_bytes: int, path: Path) -> None:
+    """Decompresses the voxel data once (discarding it, 4 MiB at a time) and checks it is intact.
+
+    ITK does not check: MetaIO decodes a corrupted zlib stream into wrong voxels (printing only
+    "Uncompress failed" on stderr) and NrrdIO ignores the gzip length field. zlib's Adler-32 (MetaImage)
+    or gzip's CRC-32 and length (NRRD) catch corrupted data; the decompressed size must be what the
+    header announces. Done before ITK reads the file, so ITK never meets a broken stream.
+
+    Raises:
+        InputError: corrupted or truncated compressed data, or a decompressed size other than the
+            header's, naming the data file where it is not ``path`` itself.
+    """
+    from medcyclegan.io.gzip_reader import GzipReader
+
+    sources = layout.data_files or (path,)
+    total = 0
+    for source in sources:
+        subject = "" if source == path else f"its data file {source.name} "
+        try:
+            with open(source, "rb") as handle:
+                handle.seek(layout.data_offset)
+                if layout.compression == "zlib":
+                    limit = layout.fields.get("CompressedDataSize", "")
+                    total += _zlib_stream_size(handle, int(limit) if limit.isdigit() else None)
+                    continue
+                for _ in range(layout.line_skip):
+                    handle.readline()
+                stream = GzipReader(handle)
+                buffer = bytearray(_GZIP_CHUNK_BYTES)
+                while count := stream.readinto(buffer):
+                    total += count
+        except OSError as exc:
+            if isinstance(exc, gzip.BadGzipFile):
+                problem = _gzip_problem(exc) if "CRC" in str(exc) else _NOT_GZIP
+                raise InputError(f"{subject}{problem}", path) from None
+            raise InputError(f"{subject}cannot be opened ({exc.strerror or exc})", path) from None
+        except (EOFError, zlib.error) as exc:
+            problem = _gzip_problem(exc) if layout.compression == "gzip" else _zlib_problem(exc)
+            raise InputError(f"{subject}{problem}", path) from None
+    expected = voxel_bytes + len(sources) * max(layout.byte_skip, 0)
+    if total != expected and not (layout.byte_skip < 0 and total >= voxel_bytes):
+        kind = "is truncated" if total < expected else "is corrupted"
+        raise InputError(
+            f"{kind}: its compressed voxel data holds {total} bytes, the header announces {expected}", path
+        )
+
+
+_NOT_GZIP = (
+    "is corrupted or not gzip-compressed (its header says gzip, its voxel data does not start like gzip)"
+)
+
+
+def _zlib_stream_size(handle: Any, limit: int | None) -> int:
+    """The decompressed size of the zlib (or gzip) stream at the handle's position, checked to its end.
+
+    Raises:
+        EOFError: the stream ends before its end marker.
+        zlib.error: corrupted data or a wrong Adler-32 checksum.
+    """
+    # 32 + MAX_WBITS accepts zlib and gzip headers alike, as MetaIO does.
+    decompressor = zlib.decompressobj(32 + zlib.MAX_WBITS)
+    total = 0
+    remaining = limit
+    while not decompressor.eof:
+        chunk = handle.read(_GZIP_CHUNK_BYTES if remaining is None else min(_GZIP_CHUNK_BYTES, remaining))
+        if not chunk:
+            raise EOFError("compressed data ended early")
+        if remaining is not None:
+            remaining -= len(chunk)
+        while chunk and not decompressor.eof:
+            total += len(decompressor.decompress(chunk, _GZIP_CHUNK_BYTES))
+            chunk = decompressor.unconsumed_tail
+    return total
+
+
+def _zlib_problem(exc: BaseException) -> str:
+    if isinstance(exc, EOFError):
+        return "is truncated (its compressed voxel data ends early)"
+    text = str(exc)
+    if "incorrect data check" in text:
+        return "is corrupted (the checksum of its compressed voxel data does not match)"
+    return f"is corrupted (compressed voxel data: {_one_line(text.removeprefix('Error -3 while decompressing data: '))})"
 
 
 def _itk_volume(image: Any, path: Path, source_format: str, extra: dict[str, str] | None = None) -> Volume:
@@ -667,7 +786,7 @@ def _read_dicom_series(folder: Path, series_uid: str | None) -> Volume:
     if image.GetDimension() == 2 or (len(files) == 1 and image.GetSize()[2:3] == (1,)):
         raise InputError(f"DICOM series {series_uid} is a single 2D slice; give a 3D series", folder)
     if len(files) > 1:
-        _check_slice_positions(reader, len(files), folder, series_uid)
+        _check_slice_positions(reader, len(files), folder, series_uid, files)
     extra = {
         "series_uid": series_uid,
         "series_description": _slice_tag(reader, "0008|103e"),
@@ -694,15 +813,55 @@ def _slice_vector(series_reader: Any, index: int, key: str, length: int) -> np.n
     return values if values.shape == (length,) else None
 
 
-def _check_slice_positions(series_reader: Any, n_slices: int, folder: Path, series_uid: str) -> None:
-    """Refuses series with missing or duplicated slices (uneven steps along the slice normal)."""
-    orientation = _slice_vector(series_reader, 0, "0020|0037", 6)
+def _check_slice_orientations(
+    series_reader: Any, orientations: list[np.ndarray], folder: Path, series_uid: str, files: Sequence[str]
+) -> None:
+    """Refuses a series whose slices do not all have the first slice's orientation.
+
+    Before the spacing check, which would blame the uneven positions of such slices on missing or
+    duplicated slices. Slices in 3 or more planes (or ImageType LOCALIZER) are a localizer (scout).
+    """
+    first = orientations[0]
+    differ = [i for i, o in enumerate(orientations) if np.abs(o - first).max() > _ORIENTATION_TOLERANCE]
+    if not differ:
+        return
+    planes: list[np.ndarray] = []
+    for o in orientations:
+        normal = np.cross(o[:3], o[3:])
+        if all(abs(float(np.dot(normal, p))) < 1 - _ORIENTATION_TOLERANCE for p in planes):
+            planes.append(normal)
+    localizer = any(
+        "LOCALIZER" in _slice_tag(series_reader, "0008|0008", i).upper() for i in range(len(orientations))
+    )
+    if localizer or len(planes) >= 3:
+        raise InputError(
+            f"DICOM series {series_uid} is a localizer (scout): its {len(orientations)} slices lie in "
+            f"{len(planes)} different planes, not one 3D volume; choose the series of the scan itself",
+            folder,
+        )
+    example = f", e.g. {Path(files[differ[0]]).name}" if len(files) == len(orientations) else ""
+    raise InputError(
+        f"DICOM series {series_uid} mixes slice orientations: {len(differ)} of {len(orientations)} "
+        f"slices are not oriented like the first{example}; a 3D volume needs one orientation",
+        folder,
+    )
+
+
+def _check_slice_positions(
+    series_reader: Any, n_slices: int, folder: Path, series_uid: str, files: Sequence[str] = ()
+) -> None:
+    """Refuses series with slices of several orientations (a localizer, a stray slice), or with
+    missing or duplicated slices (uneven steps along the slice normal)."""
+    orientations = [_slice_vector(series_reader, i, "0020|0037", 6) for i in range(n_slices)]
     positions = [_slice_vector(series_reader, i, "0020|0032", 3) for i in range(n_slices)]
-    if orientation is None or any(p is None for p in positions):
+    if any(o is None for o in orientations) or any(p is None for p in positions):
         logger.warning(
             "%s: DICOM series %s lacks slice positions; slice spacing unchecked", folder, series_uid
         )
         return
+    oriented = cast("list[np.ndarray]", orientations)  # no None left
+    _check_slice_orientations(series_reader, oriented, folder, series_uid, files)
+    orientation = oriented[0]
     normal = np.cross(orientation[:3], orientation[3:])
     distances = np.array([float(np.dot(normal, p)) for p in positions])  # type: ignore[arg-type]
     steps = np.diff(distances)

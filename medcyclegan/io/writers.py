@@ -38,6 +38,8 @@ OUTPUT_DTYPES = (
 _NIFTI2_HEADER_BYTES = 540
 # nibabel's own .nii.gz level: fast, and most of the size gain of level 9 on images.
 _GZIP_LEVEL = 1
+# The data file ITK writes beside a detached header (always compressed, see _write_itk_files).
+_DATA_FILE_SUFFIX = {".mhd": ".zraw", ".nhdr": ".raw.gz"}
 # A written affine may differ from the requested one by float32 rounding of the stored sform.
 _AFFINE_TOLERANCE = 1e-5
 _NIFTI_DESCRIP_BYTES = 79
@@ -93,6 +95,20 @@ def write_volume(
     else:
         _write_itk(data, geometry, path, suffix, overwrite, description)
     return path
+
+
+def files_written_by(path: str | Path) -> list[Path]:
+    """Every file :func:`write_volume` creates or replaces for the output ``path``, ``path`` first.
+
+    A ``.mhd`` or ``.nhdr`` output also writes its data file beside it, named after the header with
+    a lower-case extension (``A.MHD`` -> ``A.zraw``; ``.nhdr`` -> ``.raw.gz``): an output's data file
+    can replace an input's even where the header names differ.
+    """
+    path = Path(path)
+    suffix = volume_suffix(path)
+    if suffix not in _DATA_FILE_SUFFIX:
+        return [path]
+    return [path, path.parent / f"{path.name[: -len(suffix)]}{_DATA_FILE_SUFFIX[suffix]}"]
 
 
 def _output_dtype(dtype: str | np.dtype, path: Path) -> np.dtype:
@@ -258,6 +274,10 @@ def _write_itk_files(image: object, path: Path, suffix: str, overwrite: bool) ->
             raise OutputError(
                 "cannot be written (ITK wrote a separate data file for a single-file format)", path
             )
+        announced = {p.name for p in files_written_by(path)}
+        if any(data_file.name not in announced for data_file in data_files):
+            # files_written_by must list every file, or convert's input check would miss one.
+            raise OutputError("cannot be written (ITK wrote an unexpected data file)", path)
         for data_file in data_files:
             check_can_write(path.parent / data_file.name, overwrite)
         published: list[Path] = []

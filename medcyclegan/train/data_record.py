@@ -45,28 +45,21 @@ ROLES = {
     "src_masks": "--src-masks",
     "tgt_masks": "--tgt-masks",
 }
-_DETACHED_HEADERS = (".mhd", ".nhdr")
-_DETACHED_DATA = (".raw", ".zraw", ".raw.gz")
 _SHOWN = 3  # differences named per role; more are counted
 
 
 def _member_files(path: Path) -> list[Path]:
-    """The files whose bytes make up the volume at ``path`` (a file, a DICOM folder, ``FOLDER::UID``)."""
-    from medcyclegan.io.discovery import split_series
+    """The files whose bytes make up the volume at ``path`` (a file, a DICOM folder, ``FOLDER::UID``).
+
+    A detached header brings the data files it names; a DICOM folder its DICOM files
+    (:func:`~medcyclegan.io.discovery.files_of_volume`, which convert also uses).
+    """
+    from medcyclegan.io.discovery import files_of_volume, split_series
 
     folder, _uid = split_series(path)
     if folder.is_dir():
-        try:
-            return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
-        except OSError as exc:
-            raise InputError(f"cannot be listed ({exc.strerror})", folder) from None
-    name = path.name.lower()
-    for header in _DETACHED_HEADERS:
-        if name.endswith(header):
-            stem = path.name[: -len(header)]
-            siblings = [path.with_name(stem + suffix) for suffix in _DETACHED_DATA]
-            return [path, *(p for p in siblings if p.is_file())]
-    return [path]
+        return [p for p in files_of_volume(path) if not p.is_dir()]
+    return files_of_volume(path)
 
 
 def _sha256(path: Path) -> str:
