@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 from tiny import TINY as TINY_BASE
-from tiny import CliResult
+from tiny import one_error_line
 
 from medcyclegan import __version__
 from medcyclegan.config import load_config
@@ -25,14 +25,6 @@ from medcyclegan.train.trainer import Trainer
 SPACING_MM = (2.0, 2.0, 4.0)
 TINY = {**TINY_BASE, "optim.pool_size": 4, "train.steps_per_epoch": 4, "train.max_steps": 1}
 VERBS = ("train", "convert", "evaluate", "info", "augment", "sample-data", "demo")
-
-
-def one_error_line(result: CliResult) -> str:
-    assert result.code == 2, (result.code, result.out, result.err)
-    assert "Traceback" not in result.err + result.out
-    lines = [line for line in result.err.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.err
-    return lines[0]
 
 
 def head(shape: tuple[int, int, int], modality: str, seed: int = 0) -> np.ndarray:

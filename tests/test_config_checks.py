@@ -10,21 +10,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny import CliResult
+from tiny import one_error_line
 
 from medcyclegan.config import MAX_IMAGE_SIZE, load_config
 from medcyclegan.errors import ConfigError
 from medcyclegan.nets import discriminator_min_size, generator_stride_multiple
 from medcyclegan.nets.discriminator import PatchGAN
 from medcyclegan.nets.generator import ResnetGenerator
-
-
-def one_error_line(result: CliResult) -> str:
-    assert result.code == 2, (result.code, result.out, result.err)
-    assert "Traceback" not in result.err + result.out
-    lines = [line for line in result.err.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.err
-    return lines[0]
 
 
 @pytest.mark.parametrize(

@@ -147,3 +147,9 @@ def race_at_temporary(monkeypatch: Any) -> list[Path]:
 
     monkeypatch.setattr(medcyclegan.io.atomic.tempfile, "mkstemp", mkstemp)
     return created
+
+
+def one_error_line(result: CliResult, *, notices_allowed: bool = False) -> str:
+    """Exit status 2 and exactly one ``error:`` line (see :func:`assert_clean_error`); returns it."""
+    assert result.code == 2, (result.code, result.out, result.err)
+    return assert_clean_error(result, notices_allowed=notices_allowed)
