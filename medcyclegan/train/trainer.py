@@ -43,6 +43,7 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
 import signal
 import tempfile
@@ -323,6 +324,17 @@ class Trainer:
         present = [name for name in RUN_ARTEFACTS if os.path.lexists(self.run_dir / name)]
         if not present:
             return
+        foreign = _foreign_run_files(self.run_dir, present)
+        if foreign:
+            # Even with --overwrite: it removes a run's own files, never the user's (e.g. --out ~).
+            listed = ", ".join(foreign[:_FOREIGN_SHOWN]) + (
+                f" and {len(foreign) - _FOREIGN_SHOWN} more" if len(foreign) > _FOREIGN_SHOWN else ""
+            )
+            raise OutputError(
+                f"holds {listed}, which no medcyclegan run wrote; nothing was removed (--overwrite removes "
+                "only a run's own files): move them away, or choose another --out",
+                self.run_dir,
+            )
         shown = ", ".join(present)
         if overwrite:
             logger.info("--overwrite: removing the previous run in %s (%s)", self.run_dir, shown)
@@ -1119,6 +1131,70 @@ class Trainer:
         if writer is not None:
             writer.add_image("samples", grid, self.global_step, dataformats="HW")
         return path
+
+
+# Names a run gives the files inside its artefact folders (atomic-write temporaries aside).
+_RUN_FOLDER_FILES = {
+    "checkpoints": re.compile(r"^(last|best|epoch_\d+)\.pt$"),
+    "samples": re.compile(r"^epoch_\d+\.png$"),
+    "tb": re.compile(r"^events\.out\.tfevents\..+"),
+}
+_FOREIGN_SHOWN = 3  # foreign files named in the refusal; more are counted
+
+
+def _foreign_run_files(run_dir: Path, names: Sequence[str]) -> list[str]:
+    """The files among the artefacts ``names`` of ``run_dir`` that no trainer wrote (relative paths).
+
+    A run writes real files and folders with known names and contents: a link, a sub-folder, an
+    unknown name inside ``checkpoints/``, ``samples/`` or ``tb/``, a ``.pt`` without medcyclegan's
+    format marker, a ``config.yaml`` that is not a run's resolved config, CSV logs without the
+    run's header, or JSON records of another shape are someone else's, and never removed.
+    """
+    from medcyclegan.io.lock import is_atomic_temporary
+    from medcyclegan.train.checkpoint import is_medcyclegan_checkpoint
+
+    foreign: list[str] = []
+    for name in names:
+        path = run_dir / name
+        if path.is_symlink():
+            foreign.append(name)
+        elif name in _RUN_FOLDER_FILES:
+            if not path.is_dir():
+                foreign.append(name)
+                continue
+            pattern = _RUN_FOLDER_FILES[name]
+            for entry in sorted(path.iterdir()):
+                ours = entry.is_file() and not entry.is_symlink()
+                if ours and not is_atomic_temporary(entry.name):
+                    ours = bool(pattern.match(entry.name)) and (
+                        name != "checkpoints" or is_medcyclegan_checkpoint(entry)
+                    )
+                if not ours:
+                    foreign.append(f"{name}/{entry.name}")
+        elif not path.is_file() or not _is_run_file(path):
+            foreign.append(name)
+    return foreign
+
+
+def _is_run_file(path: Path) -> bool:
+    """True for a top-level file of a run folder with the content a trainer writes under its name."""
+    name = path.name
+    if name == "config.yaml":
+        return _is_run_config(path)
+    try:
+        if name.endswith(".csv"):
+            with open(path, encoding="utf-8") as handle:
+                return handle.readline().startswith("step,epoch")
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    if not isinstance(record, dict):
+        return False
+    if name == DATA_FILE:
+        return "roles" in record
+    from medcyclegan.train.data_record import ROLES
+
+    return set(record) <= set(ROLES)  # sources.json: a path (or null) per role
 
 
 def _is_run_config(path: Path) -> bool:

@@ -1,0 +1,80 @@
+"""Run management under attack: what a user owns is never removed or read as data by a run (issue 12).
+
+Each test is a defect found by attacking train's run folder, options and config files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+import yaml
+from tiny import TINY_RUN, assert_clean_error, write_domain
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Two tiny domains and a YAML config of a one-step run."""
+    root = tmp_path_factory.mktemp("run_safety")
+    nested: dict[str, dict[str, object]] = {}
+    for key, value in {**TINY_RUN, "data.val_fraction": 0.0, "train.max_steps": 1}.items():
+        section, name = key.split(".")
+        nested.setdefault(section, {})[name] = value
+    config = root / "tiny.yaml"
+    config.write_text(yaml.safe_dump(nested))
+    return {
+        "mr": write_domain(root / "mr", "mr", 2, 1),
+        "ct": write_domain(root / "ct", "ct", 2, 2),
+        "config": config,
+    }
+
+
+def _digests(folder: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name != ".medcyclegan.lock"
+    }
+
+
+def _train(cli, data: dict[str, Path], out: Path, *extra: object):
+    return cli("train", "--src", data["mr"], "--tgt", data["ct"], "--out", out, "-c", data["config"],
+               "--no-progress", *extra)  # fmt: skip
+
+
+def test_overwrite_never_removes_files_no_run_wrote(data, cli, tmp_path: Path) -> None:
+    # A project folder used as --out: the user's own config.yaml (the one given with -c), a samples/
+    # folder of their pictures, a tb/ folder with notes and a checkpoints/ folder of another tool.
+    home = tmp_path / "project"
+    (home / "samples").mkdir(parents=True)
+    (home / "samples" / "photo.png").write_bytes(b"the user's picture")
+    (home / "tb").mkdir()
+    (home / "tb" / "notes.txt").write_text("mine")
+    (home / "checkpoints").mkdir()
+    (home / "checkpoints" / "best.pt").write_bytes(b"another tool's model")
+    config = home / "config.yaml"
+    config.write_text(data["config"].read_text())
+    before = _digests(home)
+    for extra in ((), ("--overwrite",)):
+        result = cli("train", "--src", data["mr"], "--tgt", data["ct"], "--out", home, "-c", config,
+                     "--no-progress", *extra)  # fmt: skip
+        line = assert_clean_error(result, home, notices_allowed=True)
+        if extra:
+            assert "no medcyclegan run wrote" in line and "checkpoints/best.pt" in line, line
+        assert _digests(home) == before  # nothing removed, nothing moved
+    # Only the user's files block it: a folder holding just their notes is fine to train in.
+    other = tmp_path / "notes_only"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    assert _train(cli, data, other).code == 0
+    assert (other / "notes.txt").read_text() == "mine"
+
+
+def test_overwrite_still_replaces_a_real_run(data, cli, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    assert _train(cli, data, run).code == 0
+    (run / "checkpoints" / "best.pt").write_bytes((run / "checkpoints" / "last.pt").read_bytes())
+    result = _train(cli, data, run, "--overwrite")
+    assert result.code == 0, result.err
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["last.pt"]
