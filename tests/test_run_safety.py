@@ -78,3 +78,29 @@ def test_overwrite_still_replaces_a_real_run(data, cli, tmp_path: Path) -> None:
     result = _train(cli, data, run, "--overwrite")
     assert result.code == 0, result.err
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["last.pt"]
+
+
+@pytest.mark.parametrize("place", ["src", "inside_src", "inside_tgt_masks"])
+def test_a_run_folder_in_the_input_data_is_refused(data, cli, tmp_path: Path, place: str) -> None:
+    import shutil
+
+    mr, ct = tmp_path / "mr", tmp_path / "ct"
+    shutil.copytree(data["mr"], mr)
+    shutil.copytree(data["ct"], ct)
+    masks = None
+    if place == "src":
+        out, option = mr, "--src"
+    elif place == "inside_src":
+        out, option = mr / "runs" / "a", "--src"
+    else:
+        masks, option = tmp_path / "masks", "--tgt-masks"
+        masks.mkdir()
+        out = masks / "run"
+    extra = ("--tgt-masks", masks) if masks is not None else ()
+    before = {p.name for p in mr.iterdir()}
+    result = cli(
+        "train", "--src", mr, "--tgt", ct, "--out", out, "-c", data["config"], "--no-progress", *extra
+    )
+    line = assert_clean_error(result, out, option)
+    assert "choose an --out outside it" in line
+    assert {p.name for p in mr.iterdir()} == before  # nothing written into the data

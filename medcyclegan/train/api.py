@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,37 @@ def _resolve(folder: Path | None) -> list[Path] | None:
     from medcyclegan.io.discovery import find_volumes
 
     return find_volumes(folder)
+
+
+def check_run_dir_outside_inputs(out: Path, inputs: dict[str, Path | None]) -> None:
+    """Refuses a run folder that is an input folder or lies inside one.
+
+    The run would write its checkpoints, logs and samples among the user's data, an --overwrite
+    would clean up in it, and every later discovery of that folder (a resume, another run) would
+    walk through the run's files.
+
+    Args:
+        out: the run folder (need not exist yet).
+        inputs: ``{role: path}`` as in :data:`~medcyclegan.train.data_record.ROLES` (None: not given).
+
+    Raises:
+        OutputError: ``out`` is, or is inside, one of the input folders (named by its option).
+    """
+    from medcyclegan.errors import OutputError
+    from medcyclegan.train.data_record import ROLES
+
+    run = Path(os.path.realpath(out))
+    for role, given in inputs.items():
+        if given is None or not Path(given).is_dir():
+            continue
+        folder = Path(os.path.realpath(given))
+        if run == folder or folder in run.parents:
+            where = "is" if run == folder else "is inside"
+            raise OutputError(
+                f"{where} the {ROLES[role]} folder {given}: the run would write its files among the input "
+                "data; choose an --out outside it",
+                out,
+            )
 
 
 def auto_resume(out: str | Path) -> bool:
@@ -116,6 +148,7 @@ def train_from_folders(
     paths = {k: (Path(v) if v is not None else None) for k, v in sources.items()}
     if (paths["val_src"] is None) != (paths["val_tgt"] is None):
         raise ConfigError("give both --val-src and --val-tgt, or neither")
+    check_run_dir_outside_inputs(out, paths)
     src_list = _resolve(paths["src"])
     tgt_list = _resolve(paths["tgt"])
     assert src_list is not None and tgt_list is not None
