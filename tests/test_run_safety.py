@@ -104,3 +104,25 @@ def test_a_run_folder_in_the_input_data_is_refused(data, cli, tmp_path: Path, pl
     line = assert_clean_error(result, out, option)
     assert "choose an --out outside it" in line
     assert {p.name for p in mr.iterdir()} == before  # nothing written into the data
+
+
+def test_a_config_file_that_is_not_yaml_text_is_one_line(data, cli, tmp_path: Path) -> None:
+    binary = tmp_path / "model.yaml"
+    binary.write_bytes(b"\xff\xfe\x00 not text")
+    folder = tmp_path / "configs"
+    folder.mkdir()
+    wrong = tmp_path / "wrong.yaml"
+    wrong.write_text("data:\n  image_size: abc\n")
+    cases = [
+        (binary, "not a YAML config file"),
+        (data["mr"] / "case00.nii.gz", "not a YAML config file"),  # gzip bytes, path without .yaml
+        (folder, "is a folder"),
+        (tmp_path / "missing" / "run", "config file not found"),  # a path, not a built-in name
+        (wrong, "data.image_size must be an integer"),  # the file is named with the wrong value
+    ]
+    for config, problem in cases:
+        result = cli(
+            "train", "--src", data["mr"], "--tgt", data["ct"], "--out", tmp_path / "run", "-c", config
+        )
+        assert problem in assert_clean_error(result, config), (config, result.err)
+    assert not (tmp_path / "run").exists()
