@@ -245,6 +245,12 @@ def train(
     for flag, given in (("--resume", resume), ("--auto-resume", auto_resume)):
         if given and out is None:
             raise MedCycleGANError(f"{flag} needs --out RUN_DIR (the run to continue)")
+    if resume and overwrite:
+        # Resuming would silently ignore the request to start afresh (or the reverse).
+        raise MedCycleGANError(
+            "--resume cannot be combined with --overwrite: --resume continues the run in --out, "
+            "--overwrite starts it afresh; give one"
+        )
     if auto_resume and overwrite:
         raise MedCycleGANError(
             "--auto-resume cannot be combined with --overwrite (a requeued job would start afresh)"

@@ -126,3 +126,19 @@ def test_a_config_file_that_is_not_yaml_text_is_one_line(data, cli, tmp_path: Pa
         )
         assert problem in assert_clean_error(result, config), (config, result.err)
     assert not (tmp_path / "run").exists()
+
+
+def test_resume_with_overwrite_is_refused_and_a_resume_with_nothing_to_do_says_so(
+    data, cli, tmp_path: Path
+) -> None:
+    run = tmp_path / "run"
+    assert _train(cli, data, run, "--max-steps", 2).code == 0
+    before = _digests(run)
+    # Before: --overwrite was silently ignored and the run resumed.
+    line = assert_clean_error(_train(cli, data, run, "--resume", "--overwrite"))
+    assert "--resume cannot be combined with --overwrite" in line
+    assert _digests(run) == before
+    # Before: exit 0, "trained to step 2", and no word that no step was made.
+    result = cli("train", "--out", run, "--resume", "--max-steps", 1, "--no-progress")
+    assert result.code == 0, result.err
+    assert "already at step 2" in result.text and "nothing to train" in result.text

@@ -858,6 +858,14 @@ class Trainer:
             writer: Any = SummaryWriter(log_dir=str(self.run_dir / "tb"))
         else:
             writer = _NullWriter()
+        if main and self.resume_data is not None and self.global_step >= self.total_steps:
+            # e.g. --resume --max-steps 1 on a run at step 3: exit 0 with no step made, said so.
+            logger.warning(
+                "%s: the run is already at step %d, and this run makes %d step(s) in all; nothing to train",
+                self.run_dir,
+                self.global_step,
+                self.total_steps,
+            )
         previous_handlers = self._install_signal_handlers()
         progress = _Progress(self.show_progress, self.total_steps, self.global_step)
         last_path = self.run_dir / "checkpoints" / "last.pt"
