@@ -142,3 +142,29 @@ def test_resume_with_overwrite_is_refused_and_a_resume_with_nothing_to_do_says_s
     result = cli("train", "--out", run, "--resume", "--max-steps", 1, "--no-progress")
     assert result.code == 0, result.err
     assert "already at step 2" in result.text and "nothing to train" in result.text
+
+
+def test_out_that_is_a_file_is_named_as_such(data, cli, tmp_path: Path) -> None:
+    target = tmp_path / "notes.txt"
+    target.write_text("mine")
+    line = assert_clean_error(_train(cli, data, target), target)
+    assert "is a file, not a run folder" in line  # was "cannot create run folder (File exists)"
+    assert target.read_text() == "mine"
+
+
+def test_a_run_killed_while_writing_its_first_log_row_starts_again(data, cli, tmp_path: Path) -> None:
+    # A SIGKILL in the first append to metrics.csv leaves a cut header: the folder is still a run's.
+    run = tmp_path / "run"
+    assert _train(cli, data, run).code == 0
+    for name in ("checkpoints", "sources.json"):
+        path = run / name
+        if path.is_dir():
+            import shutil
+
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+    (run / "metrics.csv").write_text("ste")
+    result = _train(cli, data, run)
+    assert result.code == 0, result.err
+    assert "stopped before its first checkpoint" in result.text

@@ -1147,6 +1147,7 @@ _RUN_FOLDER_FILES = {
     "samples": re.compile(r"^epoch_\d+\.png$"),
     "tb": re.compile(r"^events\.out\.tfevents\..+"),
 }
+_LOG_HEADER = "step,epoch"  # how metrics.csv and val_metrics.csv begin (see _log, _end_epoch)
 _FOREIGN_SHOWN = 3  # foreign files named in the refusal; more are counted
 
 
@@ -1192,7 +1193,9 @@ def _is_run_file(path: Path) -> bool:
     try:
         if name.endswith(".csv"):
             with open(path, encoding="utf-8") as handle:
-                return handle.readline().startswith("step,epoch")
+                first = handle.readline()
+            # A kill while the first row was appended may leave an empty or cut header: still ours.
+            return first.startswith(_LOG_HEADER) or _LOG_HEADER.startswith(first)
         record = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError):
         return False
