@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from medcyclegan.errors import ConfigError, InputError, OutputError
+from medcyclegan.io.lock import FolderLock
 
 if TYPE_CHECKING:  # convert imports torch: only for the type hint
     from medcyclegan.convert import TranslationModel
@@ -247,6 +248,32 @@ def augment_dataset(
             CHANNEL_NAMES[target],
             target.upper(),
         )
+    # One augment at a time per dataset folder: another one would take this one's temporaries for
+    # a killed run's (and delete them), or mix its cases into this dataset.
+    with FolderLock(dataset_dir, holder="augment process", place="dataset folder"):
+        return _build_dataset(
+            pairs, plan, translator, dataset_dir, fmt, name, channel_name, label_map, label_dtypes,
+            include_originals=include_originals, batch_size=batch_size, overwrite=overwrite,
+        )  # fmt: skip
+
+
+def _build_dataset(
+    pairs: Sequence[_Pair],
+    plan: dict[str, tuple[_Pair, bool]],
+    translator: Any,
+    dataset_dir: Path,
+    fmt: str,
+    name: str,
+    channel_name: str,
+    label_map: dict[str, int],
+    label_dtypes: dict[str, str],
+    *,
+    include_originals: bool,
+    batch_size: int,
+    overwrite: bool,
+) -> AugmentResult:
+    """The writing half of :func:`augment_dataset`, every check done, under the dataset folder's lock."""
+    source, target = translator.source_modality, translator.target_modality
     _make_folders(dataset_dir, fmt)
     _remove_interrupted_writes(dataset_dir)
 
