@@ -547,3 +547,26 @@ def test_a_second_augment_into_the_same_dataset_is_refused_while_the_first_runs(
         holder.wait(timeout=60)
     result = augment_dataset(images, labels, model, tmp_path / "raw", dataset_id=13)
     assert result.check.ok and not live.exists()  # the lock is free: a killed run's leftovers go
+
+
+def test_cases_of_another_model_are_not_kept_as_this_models(tmp_path: Path, run_dir: Path, model) -> None:
+    from medcyclegan.train.checkpoint import load_checkpoint, save_checkpoint
+
+    images, labels = write_labelled(tmp_path / "in", cases=("p1",))
+    first = augment_dataset(images, labels, model, tmp_path / "raw", dataset_id=14)
+    # Another model: another run's checkpoint (same architecture).
+    other_run = tmp_path / "other"
+    shutil.copytree(run_dir, other_run)
+    state = load_checkpoint(other_run / "checkpoints" / "last.pt")
+    save_checkpoint({**state, "run_id": "another-run"}, other_run / "checkpoints" / "last.pt")
+    other = load_model(other_run, device="cpu")
+    before = _tree_state(first.dataset_dir / "imagesTr")
+    # Before: every case was "kept" and dataset.json then named the other model as their maker.
+    with pytest.raises(OutputError, match=r"holds 1 case\(s\) made by another model"):
+        augment_dataset(images, labels, other, tmp_path / "raw", dataset_id=14)
+    assert _tree_state(first.dataset_dir / "imagesTr") == before
+    # The same model resumes (keeps its cases); --overwrite rewrites them with the other one.
+    assert len(augment_dataset(images, labels, model, tmp_path / "raw", dataset_id=14).skipped) == 2
+    rewritten = augment_dataset(images, labels, other, tmp_path / "raw", dataset_id=14, overwrite=True)
+    assert len(rewritten.written) == 2 and rewritten.check.ok
+    assert len(augment_dataset(images, labels, other, tmp_path / "raw", dataset_id=14).skipped) == 2

@@ -182,6 +182,22 @@ def checkpoint_run_id(path: str | Path) -> str | None:
     return run_id if isinstance(run_id, str) else None
 
 
+def checkpoint_identity(path: str | Path) -> dict[str, Any]:
+    """Which model a checkpoint holds, for records of what made an output: run id and step.
+
+    ``run_id`` is ``None`` for a checkpoint from before run ids (or an unreadable one); the resolved
+    path then stands in for it.
+    """
+    data = _peek(path) or {}
+    run_id = data.get("run_id")
+    step = data.get("step")
+    return {
+        "checkpoint": str(Path(path).resolve()),
+        "run_id": run_id if isinstance(run_id, str) else None,
+        "step": int(step) if isinstance(step, int) else None,
+    }
+
+
 def is_medcyclegan_checkpoint(path: str | Path) -> bool:
     """True for a readable file with medcyclegan's checkpoint format marker (cheap, see :func:`_peek`)."""
     return (_peek(path) or {}).get("format") == FORMAT
