@@ -358,7 +358,7 @@ def evaluate(
 
     if out is not None:
         # Before any metric is computed: a report that cannot be written fails at once.
-        check_report_paths(out, overwrite=overwrite)
+        check_report_paths(out, overwrite=overwrite, inputs=(pred, ref, mask))
     report = run_evaluation(pred, ref, mask, standard=standard)
     Console().print(report.to_rich_table())
     if out is not None:

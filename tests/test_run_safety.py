@@ -168,3 +168,28 @@ def test_a_run_killed_while_writing_its_first_log_row_starts_again(data, cli, tm
     result = _train(cli, data, run)
     assert result.code == 0, result.err
     assert "stopped before its first checkpoint" in result.text
+
+
+def test_an_evaluate_report_never_replaces_an_input(data, cli, tmp_path: Path) -> None:
+    import shutil
+
+    pred = tmp_path / "pred.nii.gz"
+    shutil.copy(data["ct"] / "case00.nii.gz", pred)
+    ref = data["ct"] / "case00.nii.gz"
+    digest = hashlib.sha256(pred.read_bytes()).hexdigest()
+    # Before: exit 0, pred.nii.gz became JSON text (and pred.nii.csv appeared beside it).
+    for out, problem in (
+        (pred, "is named like a volume"),
+        (tmp_path / "scores.mha", "is named like a volume"),
+        (tmp_path / "pred.nii", "is named like a volume"),
+    ):
+        result = cli("evaluate", "--pred", pred, "--ref", ref, "--out", out, "--overwrite")
+        assert problem in assert_clean_error(result, out)
+    dicom_like = tmp_path / "IM0001"
+    dicom_like.write_bytes(b"not really DICOM, but an input")
+    result = cli(
+        "evaluate", "--pred", pred, "--ref", ref, "--mask", dicom_like, "--out", dicom_like, "--overwrite"
+    )
+    assert "the report would replace the input file" in assert_clean_error(result, dicom_like)
+    assert hashlib.sha256(pred.read_bytes()).hexdigest() == digest
+    assert not list(tmp_path.glob("*.csv"))
