@@ -29,6 +29,9 @@ app = typer.Typer(
 
 logger = logging.getLogger("medcyclegan")
 
+# More threads than any machine has cores; far below what exhausts memory creating them.
+MAX_THREADS = 1024
+
 
 def _setup_logging(verbose: bool, quiet: bool) -> None:
     from rich.console import Console
@@ -73,6 +76,9 @@ def _root(
     if threads is not None:
         if threads < 1:
             raise MedCycleGANError(f"--threads must be >= 1; got {threads}")
+        if threads > MAX_THREADS:
+            # e.g. --threads 100000 ended in a MemoryError traceback when the pools were created.
+            raise MedCycleGANError(f"--threads must be at most {MAX_THREADS}; got {threads}")
         import torch
 
         from medcyclegan.parallel import set_worker_threads

@@ -193,3 +193,9 @@ def test_an_evaluate_report_never_replaces_an_input(data, cli, tmp_path: Path) -
     assert "the report would replace the input file" in assert_clean_error(result, dicom_like)
     assert hashlib.sha256(pred.read_bytes()).hexdigest() == digest
     assert not list(tmp_path.glob("*.csv"))
+
+
+def test_a_huge_thread_count_is_one_line(cli, tmp_path: Path) -> None:
+    # Before: a MemoryError traceback.
+    line = assert_clean_error(cli("--threads", 100000, "info", tmp_path))
+    assert "--threads must be at most 1024; got 100000" in line
