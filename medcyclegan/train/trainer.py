@@ -722,11 +722,13 @@ class Trainer:
 
     # ------------------------------------------------------------------ loop
     def _loader(self, dataset: Any, batches: list[list[int]]) -> DataLoader:
+        workers = self.cfg.data.num_workers
         return DataLoader(
             dataset,
             batch_sampler=batches,
-            num_workers=self.cfg.data.num_workers,
+            num_workers=workers,
             pin_memory=self.device.type == "cuda",
+            worker_init_fn=_ignore_stop_signals if workers > 0 else None,
         )
 
     def _epoch_iterator(
@@ -1206,6 +1208,18 @@ def _is_run_file(path: Path) -> bool:
     from medcyclegan.train.data_record import ROLES
 
     return set(record) <= set(ROLES)  # sources.json: a path (or null) per role
+
+
+def _ignore_stop_signals(_worker_id: int) -> None:
+    """DataLoader workers leave SIGINT and SIGTERM to the trainer.
+
+    Ctrl-C and a batch system's SIGTERM reach the whole process group: a worker that died of them
+    made the trainer fail with "DataLoader worker ... is killed by signal" (a traceback, and the
+    steps since the last checkpoint lost) instead of saving ``last.pt`` and stopping. The trainer
+    shuts its workers down itself; a worker whose trainer died exits on its own (PyTorch's watchdog).
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def _is_run_config(path: Path) -> bool:
