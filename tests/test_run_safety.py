@@ -233,3 +233,18 @@ def test_sigterm_to_the_process_group_saves_the_run_with_data_workers(data, tmp_
     assert proc.returncode == 130, err[-2000:]
     assert "Traceback" not in err and "SIGTERM received" in err, err[-2000:]
     assert (out / "checkpoints" / "last.pt").is_file()
+
+
+def test_convert_refuses_an_output_folder_inside_its_input_folder(data, cli, tmp_path: Path) -> None:
+    import shutil
+
+    run = tmp_path / "run"
+    assert _train(cli, data, run).code == 0
+    mr = tmp_path / "mr"
+    shutil.copytree(data["mr"], mr)
+    # Before: exit 0 and synthetic CTs inside the MR folder, found as MR inputs by the next run on it.
+    for out in (mr / "synth", mr):
+        line = assert_clean_error(cli("convert", mr, "-o", out, "--model", run, "--device", "cpu"), out)
+        assert "is inside the input folder" in line
+    assert sorted(p.name for p in mr.iterdir()) == ["case00.nii.gz", "case01.nii.gz"]
+    assert cli("convert", mr, "-o", tmp_path / "synth", "--model", run, "--device", "cpu").code == 0
