@@ -278,3 +278,13 @@ def test_two_sample_data_runs_into_one_folder_cannot_mix(tmp_path: Path) -> None
     # The other process's lock file does not make the folder "not empty"; none is left in the dataset.
     assert write_sample_dataset(out, seed=1, **tiny).train_mr
     assert sorted(p.name for p in out.iterdir()) == ["README.txt", "test", "train"]
+
+
+def test_a_users_folder_named_like_the_trash_is_not_deleted(data, cli, tmp_path: Path) -> None:
+    # Before: every ".previous-run.*" folder in --out was deleted at the start, e.g. a user's backup.
+    home = tmp_path / "home"
+    backup = home / ".previous-run.backup"
+    backup.mkdir(parents=True)
+    (backup / "thesis.tex").write_text("mine")
+    assert _train(cli, data, home).code == 0
+    assert (backup / "thesis.tex").read_text() == "mine"

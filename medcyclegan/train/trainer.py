@@ -94,6 +94,7 @@ RUN_ARTEFACTS = (
 )
 # Hidden folder of a run being removed by --overwrite (deleted at the next start if a crash left it).
 TRASH_PREFIX = ".previous-run."
+_TRASH_NAME = re.compile(re.escape(TRASH_PREFIX) + r"[a-z0-9_]{8}")
 # Sub-folders of a run folder where atomic writes leave their temporaries.
 TEMPORARY_FOLDERS = (".", "checkpoints", "samples")
 
@@ -302,7 +303,12 @@ class Trainer:
             return None
         lock = FolderLock(self.run_dir, holder="training process", place="run folder").acquire()
         weakref.finalize(self, lock.release)
-        trash = list(self.run_dir.glob(TRASH_PREFIX + "*"))
+        # Only what _move_aside_previous_run names so (mkdtemp: 8 random characters), never a link.
+        trash = [
+            p
+            for p in self.run_dir.glob(TRASH_PREFIX + "*")
+            if _TRASH_NAME.fullmatch(p.name) and p.is_dir() and not p.is_symlink()
+        ]
         # A trash folder means an --overwrite was cut short: the user asked for the rest to go too.
         self._overwrite_interrupted = bool(trash)
         for folder in trash:
