@@ -288,3 +288,12 @@ def test_a_users_folder_named_like_the_trash_is_not_deleted(data, cli, tmp_path:
     (backup / "thesis.tex").write_text("mine")
     assert _train(cli, data, home).code == 0
     assert (backup / "thesis.tex").read_text() == "mine"
+
+
+def test_the_same_scans_as_both_domains_are_refused(data, cli, tmp_path: Path) -> None:
+    # Before: exit 0; MR scans were normalised as CT and trained on as the target domain.
+    result = cli(
+        "train", "--src", data["mr"], "--tgt", data["mr"], "--out", tmp_path / "run", "-c", data["config"]
+    )
+    line = assert_clean_error(result, data["mr"] / "case00.nii.gz")
+    assert "--src and --tgt both hold" in line

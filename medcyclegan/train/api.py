@@ -75,6 +75,21 @@ def check_run_dir_outside_inputs(out: Path, inputs: dict[str, Path | None]) -> N
             )
 
 
+def _check_domains_differ(src: list[Path], tgt: list[Path]) -> None:
+    """Refuses a volume given as both domains (e.g. ``--src mr --tgt mr``).
+
+    It trained without a word: the MR scans were normalised as CT and the model learnt nothing of
+    the other modality.
+    """
+    from medcyclegan.io.discovery import shared_file
+
+    if clash := shared_file(src, tgt):  # by name (case folded) and by inode: one pass over each list
+        raise ConfigError(
+            f"--src and --tgt both hold {clash[0]}: the two domains must be different scans "
+            "(e.g. --src MR_FOLDER --tgt CT_FOLDER)"
+        )
+
+
 def auto_resume(out: str | Path) -> bool:
     """Whether ``--auto-resume`` resumes: ``out`` holds ``checkpoints/last.pt``; otherwise the run starts.
 
@@ -152,6 +167,7 @@ def train_from_folders(
     src_list = _resolve(paths["src"])
     tgt_list = _resolve(paths["tgt"])
     assert src_list is not None and tgt_list is not None
+    _check_domains_differ(src_list, tgt_list)
     trainer = Trainer(
         cfg,
         out,
