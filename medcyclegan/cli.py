@@ -216,7 +216,7 @@ def train(
 
     from medcyclegan.config import load_config, resolve_config_path
     from medcyclegan.train.api import auto_resume as auto_resume_plan
-    from medcyclegan.train.api import resume_config, train_from_folders
+    from medcyclegan.train.api import new_run_dir, resume_config, train_from_folders
 
     overrides = _overrides(
         {
@@ -268,7 +268,7 @@ def train(
     config_path = resolve_config_path(config) if config else None
     # On resume the stored config is used; a --config or options equal to it are accepted (requeued jobs).
     cfg = resume_config(out, overrides, config_path) if resume else load_config(config_path, overrides)
-    run_dir = out or Path("runs") / datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    run_dir = out or new_run_dir(Path("runs"), datetime.datetime.now().strftime("%Y%m%d-%H%M%S"))
     result = train_from_folders(
         cfg,
         run_dir,

@@ -297,3 +297,21 @@ def test_the_same_scans_as_both_domains_are_refused(data, cli, tmp_path: Path) -
     )
     line = assert_clean_error(result, data["mr"] / "case00.nii.gz")
     assert "--src and --tgt both hold" in line
+
+
+def test_the_default_run_folder_is_always_a_new_one(data, cli, tmp_path: Path, monkeypatch) -> None:
+    import datetime
+
+    monkeypatch.chdir(tmp_path)
+    # runs/<this second ... +20 s> taken already (another job of the array, a user's folder): before,
+    # the run went into that folder (another job's: refused mid-start; a user's: trained among its files).
+    now = datetime.datetime.now()
+    taken = [(now + datetime.timedelta(seconds=s)).strftime("%Y%m%d-%H%M%S") for s in range(20)]
+    for name in taken:
+        (tmp_path / "runs" / name).mkdir(parents=True)
+        (tmp_path / "runs" / name / "notes.txt").write_text("mine")
+    result = cli("train", "--src", data["mr"], "--tgt", data["ct"], "-c", data["config"], "--no-progress")
+    assert result.code == 0, result.err
+    made = [p for p in (tmp_path / "runs").iterdir() if (p / "checkpoints" / "last.pt").is_file()]
+    assert len(made) == 1 and made[0].name.rsplit("-", 1)[0] in taken and made[0].name.endswith("-2")
+    assert all(sorted(os.listdir(tmp_path / "runs" / name)) == ["notes.txt"] for name in taken)

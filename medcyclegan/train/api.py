@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from medcyclegan.config import Config
-from medcyclegan.errors import ConfigError, InputError
+from medcyclegan.errors import ConfigError, InputError, OutputError
 from medcyclegan.io.atomic import atomic_write_text
 from medcyclegan.train.trainer import Trainer, TrainResult
 
@@ -58,7 +58,6 @@ def check_run_dir_outside_inputs(out: Path, inputs: dict[str, Path | None]) -> N
     Raises:
         OutputError: ``out`` is, or is inside, one of the input folders (named by its option).
     """
-    from medcyclegan.errors import OutputError
     from medcyclegan.train.data_record import ROLES
 
     run = Path(os.path.realpath(out))
@@ -88,6 +87,25 @@ def _check_domains_differ(src: list[Path], tgt: list[Path]) -> None:
             f"--src and --tgt both hold {clash[0]}: the two domains must be different scans "
             "(e.g. --src MR_FOLDER --tgt CT_FOLDER)"
         )
+
+
+def new_run_dir(root: Path, name: str) -> Path:
+    """Creates and returns a new, empty run folder ``root/name`` (``name-2``, ``name-3``... if taken).
+
+    The default ``--out`` (the start time to the second) is taken by ``mkdir``, which only one
+    process can win: two jobs started in the same second (a job array) each get their own folder,
+    and an existing folder is never trained into without the user naming it.
+    """
+    for n in range(1, 1000):
+        candidate = root / (name if n == 1 else f"{name}-{n}")
+        try:
+            candidate.mkdir(parents=True)
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            raise OutputError(f"cannot create run folder ({exc.strerror or exc})", candidate) from None
+        return candidate
+    raise OutputError(f"no free run folder name {name}-N; give --out", root)
 
 
 def auto_resume(out: str | Path) -> bool:
