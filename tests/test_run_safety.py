@@ -5,8 +5,10 @@ Each test is a defect found by attacking train's run folder, options and config 
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -89,8 +91,6 @@ def test_overwrite_still_replaces_a_real_run(data, cli, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("place", ["src", "inside_src", "inside_tgt_masks"])
 def test_a_run_folder_in_the_input_data_is_refused(data, cli, tmp_path: Path, place: str) -> None:
-    import shutil
-
     mr, ct = tmp_path / "mr", tmp_path / "ct"
     shutil.copytree(data["mr"], mr)
     shutil.copytree(data["ct"], ct)
@@ -166,8 +166,6 @@ def test_a_run_killed_while_writing_its_first_log_row_starts_again(data, cli, tm
     for name in ("checkpoints", "sources.json"):
         path = run / name
         if path.is_dir():
-            import shutil
-
             shutil.rmtree(path)
         else:
             path.unlink()
@@ -178,8 +176,6 @@ def test_a_run_killed_while_writing_its_first_log_row_starts_again(data, cli, tm
 
 
 def test_an_evaluate_report_never_replaces_an_input(data, cli, tmp_path: Path) -> None:
-    import shutil
-
     pred = tmp_path / "pred.nii.gz"
     shutil.copy(data["ct"] / "case00.nii.gz", pred)
     ref = data["ct"] / "case00.nii.gz"
@@ -236,8 +232,6 @@ def test_sigterm_to_the_process_group_saves_the_run_with_data_workers(data, tmp_
 
 
 def test_convert_refuses_an_output_folder_inside_its_input_folder(data, cli, tmp_path: Path) -> None:
-    import shutil
-
     run = tmp_path / "run"
     assert _train(cli, data, run).code == 0
     mr = tmp_path / "mr"
@@ -300,8 +294,6 @@ def test_the_same_scans_as_both_domains_are_refused(data, cli, tmp_path: Path) -
 
 
 def test_the_default_run_folder_is_always_a_new_one(data, cli, tmp_path: Path, monkeypatch) -> None:
-    import datetime
-
     monkeypatch.chdir(tmp_path)
     # runs/<this second ... +20 s> taken already (another job of the array, a user's folder): before,
     # the run went into that folder (another job's: refused mid-start; a user's: trained among its files).
