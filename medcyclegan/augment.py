@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from medcyclegan.errors import ConfigError, InputError, OutputError
+from medcyclegan.io.lock import FolderLock
 
 if TYPE_CHECKING:  # convert imports torch: only for the type hint
     from medcyclegan.convert import TranslationModel
@@ -61,6 +62,8 @@ _NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 _UNSAFE_CASE_CHARACTERS = re.compile(r"[^A-Za-z0-9._-]")
 _CHANNEL_PATTERN = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 # Temporary names of medcyclegan.io.atomic.atomic_path: ".{final name}.{random}.tmp.nii.gz".
+# Hidden record of the model that made the dataset's synthetic cases (nnU-Net ignores it).
+MODEL_FILE = ".medcyclegan-model.json"
 _TEMPORARY_FILE = re.compile(r"^\..+\.nii\.gz\.[^.]+\.tmp\.nii\.gz$")
 _SUMMARY_ITEMS = 3
 _MAX_BINCOUNT_LABEL = 1_000_000
@@ -247,8 +250,35 @@ def augment_dataset(
             CHANNEL_NAMES[target],
             target.upper(),
         )
+    # One augment at a time per dataset folder: another one would take this one's temporaries for
+    # a killed run's (and delete them), or mix its cases into this dataset.
+    with FolderLock(dataset_dir, holder="augment process", place="dataset folder"):
+        return _build_dataset(
+            pairs, plan, translator, dataset_dir, fmt, name, channel_name, label_map, label_dtypes,
+            include_originals=include_originals, batch_size=batch_size, overwrite=overwrite,
+        )  # fmt: skip
+
+
+def _build_dataset(
+    pairs: Sequence[_Pair],
+    plan: dict[str, tuple[_Pair, bool]],
+    translator: Any,
+    dataset_dir: Path,
+    fmt: str,
+    name: str,
+    channel_name: str,
+    label_map: dict[str, int],
+    label_dtypes: dict[str, str],
+    *,
+    include_originals: bool,
+    batch_size: int,
+    overwrite: bool,
+) -> AugmentResult:
+    """The writing half of :func:`augment_dataset`, every check done, under the dataset folder's lock."""
+    source, target = translator.source_modality, translator.target_modality
     _make_folders(dataset_dir, fmt)
     _remove_interrupted_writes(dataset_dir)
+    _record_model(dataset_dir, fmt, translator, overwrite)
 
     written: list[Path] = []
     skipped: list[Path] = []
@@ -695,6 +725,61 @@ def _check_no_stale_cases(dataset_dir: Path, fmt: str, planned: set[str]) -> Non
             "write to a new dataset id",
             dataset_dir,
         )
+
+
+def _model_identity(translator: Any) -> dict[str, Any]:
+    from medcyclegan.train.checkpoint import checkpoint_identity
+
+    return {**checkpoint_identity(translator.checkpoint), "to": translator.target_modality}
+
+
+def _same_model(stored: Any, current: dict[str, Any]) -> bool:
+    """Same run, step and target modality (the checkpoint path, for checkpoints without a run id)."""
+    if not isinstance(stored, dict):
+        return False
+    key = ("run_id", "step", "to") if current["run_id"] and stored.get("run_id") else ("checkpoint", "to")
+    return all(stored.get(k) == current[k] for k in key)
+
+
+def _record_model(dataset_dir: Path, fmt: str, translator: Any, overwrite: bool) -> None:
+    """Records which model makes this dataset's synthetic cases; refuses to keep another model's.
+
+    A rerun keeps existing cases (a killed run resumes): with another model that would silently mix
+    two models' cases in one dataset, under a dataset.json naming only the last. Datasets written
+    before this record cannot be told apart: they are kept with a warning.
+
+    Raises:
+        OutputError: the existing cases were made by another model (without ``overwrite``).
+    """
+    from medcyclegan.io.atomic import atomic_write_text
+
+    record = dataset_dir / MODEL_FILE
+    current = _model_identity(translator)
+    existing = [
+        p
+        for p in (dataset_dir / "imagesTr").iterdir()
+        if p.name.endswith(FILE_ENDING) and not p.name.startswith(".")
+    ]
+    if existing and not overwrite:
+        if not record.exists():
+            logger.warning(
+                "%s: %d existing case(s) have no record of the model that made them; they are kept as they are",
+                dataset_dir,
+                len(existing),
+            )
+        else:
+            try:
+                stored = json.loads(record.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                stored = None  # unreadable: which model made them is unknown, so they are not kept
+            if not _same_model(stored, current):
+                made_by = stored.get("checkpoint") if isinstance(stored, dict) else None
+                raise OutputError(
+                    f"holds {len(existing)} case(s) made by another model ({made_by or 'unknown'}); "
+                    "pass --overwrite to rewrite them with this model, or use another --dataset-id",
+                    dataset_dir,
+                )
+    atomic_write_text(record, json.dumps(current, indent=2) + "\n")
 
 
 def _make_folders(dataset_dir: Path, fmt: str) -> None:

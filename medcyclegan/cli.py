@@ -29,6 +29,9 @@ app = typer.Typer(
 
 logger = logging.getLogger("medcyclegan")
 
+# More threads than any machine has cores; far below what exhausts memory creating them.
+MAX_THREADS = 1024
+
 
 def _setup_logging(verbose: bool, quiet: bool) -> None:
     from rich.console import Console
@@ -73,6 +76,9 @@ def _root(
     if threads is not None:
         if threads < 1:
             raise MedCycleGANError(f"--threads must be >= 1; got {threads}")
+        if threads > MAX_THREADS:
+            # e.g. --threads 100000 ended in a MemoryError traceback when the pools were created.
+            raise MedCycleGANError(f"--threads must be at most {MAX_THREADS}; got {threads}")
         import torch
 
         from medcyclegan.parallel import set_worker_threads
@@ -210,7 +216,7 @@ def train(
 
     from medcyclegan.config import load_config, resolve_config_path
     from medcyclegan.train.api import auto_resume as auto_resume_plan
-    from medcyclegan.train.api import resume_config, train_from_folders
+    from medcyclegan.train.api import new_run_dir, resume_config, train_from_folders
 
     overrides = _overrides(
         {
@@ -245,6 +251,12 @@ def train(
     for flag, given in (("--resume", resume), ("--auto-resume", auto_resume)):
         if given and out is None:
             raise MedCycleGANError(f"{flag} needs --out RUN_DIR (the run to continue)")
+    if resume and overwrite:
+        # Resuming would silently ignore the request to start afresh (or the reverse).
+        raise MedCycleGANError(
+            "--resume cannot be combined with --overwrite: --resume continues the run in --out, "
+            "--overwrite starts it afresh; give one"
+        )
     if auto_resume and overwrite:
         raise MedCycleGANError(
             "--auto-resume cannot be combined with --overwrite (a requeued job would start afresh)"
@@ -256,7 +268,7 @@ def train(
     config_path = resolve_config_path(config) if config else None
     # On resume the stored config is used; a --config or options equal to it are accepted (requeued jobs).
     cfg = resume_config(out, overrides, config_path) if resume else load_config(config_path, overrides)
-    run_dir = out or Path("runs") / datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    run_dir = out or new_run_dir(Path("runs"), datetime.datetime.now().strftime("%Y%m%d-%H%M%S"))
     result = train_from_folders(
         cfg,
         run_dir,
@@ -352,7 +364,7 @@ def evaluate(
 
     if out is not None:
         # Before any metric is computed: a report that cannot be written fails at once.
-        check_report_paths(out, overwrite=overwrite)
+        check_report_paths(out, overwrite=overwrite, inputs=(pred, ref, mask))
     report = run_evaluation(pred, ref, mask, standard=standard)
     Console().print(report.to_rich_table())
     if out is not None:

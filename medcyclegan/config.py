@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import types
 import typing
 from dataclasses import asdict, dataclass, field, fields
@@ -543,15 +544,29 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
         cfg = Config().validate()
     else:
         path = Path(path)
+        if path.is_dir():
+            raise ConfigError("is a folder, not a YAML config file", path)
         if not path.is_file():
             raise ConfigError("config file not found", path)
         try:
-            raw = yaml.safe_load(path.read_text()) or {}
+            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as exc:
             line = getattr(getattr(exc, "problem_mark", None), "line", None)
             where = f" (line {line + 1})" if line is not None else ""
             raise ConfigError(f"not valid YAML{where}", path) from None
-        cfg = config_from_dict(raw, source=str(path))
+        except UnicodeDecodeError:
+            # e.g. -c scan.nii.gz or a model file: not text at all.
+            raise ConfigError("not a YAML config file (not UTF-8 text)", path) from None
+        except OSError as exc:
+            raise ConfigError(f"cannot be read ({exc.strerror or exc})", path) from None
+        try:
+            cfg = config_from_dict(raw, source=str(path))
+        except ConfigError as exc:
+            # Name the file for a wrong value too ("data.image_size must be an integer" alone
+            # does not say where it came from).
+            if str(path) in str(exc):
+                raise
+            raise ConfigError(str(exc), path) from None
     return apply_overrides(cfg, overrides or {})
 
 
@@ -581,9 +596,13 @@ def replace(cfg: Config, **changes: Any) -> Config:
 
 def builtin_config_path(name: str) -> Path:
     """Path of a config shipped with the package (``default``, ``quick-cpu``, ...)."""
-    path = Path(__file__).parent / "configs" / f"{name}.yaml"
+    folder = Path(__file__).parent / "configs"
+    path = folder / f"{name}.yaml"
+    if "/" in name or os.sep in name:
+        # A path, not a name: "./my-config" or "configs/run" that does not exist.
+        raise ConfigError("config file not found", name)
     if not path.is_file():
-        choices = sorted(p.stem for p in path.parent.glob("*.yaml"))
+        choices = sorted(p.stem for p in folder.glob("*.yaml"))
         raise ConfigError(f"no built-in config {name!r}; choose from {choices}")
     return path
 

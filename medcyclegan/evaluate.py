@@ -20,6 +20,7 @@ import io
 import json
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -50,16 +51,26 @@ COLUMN_HEADERS = {"mae": "MAE [HU]", "psnr": "PSNR [dB]", "ssim": "SSIM", "ms_ss
 DISPLAY_FORMATS = {"mae": "{:.1f}", "psnr": "{:.2f}", "ssim": "{:.4f}", "ms_ssim": "{:.4f}"}
 
 
-def check_report_paths(json_path: str | Path, *, overwrite: bool = False) -> tuple[Path, Path]:
+def check_report_paths(
+    json_path: str | Path, *, overwrite: bool = False, inputs: Sequence[str | Path | None] = ()
+) -> tuple[Path, Path]:
     """The JSON report path and the CSV beside it (same stem, ``.csv``), both checked before any work.
 
     Call it before computing metrics, so that a report that cannot be written fails at once.
 
+    Args:
+        json_path: the ``--out`` path.
+        overwrite: an existing report may be replaced.
+        inputs: the volumes (files or folders) being scored: the report must not replace any of
+            their files, not even with ``overwrite``.
+
     Raises:
-        OutputError: the JSON path ends in ``.csv``, a target exists (without ``overwrite``), is a
+        OutputError: the JSON path ends in ``.csv`` or is named like a volume (``.nii.gz``, ``.mha``,
+            ``.dcm``...), a target is one of the inputs' files, exists (without ``overwrite``), is a
             folder, or its folder cannot be created or written.
     """
     from medcyclegan.io.atomic import check_can_write
+    from medcyclegan.io.discovery import DICOM_SUFFIX, files_of_volume, shared_file, volume_suffix
 
     json_path = Path(json_path)
     csv_path = json_path.with_suffix(".csv")
@@ -69,6 +80,14 @@ def check_report_paths(json_path: str | Path, *, overwrite: bool = False) -> tup
             f"give e.g. {json_path.with_suffix('.json').name}",
             json_path,
         )
+    if volume_suffix(json_path) or json_path.name.lower().endswith(DICOM_SUFFIX):
+        # JSON text under a volume's name (with --overwrite it replaced the prediction itself).
+        raise OutputError("is named like a volume; the report is JSON: give e.g. report.json", json_path)
+    read = [
+        f for given in inputs if given is not None and Path(given).exists() for f in files_of_volume(given)
+    ]
+    if clash := shared_file([json_path, csv_path], read):
+        raise OutputError(f"the report would replace the input file {clash[1]}", clash[0])
     check_can_write(json_path, overwrite)
     check_can_write(csv_path, overwrite)
     return json_path, csv_path

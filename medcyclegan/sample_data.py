@@ -48,6 +48,7 @@ from scipy import ndimage
 from medcyclegan import __version__
 from medcyclegan.errors import ConfigError, OutputError
 from medcyclegan.io.atomic import atomic_path, atomic_write_text
+from medcyclegan.io.lock import LOCK_FILE, FolderLock
 
 logger = logging.getLogger("medcyclegan")
 
@@ -755,12 +756,17 @@ def _check_counts(n_train_mr: int, n_train_ct: int, n_test: int) -> None:
             raise ConfigError(f"must be an integer >= {minimum}; got {value!r}", name)
 
 
-def _prepare_folder(root: Path, overwrite: bool) -> None:
-    """Refuses a non-empty folder unless ``overwrite``; creates the layout."""
+def _check_empty(root: Path, overwrite: bool) -> None:
+    """Refuses a file, or a non-empty folder unless ``overwrite`` (the lock file does not count)."""
     if root.exists() and not root.is_dir():
         raise OutputError("exists and is not a folder", root)
-    if root.is_dir() and any(root.iterdir()) and not overwrite:
+    if root.is_dir() and any(p.name != LOCK_FILE for p in root.iterdir()) and not overwrite:
         raise OutputError("folder is not empty; pass --overwrite to write the sample dataset into it", root)
+
+
+def _prepare_folder(root: Path, overwrite: bool) -> None:
+    """Refuses a non-empty folder unless ``overwrite`` (checked again, under the lock); creates the layout."""
+    _check_empty(root, overwrite)
     try:
         for folder in _FOLDERS:
             (root / folder).mkdir(parents=True, exist_ok=True)
@@ -886,6 +892,30 @@ def write_sample_dataset(
     seed = _check_seed(seed)
     shape_t, spacing_t = _check_grid(shape, spacing)
     root = Path(out_dir)
+    _check_empty(root, overwrite)  # first without the lock: a refused folder gets no lock file
+    # One writer at a time: two runs into one empty folder (other seeds or counts) both passed the
+    # emptiness check and mixed their subjects into one dataset.
+    with FolderLock(root, holder="sample-data process", place="dataset folder"):
+        try:
+            return _write_dataset(root, n_train_mr, n_train_ct, n_test, seed, overwrite, shape_t, spacing_t)
+        finally:
+            # The dataset is meant to be shared: no lock file is left in it. Removed while held: a
+            # process that opens a new one now finds the folder written (and, without --overwrite,
+            # refuses it).
+            (root / LOCK_FILE).unlink(missing_ok=True)
+
+
+def _write_dataset(
+    root: Path,
+    n_train_mr: int,
+    n_train_ct: int,
+    n_test: int,
+    seed: int,
+    overwrite: bool,
+    shape_t: tuple[int, int, int],
+    spacing_t: tuple[float, ...],
+) -> SampleDataset:
+    """:func:`write_sample_dataset` once its arguments are checked, under the folder's lock."""
     _prepare_folder(root, overwrite)
 
     groups = {

@@ -512,3 +512,61 @@ def test_synthetic_images_say_what_they_are_in_their_header(with_originals, mode
             assert model.checkpoint.name in description
         else:
             assert "synthetic" not in description, (path, description)
+
+
+def test_a_second_augment_into_the_same_dataset_is_refused_while_the_first_runs(
+    tmp_path: Path, model
+) -> None:
+    import subprocess
+    import sys
+
+    images, labels = write_labelled(tmp_path / "in", cases=("p1",))
+    dataset = tmp_path / "raw" / "Dataset013_SynthCT"
+    (dataset / "labelsTr").mkdir(parents=True)
+    # The live process's temporary: before, the second augment deleted it as "an interrupted write"
+    # (the first then failed to publish) and wrote its own cases into the same dataset.
+    live = dataset / "labelsTr" / ".p1.nii.gz.abc123.tmp.nii.gz"
+    live.write_bytes(b"being written")
+    hold = (
+        "import fcntl, os, sys, time\n"
+        "fd = os.open(os.path.join(sys.argv[1], '.medcyclegan.lock'), os.O_RDWR | os.O_CREAT)\n"
+        "fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)\n"
+        "os.write(fd, str(os.getpid()).encode())\n"
+        "print('locked', flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    holder = subprocess.Popen([sys.executable, "-c", hold, str(dataset)], stdout=subprocess.PIPE)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == b"locked"
+        with pytest.raises(OutputError, match=rf"another augment process \(pid {holder.pid}\) is using"):
+            augment_dataset(images, labels, model, tmp_path / "raw", dataset_id=13)
+        assert live.read_bytes() == b"being written"
+        assert [p.name for p in (dataset / "labelsTr").iterdir()] == [live.name]  # nothing else written
+    finally:
+        holder.kill()
+        holder.wait(timeout=60)
+    result = augment_dataset(images, labels, model, tmp_path / "raw", dataset_id=13)
+    assert result.check.ok and not live.exists()  # the lock is free: a killed run's leftovers go
+
+
+def test_cases_of_another_model_are_not_kept_as_this_models(tmp_path: Path, run_dir: Path, model) -> None:
+    from medcyclegan.train.checkpoint import load_checkpoint, save_checkpoint
+
+    images, labels = write_labelled(tmp_path / "in", cases=("p1",))
+    first = augment_dataset(images, labels, model, tmp_path / "raw", dataset_id=14)
+    # Another model: another run's checkpoint (same architecture).
+    other_run = tmp_path / "other"
+    shutil.copytree(run_dir, other_run)
+    state = load_checkpoint(other_run / "checkpoints" / "last.pt")
+    save_checkpoint({**state, "run_id": "another-run"}, other_run / "checkpoints" / "last.pt")
+    other = load_model(other_run, device="cpu")
+    before = _tree_state(first.dataset_dir / "imagesTr")
+    # Before: every case was "kept" and dataset.json then named the other model as their maker.
+    with pytest.raises(OutputError, match=r"holds 1 case\(s\) made by another model"):
+        augment_dataset(images, labels, other, tmp_path / "raw", dataset_id=14)
+    assert _tree_state(first.dataset_dir / "imagesTr") == before
+    # The same model resumes (keeps its cases); --overwrite rewrites them with the other one.
+    assert len(augment_dataset(images, labels, model, tmp_path / "raw", dataset_id=14).skipped) == 2
+    rewritten = augment_dataset(images, labels, other, tmp_path / "raw", dataset_id=14, overwrite=True)
+    assert len(rewritten.written) == 2 and rewritten.check.ok
+    assert len(augment_dataset(images, labels, other, tmp_path / "raw", dataset_id=14).skipped) == 2

@@ -179,9 +179,12 @@ def test_run_files_in_a_folder_no_trainer_used_are_not_removed_without_overwrite
     (folder / "samples").mkdir(parents=True)
     (folder / "samples" / "mine.png").write_bytes(b"user data")
     cfg = load_config(None, RUN_B)
-    for _attempt in range(2):
-        with pytest.raises(OutputError, match="holds samples but no checkpoint; pass --overwrite"):
-            Trainer(cfg, folder, files(world["mr"]), files(world["ct"]), show_progress=False)
+    # Not even with --overwrite (and the message does not advise it): samples/ holds no run's sample.
+    for overwrite in (False, True):
+        with pytest.raises(OutputError, match=r"holds samples/mine\.png, which no medcyclegan run wrote"):
+            Trainer(
+                cfg, folder, files(world["mr"]), files(world["ct"]), show_progress=False, overwrite=overwrite
+            )
     assert (folder / "samples" / "mine.png").read_bytes() == b"user data"
 
 

@@ -65,6 +65,8 @@ class FolderLock:
         """
         if self.held:
             return self
+        if self.folder.exists() and not self.folder.is_dir():
+            raise OutputError(f"is a file, not a {self.place}: give a folder", self.folder)
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
             key = self.folder.resolve()

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
 from medcyclegan.config import Config
-from medcyclegan.errors import ConfigError, InputError
+from medcyclegan.errors import ConfigError, InputError, OutputError
 from medcyclegan.io.atomic import atomic_write_text
 from medcyclegan.train.trainer import Trainer, TrainResult
 
@@ -41,6 +42,70 @@ def _resolve(folder: Path | None) -> list[Path] | None:
     from medcyclegan.io.discovery import find_volumes
 
     return find_volumes(folder)
+
+
+def check_run_dir_outside_inputs(out: Path, inputs: dict[str, Path | None]) -> None:
+    """Refuses a run folder that is an input folder or lies inside one.
+
+    The run would write its checkpoints, logs and samples among the user's data, an --overwrite
+    would clean up in it, and every later discovery of that folder (a resume, another run) would
+    walk through the run's files.
+
+    Args:
+        out: the run folder (need not exist yet).
+        inputs: ``{role: path}`` as in :data:`~medcyclegan.train.data_record.ROLES` (None: not given).
+
+    Raises:
+        OutputError: ``out`` is, or is inside, one of the input folders (named by its option).
+    """
+    from medcyclegan.train.data_record import ROLES
+
+    run = Path(os.path.realpath(out))
+    for role, given in inputs.items():
+        if given is None or not Path(given).is_dir():
+            continue
+        folder = Path(os.path.realpath(given))
+        if run == folder or folder in run.parents:
+            where = "is" if run == folder else "is inside"
+            raise OutputError(
+                f"{where} the {ROLES[role]} folder {given}: the run would write its files among the input "
+                "data; choose an --out outside it",
+                out,
+            )
+
+
+def _check_domains_differ(src: list[Path], tgt: list[Path]) -> None:
+    """Refuses a volume given as both domains (e.g. ``--src mr --tgt mr``).
+
+    It trained without a word: the MR scans were normalised as CT and the model learnt nothing of
+    the other modality.
+    """
+    from medcyclegan.io.discovery import shared_file
+
+    if clash := shared_file(src, tgt):  # by name (case folded) and by inode: one pass over each list
+        raise ConfigError(
+            f"--src and --tgt both hold {clash[0]}: the two domains must be different scans "
+            "(e.g. --src MR_FOLDER --tgt CT_FOLDER)"
+        )
+
+
+def new_run_dir(root: Path, name: str) -> Path:
+    """Creates and returns a new, empty run folder ``root/name`` (``name-2``, ``name-3``... if taken).
+
+    The default ``--out`` (the start time to the second) is taken by ``mkdir``, which only one
+    process can win: two jobs started in the same second (a job array) each get their own folder,
+    and an existing folder is never trained into without the user naming it.
+    """
+    for n in range(1, 1000):
+        candidate = root / (name if n == 1 else f"{name}-{n}")
+        try:
+            candidate.mkdir(parents=True)
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            raise OutputError(f"cannot create run folder ({exc.strerror or exc})", candidate) from None
+        return candidate
+    raise OutputError(f"no free run folder name {name}-N; give --out", root)
 
 
 def auto_resume(out: str | Path) -> bool:
@@ -116,9 +181,11 @@ def train_from_folders(
     paths = {k: (Path(v) if v is not None else None) for k, v in sources.items()}
     if (paths["val_src"] is None) != (paths["val_tgt"] is None):
         raise ConfigError("give both --val-src and --val-tgt, or neither")
+    check_run_dir_outside_inputs(out, paths)
     src_list = _resolve(paths["src"])
     tgt_list = _resolve(paths["tgt"])
     assert src_list is not None and tgt_list is not None
+    _check_domains_differ(src_list, tgt_list)
     trainer = Trainer(
         cfg,
         out,

@@ -164,17 +164,43 @@ def find_checkpoint(path: str | Path, prefer: tuple[str, ...] = ("best.pt", "las
     raise CheckpointError("no such run folder or checkpoint", path)
 
 
-def checkpoint_run_id(path: str | Path) -> str | None:
-    """The run id stored in a checkpoint (``None``: written before run ids, or unreadable).
+def _peek(path: str | Path) -> dict[str, Any] | None:
+    """The checkpoint's dictionary, memory-mapped (weights not read), or ``None`` when unreadable.
 
-    Memory-mapped, so the weights are not read: cheap even for a checkpoint of hundreds of MB.
+    Cheap even for a checkpoint of hundreds of MB; loaded weights-only like every checkpoint.
     """
     try:
         data = torch.load(Path(path), map_location="cpu", weights_only=True, mmap=True)
     except Exception:  # an unreadable file is reported by the load that actually uses it
         return None
-    run_id = data.get("run_id") if isinstance(data, dict) else None
+    return data if isinstance(data, dict) else None
+
+
+def checkpoint_run_id(path: str | Path) -> str | None:
+    """The run id stored in a checkpoint (``None``: written before run ids, or unreadable)."""
+    run_id = (_peek(path) or {}).get("run_id")
     return run_id if isinstance(run_id, str) else None
+
+
+def checkpoint_identity(path: str | Path) -> dict[str, Any]:
+    """Which model a checkpoint holds, for records of what made an output: run id and step.
+
+    ``run_id`` is ``None`` for a checkpoint from before run ids (or an unreadable one); the resolved
+    path then stands in for it.
+    """
+    data = _peek(path) or {}
+    run_id = data.get("run_id")
+    step = data.get("step")
+    return {
+        "checkpoint": str(Path(path).resolve()),
+        "run_id": run_id if isinstance(run_id, str) else None,
+        "step": int(step) if isinstance(step, int) else None,
+    }
+
+
+def is_medcyclegan_checkpoint(path: str | Path) -> bool:
+    """True for a readable file with medcyclegan's checkpoint format marker (cheap, see :func:`_peek`)."""
+    return (_peek(path) or {}).get("format") == FORMAT
 
 
 def same_run(best: str | Path, last: str | Path) -> bool:

@@ -43,6 +43,7 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
 import signal
 import tempfile
@@ -93,6 +94,7 @@ RUN_ARTEFACTS = (
 )
 # Hidden folder of a run being removed by --overwrite (deleted at the next start if a crash left it).
 TRASH_PREFIX = ".previous-run."
+_TRASH_NAME = re.compile(re.escape(TRASH_PREFIX) + r"[a-z0-9_]{8}")
 # Sub-folders of a run folder where atomic writes leave their temporaries.
 TEMPORARY_FOLDERS = (".", "checkpoints", "samples")
 
@@ -301,7 +303,12 @@ class Trainer:
             return None
         lock = FolderLock(self.run_dir, holder="training process", place="run folder").acquire()
         weakref.finalize(self, lock.release)
-        trash = list(self.run_dir.glob(TRASH_PREFIX + "*"))
+        # Only what _move_aside_previous_run names so (mkdtemp: 8 random characters), never a link.
+        trash = [
+            p
+            for p in self.run_dir.glob(TRASH_PREFIX + "*")
+            if _TRASH_NAME.fullmatch(p.name) and p.is_dir() and not p.is_symlink()
+        ]
         # A trash folder means an --overwrite was cut short: the user asked for the rest to go too.
         self._overwrite_interrupted = bool(trash)
         for folder in trash:
@@ -323,6 +330,17 @@ class Trainer:
         present = [name for name in RUN_ARTEFACTS if os.path.lexists(self.run_dir / name)]
         if not present:
             return
+        foreign = _foreign_run_files(self.run_dir, present)
+        if foreign:
+            # Even with --overwrite: it removes a run's own files, never the user's (e.g. --out ~).
+            listed = ", ".join(foreign[:_FOREIGN_SHOWN]) + (
+                f" and {len(foreign) - _FOREIGN_SHOWN} more" if len(foreign) > _FOREIGN_SHOWN else ""
+            )
+            raise OutputError(
+                f"holds {listed}, which no medcyclegan run wrote; nothing was removed (--overwrite removes "
+                "only a run's own files): move them away, or choose another --out",
+                self.run_dir,
+            )
         shown = ", ".join(present)
         if overwrite:
             logger.info("--overwrite: removing the previous run in %s (%s)", self.run_dir, shown)
@@ -710,11 +728,13 @@ class Trainer:
 
     # ------------------------------------------------------------------ loop
     def _loader(self, dataset: Any, batches: list[list[int]]) -> DataLoader:
+        workers = self.cfg.data.num_workers
         return DataLoader(
             dataset,
             batch_sampler=batches,
-            num_workers=self.cfg.data.num_workers,
+            num_workers=workers,
             pin_memory=self.device.type == "cuda",
+            worker_init_fn=_ignore_stop_signals if workers > 0 else None,
         )
 
     def _epoch_iterator(
@@ -846,6 +866,14 @@ class Trainer:
             writer: Any = SummaryWriter(log_dir=str(self.run_dir / "tb"))
         else:
             writer = _NullWriter()
+        if main and self.resume_data is not None and self.global_step >= self.total_steps:
+            # e.g. --resume --max-steps 1 on a run at step 3: exit 0 with no step made, said so.
+            logger.warning(
+                "%s: the run is already at step %d, and this run makes %d step(s) in all; nothing to train",
+                self.run_dir,
+                self.global_step,
+                self.total_steps,
+            )
         previous_handlers = self._install_signal_handlers()
         progress = _Progress(self.show_progress, self.total_steps, self.global_step)
         last_path = self.run_dir / "checkpoints" / "last.pt"
@@ -1119,6 +1147,85 @@ class Trainer:
         if writer is not None:
             writer.add_image("samples", grid, self.global_step, dataformats="HW")
         return path
+
+
+# Names a run gives the files inside its artefact folders (atomic-write temporaries aside).
+_RUN_FOLDER_FILES = {
+    "checkpoints": re.compile(r"^(last|best|epoch_\d+)\.pt$"),
+    "samples": re.compile(r"^epoch_\d+\.png$"),
+    "tb": re.compile(r"^events\.out\.tfevents\..+"),
+}
+_LOG_HEADER = "step,epoch"  # how metrics.csv and val_metrics.csv begin (see _log, _end_epoch)
+_FOREIGN_SHOWN = 3  # foreign files named in the refusal; more are counted
+
+
+def _foreign_run_files(run_dir: Path, names: Sequence[str]) -> list[str]:
+    """The files among the artefacts ``names`` of ``run_dir`` that no trainer wrote (relative paths).
+
+    A run writes real files and folders with known names and contents: a link, a sub-folder, an
+    unknown name inside ``checkpoints/``, ``samples/`` or ``tb/``, a ``.pt`` without medcyclegan's
+    format marker, a ``config.yaml`` that is not a run's resolved config, CSV logs without the
+    run's header, or JSON records of another shape are someone else's, and never removed.
+    """
+    from medcyclegan.io.lock import is_atomic_temporary
+    from medcyclegan.train.checkpoint import is_medcyclegan_checkpoint
+
+    foreign: list[str] = []
+    for name in names:
+        path = run_dir / name
+        if path.is_symlink():
+            foreign.append(name)
+        elif name in _RUN_FOLDER_FILES:
+            if not path.is_dir():
+                foreign.append(name)
+                continue
+            pattern = _RUN_FOLDER_FILES[name]
+            for entry in sorted(path.iterdir()):
+                ours = entry.is_file() and not entry.is_symlink()
+                if ours and not is_atomic_temporary(entry.name):
+                    ours = bool(pattern.match(entry.name)) and (
+                        name != "checkpoints" or is_medcyclegan_checkpoint(entry)
+                    )
+                if not ours:
+                    foreign.append(f"{name}/{entry.name}")
+        elif not path.is_file() or not _is_run_file(path):
+            foreign.append(name)
+    return foreign
+
+
+def _is_run_file(path: Path) -> bool:
+    """True for a top-level file of a run folder with the content a trainer writes under its name."""
+    name = path.name
+    if name == "config.yaml":
+        return _is_run_config(path)
+    try:
+        if name.endswith(".csv"):
+            with open(path, encoding="utf-8") as handle:
+                first = handle.readline()
+            # A kill while the first row was appended may leave an empty or cut header: still ours.
+            return first.startswith(_LOG_HEADER) or _LOG_HEADER.startswith(first)
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    if not isinstance(record, dict):
+        return False
+    if name == DATA_FILE:
+        return "roles" in record
+    from medcyclegan.train.data_record import ROLES
+
+    return set(record) <= set(ROLES)  # sources.json: a path (or null) per role
+
+
+def _ignore_stop_signals(_worker_id: int) -> None:
+    """DataLoader workers leave SIGINT and SIGTERM to the trainer.
+
+    Ctrl-C and a batch system's SIGTERM reach the whole process group: a worker that died of them
+    made the trainer fail with "DataLoader worker ... is killed by signal" (a traceback, and the
+    steps since the last checkpoint lost) instead of saving ``last.pt`` and stopping. The trainer
+    shuts its workers down itself; a worker whose trainer died exits on its own (PyTorch's watchdog).
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def _is_run_config(path: Path) -> bool:
