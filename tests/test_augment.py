@@ -12,7 +12,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from tiny import TINY
+from tiny import TINY, folder_locked_by_another_process
 
 from medcyclegan.augment import (
     FILE_ENDING,
@@ -517,8 +517,6 @@ def test_synthetic_images_say_what_they_are_in_their_header(with_originals, mode
 def test_a_second_augment_into_the_same_dataset_is_refused_while_the_first_runs(
     tmp_path: Path, model
 ) -> None:
-    import subprocess
-    import sys
 
     images, labels = write_labelled(tmp_path / "in", cases=("p1",))
     dataset = tmp_path / "raw" / "Dataset013_SynthCT"
@@ -527,24 +525,11 @@ def test_a_second_augment_into_the_same_dataset_is_refused_while_the_first_runs(
     # (the first then failed to publish) and wrote its own cases into the same dataset.
     live = dataset / "labelsTr" / ".p1.nii.gz.abc123.tmp.nii.gz"
     live.write_bytes(b"being written")
-    hold = (
-        "import fcntl, os, sys, time\n"
-        "fd = os.open(os.path.join(sys.argv[1], '.medcyclegan.lock'), os.O_RDWR | os.O_CREAT)\n"
-        "fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)\n"
-        "os.write(fd, str(os.getpid()).encode())\n"
-        "print('locked', flush=True)\n"
-        "time.sleep(600)\n"
-    )
-    holder = subprocess.Popen([sys.executable, "-c", hold, str(dataset)], stdout=subprocess.PIPE)
-    try:
-        assert holder.stdout is not None and holder.stdout.readline().strip() == b"locked"
+    with folder_locked_by_another_process(dataset) as holder:
         with pytest.raises(OutputError, match=rf"another augment process \(pid {holder.pid}\) is using"):
             augment_dataset(images, labels, model, tmp_path / "raw", dataset_id=13)
         assert live.read_bytes() == b"being written"
         assert [p.name for p in (dataset / "labelsTr").iterdir()] == [live.name]  # nothing else written
-    finally:
-        holder.kill()
-        holder.wait(timeout=60)
     result = augment_dataset(images, labels, model, tmp_path / "raw", dataset_id=13)
     assert result.check.ok and not live.exists()  # the lock is free: a killed run's leftovers go
 

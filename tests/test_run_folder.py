@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from tiny import TINY_RUN, files, tiny_config, write_domain
+from tiny import TINY_RUN, files, folder_locked_by_another_process, tiny_config, write_domain
 
 from medcyclegan.config import load_config
 from medcyclegan.errors import CheckpointError, ConfigError, OutputError
@@ -207,25 +207,12 @@ def test_a_best_checkpoint_of_another_run_is_never_used(
 
 # ---------------------------------------------------------------------- item 5: the run lock
 
-# Another process training in the folder, as the kernel sees it: an exclusive flock on the run's
-# lock file, with its pid inside.
-HOLD_LOCK = """\
-import fcntl, os, sys, time
-fd = os.open(os.path.join(sys.argv[1], ".medcyclegan.lock"), os.O_RDWR | os.O_CREAT)
-fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-os.write(fd, str(os.getpid()).encode())
-print("locked", flush=True)
-time.sleep(600)
-"""
-
 
 def test_a_second_training_process_is_refused_until_the_first_is_killed(world, cli, tmp_path: Path) -> None:
     run = _copy_run_a(world, tmp_path)
     # A temporary of the live process's checkpoint write: it must survive the refused starts.
     (run / "checkpoints" / ".last.pt.abcd_123.tmp.pt").write_bytes(b"being written")
-    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(run)], stdout=subprocess.PIPE)
-    try:
-        assert holder.stdout is not None and holder.stdout.readline().strip() == b"locked"
+    with folder_locked_by_another_process(run) as holder:
         before = snapshot(run)
         expected = f"error: {run}: another training process (pid {holder.pid}) is using this run folder"
         resumed = cli("train", "--out", run, "--resume", "--no-progress")
@@ -234,9 +221,6 @@ def test_a_second_training_process_is_refused_until_the_first_is_killed(world, c
                     "--overwrite", "--no-progress")  # fmt: skip
         assert fresh.code == 2 and fresh.err.strip() == expected, fresh.err
         assert snapshot(run) == before  # nothing of the live run was removed or rewritten
-    finally:
-        holder.kill()
-        holder.wait(timeout=60)
     assert holder.returncode == -signal.SIGKILL
     # The kernel dropped the killed process's lock: the run resumes.
     resumed = cli("train", "--out", run, "--resume", "--no-progress")

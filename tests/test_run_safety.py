@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from tiny import TINY_RUN, assert_clean_error, write_domain
+from tiny import TINY_RUN, assert_clean_error, folder_locked_by_another_process, write_domain
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -251,24 +251,12 @@ def test_two_sample_data_runs_into_one_folder_cannot_mix(tmp_path: Path) -> None
     out = tmp_path / "phantom"
     out.mkdir()
     tiny = {"shape": (24, 24, 8), "spacing": (4.0, 4.0, 4.0), "n_train_mr": 1, "n_train_ct": 1, "n_test": 0}
-    hold = (
-        "import fcntl, os, sys, time\n"
-        "fd = os.open(os.path.join(sys.argv[1], '.medcyclegan.lock'), os.O_RDWR | os.O_CREAT)\n"
-        "fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)\n"
-        "print('locked', flush=True)\n"
-        "time.sleep(600)\n"
-    )
     # Another sample-data process writing there (past its emptiness check): before, this one also
     # found the folder empty and wrote its own subjects among the other's.
-    holder = subprocess.Popen([sys.executable, "-c", hold, str(out)], stdout=subprocess.PIPE)
-    try:
-        assert holder.stdout is not None and holder.stdout.readline().strip() == b"locked"
+    with folder_locked_by_another_process(out):
         with pytest.raises(OutputError, match="another sample-data process"):
             write_sample_dataset(out, seed=1, **tiny)
         assert [p.name for p in out.iterdir()] == [".medcyclegan.lock"]
-    finally:
-        holder.kill()
-        holder.wait(timeout=60)
     # The other process's lock file does not make the folder "not empty"; none is left in the dataset.
     assert write_sample_dataset(out, seed=1, **tiny).train_mr
     assert sorted(p.name for p in out.iterdir()) == ["README.txt", "test", "train"]

@@ -7,6 +7,10 @@ Every model here trains in well under a second a step on 2 CPU cores: ngf/ndf 8,
 
 from __future__ import annotations
 
+import contextlib
+import subprocess
+import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -153,3 +157,27 @@ def one_error_line(result: CliResult, *, notices_allowed: bool = False) -> str:
     """Exit status 2 and exactly one ``error:`` line (see :func:`assert_clean_error`); returns it."""
     assert result.code == 2, (result.code, result.out, result.err)
     return assert_clean_error(result, notices_allowed=notices_allowed)
+
+
+# Another process working in a folder, as the kernel sees it: an exclusive flock on the folder's lock
+# file (medcyclegan.io.lock.LOCK_FILE), with its pid inside.
+_HOLD_LOCK = """\
+import fcntl, os, sys, time
+fd = os.open(os.path.join(sys.argv[1], ".medcyclegan.lock"), os.O_RDWR | os.O_CREAT)
+fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+os.write(fd, str(os.getpid()).encode())
+print("locked", flush=True)
+time.sleep(600)
+"""
+
+
+@contextlib.contextmanager
+def folder_locked_by_another_process(folder: Path) -> Iterator[subprocess.Popen]:
+    """A subprocess holding ``folder``'s lock while the block runs; SIGKILLed (its lock dropped) after."""
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD_LOCK, str(folder)], stdout=subprocess.PIPE)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == b"locked"
+        yield holder
+    finally:
+        holder.kill()
+        holder.wait(timeout=60)
