@@ -1,0 +1,337 @@
+"""Hostile inputs: each gives one line naming the file (exit 2 on the CLI), never a hang or a wrong volume.
+
+Found by attacking the readers with crafted files: FIFOs and devices given as volumes, MetaImage
+slice lists with missing files, non-finite header numbers, DICOM slices with too little pixel data or
+without a usable geometry, files holding more voxels than their header describes, file names with
+newlines, and library lines printed straight to the terminal.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import os
+import threading
+import warnings
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from tiny import assert_clean_error
+
+from medcyclegan.errors import InputError
+from medcyclegan.io import find_volumes, read_volume
+
+SHAPE = (4, 5, 6)
+VOXELS = np.arange(int(np.prod(SHAPE)), dtype=np.int16).reshape(SHAPE)
+RAW = VOXELS.tobytes(order="F")
+META_HEADER = "ObjectType = Image\nNDims = 3\nDimSize = 4 5 6\nElementType = MET_SHORT\n"
+NRRD_HEADER = b"NRRD0004\ntype: short\ndimension: 3\nencoding: raw\nendian: little\n"
+
+
+def read_error(path: str | Path) -> str:
+    """The InputError message of reading ``path`` (one line starting with the path), without the path."""
+    with pytest.raises(InputError) as info:
+        read_volume(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: ") and "\n" not in message, message
+    return message[len(str(path)) + 2 :]
+
+
+def unblock_fifo(fifo: Path) -> threading.Event:
+    """Keeps releasing readers blocked on ``fifo`` (each open for reading waits for a writer), from
+    a few seconds on, so that a test of code that opens it fails instead of hanging; set the
+    returned event to stop."""
+    stop = threading.Event()
+
+    def release() -> None:
+        stop.wait(5.0)
+        while not stop.is_set():
+            with contextlib.suppress(OSError):  # nobody is reading now
+                os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+            stop.wait(0.05)
+
+    threading.Thread(target=release, daemon=True).start()
+    return stop
+
+
+# ------------------------------------------------------------------------- FIFOs, devices, sockets
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
+def test_a_fifo_given_as_a_volume_is_refused_without_blocking(tmp_path: Path) -> None:
+    fifo = tmp_path / "scan.nii.gz"
+    os.mkfifo(fifo)
+    timer = unblock_fifo(fifo)
+    try:
+        assert "not a regular file" in read_error(fifo)
+    finally:
+        timer.set()
+
+
+def test_a_device_given_as_a_volume_is_called_a_device(tmp_path: Path) -> None:
+    link = tmp_path / "zero.nii"
+    link.symlink_to("/dev/zero")
+    assert "not a regular file" in read_error(link)
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
+def test_a_folder_holding_a_fifo_is_searched_without_blocking(write_nifti, tmp_path: Path) -> None:
+    folder = tmp_path / "in"
+    write_nifti("in/a.nii.gz", VOXELS)
+    os.mkfifo(folder / "pipe")
+    os.mkfifo(folder / "b.nii.gz")
+    timers = [unblock_fifo(folder / "pipe"), unblock_fifo(folder / "b.nii.gz")]
+    try:
+        assert find_volumes(folder) == [folder / "a.nii.gz"]
+    finally:
+        for timer in timers:
+            timer.set()
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
+def test_a_detached_data_file_that_is_a_fifo_is_refused(tmp_path: Path) -> None:
+    header = tmp_path / "a.nhdr"
+    header.write_bytes(NRRD_HEADER + b"sizes: 4 5 6\ndata file: a.raw\n\n")
+    os.mkfifo(tmp_path / "a.raw")
+    timer = unblock_fifo(tmp_path / "a.raw")
+    try:
+        message = read_error(header)
+    finally:
+        timer.set()
+    assert "a.raw" in message and "not a regular file" in message
+
+
+# ------------------------------------------------------------------------------ MetaImage slice lists
+
+
+@pytest.mark.parametrize(
+    "data_file",
+    [
+        "LIST\nslice1.raw\nslice2.raw",
+        "LIST 2D\nslice1.raw\nslice2.raw",
+        "slice%d.raw 1 2 1 2",
+        "slice%d.raw 1 2 1",
+    ],
+)
+def test_metaimage_slice_list_with_too_few_files_is_refused(tmp_path: Path, data_file: str) -> None:
+    """Before: MetaIO filled the missing slices with zeros, or with whatever was in memory."""
+    for name in ("slice1.raw", "slice2.raw"):
+        (tmp_path / name).write_bytes(RAW[: 4 * 5 * 2])  # one 2D slice each
+    header = tmp_path / "a.mhd"
+    header.write_text(META_HEADER + f"ElementDataFile = {data_file}\n")
+    message = read_error(header)
+    assert "data file" in message and "2" in message
+
+
+def test_metaimage_slice_list_with_short_files_is_refused(tmp_path: Path) -> None:
+    names = [f"s{k}.raw" for k in range(6)]
+    for name in names:
+        (tmp_path / name).write_bytes(RAW[:10])  # a slice needs 40 bytes
+    header = tmp_path / "a.mhd"
+    header.write_text(META_HEADER + "ElementDataFile = LIST\n" + "\n".join(names) + "\n")
+    assert "s0.raw" in read_error(header)
+
+
+def test_metaimage_slice_list_of_the_right_size_still_reads(tmp_path: Path) -> None:
+    names = []
+    for k in range(6):
+        names.append(f"s{k}.raw")
+        (tmp_path / names[-1]).write_bytes(VOXELS[:, :, k].tobytes(order="F"))
+    header = tmp_path / "a.mhd"
+    header.write_text(META_HEADER + "ElementDataFile = LIST 2D\n" + "\n".join(names) + "\n")
+    volume = read_volume(header)
+    assert volume.shape == SHAPE
+    assert np.array_equal(volume.array[::-1, ::-1, :], VOXELS)  # LPS file axes, RAS array
+
+
+@pytest.mark.parametrize(
+    "field",
+    [
+        "Offset = inf 0 0",
+        "Offset = nan 0 0",
+        "ElementSpacing = 1 nan 1",
+        "TransformMatrix = 1 0 0 0 1 0 0 0 inf",
+    ],
+)
+def test_metaimage_non_finite_geometry_is_refused(tmp_path: Path, field: str) -> None:
+    """Before: MetaIO read ``Offset = inf`` (or nan) as 0 and the volume was placed at the origin."""
+    path = tmp_path / "a.mha"
+    path.write_bytes((META_HEADER + field + "\nElementDataFile = LOCAL\n").encode() + RAW)
+    assert "non-finite" in read_error(path)
+
+
+# ----------------------------------------------------------------- more voxels than the header says
+
+
+def test_nrrd_holding_more_slices_than_its_sizes_is_refused(tmp_path: Path) -> None:
+    """Before: a header whose last size was lowered from 6 to 3 gave half the volume, exit 0."""
+    path = tmp_path / "a.nrrd"
+    path.write_bytes(NRRD_HEADER + b"sizes: 4 5 3\n\n" + RAW)
+    assert "more" in read_error(path)
+
+
+def test_metaimage_holding_more_slices_than_its_dimsize_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "a.mha"
+    path.write_bytes((META_HEADER.replace("4 5 6", "4 5 3") + "ElementDataFile = LOCAL\n").encode() + RAW)
+    assert "more" in read_error(path)
+
+
+@pytest.mark.parametrize("suffix", [".nii", ".nii.gz"])
+def test_nifti_holding_more_slices_than_its_header_is_refused(tmp_path: Path, suffix: str) -> None:
+    content = nib.Nifti1Image(VOXELS[:, :, :3], np.eye(4)).to_bytes() + RAW[: 4 * 5 * 2 * 3]
+    path = tmp_path / f"a{suffix}"
+    path.write_bytes(gzip.compress(content) if suffix == ".nii.gz" else content)
+    assert "more" in read_error(path)
+
+
+def test_nifti_gzip_bomb_is_refused_without_decompressing_it_all(tmp_path: Path, monkeypatch) -> None:
+    """A small .nii.gz decompressing to far more than its header describes."""
+    import medcyclegan.io.gzip_reader as gzip_reader
+
+    content = nib.Nifti1Image(VOXELS, np.eye(4)).to_bytes() + bytes(64 << 20)
+    path = tmp_path / "a.nii.gz"
+    path.write_bytes(gzip.compress(content, 9))
+    read = []
+    real = gzip_reader.GzipReader.readinto
+
+    def counting(self, buffer):  # type: ignore[no-untyped-def]
+        count = real(self, buffer)
+        read.append(count)
+        return count
+
+    monkeypatch.setattr(gzip_reader.GzipReader, "readinto", counting)
+    assert "more" in read_error(path)
+    assert sum(read) < 16 << 20
+
+
+def test_nifti_vox_offset_inside_the_header_is_refused(tmp_path: Path) -> None:
+    """Before: nibabel read a vox_offset of 0 from byte 0, the header itself becoming voxels, exit 0."""
+    header = nib.Nifti1Image(VOXELS, np.eye(4)).header  # vox_offset 0 until saved
+    path = tmp_path / "a.nii"
+    path.write_bytes(header.binaryblock + bytes(4) + RAW)
+    assert "vox_offset 0" in read_error(path)
+
+
+def test_small_padding_after_the_voxels_is_accepted(tmp_path: Path) -> None:
+    path = tmp_path / "a.nii"
+    path.write_bytes(nib.Nifti1Image(VOXELS, np.eye(4)).to_bytes() + bytes(16))
+    assert read_volume(path).shape == SHAPE
+
+
+# --------------------------------------------------------------------------------------------- DICOM
+
+
+def _edit_slices(folder: Path, edit, only: int | None = None) -> None:  # type: ignore[no-untyped-def]
+    import pydicom
+
+    for k, path in enumerate(sorted(folder.glob("*.dcm"))):
+        if only is not None and k != only:
+            continue
+        ds = pydicom.dcmread(path)
+        edit(ds)
+        ds.save_as(path)
+
+
+def _hu() -> np.ndarray:
+    hu = np.full((6, 5, 4), -1000.0)
+    hu[2:4, 2:4, :] = 500.0
+    return hu
+
+
+def test_dicom_slice_with_too_little_pixel_data_is_refused(write_dicom_series) -> None:
+    """Before: the slice was filled with whatever was in memory (values up to 62,000 HU), exit 0."""
+    folder, _ = write_dicom_series("ct", _hu())
+
+    def shorten(ds) -> None:  # type: ignore[no-untyped-def]
+        ds.PixelData = ds.PixelData[:10]
+
+    _edit_slices(folder, shorten, only=1)
+    message = read_error(folder)
+    assert "IM0001.dcm" in message and "pixel data" in message
+
+
+def test_dicom_slices_of_different_sizes_are_refused_clearly(write_dicom_series) -> None:
+    folder, _ = write_dicom_series("ct", _hu())
+
+    def shrink(ds) -> None:  # type: ignore[no-untyped-def]
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit = 8, 8, 7
+        ds.PixelData = bytes(ds.Rows * ds.Columns)
+
+    _edit_slices(folder, shrink, only=2)
+    message = read_error(folder)
+    assert "IM0002.dcm" in message
+
+
+@pytest.mark.parametrize("spacing", [[0, 0], [-0.7, 0.8], ["nan", 0.8]])
+def test_dicom_without_a_valid_pixel_spacing_is_refused(write_dicom_series, spacing) -> None:
+    """Before: GDCM replaced a zero or negative PixelSpacing by 1 mm, silently."""
+    folder, _ = write_dicom_series("ct", _hu())
+
+    def respace(ds) -> None:  # type: ignore[no-untyped-def]
+        ds.PixelSpacing = spacing
+
+    _edit_slices(folder, respace)
+    assert "PixelSpacing" in read_error(folder)
+
+
+def test_dicom_with_non_finite_slice_positions_is_refused(write_dicom_series) -> None:
+    """Before: NaN positions passed the spacing check and the slice spacing became 1 mm."""
+    folder, _ = write_dicom_series("ct", _hu())
+
+    def unplace(ds) -> None:  # type: ignore[no-untyped-def]
+        ds.ImagePositionPatient = ["nan", 0, ds.InstanceNumber]
+
+    _edit_slices(folder, unplace)
+    assert "ImagePositionPatient" in read_error(folder)
+
+
+def test_dicom_with_a_degenerate_orientation_is_refused_as_such(write_dicom_series) -> None:
+    """Before: blamed on "missing or duplicated slices"."""
+    folder, _ = write_dicom_series("ct", _hu())
+
+    def flatten(ds) -> None:  # type: ignore[no-untyped-def]
+        ds.ImageOrientationPatient = [1, 0, 0, 1, 0, 0]
+
+    _edit_slices(folder, flatten)
+    assert "ImageOrientationPatient" in read_error(folder)
+
+
+def test_an_unreadable_slice_is_named(write_dicom_series) -> None:
+    """Before: "unevenly spaced slices: missing or duplicated slices?" without saying which file."""
+    folder, _ = write_dicom_series("ct", _hu())
+    (folder / "IM0001.dcm").write_bytes(os.urandom(300))
+    message = read_error(folder)
+    assert "IM0001.dcm" in message
+
+
+# ------------------------------------------------------------------------------------- the terminal
+
+
+def test_a_file_name_with_a_newline_stays_on_one_line(tmp_path: Path, cli) -> None:
+    path = tmp_path / "bad\nname.nii.gz"
+    path.write_bytes(b"")
+    result = cli("evaluate", "--pred", path, "--ref", path)
+    line = assert_clean_error(result)
+    assert "bad\\nname.nii.gz" in line
+
+
+def test_metaio_lines_do_not_reach_the_terminal(tmp_path: Path, capfd) -> None:
+    """Before: "MetaImage: M_ReadElementsData: file stream is fail after read" printed by MetaIO itself."""
+    path = tmp_path / "a.mha"
+    path.write_bytes((META_HEADER + "BinaryData = False\nElementDataFile = LOCAL\n").encode() + b"1 2 3")
+    capfd.readouterr()
+    message = read_error(path)
+    captured = capfd.readouterr()
+    assert captured.out == "" and captured.err == "", captured
+    assert "M_Read" not in message
+
+
+def test_huge_spacing_gives_no_numpy_warning(tmp_path: Path) -> None:
+    path = tmp_path / "a.mha"
+    path.write_bytes((META_HEADER + "ElementSpacing = 1e300 1 1\nElementDataFile = LOCAL\n").encode() + RAW)
+    with warnings.catch_warnings(record=True) as records:
+        warnings.simplefilter("always")
+        assert "voxel size" in read_error(path)
+    assert not records, [str(r.message) for r in records]
