@@ -371,6 +371,17 @@ def test_automatic_labels_are_consecutive_even_with_gaps(caplog) -> None:
     assert _resolve_labels(None, {0}, None) == {"background": 0}
 
 
+def test_a_stray_huge_label_value_is_refused_not_declared(tmp_path: Path) -> None:
+    """Before: one voxel of value 100000 declared 100,000 labels in dataset.json (and 10^12 never ended)."""
+    from medcyclegan.augment import _resolve_labels
+
+    for highest in (100_000, 10**12):
+        with pytest.raises(InputError, match=f"up to {highest} but only 3 distinct values") as info:
+            _resolve_labels(None, {0, 1, highest}, None, tmp_path)
+        assert str(info.value).startswith(f"{tmp_path}: ")
+    assert len(_resolve_labels(None, {0, 1, 900}, None, tmp_path)) == 901  # gaps up to 1000 declared
+
+
 def test_options_are_validated(tmp_path: Path, inputs, model) -> None:
     images, labels = inputs
     for kwargs, error, text in (

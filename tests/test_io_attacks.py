@@ -85,6 +85,8 @@ def test_a_folder_holding_a_fifo_is_searched_without_blocking(write_nifti, tmp_p
     timers = [unblock_fifo(folder / "pipe"), unblock_fifo(folder / "b.nii.gz")]
     try:
         assert find_volumes(folder) == [folder / "a.nii.gz"]
+        with pytest.raises(InputError, match="is a FIFO"):
+            find_volumes(folder / "pipe")  # what convert and train search when given the FIFO
     finally:
         for timer in timers:
             timer.set()

@@ -51,7 +51,7 @@ def file_kind(mode: int) -> str:
         (stat.S_ISSOCK, "a socket"),
         (stat.S_ISDIR, "a folder"),
     )
-    return next((text for test, text in kinds if test(mode)), "not a regular file")
+    return next((text for test, text in kinds if test(mode)), "a special file")
 
 
 def is_regular_file(path: str | Path) -> bool:
@@ -168,6 +168,8 @@ def find_volumes(folder: str | Path) -> list[Path]:
         return [Path(f"{folder}{SERIES_SEPARATOR}{uid}")]
     if not folder.exists():
         raise InputError("not found", folder)
+    if _is_special_file(folder):
+        raise InputError(f"is {file_kind(os.stat(folder).st_mode)}, not a regular file or a folder", folder)
     if folder.is_file():
         if volume_suffix(folder) is None:
             raise InputError(f"is not a volume file (expected one of {', '.join(VOLUME_SUFFIXES)})", folder)

@@ -191,7 +191,7 @@ def _read_file(path: Path, allow_external_data: bool | None = None) -> Volume:
         info = path.stat()
         # Before opening: opening a FIFO blocks until someone writes to it, and a device never ends.
         if not stat.S_ISREG(info.st_mode):
-            raise InputError(f"is not a regular file ({file_kind(info.st_mode)}); give a volume file", path)
+            raise InputError(f"is {file_kind(info.st_mode)}, not a regular file; give a volume file", path)
         size = info.st_size
         with open(path, "rb"):
             pass
@@ -575,7 +575,7 @@ def _check_data_files_regular(layout: DataLayout, path: Path) -> None:
         except (OSError, ValueError):
             continue  # missing: reported with the sizes below, or by ITK
         if not stat.S_ISREG(mode):
-            raise InputError(f"its data file {shown} is not a regular file ({file_kind(mode)})", path)
+            raise InputError(f"its data file {shown} is {file_kind(mode)}, not a regular file", path)
 
 
 def _check_metaimage_header(path: Path, layout: DataLayout, size: int) -> None:
