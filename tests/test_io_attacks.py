@@ -105,6 +105,15 @@ def test_a_detached_data_file_that_is_a_fifo_is_refused(tmp_path: Path) -> None:
     assert "a.raw" in message and "not a regular file" in message
 
 
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
+def test_a_dicom_folder_holding_a_fifo_says_so(write_dicom_series) -> None:
+    """Before: GDCM found no series at all: "is a folder without a DICOM series"."""
+    folder, _ = write_dicom_series("ct", np.zeros((6, 5, 4)))
+    os.mkfifo(folder / "pipe")
+    message = read_error(folder)
+    assert "pipe" in message and "FIFO" in message
+
+
 # ------------------------------------------------------------------------------ MetaImage slice lists
 
 

@@ -65,7 +65,7 @@ def is_regular_file(path: str | Path) -> bool:
         return False
 
 
-def _is_special_file(path: Path) -> bool:
+def is_special_file(path: Path) -> bool:
     """True for an existing FIFO, device or socket (a broken link or a link loop is not: reading it
     says what is wrong)."""
     try:
@@ -168,7 +168,7 @@ def find_volumes(folder: str | Path) -> list[Path]:
         return [Path(f"{folder}{SERIES_SEPARATOR}{uid}")]
     if not folder.exists():
         raise InputError("not found", folder)
-    if _is_special_file(folder):
+    if is_special_file(folder):
         raise InputError(f"is {file_kind(os.stat(folder).st_mode)}, not a regular file or a folder", folder)
     if folder.is_file():
         if volume_suffix(folder) is None:
@@ -206,7 +206,7 @@ def find_volumes(folder: str | Path) -> list[Path]:
         dicom_here = False
         for name, lower in zip(names, lower_names):
             path = root_path / name
-            if _is_special_file(path):
+            if is_special_file(path):
                 ignored.append(path)  # a FIFO, device or socket: never opened (a FIFO would block)
             elif volume_suffix(path) is not None:
                 volumes.append(path)

@@ -32,6 +32,7 @@ from medcyclegan.io.discovery import (
     VOLUME_SUFFIXES,
     file_kind,
     is_dicom_file,
+    is_special_file,
     split_series,
     volume_suffix,
 )
@@ -890,6 +891,7 @@ def _series_summary(folder: Path, uid: str) -> str:
 def _read_dicom_series(folder: Path, series_uid: str | None) -> Volume:
     sitk = import_simpleitk(folder, "reading DICOM series")
 
+    _check_no_special_files(folder)
     try:
         with native_output_to_debug_log():  # GDCM and OpenJPEG print some problems themselves
             uids = list(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))
@@ -1077,6 +1079,21 @@ def _check_slice_pixels(series_reader: Any, folder: Path, series_uid: str, files
                 "it must be two positive numbers (mm)",
                 folder,
             )
+
+
+def _check_no_special_files(folder: Path) -> None:
+    """Refuses a DICOM folder holding a FIFO, device or socket: GDCM then finds no series at all."""
+    try:
+        special = [entry for entry in sorted(folder.iterdir()) if is_special_file(entry)]
+    except OSError:
+        return  # GDCM reports an unreadable folder itself
+    if special:
+        kind = file_kind(special[0].stat().st_mode)
+        raise InputError(
+            f"holds {special[0].name}, {kind}, among its files; DICOM folders are scanned as a whole "
+            "and cannot hold special files: move it elsewhere",
+            folder,
+        )
 
 
 def _slice_tag(series_reader: Any, key: str, index: int = 0) -> str:
