@@ -478,7 +478,11 @@ def load_labels_json(path: str | Path) -> dict[str, int]:
     Raises:
         InputError: missing or invalid file, or values nnU-Net would refuse.
     """
+    from medcyclegan.io.discovery import file_kind, is_special_file
+
     path = Path(path)
+    if is_special_file(path):  # reading a FIFO would wait for a writer forever
+        raise InputError(f"is {file_kind(path.stat().st_mode)}, not a JSON file", path)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
