@@ -225,6 +225,45 @@ def test_nifti_vox_offset_inside_the_header_is_refused(tmp_path: Path) -> None:
     assert "vox_offset 0" in read_error(path)
 
 
+@pytest.mark.parametrize("suffix", [".nrrd", ".mha"])
+def test_compressed_itk_bomb_stops_decompressing_past_the_header_size(
+    tmp_path: Path, monkeypatch, suffix
+) -> None:
+    """A .nrrd (gzip) or .mha (zlib) whose stream expands to 64 MiB for 240 bytes of voxels."""
+    import zlib
+
+    import medcyclegan.io.readers as readers
+
+    bomb = RAW + bytes(64 << 20)
+    path = tmp_path / f"a{suffix}"
+    if suffix == ".nrrd":
+        path.write_bytes(NRRD_HEADER.replace(b"raw", b"gzip") + b"sizes: 4 5 6\n\n" + gzip.compress(bomb, 9))
+    else:
+        header = META_HEADER + "CompressedData = True\nElementDataFile = LOCAL\n"
+        path.write_bytes(header.encode() + zlib.compress(bomb, 9))
+    out: list[int] = []
+    real_gzip, real_zlib = readers._GZIP_CHUNK_BYTES, zlib.decompressobj
+
+    class Counting:
+        def __init__(self, *args: object) -> None:
+            self._inner = real_zlib(*args)
+
+        def decompress(self, data: bytes, max_length: int = 0) -> bytes:
+            result = self._inner.decompress(data, max_length)
+            out.append(len(result))
+            return result
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(self._inner, name)
+
+    monkeypatch.setattr(readers.zlib, "decompressobj", Counting)
+    import medcyclegan.io.gzip_reader as gzip_reader
+
+    monkeypatch.setattr(gzip_reader.zlib, "decompressobj", Counting)
+    assert "more than the 240 bytes" in read_error(path)
+    assert sum(out) <= 2 * real_gzip + (8 << 20)
+
+
 def test_small_padding_after_the_voxels_is_accepted(tmp_path: Path) -> None:
     path = tmp_path / "a.nii"
     path.write_bytes(nib.Nifti1Image(VOXELS, np.eye(4)).to_bytes() + bytes(16))

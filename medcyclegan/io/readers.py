@@ -741,6 +741,10 @@ def _check_compressed_voxels(layout: DataLayout, voxel_bytes: int, path: Path) -
     from medcyclegan.io.gzip_reader import GzipReader
 
     sources = layout.data_files or (path,)
+    expected = voxel_bytes + len(sources) * max(layout.byte_skip, 0)
+    # Decompressing stops once past what the header announces (a small file may expand 1000-fold);
+    # with a negative byte skip the voxels are the stream's last bytes, so it has no end to check.
+    ceiling = expected if layout.byte_skip >= 0 else None
     total = 0
     for source in sources:
         subject = "" if source == path else f"its data file {source.name} "
@@ -749,7 +753,11 @@ def _check_compressed_voxels(layout: DataLayout, voxel_bytes: int, path: Path) -
                 handle.seek(layout.data_offset)
                 if layout.compression == "zlib":
                     limit = layout.fields.get("CompressedDataSize", "")
-                    total += _zlib_stream_size(handle, int(limit) if limit.isdigit() else None)
+                    total += _zlib_stream_size(
+                        handle,
+                        int(limit) if limit.isdigit() else None,
+                        None if ceiling is None else ceiling - total,
+                    )
                     continue
                 for _ in range(layout.line_skip):
                     handle.readline()
@@ -757,6 +765,8 @@ def _check_compressed_voxels(layout: DataLayout, voxel_bytes: int, path: Path) -
                 buffer = bytearray(_GZIP_CHUNK_BYTES)
                 while count := stream.readinto(buffer):
                     total += count
+                    if ceiling is not None and total > ceiling:
+                        break
         except OSError as exc:
             if isinstance(exc, gzip.BadGzipFile):
                 problem = _gzip_problem(exc) if "CRC" in str(exc) else _NOT_GZIP
@@ -765,7 +775,12 @@ def _check_compressed_voxels(layout: DataLayout, voxel_bytes: int, path: Path) -
         except (EOFError, zlib.error) as exc:
             problem = _gzip_problem(exc) if layout.compression == "gzip" else _zlib_problem(exc)
             raise InputError(f"{subject}{problem}", path) from None
-    expected = voxel_bytes + len(sources) * max(layout.byte_skip, 0)
+    if ceiling is not None and total > ceiling:
+        raise InputError(
+            f"is corrupted: its compressed voxel data holds more than the {expected} bytes "
+            "the header announces",
+            path,
+        )
     if total != expected and not (layout.byte_skip < 0 and total >= voxel_bytes):
         kind = "is truncated" if total < expected else "is corrupted"
         raise InputError(
@@ -778,8 +793,11 @@ _NOT_GZIP = (
 )
 
 
-def _zlib_stream_size(handle: Any, limit: int | None) -> int:
+def _zlib_stream_size(handle: Any, limit: int | None, ceiling: int | None = None) -> int:
     """The decompressed size of the zlib (or gzip) stream at the handle's position, checked to its end.
+
+    With ``ceiling``, decompression stops as soon as more than ``ceiling`` bytes came out (the size
+    returned is then only known to exceed it).
 
     Raises:
         EOFError: the stream ends before its end marker.
@@ -798,6 +816,8 @@ def _zlib_stream_size(handle: Any, limit: int | None) -> int:
         while chunk and not decompressor.eof:
             total += len(decompressor.decompress(chunk, _GZIP_CHUNK_BYTES))
             chunk = decompressor.unconsumed_tail
+            if ceiling is not None and total > ceiling:
+                return total
     return total
 
 
