@@ -314,6 +314,19 @@ def test_dicom_slices_of_different_sizes_are_refused_clearly(write_dicom_series)
     assert "IM0002.dcm" in message
 
 
+def test_dicom_slice_of_another_size_is_named(write_dicom_series) -> None:
+    """Before: "cannot be read (Size: [6, 3, 1])"."""
+    folder, _ = write_dicom_series("ct", _hu())
+
+    def crop(ds) -> None:  # type: ignore[no-untyped-def]
+        ds.Rows = 3
+        ds.PixelData = ds.PixelData[: 3 * ds.Columns * 2]
+
+    _edit_slices(folder, crop, only=2)
+    message = read_error(folder)
+    assert "IM0002.dcm is 6x3 pixels, the first slice 6x5" in message
+
+
 @pytest.mark.parametrize("spacing", [[0, 0], [-0.7, 0.8], ["nan", 0.8]])
 def test_dicom_without_a_valid_pixel_spacing_is_refused(write_dicom_series, spacing) -> None:
     """Before: GDCM replaced a zero or negative PixelSpacing by 1 mm, silently."""

@@ -942,9 +942,8 @@ def _read_dicom_series(folder: Path, series_uid: str | None) -> Volume:
         with native_output_to_debug_log():
             image = reader.Execute()
     except RuntimeError as exc:
-        raise InputError(
-            f"DICOM series {series_uid} cannot be read ({_itk_message(exc, folder)})", folder
-        ) from None
+        problem = _slice_size_mismatch(sitk, files) or _itk_message(exc, folder)
+        raise InputError(f"DICOM series {series_uid} cannot be read ({problem})", folder) from None
     except MemoryError:
         raise InputError(f"DICOM series {series_uid} is too large to load into memory", folder) from None
     if image.GetDimension() == 2 or (len(files) == 1 and image.GetSize()[2:3] == (1,)):
@@ -1099,6 +1098,26 @@ def _check_slice_pixels(series_reader: Any, folder: Path, series_uid: str, files
                 "it must be two positive numbers (mm)",
                 folder,
             )
+
+
+def _slice_size_mismatch(sitk: ModuleType, files: Sequence[str]) -> str | None:
+    """Which slice has another size than the first (ITK says only "Size: [6, 3, 1]"), if any."""
+    sizes = []
+    for name in files:
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(name)
+        try:
+            with native_output_to_debug_log():
+                reader.ReadImageInformation()
+        except RuntimeError:
+            return f"slice {Path(name).name} cannot be read"
+        sizes.append(tuple(reader.GetSize()[:2]))
+        if sizes[-1] != sizes[0]:
+            return (
+                f"slice {Path(name).name} is {_shape_text(sizes[-1])} pixels, the first slice "
+                f"{_shape_text(sizes[0])}; every slice of a volume needs the same size"
+            )
+    return None
 
 
 def _check_no_special_files(folder: Path) -> None:
