@@ -350,6 +350,20 @@ def test_dicom_with_non_finite_slice_positions_is_refused(write_dicom_series) ->
     assert "ImagePositionPatient" in read_error(folder)
 
 
+def test_dicom_without_slice_positions_warns_that_the_spacing_is_a_guess(write_dicom_series, caplog) -> None:
+    """Before: "slice spacing unchecked", while the spacing between slices had silently become 1 mm."""
+    folder, _ = write_dicom_series("ct", _hu())
+
+    def unplace(ds) -> None:  # type: ignore[no-untyped-def]
+        del ds.ImagePositionPatient
+
+    _edit_slices(folder, unplace)
+    with caplog.at_level("WARNING", logger="medcyclegan"):
+        volume = read_volume(folder)
+    assert volume.spacing[2] == pytest.approx(1.0)
+    assert "spacing between slices is a guess" in caplog.text
+
+
 def test_dicom_with_a_degenerate_orientation_is_refused_as_such(write_dicom_series) -> None:
     """Before: blamed on "missing or duplicated slices"."""
     folder, _ = write_dicom_series("ct", _hu())

@@ -1196,7 +1196,11 @@ def _check_slice_positions(
     positions = [_slice_vector(series_reader, i, "0020|0032", 3) for i in range(n_slices)]
     if any(o is None for o in orientations) or any(p is None for p in positions):
         logger.warning(
-            "%s: DICOM series %s lacks slice positions; slice spacing unchecked", folder, series_uid
+            "%s: DICOM series %s lacks slice positions (ImagePositionPatient or ImageOrientationPatient): "
+            "the slice order and spacing cannot be checked, and the spacing between slices is a guess "
+            "(ITK then uses 1 mm)",
+            folder,
+            series_uid,
         )
         return
     oriented = cast("list[np.ndarray]", orientations)  # no None left
