@@ -173,6 +173,37 @@ def test_metaimage_non_finite_geometry_is_refused(tmp_path: Path, field: str) ->
     assert "non-finite" in read_error(path)
 
 
+@pytest.mark.parametrize(
+    ("name", "header"),
+    [
+        (
+            "a.nrrd",
+            NRRD_HEADER
+            + b"sizes: 4 5 6\nspace: left-posterior-superior\nspace directions: none none none\n\n",
+        ),
+        ("b.nrrd", NRRD_HEADER + b"sizes: 4 5 6\nspacings: nan 2 3\n\n"),
+        ("c.mha", (META_HEADER + "ElementDataFile = LOCAL\n").encode()),
+    ],
+)
+def test_a_header_without_voxel_spacing_warns_that_it_is_a_guess(
+    tmp_path: Path, caplog, name, header
+) -> None:
+    """Before: read as 1 mm without a word (a NIfTI pixdim of 0 already warned)."""
+    path = tmp_path / name
+    path.write_bytes(header + RAW)
+    with caplog.at_level("WARNING", logger="medcyclegan"):
+        volume = read_volume(path)
+    assert 1.0 in volume.spacing
+    assert f"{path}: the header gives no" in caplog.text and "guess (1 mm)" in caplog.text
+
+
+def test_itk_files_with_spacing_give_no_spacing_warning(write_itk, caplog) -> None:
+    with caplog.at_level("WARNING", logger="medcyclegan"):
+        for name in ("a.nrrd", "a.mha", "a.nhdr", "a.mhd"):
+            read_volume(write_itk(name, VOXELS, spacing=(0.5, 0.6, 2.0)))
+    assert not caplog.records
+
+
 # ----------------------------------------------------------------- more voxels than the header says
 
 

@@ -67,7 +67,7 @@ _ORIENTATION_TOLERANCE = 1e-3
 # Row and column direction cosines of a slice: unit length and orthogonal within this.
 _DIRECTION_TOLERANCE = 1e-2
 _MASK_AFFINE_TOLERANCE_MM = 1e-3
-# Files already warned about for a zero or negative pixdim (one warning per file and process).
+# Files already warned about for a guessed voxel size (pixdim 0, no ITK spacing): one warning per file and process.
 _PIXDIM_WARNED: set[str] = set()
 # Voxel sizes outside these bounds (1 nm, 1 km) can only come from a corrupted header.
 _MIN_VOXEL_MM = 1e-6
@@ -502,6 +502,7 @@ def _read_itk(path: Path, suffix: str, size: int, allow_external_data: bool | No
     if layout is not None:
         check_data_files_inside(layout, allow_external_data)
         _check_data_files_regular(layout, path)
+        _warn_if_no_spacing(layout, suffix, path)
         if suffix in (".mha", ".mhd"):
             _check_metaimage_header(path, layout, size)
         elif layout.compression == "bzip2":
@@ -544,6 +545,32 @@ def _read_itk(path: Path, suffix: str, size: int, allow_external_data: bool | No
     except MemoryError:
         raise InputError("is too large to load into memory", path) from None
     return _itk_volume(image, path, "itk")
+
+
+def _warn_if_no_spacing(layout: DataLayout, suffix: str, path: Path) -> None:
+    """One warning (per file and process) when the header gives no voxel spacing: ITK then uses 1 mm.
+
+    MetaImage without ``ElementSpacing``; NRRD whose ``space directions`` and ``spacings`` leave an
+    axis without a size (``none``, ``nan`` or absent), as the warning for a NIfTI pixdim of 0 does.
+    """
+    fields = layout.fields
+    if suffix in (".mha", ".mhd"):
+        missing = "ElementSpacing" not in fields and "ElementSize" not in fields
+        what = "no ElementSpacing"
+    else:
+        directions = fields.get("space directions", "").split()
+        spacings = []
+        for token in fields.get("spacings", "").split():
+            try:
+                spacings.append(float(token))
+            except ValueError:
+                continue
+        given = max(sum(t.lower() != "none" for t in directions), sum(math.isfinite(v) for v in spacings))
+        missing = given < 3
+        what = "no size for some axes ('space directions' or 'spacings' missing, none or nan)"
+    if missing and str(path) not in _PIXDIM_WARNED:
+        _PIXDIM_WARNED.add(str(path))
+        logger.warning("%s: the header gives %s: the voxel spacing is a guess (1 mm)", path, what)
 
 
 def _check_nrrd_raw_size(
