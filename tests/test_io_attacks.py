@@ -406,6 +406,27 @@ def test_dicom_with_a_degenerate_orientation_is_refused_as_such(write_dicom_seri
     assert "ImageOrientationPatient" in read_error(folder)
 
 
+def test_undecodable_jpeg2000_series_says_so_in_one_line(write_dicom_series, capfd) -> None:
+    """Before: "cannot be read (Failed to change to Implicit Transfer Syntax)", then OpenJPEG's own
+    "Invalid marker size" lines on the terminal at exit."""
+    from pydicom.encaps import encapsulate
+
+    folder, _ = write_dicom_series("ct", _hu())
+
+    def j2k(ds) -> None:  # type: ignore[no-untyped-def]
+        ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.4.90"
+        ds.PixelData = encapsulate([b"\xff\x4f\xff\x51" + bytes(40)])
+
+    _edit_slices(folder, j2k)
+    capfd.readouterr()
+    assert "JPEG 2000-compressed" in read_error(folder)
+    from medcyclegan.io.library_messages import _flush_c_streams
+
+    _flush_c_streams()  # what OpenJPEG left in C's buffer would otherwise only show at exit
+    captured = capfd.readouterr()
+    assert captured.out == "" and captured.err == "", captured
+
+
 def test_an_unreadable_slice_is_named(write_dicom_series) -> None:
     """Before: "unevenly spaced slices: missing or duplicated slices?" without saying which file."""
     folder, _ = write_dicom_series("ct", _hu())

@@ -128,6 +128,7 @@ def native_output_to_debug_log() -> Iterator[None]:
                 with contextlib.suppress(OSError, ValueError, AttributeError):
                     sys.stdout.flush()
                     sys.stderr.flush()
+                _flush_c_streams()  # C's own stdout buffer, else OpenJPEG's lines appear at exit
                 os.dup2(out, 1)
                 os.dup2(err, 2)
                 os.close(out)
@@ -138,3 +139,11 @@ def native_output_to_debug_log() -> Iterator[None]:
                 for line in text.splitlines():
                     if line.strip():
                         logger.debug("native output: %s", line.strip())
+
+
+def _flush_c_streams() -> None:
+    """``fflush(NULL)``: writes out what C code left in the C library's stream buffers."""
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError, TypeError):
+        ctypes.CDLL(None).fflush(None)

@@ -921,13 +921,15 @@ def _dicom_tag(reader: Any, key: str, default: str = "") -> str:
 def _series_summary(folder: Path, uid: str) -> str:
     import SimpleITK as sitk
 
-    files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid)
+    with native_output_to_debug_log():
+        files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid)
     description = ""
     if files:
         reader = sitk.ImageFileReader()
         reader.SetFileName(files[0])
         try:
-            reader.ReadImageInformation()
+            with native_output_to_debug_log():
+                reader.ReadImageInformation()
             description = _dicom_tag(reader, "0008|103e")
         except RuntimeError:
             pass
@@ -961,7 +963,8 @@ def _read_dicom_series(folder: Path, series_uid: str | None) -> Volume:
         listing = "; ".join(_series_summary(folder, uid) for uid in uids)
         raise InputError(f"has no DICOM series {series_uid}; it holds: {listing}", folder)
 
-    files = list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series_uid))
+    with native_output_to_debug_log():  # GDCM decodes pixel data while sorting the slices
+        files = list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series_uid))
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(files)
     reader.MetaDataDictionaryArrayUpdateOn()
@@ -970,6 +973,12 @@ def _read_dicom_series(folder: Path, series_uid: str | None) -> Volume:
             image = reader.Execute()
     except RuntimeError as exc:
         problem = _slice_size_mismatch(sitk, files) or _itk_message(exc, folder)
+        compression = _compressed_syntax(Path(files[0])) if files else None
+        if compression is not None:
+            problem = (
+                f"its pixel data is {compression}-compressed and could not be decoded: {problem}; "
+                "decompress the series first, e.g. with gdcmconv --raw or dcmdjpeg"
+            )
         raise InputError(f"DICOM series {series_uid} cannot be read ({problem})", folder) from None
     except MemoryError:
         raise InputError(f"DICOM series {series_uid} is too large to load into memory", folder) from None
@@ -1061,11 +1070,12 @@ def _pixel_data_bytes(path: Path, needed: int) -> int | None:
 
 def _unread_dicom_files(sitk: ModuleType, folder: Path, uids: Sequence[str]) -> list[Path]:
     """Files of ``folder`` that look like DICOM (``.dcm`` or the DICM magic) but are in no series."""
-    in_series = {
-        os.path.normpath(name)
-        for uid in uids
-        for name in sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid)
-    }
+    with native_output_to_debug_log():
+        in_series = {
+            os.path.normpath(name)
+            for uid in uids
+            for name in sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid)
+        }
     try:
         entries = sorted(folder.iterdir())
     except OSError:
@@ -1125,6 +1135,36 @@ def _check_slice_pixels(series_reader: Any, folder: Path, series_uid: str, files
                 "it must be two positive numbers (mm)",
                 folder,
             )
+
+
+# Compressed DICOM transfer syntaxes (UID prefix -> name), for a message when decoding fails.
+_COMPRESSED_SYNTAXES = (
+    ("1.2.840.10008.1.2.4.9", "JPEG 2000"),
+    ("1.2.840.10008.1.2.4.20", "HTJ2K (High-Throughput JPEG 2000)"),
+    ("1.2.840.10008.1.2.4.8", "JPEG-LS"),
+    ("1.2.840.10008.1.2.4.5", "JPEG"),
+    ("1.2.840.10008.1.2.4.70", "JPEG"),
+    ("1.2.840.10008.1.2.4.1", "MPEG"),
+    ("1.2.840.10008.1.2.5", "RLE"),
+    ("1.2.840.10008.1.2.1.99", "deflate"),
+)
+_TRANSFER_SYNTAX_TAG = b"\x02\x00\x10\x00UI"
+_META_HEADER_BYTES = 2048
+
+
+def _compressed_syntax(path: Path) -> str | None:
+    """The name of the compression of a DICOM file's pixel data (from its transfer syntax), if any."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(_META_HEADER_BYTES)
+    except OSError:
+        return None
+    position = head.find(_TRANSFER_SYNTAX_TAG)
+    if position < 0:
+        return None
+    length = int.from_bytes(head[position + 6 : position + 8], "little")
+    uid = head[position + 8 : position + 8 + length].rstrip(b"\x00 ").decode("ascii", "replace")
+    return next((name for prefix, name in _COMPRESSED_SYNTAXES if uid.startswith(prefix)), None)
 
 
 def _slice_size_mismatch(sitk: ModuleType, files: Sequence[str]) -> str | None:
