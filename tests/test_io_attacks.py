@@ -295,6 +295,28 @@ def test_compressed_itk_bomb_stops_decompressing_past_the_header_size(
     assert sum(out) <= 2 * real_gzip + (8 << 20)
 
 
+@pytest.mark.parametrize(("esize", "readable"), [(100_000, False), (-16, False), (0, False), (8, True)])
+def test_nifti_extension_lying_about_its_size(tmp_path: Path, capfd, esize: int, readable: bool) -> None:
+    """Before: "cannot be read as NIfTI (ValueError: read length must be non-negative or -1)", or
+    nibabel's "Extension size is not a multiple of 16 bytes" warning on the terminal."""
+    import struct
+
+    header = nib.Nifti1Image(VOXELS, np.eye(4)).header
+    header.set_data_offset(368)
+    extension = b"\x01\x00\x00\x00" + struct.pack("<ii", esize, 4) + bytes(8)
+    path = tmp_path / "a.nii"
+    path.write_bytes(header.binaryblock + extension + RAW)
+    capfd.readouterr()
+    with warnings.catch_warnings(record=True) as records:  # what a user's terminal would show
+        warnings.simplefilter("always")
+        if readable:
+            assert read_volume(path).shape == SHAPE
+        else:
+            assert read_error(path) == "has a malformed NIfTI header extension (its size field is wrong)"
+    assert not records, [str(r.message) for r in records]
+    assert capfd.readouterr().err == ""
+
+
 def test_small_padding_after_the_voxels_is_accepted(tmp_path: Path) -> None:
     path = tmp_path / "a.nii"
     path.write_bytes(nib.Nifti1Image(VOXELS, np.eye(4)).to_bytes() + bytes(16))

@@ -14,6 +14,7 @@ import math
 import os
 import re
 import stat
+import warnings
 import zlib
 from collections.abc import Sequence
 from pathlib import Path
@@ -277,8 +278,14 @@ def _one_line(text: str, path: Path | None = None) -> str:
 
 
 def _read_nifti(path: Path, suffix: str, size: int) -> Volume:
-    with nibabel_messages() as messages:  # nibabel prints each header fix once per parse (twice here)
-        volume = _read_nifti_file(path, suffix, size)
+    # nibabel prints each header fix once per parse (twice here), and warns about odd extensions.
+    with nibabel_messages() as messages, warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            volume = _read_nifti_file(path, suffix, size)
+        finally:
+            for warning in caught:
+                logger.debug("nibabel: %s: %s", path, warning.message)
     _report_pixdim_fixes(messages, volume.geometry, path)
     return volume
 
@@ -405,6 +412,8 @@ def _nifti_error(exc: Exception, path: Path, suffix: str) -> InputError:
         )
     if "Cannot work out file type" in message:
         return InputError(_not_nifti_reason(path, suffix), path)
+    if "extension content" in message or "read length must be non-negative" in message:
+        return InputError("has a malformed NIfTI header extension (its size field is wrong)", path)
     return InputError(f"cannot be read as NIfTI ({type(exc).__name__}: {_one_line(message, path)})", path)
 
 
