@@ -457,6 +457,26 @@ def test_an_unreadable_slice_is_named(write_dicom_series) -> None:
     assert "IM0001.dcm" in message
 
 
+def test_non_image_dicom_files_beside_a_series_are_named_in_a_warning(write_dicom_series, caplog) -> None:
+    """An RT structure set in the series folder: the series is read, the file named as ignored."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    folder, _ = write_dicom_series("ct", _hu())
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.481.3"  # RT Structure Set Storage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.Modality, ds.SeriesInstanceUID, ds.PatientID = "RTSTRUCT", generate_uid(), "tiny"
+    ds.save_as(folder / "RS.dcm", enforce_file_format=True)
+    with caplog.at_level("WARNING", logger="medcyclegan"):
+        assert read_volume(folder).shape == (6, 5, 4)
+    assert "ignored 1 file(s) that are not DICOM images or cannot be read: RS.dcm" in caplog.text
+
+
 # ------------------------------------------------------------------------------------- the terminal
 
 

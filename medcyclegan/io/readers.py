@@ -998,7 +998,7 @@ def _read_dicom_series(folder: Path, series_uid: str | None) -> Volume:
         try:
             _check_slice_positions(reader, len(files), folder, series_uid, files)
         except InputError as error:
-            unread = _unread_dicom_files(sitk, folder, uids)
+            unread = _unread_dicom_files(sitk, folder, uids, series_uid, files)
             if not unread:
                 raise
             # The likely cause of missing slices: files GDCM could not read at all.
@@ -1007,7 +1007,7 @@ def _read_dicom_series(folder: Path, series_uid: str | None) -> Volume:
                 f"{_examples(unread)}",
                 folder,
             ) from None
-    unread = _unread_dicom_files(sitk, folder, uids)
+    unread = _unread_dicom_files(sitk, folder, uids, series_uid, files)
     if unread:
         logger.warning(
             "%s: ignored %d file(s) that are not DICOM images or cannot be read: %s",
@@ -1077,14 +1077,20 @@ def _pixel_data_bytes(path: Path, needed: int) -> int | None:
     return None
 
 
-def _unread_dicom_files(sitk: ModuleType, folder: Path, uids: Sequence[str]) -> list[Path]:
-    """Files of ``folder`` that look like DICOM (``.dcm`` or the DICM magic) but are in no series."""
+def _unread_dicom_files(
+    sitk: ModuleType, folder: Path, uids: Sequence[str], read_uid: str, read_files: Sequence[str]
+) -> list[Path]:
+    """Files of ``folder`` that look like DICOM (``.dcm`` or the DICM magic) but are in no series.
+
+    ``read_files`` are the files of the series ``read_uid`` (known already: GDCM scans the folder
+    again for each other series only).
+    """
+    in_series = {os.path.normpath(name) for name in read_files}
     with native_output_to_debug_log():
-        in_series = {
-            os.path.normpath(name)
-            for uid in uids
-            for name in sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid)
-        }
+        for uid in uids:
+            if uid != read_uid:
+                names = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid)
+                in_series.update(os.path.normpath(name) for name in names)
     try:
         entries = sorted(folder.iterdir())
     except OSError:
