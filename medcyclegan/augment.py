@@ -67,6 +67,9 @@ MODEL_FILE = ".medcyclegan-model.json"
 _TEMPORARY_FILE = re.compile(r"^\..+\.nii\.gz\.[^.]+\.tmp\.nii\.gz$")
 _SUMMARY_ITEMS = 3
 _MAX_BINCOUNT_LABEL = 1_000_000
+# Label values that never occur but would be declared to make the labels consecutive: beyond this,
+# the maps are refused (a stray huge value, or not label maps at all).
+_MAX_UNUSED_LABELS = 1000
 
 
 # ----------------------------------------------------------------------------------------------- results
@@ -234,7 +237,7 @@ def augment_dataset(
 
     # Everything about the inputs and outputs is checked before the first (slow) translation.
     found_values, label_dtypes = _scan_labels(pairs)
-    label_map = _resolve_labels(declared, found_values, labels_json)
+    label_map = _resolve_labels(declared, found_values, labels_json, labels)
     plan = _plan_cases(pairs, include_originals)
     _check_no_stale_cases(dataset_dir, fmt, set(plan))
     mixed = include_originals and source != target
@@ -505,7 +508,11 @@ def load_labels_json(path: str | Path) -> dict[str, int]:
     Raises:
         InputError: missing or invalid file, or values nnU-Net would refuse.
     """
+    from medcyclegan.io.discovery import file_kind, is_special_file
+
     path = Path(path)
+    if is_special_file(path):  # reading a FIFO would wait for a writer forever
+        raise InputError(f"is {file_kind(path.stat().st_mode)}, not a JSON file", path)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -565,7 +572,9 @@ def label_values(array: np.ndarray, path: str | Path) -> list[int]:
     return [int(v) for v in np.unique(array)]
 
 
-def _resolve_labels(declared: dict[str, int] | None, found: set[int], labels_json: Any) -> dict[str, int]:
+def _resolve_labels(
+    declared: dict[str, int] | None, found: set[int], labels_json: Any, labels_folder: Any = None
+) -> dict[str, int]:
     if declared is not None:
         known = set(declared.values())
         undeclared = sorted(found - known)
@@ -575,6 +584,13 @@ def _resolve_labels(declared: dict[str, int] | None, found: set[int], labels_jso
             )
         return dict(declared)
     highest = max(found | {0})
+    if highest - len(found) > _MAX_UNUSED_LABELS:
+        # Declaring 0..highest would list millions of labels (or never end for a value like 10^12).
+        raise InputError(
+            f"label values go up to {highest} but only {len(found)} distinct values occur; nnU-Net needs "
+            "consecutive labels 0, 1, 2, ...: relabel the maps (or are these not label maps?)",
+            labels_folder,
+        )
     missing = sorted(set(range(1, highest + 1)) - found)
     if missing:
         logger.warning(

@@ -18,7 +18,15 @@ class MedCycleGANError(Exception):
     def __init__(self, message: str, path: str | Path | None = None) -> None:
         self.path = None if path is None else Path(path)
         full = f"{path}: {message}" if path is not None else message
-        super().__init__(full)
+        super().__init__(one_line(full))
+
+
+def one_line(text: str) -> str:
+    """``text`` with newlines and other unprintable characters escaped (``\\n``), so that an error
+    naming a file called ``"a\\nb.nii.gz"`` still prints as one line."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
 class InputError(MedCycleGANError):

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
+import os
 import shutil
+import threading
 from pathlib import Path
 
 import nibabel as nib
@@ -369,6 +372,40 @@ def test_automatic_labels_are_consecutive_even_with_gaps(caplog) -> None:
     assert labels == {"background": 0, "label_1": 1, "label_2": 2, "label_3": 3}  # nnU-Net needs 0..K
     assert "1, 2 never occur" in caplog.text
     assert _resolve_labels(None, {0}, None) == {"background": 0}
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
+def test_labels_json_that_is_a_fifo_is_refused_without_blocking(tmp_path: Path) -> None:
+    from medcyclegan.augment import load_labels_json
+
+    fifo = tmp_path / "labels.json"
+    os.mkfifo(fifo)
+    stop = threading.Event()
+
+    def release() -> None:  # a reader blocked on the FIFO is let go, so that the test fails, not hangs
+        stop.wait(5.0)
+        while not stop.is_set():
+            with contextlib.suppress(OSError):
+                os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+            stop.wait(0.05)
+
+    threading.Thread(target=release, daemon=True).start()
+    try:
+        with pytest.raises(InputError, match="is a FIFO"):
+            load_labels_json(fifo)
+    finally:
+        stop.set()
+
+
+def test_a_stray_huge_label_value_is_refused_not_declared(tmp_path: Path) -> None:
+    """Before: one voxel of value 100000 declared 100,000 labels in dataset.json (and 10^12 never ended)."""
+    from medcyclegan.augment import _resolve_labels
+
+    for highest in (100_000, 10**12):
+        with pytest.raises(InputError, match=f"up to {highest} but only 3 distinct values") as info:
+            _resolve_labels(None, {0, 1, highest}, None, tmp_path)
+        assert str(info.value).startswith(f"{tmp_path}: ")
+    assert len(_resolve_labels(None, {0, 1, 900}, None, tmp_path)) == 901  # gaps up to 1000 declared
 
 
 def test_options_are_validated(tmp_path: Path, inputs, model) -> None:

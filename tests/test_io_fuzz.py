@@ -1,8 +1,9 @@
 """Fuzzing read_volume: random and mutated bytes give a valid volume or an InputError, nothing else.
 
-Seeds are tiny valid files (.nii.gz, .nii, .nrrd raw and gzip, .mha). Mutations overwrite, insert and delete
-bytes (biased towards the headers, where parsing happens) and truncate; for .nii.gz the uncompressed
-content is also mutated and recompressed, so that the NIfTI parser, not only gzip, gets bad input.
+Seeds are tiny valid files (.nii.gz, .nii, .nrrd raw, gzip and ascii, .mha zlib and raw). Mutations
+overwrite, insert and delete bytes (biased towards the headers, where parsing happens) and truncate;
+for .nii.gz the uncompressed content is also mutated and recompressed, so that the NIfTI parser, not
+only gzip, gets bad input.
 Set MEDCYCLEGAN_FUZZ_EXAMPLES to run a longer campaign.
 """
 
@@ -50,14 +51,21 @@ def seeds() -> dict[str, tuple[str, bytes]]:
             ("nrrd", ".nrrd", False),
             ("nrrd-gzip", ".nrrd", True),
             ("mha", ".mha", True),
+            ("mha-raw", ".mha", False),
         ):
             path = Path(folder) / f"{name}{suffix}"
             sitk.WriteImage(itk_image, str(path), useCompression=compress)
             found[name] = (suffix, path.read_bytes())
+    values = " ".join(str(v) for v in array.ravel(order="F"))
+    found["nrrd-ascii"] = (
+        ".nrrd",
+        b"NRRD0004\ntype: short\ndimension: 3\nsizes: 6 5 4\nspacings: 1.5 1.5 2\nencoding: ascii\n\n"
+        + values.encode(),
+    )
     return found
 
 
-SEED_NAMES = ["nii", "nii.gz", "nii-content-gz", "nrrd", "nrrd-gzip", "mha"]
+SEED_NAMES = ["nii", "nii.gz", "nii-content-gz", "nrrd", "nrrd-gzip", "mha", "mha-raw", "nrrd-ascii"]
 
 
 @st.composite

@@ -32,6 +32,7 @@ def zero_pixdim_nifti(path: Path, *, sform: bool) -> Path:
     image = nib.Nifti1Image(np.zeros(SHAPE, np.int16), np.diag([2.0, 2.0, 3.0, 1.0]))
     image.set_qform(image.affine, code=1)
     image.set_sform(image.affine, code=1 if sform else 0)
+    image.header.set_data_offset(352)  # after the header and its 4-byte extension flag
     raw = bytearray(image.header.binaryblock + b"\0" * 4 + np.zeros(SHAPE, np.int16).tobytes(order="F"))
     raw[_PIXDIM_1_OFFSET : _PIXDIM_1_OFFSET + 4] = struct.pack("<f", 0.0)
     path.write_bytes(gzip.compress(bytes(raw)))

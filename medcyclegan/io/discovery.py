@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -41,9 +42,44 @@ def volume_suffix(path: str | Path) -> str | None:
     return None
 
 
+def file_kind(mode: int) -> str:
+    """What a file that is not a regular file is, in words, from its ``st_mode``."""
+    kinds = (
+        (stat.S_ISFIFO, "a FIFO (named pipe)"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISDIR, "a folder"),
+    )
+    return next((text for test, text in kinds if test(mode)), "a special file")
+
+
+def is_regular_file(path: str | Path) -> bool:
+    """True for a regular file (links followed); False for FIFOs, devices, sockets, folders, nothing.
+
+    Checked before opening a file found in a folder: opening a FIFO blocks until someone writes to it.
+    """
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except (OSError, ValueError):
+        return False
+
+
+def is_special_file(path: Path) -> bool:
+    """True for an existing FIFO, device or socket (a broken link or a link loop is not: reading it
+    says what is wrong)."""
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError):
+        return False
+    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
+
+
 def is_dicom_file(path: str | Path) -> bool:
     """True for a ``.dcm`` file or a file with the ``DICM`` magic at byte 128 (DICOM Part 10)."""
     path = Path(path)
+    if not is_regular_file(path):
+        return False
     if path.name.lower().endswith(DICOM_SUFFIX):
         return True
     try:
@@ -132,6 +168,8 @@ def find_volumes(folder: str | Path) -> list[Path]:
         return [Path(f"{folder}{SERIES_SEPARATOR}{uid}")]
     if not folder.exists():
         raise InputError("not found", folder)
+    if is_special_file(folder):
+        raise InputError(f"is {file_kind(os.stat(folder).st_mode)}, not a regular file or a folder", folder)
     if folder.is_file():
         if volume_suffix(folder) is None:
             raise InputError(f"is not a volume file (expected one of {', '.join(VOLUME_SUFFIXES)})", folder)
@@ -168,7 +206,9 @@ def find_volumes(folder: str | Path) -> list[Path]:
         dicom_here = False
         for name, lower in zip(names, lower_names):
             path = root_path / name
-            if volume_suffix(path) is not None:
+            if is_special_file(path):
+                ignored.append(path)  # a FIFO, device or socket: never opened (a FIFO would block)
+            elif volume_suffix(path) is not None:
                 volumes.append(path)
             elif has_detached_header and lower.endswith(DETACHED_DATA_SUFFIXES):
                 continue

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -82,3 +83,67 @@ def nibabel_messages() -> Iterator[list[str]]:
         yield messages
     finally:
         _local.messages = previous
+
+
+_native_lock = threading.Lock()
+_native_depth = 0
+_native_saved: tuple[int, int, Any] | None = None
+
+
+@contextlib.contextmanager
+def native_output_to_debug_log() -> Iterator[None]:
+    """Within the block, what C++ code writes straight to the process's stdout and stderr (file
+    descriptors 1 and 2) goes to our log at debug level instead of the terminal.
+
+    Some ITK components bypass ITK's output window: MetaIO prints ``MetaImage: M_ReadElementsData:
+    data not read completely`` with ``std::cerr``, OpenJPEG prints ``Invalid marker size``. The
+    readers report what such a failure means in one line of their own. Only wrap calls into ITK:
+    anything printed meanwhile, by any thread, becomes a debug line. Nested and concurrent blocks
+    share one redirection (the last to leave restores the terminal).
+    """
+    global _native_depth, _native_saved
+    import sys
+    import tempfile
+
+    with _native_lock:
+        if _native_depth == 0:
+            try:
+                for stream in (sys.stdout, sys.stderr):
+                    stream.flush()
+                sink = tempfile.TemporaryFile()  # noqa: SIM115 - closed when the outermost block ends
+                _native_saved = (os.dup(1), os.dup(2), sink)
+                os.dup2(sink.fileno(), 1)
+                os.dup2(sink.fileno(), 2)
+            except (OSError, ValueError, AttributeError):
+                _native_saved = None  # no usable descriptors (embedded interpreter): leave them
+        _native_depth += 1
+    try:
+        yield
+    finally:
+        with _native_lock:
+            _native_depth -= 1
+            if _native_depth == 0 and _native_saved is not None:
+                out, err, sink = _native_saved
+                _native_saved = None
+                with contextlib.suppress(OSError, ValueError, AttributeError):
+                    sys.stdout.flush()
+                    sys.stderr.flush()
+                _flush_c_streams()  # C's own stdout buffer, else OpenJPEG's lines appear at exit
+                os.dup2(out, 1)
+                os.dup2(err, 2)
+                os.close(out)
+                os.close(err)
+                sink.seek(0)
+                text = sink.read().decode("utf-8", "replace")
+                sink.close()
+                for line in text.splitlines():
+                    if line.strip():
+                        logger.debug("native output: %s", line.strip())
+
+
+def _flush_c_streams() -> None:
+    """``fflush(NULL)``: writes out what C code left in the C library's stream buffers."""
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError, TypeError):
+        ctypes.CDLL(None).fflush(None)

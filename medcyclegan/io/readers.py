@@ -11,7 +11,10 @@ from __future__ import annotations
 import gzip
 import logging
 import math
+import os
 import re
+import stat
+import warnings
 import zlib
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,11 +31,14 @@ from medcyclegan.io.discovery import (
     NIFTI_SUFFIXES,
     SERIES_SEPARATOR,
     VOLUME_SUFFIXES,
+    file_kind,
+    is_dicom_file,
+    is_special_file,
     split_series,
     volume_suffix,
 )
 from medcyclegan.io.headers import DataLayout, check_data_files_inside, data_layout
-from medcyclegan.io.library_messages import nibabel_messages, route_itk_messages
+from medcyclegan.io.library_messages import native_output_to_debug_log, nibabel_messages, route_itk_messages
 from medcyclegan.io.volume import LPS_TO_RAS, Geometry, Volume
 
 logger = logging.getLogger("medcyclegan")
@@ -52,14 +58,17 @@ _META_ELEMENT_BYTES = {
     "MET_CHAR": 1, "MET_UCHAR": 1, "MET_SHORT": 2, "MET_USHORT": 2, "MET_INT": 4, "MET_UINT": 4,
     "MET_LONG": 4, "MET_ULONG": 4, "MET_LONG_LONG": 8, "MET_ULONG_LONG": 8, "MET_FLOAT": 4, "MET_DOUBLE": 8,
 }  # fmt: skip
+_META_AMBIGUOUS_TYPES = ("MET_LONG", "MET_ULONG")
 _ITK_IMAGE_IO = {".nrrd": "NrrdImageIO", ".nhdr": "NrrdImageIO", ".mha": "MetaImageIO", ".mhd": "MetaImageIO"}
 # Slices whose spacing differs from the median by more than this fraction mean missing/duplicate slices.
 _SLICE_SPACING_TOLERANCE = 0.01
 _SLICE_SPACING_ABS_TOLERANCE_MM = 0.01
 # Direction cosines of two slices differing by more than this: another orientation (about 0.06 deg).
 _ORIENTATION_TOLERANCE = 1e-3
+# Row and column direction cosines of a slice: unit length and orthogonal within this.
+_DIRECTION_TOLERANCE = 1e-2
 _MASK_AFFINE_TOLERANCE_MM = 1e-3
-# Files already warned about for a zero or negative pixdim (one warning per file and process).
+# Files already warned about for a guessed voxel size (pixdim 0, no ITK spacing): one warning per file and process.
 _PIXDIM_WARNED: set[str] = set()
 # Voxel sizes outside these bounds (1 nm, 1 km) can only come from a corrupted header.
 _MIN_VOXEL_MM = 1e-6
@@ -181,7 +190,11 @@ def _shape_text(shape: tuple[int, ...]) -> str:
 
 def _read_file(path: Path, allow_external_data: bool | None = None) -> Volume:
     try:
-        size = path.stat().st_size
+        info = path.stat()
+        # Before opening: opening a FIFO blocks until someone writes to it, and a device never ends.
+        if not stat.S_ISREG(info.st_mode):
+            raise InputError(f"is {file_kind(info.st_mode)}, not a regular file; give a volume file", path)
+        size = info.st_size
         with open(path, "rb"):
             pass
     except OSError as exc:
@@ -241,7 +254,8 @@ def _check_affine(affine: np.ndarray, path: Path) -> None:
     """Refuses a voxel-to-world matrix that is non-finite, implausibly scaled or has no clear axes."""
     if not np.isfinite(affine).all():
         raise InputError("has an invalid geometry (non-finite values in the voxel-to-world matrix)", path)
-    voxel_sizes = np.linalg.norm(affine[:3, :3], axis=0)
+    with np.errstate(over="ignore", invalid="ignore"):  # 1e300 mm overflows to inf: refused below
+        voxel_sizes = np.linalg.norm(affine[:3, :3], axis=0)
     if voxel_sizes.min() < _MIN_VOXEL_MM or voxel_sizes.max() > _MAX_VOXEL_MM:
         sizes = "x".join(f"{v:.3g}" for v in voxel_sizes)
         raise InputError(f"has an implausible voxel size ({sizes} mm)", path)
@@ -264,8 +278,14 @@ def _one_line(text: str, path: Path | None = None) -> str:
 
 
 def _read_nifti(path: Path, suffix: str, size: int) -> Volume:
-    with nibabel_messages() as messages:  # nibabel prints each header fix once per parse (twice here)
-        volume = _read_nifti_file(path, suffix, size)
+    # nibabel prints each header fix once per parse (twice here), and warns about odd extensions.
+    with nibabel_messages() as messages, warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            volume = _read_nifti_file(path, suffix, size)
+        finally:
+            for warning in caught:
+                logger.debug("nibabel: %s: %s", path, warning.message)
     _report_pixdim_fixes(messages, volume.geometry, path)
     return volume
 
@@ -318,6 +338,13 @@ def _read_nifti_file(path: Path, suffix: str, size: int) -> Volume:
     _check_voxel_type(raw_dtype, path)
     _check_affine(affine, path)
     _check_size(math.prod(file_shape) * raw_dtype.itemsize, offset, size, suffix == ".nii.gz", path)
+    header_size = int(header["sizeof_hdr"])
+    if offset < header_size:
+        # nibabel would read the header itself as voxels (niftilib moves such an offset past it).
+        raise InputError(
+            f"has an invalid NIfTI header (vox_offset {offset} lies inside its {header_size}-byte header)",
+            path,
+        )
 
     data = _load_nifti_voxels(path, suffix, type(header_image))
     data = data.reshape(shape)
@@ -351,10 +378,17 @@ def _load_nifti_voxels(path: Path, suffix: str, image_class: type) -> np.ndarray
             image = image_class.from_file_map(file_map, mmap=False)
             # The same reading as MONAI's NibabelReader (np.asanyarray of the array proxy).
             data = np.asanyarray(image.dataobj)
-            while stream.read(_GZIP_CHUNK_BYTES):  # anything after the voxels, then the CRC check
-                pass
+            # Anything after the voxels, then the CRC check. A slice or more there means damaged
+            # dimensions (or a gzip bomb): refused before decompressing the rest.
+            slice_bytes = max(1, data.nbytes // max(1, data.shape[-1])) if data.ndim else 1
+            extra = 0
+            while chunk := stream.read(min(_GZIP_CHUNK_BYTES, slice_bytes)):
+                extra += len(chunk)
+                if extra >= slice_bytes:
+                    break
     except Exception as exc:
         raise _nifti_error(exc, path, suffix) from None
+    _check_no_extra_slices(extra, slice_bytes, path)
     _check_voxel_type(data.dtype, path)
     if not data.dtype.isnative:
         data = data.astype(data.dtype.newbyteorder("="))
@@ -378,6 +412,8 @@ def _nifti_error(exc: Exception, path: Path, suffix: str) -> InputError:
         )
     if "Cannot work out file type" in message:
         return InputError(_not_nifti_reason(path, suffix), path)
+    if "extension content" in message or "read length must be non-negative" in message:
+        return InputError("has a malformed NIfTI header extension (its size field is wrong)", path)
     return InputError(f"cannot be read as NIfTI ({type(exc).__name__}: {_one_line(message, path)})", path)
 
 
@@ -474,6 +510,8 @@ def _read_itk(path: Path, suffix: str, size: int, allow_external_data: bool | No
     layout = data_layout(path, suffix)
     if layout is not None:
         check_data_files_inside(layout, allow_external_data)
+        _check_data_files_regular(layout, path)
+        _warn_if_no_spacing(layout, suffix, path)
         if suffix in (".mha", ".mhd"):
             _check_metaimage_header(path, layout, size)
         elif layout.compression == "bzip2":
@@ -485,7 +523,8 @@ def _read_itk(path: Path, suffix: str, size: int, allow_external_data: bool | No
     # ITK matches extensions case-sensitively: choose the reader from our (case-insensitive) suffix.
     reader.SetImageIO(_ITK_IMAGE_IO[suffix])
     try:
-        reader.ReadImageInformation()
+        with native_output_to_debug_log():  # MetaIO prints some problems with std::cerr
+            reader.ReadImageInformation()
     except RuntimeError as exc:
         raise InputError(f"cannot be read ({_itk_message(exc, path)})", path) from None
     file_shape = tuple(int(s) for s in reader.GetSize())
@@ -505,13 +544,75 @@ def _read_itk(path: Path, suffix: str, size: int, allow_external_data: bool | No
         _check_size(math.prod(file_shape) * dtype.itemsize, 0, size, True, path)
     if layout is not None and layout.compression is not None:
         _check_compressed_voxels(layout, math.prod(file_shape) * dtype.itemsize, path)
+    elif layout is not None and suffix in (".nrrd", ".nhdr"):
+        _check_nrrd_raw_size(layout, file_shape, dtype.itemsize, size, path)
     try:
-        image = reader.Execute()
+        with native_output_to_debug_log():
+            image = reader.Execute()
     except RuntimeError as exc:
         raise InputError(f"cannot be read ({_itk_message(exc, path)})", path) from None
     except MemoryError:
         raise InputError("is too large to load into memory", path) from None
     return _itk_volume(image, path, "itk")
+
+
+def _warn_if_no_spacing(layout: DataLayout, suffix: str, path: Path) -> None:
+    """One warning (per file and process) when the header gives no voxel spacing: ITK then uses 1 mm.
+
+    MetaImage without ``ElementSpacing``; NRRD whose ``space directions`` and ``spacings`` leave an
+    axis without a size (``none``, ``nan`` or absent), as the warning for a NIfTI pixdim of 0 does.
+    """
+    fields = layout.fields
+    if suffix in (".mha", ".mhd"):
+        missing = "ElementSpacing" not in fields and "ElementSize" not in fields
+        what = "no ElementSpacing"
+    else:
+        directions = fields.get("space directions", "").split()
+        spacings = []
+        for token in fields.get("spacings", "").split():
+            try:
+                spacings.append(float(token))
+            except ValueError:
+                continue
+        given = max(sum(t.lower() != "none" for t in directions), sum(math.isfinite(v) for v in spacings))
+        missing = given < 3
+        what = "no size for some axes ('space directions' or 'spacings' missing, none or nan)"
+    if missing and str(path) not in _PIXDIM_WARNED:
+        _PIXDIM_WARNED.add(str(path))
+        logger.warning("%s: the header gives %s: the voxel spacing is a guess (1 mm)", path, what)
+
+
+def _check_nrrd_raw_size(
+    layout: DataLayout, file_shape: tuple[int, ...], itemsize: int, size: int, path: Path
+) -> None:
+    """Refuses raw NRRD voxel data (in the file or one data file) a slice or more longer than its sizes.
+
+    Skips text encodings, lists of data files and files with a line or byte skip (whose data may
+    legitimately sit anywhere in a longer file).
+    """
+    encoding = layout.fields.get("encoding", "raw").lower()
+    if encoding != "raw" or layout.line_skip or layout.byte_skip or len(layout.data_files) > 1:
+        return
+    if layout.data_files:
+        try:
+            present = layout.data_files[0].stat().st_size
+        except OSError:
+            return  # ITK reports the missing file
+    else:
+        present = size - layout.data_offset
+    voxel_bytes = math.prod(file_shape) * itemsize
+    _check_no_extra_slices(present - voxel_bytes, voxel_bytes // max(1, file_shape[-1]), path)
+
+
+def _check_data_files_regular(layout: DataLayout, path: Path) -> None:
+    """Refuses a data file that is a FIFO, a device or a socket (ITK would block or read forever)."""
+    for data_file, shown in zip(layout.data_files, layout.data_names):
+        try:
+            mode = data_file.stat().st_mode
+        except (OSError, ValueError):
+            continue  # missing: reported with the sizes below, or by ITK
+        if not stat.S_ISREG(mode):
+            raise InputError(f"its data file {shown} is {file_kind(mode)}, not a regular file", path)
 
 
 def _check_metaimage_header(path: Path, layout: DataLayout, size: int) -> None:
@@ -532,6 +633,9 @@ def _check_metaimage_header(path: Path, layout: DataLayout, size: int) -> None:
             values = []
         if len(values) != count:
             raise InputError(f"has a malformed MetaImage header ({key} needs {count} numbers)", path)
+        if not all(math.isfinite(v) for v in values):
+            # MetaIO reads "inf" and "nan" as 0: the volume would silently move to the origin.
+            raise InputError(f"has non-finite values in its MetaImage header ({key} = {fields[key]})", path)
         return values
 
     ndims = (numbers("NDims", 1, int) or [0])[0]
@@ -549,6 +653,7 @@ def _check_metaimage_header(path: Path, layout: DataLayout, size: int) -> None:
     if not _META_ELEMENT_TYPE.match(element_type) or channels < 1:
         raise InputError("has a malformed MetaImage header (ElementType missing or unknown)", path)
     compressed_size = numbers("CompressedDataSize", 1, int)
+    element_bytes = _META_ELEMENT_BYTES.get(element_type, 1)
 
     data_file = fields["ElementDataFile"]
     if not layout.data_files:
@@ -567,12 +672,20 @@ def _check_metaimage_header(path: Path, layout: DataLayout, size: int) -> None:
                 "re-save it as one .mha or .mhd file",
                 path,
             )
-        return  # slice lists and file patterns: left to ITK
+        _check_metaimage_file_list(path, layout, dim_size, channels * element_bytes)
+        return
     else:
         data_path = layout.data_files[0]
         if not data_path.is_file():
             raise InputError(f"its data file {data_file} is missing", path)
         data_bytes = data_path.stat().st_size
+    header_size = _int_field_value(fields.get("HeaderSize", "0"))
+    if header_size > 0:
+        data_bytes -= header_size if layout.data_files else 0
+        if data_bytes < 0:
+            raise InputError(
+                f"is truncated: its HeaderSize ({header_size}) skips past the end of its data file", path
+            )
     if layout.compression:
         if compressed_size is not None and compressed_size[0] > data_bytes:
             raise InputError(
@@ -580,9 +693,73 @@ def _check_metaimage_header(path: Path, layout: DataLayout, size: int) -> None:
                 path,
             )
     elif fields.get("BinaryData", "True").lower() == "true":
-        needed = math.prod(dim_size) * channels * _META_ELEMENT_BYTES.get(element_type, 1)
+        needed = math.prod(dim_size) * channels * element_bytes
+        if header_size > 0 and not layout.data_files:
+            needed += header_size  # MetaIO skips HeaderSize bytes after the header
         if needed > data_bytes:
             raise InputError(f"is truncated: {needed} bytes of voxels announced, {data_bytes} present", path)
+        slice_bytes = math.prod(dim_size[:-1]) * channels * element_bytes
+        # HeaderSize -1: the voxels are the file's last bytes. MET_LONG may be 4 or 8 bytes a voxel.
+        if header_size != -1 and element_type not in _META_AMBIGUOUS_TYPES:
+            _check_no_extra_slices(data_bytes - needed, slice_bytes, path)
+
+
+def _int_field_value(text: str) -> int:
+    try:
+        return int(text.split()[0]) if text.split() else 0
+    except ValueError:
+        return 0
+
+
+def _check_no_extra_slices(extra_bytes: int, slice_bytes: int, path: Path, subject: str = "") -> None:
+    """Refuses a file holding at least one slice of voxel data more than its header describes.
+
+    A header whose dimensions were damaged (the last size lowered) would otherwise read as a smaller
+    volume, silently. Padding shorter than one slice is tolerated.
+    """
+    if slice_bytes > 0 and extra_bytes >= slice_bytes:
+        raise InputError(
+            f"{subject}holds {extra_bytes} bytes more voxel data than its header describes (at least "
+            f"{extra_bytes // slice_bytes} slice(s)): its dimensions in the header look wrong",
+            path,
+        )
+
+
+def _check_metaimage_file_list(path: Path, layout: DataLayout, dim_size: list[int], voxel_bytes: int) -> None:
+    """A slice list (``LIST [N]D``) or file pattern (``name%d MIN MAX STEP [N]``) must name one file
+    per N-dimensional piece (default N = NDims - 1), each holding that piece.
+
+    MetaIO reads fewer files without a word: the missing slices are zeros, or whatever was in memory.
+    """
+    spec = layout.fields["ElementDataFile"].split()
+    piece_text = spec[1] if spec[0].upper() == "LIST" and len(spec) > 1 else spec[4] if len(spec) > 4 else ""
+    try:
+        piece_dims = int(piece_text.upper().removesuffix("D")) if piece_text else len(dim_size) - 1
+    except ValueError:
+        piece_dims = -1
+    if not 1 <= piece_dims <= len(dim_size):
+        raise InputError(
+            f"has a malformed MetaImage header (ElementDataFile piece dimension {piece_text!r})", path
+        )
+    pieces = math.prod(dim_size[piece_dims:])
+    if len(layout.data_files) != pieces:
+        raise InputError(
+            f"names {len(layout.data_files)} data file(s) but its DimSize needs {pieces} "
+            f"({piece_dims}D pieces); each piece must have its own file",
+            path,
+        )
+    piece_bytes = math.prod(dim_size[:piece_dims]) * voxel_bytes
+    offset = max(layout.data_offset, 0)
+    for data_path, shown in zip(layout.data_files, layout.data_names):
+        if not data_path.is_file():
+            raise InputError(f"its data file {shown} is missing", path)
+        present = data_path.stat().st_size - offset
+        if present < piece_bytes:
+            raise InputError(
+                f"its data file {shown} is truncated: {piece_bytes} bytes of voxels needed, "
+                f"{max(present, 0)} present",
+                path,
+            )
 
 
 def _check_compressed_voxels(layout: DataLayout, voxel_bytes: int, path: Path) -> None:
@@ -600,6 +777,10 @@ def _check_compressed_voxels(layout: DataLayout, voxel_bytes: int, path: Path) -
     from medcyclegan.io.gzip_reader import GzipReader
 
     sources = layout.data_files or (path,)
+    expected = voxel_bytes + len(sources) * max(layout.byte_skip, 0)
+    # Decompressing stops once past what the header announces (a small file may expand 1000-fold);
+    # with a negative byte skip the voxels are the stream's last bytes, so it has no end to check.
+    ceiling = expected if layout.byte_skip >= 0 else None
     total = 0
     for source in sources:
         subject = "" if source == path else f"its data file {source.name} "
@@ -608,7 +789,11 @@ def _check_compressed_voxels(layout: DataLayout, voxel_bytes: int, path: Path) -
                 handle.seek(layout.data_offset)
                 if layout.compression == "zlib":
                     limit = layout.fields.get("CompressedDataSize", "")
-                    total += _zlib_stream_size(handle, int(limit) if limit.isdigit() else None)
+                    total += _zlib_stream_size(
+                        handle,
+                        int(limit) if limit.isdigit() else None,
+                        None if ceiling is None else ceiling - total,
+                    )
                     continue
                 for _ in range(layout.line_skip):
                     handle.readline()
@@ -616,6 +801,8 @@ def _check_compressed_voxels(layout: DataLayout, voxel_bytes: int, path: Path) -
                 buffer = bytearray(_GZIP_CHUNK_BYTES)
                 while count := stream.readinto(buffer):
                     total += count
+                    if ceiling is not None and total > ceiling:
+                        break
         except OSError as exc:
             if isinstance(exc, gzip.BadGzipFile):
                 problem = _gzip_problem(exc) if "CRC" in str(exc) else _NOT_GZIP
@@ -624,7 +811,12 @@ def _check_compressed_voxels(layout: DataLayout, voxel_bytes: int, path: Path) -
         except (EOFError, zlib.error) as exc:
             problem = _gzip_problem(exc) if layout.compression == "gzip" else _zlib_problem(exc)
             raise InputError(f"{subject}{problem}", path) from None
-    expected = voxel_bytes + len(sources) * max(layout.byte_skip, 0)
+    if ceiling is not None and total > ceiling:
+        raise InputError(
+            f"is corrupted: its compressed voxel data holds more than the {expected} bytes "
+            "the header announces",
+            path,
+        )
     if total != expected and not (layout.byte_skip < 0 and total >= voxel_bytes):
         kind = "is truncated" if total < expected else "is corrupted"
         raise InputError(
@@ -637,8 +829,11 @@ _NOT_GZIP = (
 )
 
 
-def _zlib_stream_size(handle: Any, limit: int | None) -> int:
+def _zlib_stream_size(handle: Any, limit: int | None, ceiling: int | None = None) -> int:
     """The decompressed size of the zlib (or gzip) stream at the handle's position, checked to its end.
+
+    With ``ceiling``, decompression stops as soon as more than ``ceiling`` bytes came out (the size
+    returned is then only known to exceed it).
 
     Raises:
         EOFError: the stream ends before its end marker.
@@ -657,6 +852,8 @@ def _zlib_stream_size(handle: Any, limit: int | None) -> int:
         while chunk and not decompressor.eof:
             total += len(decompressor.decompress(chunk, _GZIP_CHUNK_BYTES))
             chunk = decompressor.unconsumed_tail
+            if ceiling is not None and total > ceiling:
+                return total
     return total
 
 
@@ -733,13 +930,15 @@ def _dicom_tag(reader: Any, key: str, default: str = "") -> str:
 def _series_summary(folder: Path, uid: str) -> str:
     import SimpleITK as sitk
 
-    files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid)
+    with native_output_to_debug_log():
+        files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid)
     description = ""
     if files:
         reader = sitk.ImageFileReader()
         reader.SetFileName(files[0])
         try:
-            reader.ReadImageInformation()
+            with native_output_to_debug_log():
+                reader.ReadImageInformation()
             description = _dicom_tag(reader, "0008|103e")
         except RuntimeError:
             pass
@@ -750,8 +949,10 @@ def _series_summary(folder: Path, uid: str) -> str:
 def _read_dicom_series(folder: Path, series_uid: str | None) -> Volume:
     sitk = import_simpleitk(folder, "reading DICOM series")
 
+    _check_no_special_files(folder)
     try:
-        uids = list(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))
+        with native_output_to_debug_log():  # GDCM and OpenJPEG print some problems themselves
+            uids = list(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))
     except RuntimeError as exc:
         raise InputError(f"cannot be scanned for DICOM ({_itk_message(exc, folder)})", folder) from None
     if not uids:
@@ -771,28 +972,249 @@ def _read_dicom_series(folder: Path, series_uid: str | None) -> Volume:
         listing = "; ".join(_series_summary(folder, uid) for uid in uids)
         raise InputError(f"has no DICOM series {series_uid}; it holds: {listing}", folder)
 
-    files = list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series_uid))
+    with native_output_to_debug_log():  # GDCM decodes pixel data while sorting the slices
+        files = list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series_uid))
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(files)
     reader.MetaDataDictionaryArrayUpdateOn()
     try:
-        image = reader.Execute()
+        with native_output_to_debug_log():
+            image = reader.Execute()
     except RuntimeError as exc:
-        raise InputError(
-            f"DICOM series {series_uid} cannot be read ({_itk_message(exc, folder)})", folder
-        ) from None
+        problem = _slice_size_mismatch(sitk, files) or _itk_message(exc, folder)
+        compression = _compressed_syntax(Path(files[0])) if files else None
+        if compression is not None:
+            problem = (
+                f"its pixel data is {compression}-compressed and could not be decoded: {problem}; "
+                "decompress the series first, e.g. with gdcmconv --raw or dcmdjpeg"
+            )
+        raise InputError(f"DICOM series {series_uid} cannot be read ({problem})", folder) from None
     except MemoryError:
         raise InputError(f"DICOM series {series_uid} is too large to load into memory", folder) from None
     if image.GetDimension() == 2 or (len(files) == 1 and image.GetSize()[2:3] == (1,)):
         raise InputError(f"DICOM series {series_uid} is a single 2D slice; give a 3D series", folder)
+    _check_slice_pixels(reader, folder, series_uid, files)
     if len(files) > 1:
-        _check_slice_positions(reader, len(files), folder, series_uid, files)
+        try:
+            _check_slice_positions(reader, len(files), folder, series_uid, files)
+        except InputError as error:
+            unread = _unread_dicom_files(sitk, folder, uids, series_uid, files)
+            if not unread:
+                raise
+            # The likely cause of missing slices: files GDCM could not read at all.
+            raise InputError(
+                f"{_error_text(error, folder)}; {len(unread)} file(s) here cannot be read as DICOM: "
+                f"{_examples(unread)}",
+                folder,
+            ) from None
+    unread = _unread_dicom_files(sitk, folder, uids, series_uid, files)
+    if unread:
+        logger.warning(
+            "%s: ignored %d file(s) that are not DICOM images or cannot be read: %s",
+            folder,
+            len(unread),
+            _examples(unread),
+        )
     extra = {
         "series_uid": series_uid,
         "series_description": _slice_tag(reader, "0008|103e"),
         "modality": _slice_tag(reader, "0008|0060"),
     }
     return _itk_volume(image, folder, "dicom", extra)
+
+
+# Bytes read before the expected start of the pixel data, and tag matches tried, in _pixel_data_bytes.
+_PIXEL_TAIL_MARGIN = 4096
+_PIXEL_TAG_CANDIDATES = 8
+_PIXEL_TAGS = {
+    "0028|0010": "Rows",
+    "0028|0011": "Columns",
+    "0028|0100": "BitsAllocated",
+    "0028|0002": "SamplesPerPixel",
+}
+
+
+def _error_text(error: InputError, path: Path) -> str:
+    """An InputError's message without its ``PATH: `` prefix."""
+    return str(error).removeprefix(f"{path}: ")
+
+
+def _examples(paths: Sequence[str | Path], count: int = 3) -> str:
+    names = ", ".join(Path(p).name for p in list(paths)[:count])
+    return names + (", ..." if len(paths) > count else "")
+
+
+def _pixel_data_bytes(path: Path, needed: int) -> int | None:
+    """The length of a DICOM file's uncompressed PixelData element, if found at the end of the file.
+
+    Only the last ``needed`` bytes (plus a margin) are read. The element is recognised by its tag
+    (7FE0,0010), a consistent header (explicit VR: OB/OW/UN and zero padding; implicit VR: a length
+    reaching the end of the file) and a value that ends within the file. ``None`` when not found
+    (compressed or unusual files): nothing is checked then.
+    """
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as handle:
+            start = max(0, size - needed - _PIXEL_TAIL_MARGIN)
+            handle.seek(start)
+            tail = handle.read()
+    except OSError:
+        return None
+    position = len(tail)
+    for _ in range(_PIXEL_TAG_CANDIDATES):
+        position = tail.rfind(b"\xe0\x7f\x10\x00", 0, position)
+        if position < 0:
+            return None
+        vr, reserved = tail[position + 4 : position + 6], tail[position + 6 : position + 8]
+        if vr in (b"OB", b"OW", b"UN") and reserved == b"\x00\x00" and len(tail) >= position + 12:
+            length = int.from_bytes(tail[position + 8 : position + 12], "little")
+            if length != 0xFFFFFFFF and position + 12 + length <= len(tail):
+                return length
+        elif len(tail) >= position + 8:
+            length = int.from_bytes(tail[position + 4 : position + 8], "little")
+            if position + 8 + length == len(tail):
+                return length
+    return None
+
+
+def _unread_dicom_files(
+    sitk: ModuleType, folder: Path, uids: Sequence[str], read_uid: str, read_files: Sequence[str]
+) -> list[Path]:
+    """Files of ``folder`` that look like DICOM (``.dcm`` or the DICM magic) but are in no series.
+
+    ``read_files`` are the files of the series ``read_uid`` (known already: GDCM scans the folder
+    again for each other series only).
+    """
+    in_series = {os.path.normpath(name) for name in read_files}
+    with native_output_to_debug_log():
+        for uid in uids:
+            if uid != read_uid:
+                names = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid)
+                in_series.update(os.path.normpath(name) for name in names)
+    try:
+        entries = sorted(folder.iterdir())
+    except OSError:
+        return []
+    return [
+        entry
+        for entry in entries
+        if not entry.name.startswith(".")
+        and is_dicom_file(entry)
+        and os.path.normpath(str(entry)) not in in_series
+    ]
+
+
+def _check_slice_pixels(series_reader: Any, folder: Path, series_uid: str, files: Sequence[str]) -> None:
+    """Refuses slices whose pixel layout differs from the first slice's, or with too little pixel data,
+    and a PixelSpacing that is not two positive numbers.
+
+    GDCM reads such slices without an error: a slice with fewer bytes than its Rows x Columns needs
+    comes back filled with whatever was in memory, an 8-bit slice among 16-bit ones is misread, and a
+    zero or negative PixelSpacing silently becomes 1 mm.
+    """
+    first = {tag: _slice_tag(series_reader, tag, 0) for tag in _PIXEL_TAGS}
+    for index, name in enumerate(files):
+        values = {tag: _slice_tag(series_reader, tag, index) for tag in _PIXEL_TAGS}
+        differ = [
+            f"{_PIXEL_TAGS[t]} {values[t] or 'missing'} (first slice: {first[t] or 'missing'})"
+            for t in _PIXEL_TAGS
+            if values[t] != first[t]
+        ]
+        if differ:
+            raise InputError(
+                f"DICOM series {series_uid}: slice {Path(name).name} has {', '.join(differ)}; "
+                "every slice of a volume needs the same pixel layout",
+                folder,
+            )
+        try:
+            needed = math.prod(int(values[t]) for t in _PIXEL_TAGS) // 8
+            needed *= max(1, int(_slice_tag(series_reader, "0028|0008", index) or 1))
+        except ValueError:
+            continue
+        present = _pixel_data_bytes(Path(name), needed)
+        if present is not None and present < needed:
+            raise InputError(
+                f"DICOM series {series_uid}: slice {Path(name).name} is damaged: it holds {present} bytes "
+                f"of pixel data, its Rows x Columns x BitsAllocated need {needed}",
+                folder,
+            )
+    spacing_text = _slice_tag(series_reader, "0028|0030", 0)
+    if spacing_text:
+        try:
+            spacing = [float(v) for v in spacing_text.split("\\")]
+        except ValueError:
+            spacing = []
+        if len(spacing) != 2 or not all(math.isfinite(v) and v > 0 for v in spacing):
+            raise InputError(
+                f"DICOM series {series_uid} has an invalid PixelSpacing ({spacing_text}); "
+                "it must be two positive numbers (mm)",
+                folder,
+            )
+
+
+# Compressed DICOM transfer syntaxes (UID prefix -> name), for a message when decoding fails.
+_COMPRESSED_SYNTAXES = (
+    ("1.2.840.10008.1.2.4.9", "JPEG 2000"),
+    ("1.2.840.10008.1.2.4.20", "HTJ2K (High-Throughput JPEG 2000)"),
+    ("1.2.840.10008.1.2.4.8", "JPEG-LS"),
+    ("1.2.840.10008.1.2.4.5", "JPEG"),
+    ("1.2.840.10008.1.2.4.70", "JPEG"),
+    ("1.2.840.10008.1.2.4.1", "MPEG"),
+    ("1.2.840.10008.1.2.5", "RLE"),
+    ("1.2.840.10008.1.2.1.99", "deflate"),
+)
+_TRANSFER_SYNTAX_TAG = b"\x02\x00\x10\x00UI"
+_META_HEADER_BYTES = 2048
+
+
+def _compressed_syntax(path: Path) -> str | None:
+    """The name of the compression of a DICOM file's pixel data (from its transfer syntax), if any."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(_META_HEADER_BYTES)
+    except OSError:
+        return None
+    position = head.find(_TRANSFER_SYNTAX_TAG)
+    if position < 0:
+        return None
+    length = int.from_bytes(head[position + 6 : position + 8], "little")
+    uid = head[position + 8 : position + 8 + length].rstrip(b"\x00 ").decode("ascii", "replace")
+    return next((name for prefix, name in _COMPRESSED_SYNTAXES if uid.startswith(prefix)), None)
+
+
+def _slice_size_mismatch(sitk: ModuleType, files: Sequence[str]) -> str | None:
+    """Which slice has another size than the first (ITK says only "Size: [6, 3, 1]"), if any."""
+    sizes = []
+    for name in files:
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(name)
+        try:
+            with native_output_to_debug_log():
+                reader.ReadImageInformation()
+        except RuntimeError:
+            return f"slice {Path(name).name} cannot be read"
+        sizes.append(tuple(reader.GetSize()[:2]))
+        if sizes[-1] != sizes[0]:
+            return (
+                f"slice {Path(name).name} is {_shape_text(sizes[-1])} pixels, the first slice "
+                f"{_shape_text(sizes[0])}; every slice of a volume needs the same size"
+            )
+    return None
+
+
+def _check_no_special_files(folder: Path) -> None:
+    """Refuses a DICOM folder holding a FIFO, device or socket: GDCM then finds no series at all."""
+    try:
+        special = [entry for entry in sorted(folder.iterdir()) if is_special_file(entry)]
+    except OSError:
+        return  # GDCM reports an unreadable folder itself
+    if special:
+        kind = file_kind(special[0].stat().st_mode)
+        raise InputError(
+            f"holds {special[0].name}, {kind}, among its files; DICOM folders are scanned as a whole "
+            "and cannot hold special files: move it elsewhere",
+            folder,
+        )
 
 
 def _slice_tag(series_reader: Any, key: str, index: int = 0) -> str:
@@ -856,10 +1278,31 @@ def _check_slice_positions(
     positions = [_slice_vector(series_reader, i, "0020|0032", 3) for i in range(n_slices)]
     if any(o is None for o in orientations) or any(p is None for p in positions):
         logger.warning(
-            "%s: DICOM series %s lacks slice positions; slice spacing unchecked", folder, series_uid
+            "%s: DICOM series %s lacks slice positions (ImagePositionPatient or ImageOrientationPatient): "
+            "the slice order and spacing cannot be checked, and the spacing between slices is a guess "
+            "(ITK then uses 1 mm)",
+            folder,
+            series_uid,
         )
         return
     oriented = cast("list[np.ndarray]", orientations)  # no None left
+    if not all(np.isfinite(p).all() for p in positions):  # type: ignore[union-attr]
+        raise InputError(
+            f"DICOM series {series_uid} has non-finite slice positions (ImagePositionPatient)", folder
+        )
+    for o in oriented:
+        row, column = o[:3], o[3:]
+        if not (
+            np.isfinite(o).all()
+            and abs(np.linalg.norm(row) - 1) < _DIRECTION_TOLERANCE
+            and abs(np.linalg.norm(column) - 1) < _DIRECTION_TOLERANCE
+            and abs(float(np.dot(row, column))) < _DIRECTION_TOLERANCE
+        ):
+            raise InputError(
+                f"DICOM series {series_uid} has an invalid ImageOrientationPatient "
+                f"({' '.join(f'{v:g}' for v in o)}): it must be two orthogonal unit vectors",
+                folder,
+            )
     _check_slice_orientations(series_reader, oriented, folder, series_uid, files)
     orientation = oriented[0]
     normal = np.cross(orientation[:3], orientation[3:])
