@@ -17,6 +17,7 @@ import typer
 
 from medcyclegan import __version__
 from medcyclegan.errors import MedCycleGANError
+from medcyclegan.runtime import DEVICE_HELP
 
 app = typer.Typer(
     name="medcyclegan",
@@ -170,7 +171,7 @@ def train(
         None, "--context-slices", help="2.5D: neighbouring slices each side."
     ),
     seed: int | None = typer.Option(None, "--seed", help="Random seed."),
-    device: str | None = typer.Option(None, "--device", help="auto, cpu, cuda or cuda:N (GPU number N)."),
+    device: str | None = typer.Option(None, "--device", help=DEVICE_HELP),
     num_workers: int | None = typer.Option(None, "--num-workers", help="DataLoader worker processes."),
     val_src: Path | None = typer.Option(None, "--val-src", help="Validation volumes of domain A."),
     val_tgt: Path | None = typer.Option(
@@ -306,7 +307,7 @@ def convert(
         None, "--to", help="Target modality ct or mr [default: the training target]."
     ),
     batch_size: int = typer.Option(16, "--batch-size", help="Slices per forward pass."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N (GPU number N)."),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     mask_background: bool = typer.Option(
         False, "--mask-background", help="Set voxels outside the body to air."
     ),
@@ -452,7 +453,7 @@ def augment(
         None, "--labels-json", help='Label names: {"background": 0, "liver": 1}.'
     ),
     batch_size: int = typer.Option(16, "--batch-size", help="Slices per forward pass."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N (GPU number N)."),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     overwrite: bool = typer.Option(False, "--overwrite", help="Rewrite cases that already exist."),
     check: Path | None = typer.Option(
         None, "--check", help="Only check an existing nnU-Net v2 or MSD dataset folder."

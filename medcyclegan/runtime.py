@@ -16,6 +16,8 @@ if TYPE_CHECKING:
 
 # What --device accepts; "cuda:N" is GPU number N of this machine.
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "cuda:N")
+# The --device help of every verb that takes it.
+DEVICE_HELP = "auto, cpu, cuda or cuda:N (GPU number N)."
 _DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 
