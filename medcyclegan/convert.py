@@ -19,7 +19,6 @@ equals a whole-volume pass (see ``tests/test_reliability.py``).
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -428,7 +427,9 @@ def plan_outputs(
                 "folder (each output keeps its input's name)",
                 output,
             )
-        if root is not None and _is_inside(output, root):
+        from medcyclegan.io.discovery import is_inside
+
+        if root is not None and is_inside(output, root):
             # The next conversion (or a training run) of that folder would take the outputs for inputs.
             raise OutputError(
                 f"is inside the input folder {root}: the outputs would be found as inputs by the next "
@@ -446,12 +447,6 @@ def plan_outputs(
     if not output.name.lower().endswith(OUTPUT_SUFFIXES):
         raise OutputError(f"unknown output format; use one of {', '.join(OUTPUT_SUFFIXES)}", output)
     return [output]
-
-
-def _is_inside(path: Path, folder: Path) -> bool:
-    """Whether ``path`` (existing or not) is ``folder`` or lies below it, links resolved."""
-    inner, outer = Path(os.path.realpath(path)), Path(os.path.realpath(folder))
-    return inner == outer or outer in inner.parents
 
 
 def _mirrored_output_path(input_path: Path, root: Path | None, output_dir: Path) -> Path:

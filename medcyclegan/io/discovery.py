@@ -294,6 +294,16 @@ def files_of_volume(path: str | Path) -> list[Path]:
     return [path, *(f for f, name in zip(layout.data_files, layout.data_names) if name.strip())]
 
 
+def is_inside(path: str | Path, folder: str | Path) -> bool:
+    """Whether ``path`` (existing or not) is ``folder`` or lies below it, links resolved.
+
+    Used to refuse outputs written into an input folder (a run folder in ``--src``, a convert
+    output folder in its input folder), where the next discovery would take them for inputs.
+    """
+    inner, outer = Path(os.path.realpath(path)), Path(os.path.realpath(folder))
+    return inner == outer or outer in inner.parents
+
+
 def path_key(path: str | Path) -> str:
     """A key that is equal for two paths naming the same file: absolute, links resolved, case folded.
 

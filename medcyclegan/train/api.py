@@ -58,20 +58,18 @@ def check_run_dir_outside_inputs(out: Path, inputs: dict[str, Path | None]) -> N
     Raises:
         OutputError: ``out`` is, or is inside, one of the input folders (named by its option).
     """
+    from medcyclegan.io.discovery import is_inside
     from medcyclegan.train.data_record import ROLES
 
-    run = Path(os.path.realpath(out))
     for role, given in inputs.items():
-        if given is None or not Path(given).is_dir():
+        if given is None or not Path(given).is_dir() or not is_inside(out, given):
             continue
-        folder = Path(os.path.realpath(given))
-        if run == folder or folder in run.parents:
-            where = "is" if run == folder else "is inside"
-            raise OutputError(
-                f"{where} the {ROLES[role]} folder {given}: the run would write its files among the input "
-                "data; choose an --out outside it",
-                out,
-            )
+        where = "is" if os.path.realpath(out) == os.path.realpath(given) else "is inside"
+        raise OutputError(
+            f"{where} the {ROLES[role]} folder {given}: the run would write its files among the input "
+            "data; choose an --out outside it",
+            out,
+        )
 
 
 def _check_domains_differ(src: list[Path], tgt: list[Path]) -> None:
