@@ -16,6 +16,7 @@ from typing import Any
 import typer
 
 from medcyclegan import __version__
+from medcyclegan.config import MODEL_KINDS
 from medcyclegan.errors import MedCycleGANError
 from medcyclegan.runtime import DEVICE_HELP
 
@@ -146,6 +147,9 @@ def train(
     ngf: int | None = typer.Option(None, "--ngf", help="Generator filters in the first layer."),
     ndf: int | None = typer.Option(None, "--ndf", help="Discriminator filters in the first layer."),
     n_blocks: int | None = typer.Option(None, "--n-blocks", help="Residual blocks in the generator."),
+    model: str | None = typer.Option(
+        None, "--model", "-m", help=f"Translation model (model.kind): {', '.join(MODEL_KINDS)}."
+    ),
     generator: str | None = typer.Option(None, "--generator", help="resnet or resnet-attention."),
     upsample: str | None = typer.Option(
         None, "--upsample", help="transpose (reference) or resize (no checkerboard)."
@@ -227,6 +231,7 @@ def train(
             "train.max_steps": max_steps,
             "data.image_size": image_size,
             "optim.batch_size": batch_size,
+            "model.kind": model,
             "model.ngf": ngf,
             "model.ndf": ndf,
             "model.n_blocks": n_blocks,
@@ -394,6 +399,7 @@ def info(
     nets = summary["networks"]
     gen, disc = nets["generator"], nets["discriminator"]
     rows = [
+        ("model", str(summary["model"])),
         ("direction", summary["direction"]),
         (
             "progress",

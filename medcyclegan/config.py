@@ -29,6 +29,8 @@ from medcyclegan.errors import ConfigError
 from medcyclegan.runtime import check_device_name
 
 MODALITIES = ("mr", "ct")
+# Translation models (medcyclegan.models registers one class under each name).
+MODEL_KINDS = ("cyclegan",)
 GENERATORS = ("resnet", "resnet-attention")
 UPSAMPLE_MODES = ("transpose", "resize")
 GAN_MODES = ("lsgan", "vanilla", "hinge")
@@ -159,9 +161,11 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    """The networks, in the reference CycleGAN's terms.
+    """The model and its networks, in the reference CycleGAN's terms.
 
     Attributes:
+        kind: the translation model (:data:`MODEL_KINDS`; ``"cyclegan"``, which configs of
+            medcyclegan 0.1.0 meant without saying).
         generator: ``"resnet"`` (reference) or ``"resnet-attention"`` (Mask CycleGAN variant).
         ngf: filters of the generator's first layer (c7s1-ngf).
         n_blocks: residual blocks (9 for 256 px, 6 for 128 px in the reference).
@@ -172,6 +176,7 @@ class ModelConfig:
         init_gain: standard deviation of the normal(0, gain) weight initialisation.
     """
 
+    kind: str = "cyclegan"
     generator: str = "resnet"
     ngf: int = 64
     n_blocks: int = 9
@@ -182,6 +187,7 @@ class ModelConfig:
 
     def validate(self) -> None:
         _check_finite("model", self)
+        _check_choice("model", "kind", self.kind, MODEL_KINDS)
         _check_choice("model", "generator", self.generator, GENERATORS)
         _check_choice("model", "upsample", self.upsample, UPSAMPLE_MODES)
         for name in ("ngf", "ndf", "n_layers_d"):

@@ -27,7 +27,7 @@ from medcyclegan.errors import CheckpointError, ConfigError, OutputError
 from medcyclegan.train import distributed
 from medcyclegan.train.checkpoint import load_checkpoint
 from medcyclegan.train.distributed import DistributedContext, shard, strip_option, torchrun_command
-from medcyclegan.train.trainer import epoch_batches
+from medcyclegan.train.schedule import epoch_batches
 
 NETS = ("G_AB", "G_BA", "D_A", "D_B")
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -58,7 +58,9 @@ def _torchrun_env() -> dict[str, str]:
 
 
 def _flat_weights(trainer) -> torch.Tensor:
-    return torch.cat([p.detach().reshape(-1) for name in NETS for p in getattr(trainer, name).parameters()])
+    return torch.cat(
+        [p.detach().reshape(-1) for name in NETS for p in getattr(trainer.model, name).parameters()]
+    )
 
 
 def _worker(rank: int, world_size: int, port: int, root: str) -> None:
@@ -112,8 +114,8 @@ def _worker(rank: int, world_size: int, port: int, root: str) -> None:
         "steps_per_epoch": straight.steps_per_epoch,
         "same_weights_on_all_ranks": all(torch.equal(gathered[0], w) for w in gathered),
         "checkpoint_writes": writes,
-        "pool_sizes": [len(straight.pool_A), len(straight.pool_B)],
-        "lr": straight.opt_G.param_groups[0]["lr"],
+        "pool_sizes": [len(straight.model.pool_A), len(straight.model.pool_B)],
+        "lr": straight.model.opt_G.param_groups[0]["lr"],
     }
     (base / f"report{rank}.json").write_text(json.dumps(report))
 

@@ -60,17 +60,19 @@ def _trainer(domains, tmp_path: Path, name: str, **overrides) -> Trainer:
 def _step_and_compare(plain: Trainer, fast: Trainer) -> None:
     for name in NETS:
         for (key, a), b in zip(
-            getattr(plain, name).state_dict().items(), getattr(fast, name).state_dict().values()
+            getattr(plain.model, name).state_dict().items(), getattr(fast.model, name).state_dict().values()
         ):
             assert torch.equal(a, b), f"{name}.{key} differs before the step"
-    batch_a, batch_b = next(iter(plain._epoch_iterator(0, 0)))
-    losses_plain = plain.train_step(batch_a, batch_b)
-    losses_fast = fast.train_step(batch_a, batch_b)
+    batch = next(iter(plain.data.epoch(0)))
+    losses_plain = plain.model.train_step(batch)
+    losses_fast = fast.model.train_step(batch)
     for key, value in losses_plain.items():
         torch.testing.assert_close(losses_fast[key], value, rtol=LOSS_RTOL, atol=1e-7, msg=key)
     lr = plain.cfg.optim.lr
     for name in NETS:
-        pairs = list(zip(getattr(plain, name).named_parameters(), getattr(fast, name).parameters()))
+        pairs = list(
+            zip(getattr(plain.model, name).named_parameters(), getattr(fast.model, name).parameters())
+        )
         scale = max(float(a.grad.abs().max()) for (_, a), _ in pairs)
         for (key, a), b in pairs:
             torch.testing.assert_close(
@@ -85,8 +87,8 @@ def test_channels_last_step_matches_the_plain_step(domains, tmp_path: Path) -> N
     plain = _trainer(domains, tmp_path, "plain", **{"train.channels_last": False})
     fast = _trainer(domains, tmp_path, "fast", **{"train.channels_last": True})
     assert not plain.channels_last and fast.channels_last
-    conv = fast.G_AB.encoder[0]
-    weights = [p for p in fast.G_AB.parameters() if p.ndim == 4 and p.shape[1] > 1]
+    conv = fast.model.G_AB.encoder[0]
+    weights = [p for p in fast.model.G_AB.parameters() if p.ndim == 4 and p.shape[1] > 1]
     assert weights and all(p.is_contiguous(memory_format=torch.channels_last) for p in weights), conv
     assert not all(p.is_contiguous() for p in weights)
     _step_and_compare(plain, fast)
@@ -102,8 +104,8 @@ def test_channels_last_defaults_to_off_on_the_cpu(domains, tmp_path: Path) -> No
 def test_resume_into_channels_last_relayouts_the_optimiser(domains, tmp_path: Path) -> None:
     mr, ct = domains
     first = _trainer(domains, tmp_path, "run", **{"train.channels_last": False})
-    batch_a, batch_b = next(iter(first._epoch_iterator(0, 0)))
-    first.train_step(batch_a, batch_b)
+    batch = next(iter(first.data.epoch(0)))
+    first.model.train_step(batch)
     first.save("last.pt")
     resumed = Trainer(
         _config(**{"train.channels_last": True}),
@@ -114,11 +116,11 @@ def test_resume_into_channels_last_relayouts_the_optimiser(domains, tmp_path: Pa
         show_progress=False,
     )
     assert resumed.cfg.train.channels_last is True  # a run-control field: may change on resume
-    for group in resumed.opt_G.param_groups:
+    for group in resumed.model.opt_G.param_groups:
         for param in group["params"]:
             for key in ("exp_avg", "exp_avg_sq"):
-                assert resumed.opt_G.state[param][key].stride() == param.stride(), key
-    resumed.train_step(batch_a, batch_b)
+                assert resumed.model.opt_G.state[param][key].stride() == param.stride(), key
+    resumed.model.train_step(batch)
 
 
 @pytest.mark.slow
@@ -138,14 +140,15 @@ def test_cuda_step_never_waits_for_the_gpu(domains, tmp_path: Path) -> None:
     """No host synchronisation inside the step (bf16, channels-last, fused Adam, pinned batches)."""
     trainer = _trainer(domains, tmp_path, "cuda", **{"train.device": "cuda"})
     assert trainer.amp and trainer.channels_last
-    batch_a, batch_b = next(iter(trainer._epoch_iterator(0, 0)))
-    batch_a = {k: v.pin_memory() if isinstance(v, torch.Tensor) else v for k, v in batch_a.items()}
-    batch_b = {k: v.pin_memory() if isinstance(v, torch.Tensor) else v for k, v in batch_b.items()}
+    batch = {
+        domain: {k: v.pin_memory() if isinstance(v, torch.Tensor) else v for k, v in items.items()}
+        for domain, items in next(iter(trainer.data.epoch(0))).items()
+    }
     for _ in range(6):  # past warm-up and until the image pools are full (pool_size 4, batch 2)
-        trainer.train_step(batch_a, batch_b)
+        trainer.model.train_step(batch)
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
-        trainer.train_step(batch_a, batch_b)
+        trainer.model.train_step(batch)
     finally:
         torch.cuda.set_sync_debug_mode("default")

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from medcyclegan.train.pool import ImagePool
+from medcyclegan.models.pool import ImagePool
 
 
 def labelled(values: list[float] | range, shape: tuple[int, ...] = (1, 4, 4)) -> torch.Tensor:

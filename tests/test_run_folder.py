@@ -339,7 +339,7 @@ def test_a_batch_larger_than_the_slices_warns_once(
         trainer = Trainer(
             tiny_config(**{"optim.batch_size": 500}), tmp_path / "b", mr, ct, show_progress=False
         )
-    n_src, n_tgt = len(trainer.src_dataset), len(trainer.tgt_dataset)
+    n_src, n_tgt = len(trainer.data.src_dataset), len(trainer.data.tgt_dataset)
     warnings = [r.getMessage() for r in caplog.records if "batch size" in r.getMessage()]
     assert warnings == [
         f"batch size 500 is larger than the {n_src} source and {n_tgt} target training slices: each batch "

@@ -15,7 +15,8 @@ from tiny import files, tiny_config, write_domain
 
 from medcyclegan.errors import CheckpointError, OutputError, TrainingError, TrainingInterrupted
 from medcyclegan.train.checkpoint import load_checkpoint
-from medcyclegan.train.trainer import Trainer, epoch_batches, lr_factor
+from medcyclegan.train.schedule import epoch_batches, lr_factor
+from medcyclegan.train.trainer import Trainer
 
 
 @pytest.fixture(scope="module")
@@ -189,15 +190,15 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_checkpoint(
         files(ct),
         show_progress=False,
     )
-    original = trainer.train_step
+    original = trainer.model.train_step
 
-    def poisoned(batch_a, batch_b):
-        losses = original(batch_a, batch_b)
+    def poisoned(batch):
+        losses = original(batch)
         if trainer.global_step == 4:  # the 5th step
             losses["loss_G"] = torch.tensor(float("nan"))
         return losses
 
-    monkeypatch.setattr(trainer, "train_step", poisoned)
+    monkeypatch.setattr(trainer.model, "train_step", poisoned)
     with pytest.raises(TrainingError, match="NaN or Inf at step 5"):
         trainer.fit()
     assert load_checkpoint(tmp_path / "n" / "checkpoints" / "last.pt")["step"] == 4

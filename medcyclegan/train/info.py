@@ -6,6 +6,8 @@ from pathlib import Path
 from typing import Any
 
 from medcyclegan.config import Config
+from medcyclegan.errors import CheckpointError
+from medcyclegan.models import model_class
 from medcyclegan.train.checkpoint import (
     checkpoint_config,
     find_checkpoint,
@@ -16,21 +18,11 @@ from medcyclegan.train.checkpoint import (
 
 
 def _check_architecture(data: dict[str, Any], cfg: Config, path: Path) -> None:
-    """Builds the networks the stored config describes and loads the stored weights into them."""
-    from medcyclegan.errors import CheckpointError
-    from medcyclegan.nets import build_discriminator_from_config, build_generator
-
-    channels = cfg.data.in_channels
-    nets = {
-        "G_AB": lambda: build_generator(cfg.model, channels, channels),
-        "G_BA": lambda: build_generator(cfg.model, channels, channels),
-        "D_A": lambda: build_discriminator_from_config(cfg.model, channels),
-        "D_B": lambda: build_discriminator_from_config(cfg.model, channels),
-    }
-    for name, build in nets.items():
+    """Builds the networks of the stored config's model and loads the stored weights into them."""
+    for name, net in model_class(cfg.model.kind).build_networks(cfg).items():
         if name not in data:
             raise CheckpointError(f"checkpoint has no {name} weights", path)
-        load_state_strict(build(), data[name], name, path)
+        load_state_strict(net, data[name], name, path)
 
 
 def describe(path: str | Path) -> dict[str, Any]:
@@ -48,6 +40,7 @@ def describe(path: str | Path) -> dict[str, Any]:
     info: dict[str, Any] = {
         "checkpoint": str(ckpt_path),
         "medcyclegan_version": data.get("version"),
+        "model": cfg.model.kind,
         "direction": f"{cfg.data.src_modality} -> {cfg.data.tgt_modality}",
         "epoch": int(data.get("epoch", 0)),
         "step": int(data.get("step", 0)),

@@ -1,0 +1,112 @@
+"""Validation metrics and sample grids of a training run, from the model's translators.
+
+Both go through the one slice-wise inference path (:func:`~medcyclegan.nets.slicewise.translate_array`)
+that conversion uses, so what validation measures is what ``convert`` produces.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from skimage.metrics import structural_similarity
+
+from medcyclegan.data.normalise import denormalise, output_params
+from medcyclegan.metrics import synthrad2023
+from medcyclegan.models.base import TranslationModel
+from medcyclegan.nets.slicewise import translate_array
+from medcyclegan.train.data_module import TrainingData
+from medcyclegan.train.samples import render_grid
+
+
+def validate(model: TranslationModel, data: TrainingData) -> dict[str, float]:
+    """Cycle consistency on validation volumes of both domains, and translation metrics on pairs.
+
+    Cycle metrics are computed in normalised units ([-1, 1]) inside each volume's body mask:
+    ``val/cycle_mae_A`` (mean absolute error), ``val/cycle_ssim_A`` (skimage SSIM, data range 2,
+    7-voxel window, averaged over the mask) and likewise for B; ``val/cycle_ssim`` and
+    ``val/cycle_mae`` average the two domains (only a model that translates both ways has them).
+    For pairs (same case name and grid) the translation A->B is scored with the SynthRAD2023
+    definitions when B is CT (HU; MAE on the window-clipped reference), otherwise in normalised units.
+    """
+    cfg = model.cfg
+
+    def run(direction: str, image: np.ndarray) -> np.ndarray:
+        return translate_array(
+            model.translator(direction),  # type: ignore[arg-type]
+            image,
+            context_slices=cfg.data.context_slices,
+            batch_size=max(8, cfg.optim.batch_size),
+            device=model.device,
+            amp=model.amp,
+        )
+
+    results: dict[str, list[float]] = {}
+    for label, volumes, forward, backward in (
+        ("A", data.val_src, "AB", "BA"),
+        ("B", data.val_tgt, "BA", "AB"),
+    ):
+        if forward not in model.directions:
+            continue
+        for volume in volumes:
+            fake = run(forward, volume.image)
+            if backward in model.directions:
+                rec = run(backward, fake)
+                mae, ssim = masked_mae_ssim(rec, volume.image, volume.mask)
+                results.setdefault(f"val/cycle_mae_{label}", []).append(mae)
+                results.setdefault(f"val/cycle_ssim_{label}", []).append(ssim)
+            if label != "A":
+                continue
+            pair = [j for i, j in data.val_pairs if data.val_src[i] is volume]
+            if not pair:
+                continue
+            ref = data.val_tgt[pair[0]]
+            if cfg.data.tgt_modality == "ct":
+                params = output_params(cfg.normalisation["tgt"])
+                scores = synthrad2023(denormalise(fake, params), denormalise(ref.image, ref.params), ref.mask)
+                for key, value in scores.items():
+                    results.setdefault(f"val/{key}", []).append(float(value))
+            else:
+                mae, ssim = masked_mae_ssim(fake, ref.image, ref.mask)
+                results.setdefault("val/mae", []).append(mae)
+                results.setdefault("val/ssim", []).append(ssim)
+    metrics = {k: float(np.mean(v)) for k, v in results.items()}
+    for stat in ("mae", "ssim"):
+        parts = [metrics[k] for k in (f"val/cycle_{stat}_A", f"val/cycle_{stat}_B") if k in metrics]
+        if parts:
+            metrics[f"val/cycle_{stat}"] = float(np.mean(parts))
+    return metrics
+
+
+def write_samples(model: TranslationModel, data: TrainingData, path: str | Path) -> np.ndarray:
+    """A PNG grid of :meth:`~medcyclegan.models.base.TranslationModel.sample_rows` at ``path``.
+
+    Each domain shows the slice of its sample volume with the most body (the most anatomy). CT tiles
+    use a soft-tissue window; an attention generator adds its mask m as a tile (black 0 = input kept,
+    white 1 = generated content). Returns the grid (H, W) uint8.
+    """
+    cfg = model.cfg
+    k = cfg.data.context_slices
+    slabs, centres = {}, {}
+    for domain, volume in zip(("A", "B"), data.sample_volumes()):
+        z = int(np.argmax(volume.mask.reshape(-1, volume.mask.shape[2]).sum(axis=0)))
+        z_lo, z_hi = max(0, z - k), min(volume.image.shape[2], z + k + 1)
+        slabs[domain], centres[domain] = volume.image[:, :, z_lo:z_hi], z - z_lo
+    rows = model.sample_rows(slabs, centres)
+    records = {
+        cfg.data.src_modality: cfg.normalisation.get("src", {}),
+        cfg.data.tgt_modality: cfg.normalisation.get("tgt", {}),
+    }
+    return render_grid(rows, records, path)
+
+
+def masked_mae_ssim(pred: np.ndarray, ref: np.ndarray, mask: np.ndarray) -> tuple[float, float]:
+    """MAE and mean SSIM (skimage, 7-voxel window, data range 2) inside ``mask``, normalised units."""
+    if not mask.any():
+        return float("nan"), float("nan")
+    mae = float(np.abs(pred - ref)[mask].mean())
+    win = min(7, *[s if s % 2 == 1 else s - 1 for s in pred.shape])
+    if win < 3:
+        return mae, float("nan")
+    _, ssim_map = structural_similarity(ref, pred, data_range=2.0, win_size=win, full=True)
+    return mae, float(ssim_map[mask].mean())
