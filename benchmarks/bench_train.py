@@ -50,6 +50,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from medcyclegan.runtime import resolve_device
+
 PRESETS: dict[str, dict[str, Any]] = {
     "quick": {
         "size": 64,
@@ -402,13 +404,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.child:
         child_memory(args)
         return
-    device = torch.device(
-        "cuda"
-        if args.device == "auto" and torch.cuda.is_available()
-        else args.device
-        if args.device != "auto"
-        else "cpu"
-    )
+    device = resolve_device(args.device)
     names = (args.preset or ("gpu" if device.type == "cuda" else "quick,full")).split(",")
     scenarios = []
     for name in names:

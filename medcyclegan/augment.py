@@ -39,6 +39,7 @@ import numpy as np
 
 from medcyclegan.errors import ConfigError, InputError, OutputError
 from medcyclegan.io.lock import FolderLock
+from medcyclegan.runtime import resolve_device
 
 if TYPE_CHECKING:  # convert imports torch: only for the type hint
     from medcyclegan.convert import TranslationModel
@@ -205,8 +206,8 @@ def augment_dataset(
             finished dataset fails :func:`check_dataset`.
         CheckpointError: the model cannot be loaded or cannot produce ``to``.
     """
+    # lazy: convert imports torch (about 2 s, python -X importtime), which `augment --check` does not need.
     from medcyclegan.convert import TranslationModel, load_model
-    from medcyclegan.runtime import resolve_device
 
     fmt = _check_choice("format", fmt, FORMATS)
     if not isinstance(model, TranslationModel):
@@ -744,7 +745,8 @@ def _check_no_stale_cases(dataset_dir: Path, fmt: str, planned: set[str]) -> Non
 
 
 def _model_identity(translator: Any) -> dict[str, Any]:
-    from medcyclegan.train.checkpoint import checkpoint_identity
+    # lazy: checkpoint imports torch (about 2 s), which `augment --check` does not need.
+    from medcyclegan.checkpoint import checkpoint_identity
 
     return {**checkpoint_identity(translator.checkpoint), "to": translator.target_modality}
 

@@ -5,14 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from medcyclegan.config import Config
-from medcyclegan.train.checkpoint import (
+from medcyclegan.checkpoint import (
     checkpoint_config,
     find_checkpoint,
     load_checkpoint,
     load_state_strict,
     same_run,
 )
+from medcyclegan.config import Config
 
 
 def _check_architecture(data: dict[str, Any], cfg: Config, path: Path) -> None:

@@ -27,7 +27,7 @@ autocast with channels-last tensors, fused Adam, cuDNN autotuning, pinned memory
 copies, and never waits for the GPU: the losses are read back (and checked for NaN) only every
 ``train.log_every`` steps.
 
-Several processes (``torchrun``, see :mod:`medcyclegan.train.distributed`): each process takes every
+Several processes (``torchrun``, see :mod:`medcyclegan.runtime.distributed`): each process takes every
 ``world_size``-th batch of the epoch's batch list (a global step uses ``world_size`` consecutive
 batches), the networks are wrapped in ``DistributedDataParallel`` (gradients averaged), every
 process keeps its own image pools, and rank 0 alone logs, validates, draws samples and writes
@@ -60,14 +60,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from medcyclegan import __version__
-from medcyclegan.config import Config, config_to_yaml, save_config
-from medcyclegan.errors import CheckpointError, ConfigError, OutputError, TrainingError, TrainingInterrupted
-from medcyclegan.io.atomic import atomic_path, atomic_write_text
-from medcyclegan.io.lock import FolderLock, remove_stale_temporaries
-from medcyclegan.runtime import resolve_device
-from medcyclegan.train import distributed
-from medcyclegan.train import resume as resume_rules
-from medcyclegan.train.checkpoint import (
+from medcyclegan.checkpoint import (
     checkpoint_config,
     load_checkpoint,
     load_state_strict,
@@ -76,6 +69,13 @@ from medcyclegan.train.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
+from medcyclegan.config import Config, config_to_yaml, save_config
+from medcyclegan.errors import CheckpointError, ConfigError, OutputError, TrainingError, TrainingInterrupted
+from medcyclegan.io.atomic import atomic_path, atomic_write_text
+from medcyclegan.io.lock import FolderLock, remove_stale_temporaries
+from medcyclegan.runtime import distributed, resolve_device
+from medcyclegan.runtime.precision import use_bf16, use_channels_last
+from medcyclegan.train import resume as resume_rules
 from medcyclegan.train.data_record import DATA_FILE
 
 logger = logging.getLogger("medcyclegan")
@@ -177,7 +177,7 @@ class _GeneratorStep(torch.nn.Module):
 
     def forward(self, x: torch.Tensor, with_attention: bool = False) -> Any:
         if with_attention:
-            from medcyclegan.nets.slicewise import forward_with_attention
+            from medcyclegan.inference import forward_with_attention
 
             return forward_with_attention(self.generator, x)
         return self.generator(x)
@@ -262,10 +262,8 @@ class Trainer:
             self._check_fresh_run_dir(overwrite)
         self.cfg = cfg
         self.device = distributed.setup(self.dist, resolve_device(cfg.train.device))
-        self.amp = cfg.train.amp == "bf16" or (cfg.train.amp == "auto" and self.device.type == "cuda")
-        self.channels_last = (
-            self.device.type == "cuda" if cfg.train.channels_last is None else bool(cfg.train.channels_last)
-        )
+        self.amp = use_bf16(cfg.train.amp, self.device)
+        self.channels_last = use_channels_last(cfg.train.channels_last, self.device)
         self._seed_everything(cfg.train.seed)
         self.data_record = self._record_data(
             src_paths, tgt_paths, val_src_paths, val_tgt_paths, src_mask_paths, tgt_mask_paths
@@ -758,7 +756,7 @@ class Trainer:
     ) -> dict[str, torch.Tensor]:
         """One reference CycleGAN step. Returns the loss terms as 0-d tensors (not synchronised)."""
         from medcyclegan.losses import attention_regulariser, l1_loss, masked_l1, outline_loss
-        from medcyclegan.nets.slicewise import autocast_context
+        from medcyclegan.runtime.precision import autocast_context
 
         cfg = self.cfg.loss
         real_a = batch_a["image"].to(self.device, non_blocking=True)
@@ -1057,8 +1055,8 @@ class Trainer:
         window-clipped reference), otherwise in normalised units.
         """
         from medcyclegan.data.normalise import denormalise, output_params
+        from medcyclegan.inference import translate_array
         from medcyclegan.metrics import synthrad2023
-        from medcyclegan.nets.slicewise import translate_array
 
         def run(generator: torch.nn.Module, image: np.ndarray) -> np.ndarray:
             return translate_array(
@@ -1111,7 +1109,7 @@ class Trainer:
         CT tiles use a soft-tissue window; an attention generator adds its mask m as a fourth tile
         (black 0 = input kept, white 1 = generated content).
         """
-        from medcyclegan.nets.slicewise import context_stack, translate_array
+        from medcyclegan.inference import context_stack, translate_array
         from medcyclegan.train.samples import render_grid
 
         vols_a = self.val_src or self.src_volumes
@@ -1167,8 +1165,8 @@ def _foreign_run_files(run_dir: Path, names: Sequence[str]) -> list[str]:
     format marker, a ``config.yaml`` that is not a run's resolved config, CSV logs without the
     run's header, or JSON records of another shape are someone else's, and never removed.
     """
+    from medcyclegan.checkpoint import is_medcyclegan_checkpoint
     from medcyclegan.io.lock import is_atomic_temporary
-    from medcyclegan.train.checkpoint import is_medcyclegan_checkpoint
 
     foreign: list[str] = []
     for name in names:
