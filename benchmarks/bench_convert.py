@@ -113,9 +113,6 @@ class TimedGenerator(torch.nn.Module):
         super().__init__()
         self.generator = generator
         self.timer = timer
-        # What the inference path and convert read from the network itself.
-        self.stride_multiple = generator.stride_multiple
-        self.min_input_size = generator.min_input_size
         if hasattr(generator, "forward_with_attention"):
             self.forward_with_attention = self._forward_with_attention
 

@@ -54,7 +54,7 @@ from medcyclegan.io.discovery import (
 )
 from medcyclegan.io.volume import Geometry, Volume
 from medcyclegan.io.writers import cast_values, files_written_by, write_volume
-from medcyclegan.nets import build_generator
+from medcyclegan.nets import build_generator, generator_class
 from medcyclegan.runtime import distributed, resolve_device
 from medcyclegan.runtime.precision import use_bf16
 
@@ -90,6 +90,16 @@ class TranslationModel:
     def amp(self) -> bool:
         """bf16 autocast as training used it (``train.amp``, see :func:`~medcyclegan.runtime.precision.use_bf16`)."""
         return use_bf16(self.cfg.train.amp, self.device)
+
+    @property
+    def stride_multiple(self) -> int:
+        """The generator's input H and W are padded to multiples of this (its architecture's)."""
+        return generator_class(self.cfg.model.generator).stride_multiple
+
+    @property
+    def min_slice_voxels(self) -> int:
+        """The smallest in-plane size (voxels per axis, at the model's spacing) the generator takes."""
+        return generator_class(self.cfg.model.generator).min_input_size
 
 
 def load_model(model: str | Path | None, *, to: str | None = None, device: str = "auto") -> TranslationModel:
@@ -255,7 +265,7 @@ def translate_loaded(
     _check_slice_size(
         (nx, ny),
         size_xy,
-        model.generator.min_input_size,
+        model.min_slice_voxels,
         cfg.data.spacing,
         volume.geometry.source_path or None,
     )
@@ -287,6 +297,7 @@ def translate_loaded(
             context_slices=k,
             device=model.device,
             amp=model.amp,
+            stride_multiple=model.stride_multiple,
         )
         if not np.isfinite(translated_zxy).all():
             raise CheckpointError(
