@@ -156,7 +156,7 @@ class ResnetGenerator(nn.Module):
         self.out_channels = out_channels
         self.upsample = upsample
         k, n = ngf, self.n_downsampling
-        # d2k, d4k: each doubles the channels and halves H and W; uk2, uk undo it in reverse.
+        # d2k, d4k: each doubles the channels and halves H and W; u2k, uk undo them in reverse.
         self.encoder = nn.Sequential(c7s1(in_channels, k), *(d(k * 2**i, k * 2 ** (i + 1)) for i in range(n)))
         self.blocks = nn.Sequential(*(R(k * 2**n) for _ in range(n_blocks)))
         self.decoder = nn.Sequential(*(u(k * 2 ** (i + 1), k * 2**i, upsample) for i in reversed(range(n))))
