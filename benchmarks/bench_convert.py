@@ -37,6 +37,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from medcyclegan.runtime import resolve_device
+
 MODELS = {"quick": {"model.ngf": 16, "model.n_blocks": 3, "model.ndf": 16}, "full": {}}
 
 # (module, function) pairs timed for the breakdown; those missing in this version are skipped.
@@ -54,8 +56,9 @@ STAGES = (
     ("medcyclegan.data.normalise", "fit_normalisation"),
     ("medcyclegan.data.normalise", "normalise"),
     ("medcyclegan.data.normalise", "denormalise"),
-    ("medcyclegan.nets.slicewise", "translate_array"),
+    ("medcyclegan.inference", "translate_array"),
     ("medcyclegan.convert", "_translate_slab"),
+    ("medcyclegan.inference", "translate_slices"),
     ("medcyclegan.io.writers", "cast_values"),
     ("medcyclegan.io.writers", "write_volume"),
 )
@@ -64,6 +67,7 @@ STAGES = (
 LABELS = {
     "translate_array": "translate_array (stacking, padding, copies)",
     "_translate_slab": "slab to/from the generator (stacking, padding, copies)",
+    "translate_slices": "slab to/from the generator (stacking, padding, copies)",
     "write_volume": "write_volume (incl. compression)",
     "read_volume": "read_volume (incl. decompression)",
 }
@@ -123,14 +127,28 @@ class TimedGenerator(torch.nn.Module):
 
 @contextlib.contextmanager
 def timed_stages(timer: StageTimer) -> Iterator[None]:
-    """Replaces the stage functions in their modules by timed versions, restoring them afterwards."""
+    """Replaces the stage functions by timed versions, restoring them afterwards.
+
+    Each is replaced in its own module and wherever a medcyclegan module imported it by name (e.g.
+    ``medcyclegan.convert`` imports ``translate_slices`` at its top).
+    """
     saved = []
     for module_name, name in STAGES:
-        module = importlib.import_module(module_name)
-        function = getattr(module, name, None)
-        if function is not None:
-            saved.append((module, name, function))
-            setattr(module, name, timer.wrap(name, function))
+        try:
+            home = importlib.import_module(module_name)
+        except ImportError:  # a module of another version
+            continue
+        function = getattr(home, name, None)
+        if function is None:
+            continue
+        timed = timer.wrap(name, function)
+        for module in [
+            m for key, m in sys.modules.items() if key.startswith("medcyclegan") and m is not None
+        ]:
+            for attribute, value in list(vars(module).items()):
+                if value is function:
+                    saved.append((module, attribute, function))
+                    setattr(module, attribute, timed)
     try:
         yield
     finally:
@@ -213,8 +231,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
-    device = torch.device("cuda" if cuda else "cpu")
+    device = resolve_device(args.device)
+    cuda = device.type == "cuda"
     model_name = args.model or ("full" if cuda else "quick")
     depth = args.depth or (200 if cuda else 24)
     if args.spacing is None:

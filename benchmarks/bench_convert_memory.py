@@ -100,9 +100,9 @@ def whole_volume_convert(model: object, input_path: Path, output_path: Path, bat
     from medcyclegan.convert import OUTPUT_DTYPE
     from medcyclegan.data.normalise import denormalise, output_params
     from medcyclegan.data.prepare import prepare_volume, restore_inplane
+    from medcyclegan.inference import translate_array
     from medcyclegan.io.readers import read_volume
     from medcyclegan.io.writers import write_volume
-    from medcyclegan.nets.slicewise import translate_array
 
     cfg = model.cfg  # type: ignore[attr-defined]
     volume = read_volume(input_path)

@@ -1,4 +1,4 @@
-"""Training speed: a reference-style CycleGAN loop versus ``Trainer.train_step``, in one run.
+"""Training speed: a reference-style CycleGAN loop versus ``CycleGAN.train_step``, in one run.
 
 (a) ``reference``: the loop of the reference implementation (junyanz/pytorch-CycleGAN-and-pix2pix),
     written here from its description: fp32, eager; forward of both cycles; generator update with
@@ -6,8 +6,9 @@
     of each domain in turn, each on a real batch and a batch drawn from its own 50-image history
     pool, each with its own backward; plain ``torch.optim.Adam`` (not fused). The batch is copied to
     the device from ordinary (pageable) memory, as the reference's data loader delivers it.
-(b) ``ours``: :meth:`medcyclegan.train.trainer.Trainer.train_step` with the run's fast path (on CUDA:
-    bf16 autocast, channels-last, fused Adam, pinned batches; ``--compile`` adds torch.compile).
+(b) ``ours``: :meth:`medcyclegan.models.CycleGAN.train_step` with the fast path a training run gives it
+    (:mod:`medcyclegan.runtime.precision`; on CUDA: bf16 autocast, channels-last, fused Adam, pinned
+    batches; ``--compile`` adds torch.compile).
 
 Both use the same networks (ResNet generator, 70x70 PatchGAN), start from the same weights and
 get the same random batches (uniform in [-1, 1]; one A and one B batch per iteration). The two
@@ -40,15 +41,15 @@ import random
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
+
+from medcyclegan.runtime import resolve_device
 
 PRESETS: dict[str, dict[str, Any]] = {
     "quick": {
@@ -180,34 +181,18 @@ class ReferenceLoop:
         self.opt_d.step()
 
 
-# ----------------------------------------------------------------------------- our trainer
-def _write_volumes(folder: Path) -> tuple[list[Path], list[Path]]:
-    """Two tiny volumes per domain: the Trainer needs files; the timed batches are random tensors."""
-    import nibabel as nib
-
-    x, y = np.meshgrid(np.linspace(-1, 1, 40), np.linspace(-1, 1, 40), indexing="ij")
-    body = (x / 0.8) ** 2 + (y / 0.7) ** 2 < 1
-    out: dict[str, list[Path]] = {"mr": [], "ct": []}
-    for modality, inside, outside, dtype in (("mr", 500.0, 0.0, np.float32), ("ct", 40.0, -1000.0, np.int16)):
-        (folder / modality).mkdir(parents=True, exist_ok=True)
-        for i in range(2):
-            vol = np.repeat(np.where(body, inside, outside)[:, :, None], 4, axis=2).astype(dtype)
-            path = folder / modality / f"case{i}.nii.gz"
-            nib.save(nib.Nifti1Image(vol, np.diag([2.0, 2.0, 3.0, 1.0])), path)
-            out[modality].append(path)
-    return out["mr"], out["ct"]
-
-
-def build_trainer(scenario: Scenario, batch: int, device: str, compile_: bool, workdir: Path) -> Any:
+# ----------------------------------------------------------------------------- our model
+def build_model(scenario: Scenario, batch: int, device: str, compile_: bool) -> Any:
+    """Our CycleGAN as a training run builds it (precision policy of the runtime layer)."""
     from medcyclegan.config import load_config
-    from medcyclegan.train.trainer import Trainer
+    from medcyclegan.models import model_class
+    from medcyclegan.runtime.precision import use_bf16, use_channels_last
+    from medcyclegan.train.schedule import lr_rule
 
-    mr, ct = _write_volumes(workdir / "data")
     cfg = load_config(
         None,
         {
             "data.image_size": scenario.size,
-            "data.min_body_fraction": 0.0,
             "model.ngf": scenario.ngf,
             "model.n_blocks": scenario.n_blocks,
             "model.ndf": scenario.ndf,
@@ -216,7 +201,16 @@ def build_trainer(scenario: Scenario, batch: int, device: str, compile_: bool, w
             "train.compile": compile_,
         },
     )
-    return Trainer(cfg, workdir / "run", mr, ct, show_progress=False, overwrite=True)
+    torch_device = torch.device(device)
+    model = model_class(cfg.model.kind)(
+        cfg,
+        torch_device,
+        lr_rule(cfg.optim),
+        amp=use_bf16(cfg.train.amp, torch_device),
+        channels_last=use_channels_last(cfg.train.channels_last, torch_device),
+    )
+    model.wrap_for_training(compile_)
+    return model
 
 
 def make_batches(
@@ -230,25 +224,23 @@ def make_batches(
     ]
 
 
-def as_trainer_batch(image: torch.Tensor, pin: bool) -> dict[str, torch.Tensor]:
+def as_model_batch(image: torch.Tensor, pin: bool) -> dict[str, torch.Tensor]:
     batch = {"image": image, "mask": (image > -0.9).float()}
     if pin:
         batch = {k: v.pin_memory() for k, v in batch.items()}
     return batch
 
 
-def build_pair(
-    scenario: Scenario, batch: int, device: torch.device, compile_: bool, workdir: Path
-) -> tuple[Any, Any]:
-    """Our Trainer and a reference loop on copies of the same initial weights."""
+def build_pair(scenario: Scenario, batch: int, device: torch.device, compile_: bool) -> tuple[Any, Any]:
+    """Our model and a reference loop on copies of the same initial weights."""
     import copy
 
-    trainer = build_trainer(scenario, batch, device.type, compile_, workdir)
+    model = build_model(scenario, batch, device.type, compile_)
     nets = {
-        name: copy.deepcopy(getattr(trainer, name)).to(memory_format=torch.contiguous_format)
-        for name in ("G_AB", "G_BA", "D_A", "D_B")
+        name: copy.deepcopy(net).to(memory_format=torch.contiguous_format)
+        for name, net in model.networks().items()
     }
-    return trainer, ReferenceLoop(nets, device)
+    return model, ReferenceLoop(nets, device)
 
 
 def build_reference(scenario: Scenario, device: torch.device) -> ReferenceLoop:
@@ -286,34 +278,33 @@ def child_memory(args: argparse.Namespace) -> None:
     """Runs one loop alone for a few iterations and prints its peak memory as JSON."""
     # Imports both loops need happen before the baseline is taken.
     import medcyclegan.losses
+    import medcyclegan.models
     import medcyclegan.nets.discriminator
-    import medcyclegan.train.trainer
 
     del medcyclegan
 
     scenario = Scenario(**json.loads(args.scenario))
     device = torch.device(args.device)
     baseline = _rss_mib("VmRSS")
-    with tempfile.TemporaryDirectory() as tmp:
-        batches = make_batches(scenario, args.batch, 3)
-        pin = device.type == "cuda"
-        if args.child == "ours":
-            trainer = build_trainer(scenario, args.batch, device.type, args.compile, Path(tmp))
-            steps = [
-                lambda a=a, b=b: trainer.train_step(as_trainer_batch(a, pin), as_trainer_batch(b, pin))
-                for a, b in batches
-            ]
-        else:
-            reference = build_reference(scenario, device)
-            steps = [lambda a=a, b=b: reference.step(a, b) for a, b in batches]
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-        for step in steps:
-            step()
-        _sync(device)
-        result = {"rss_peak_mib": _rss_mib("VmHWM"), "rss_baseline_mib": baseline}
-        if device.type == "cuda":
-            result["cuda_peak_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
+    batches = make_batches(scenario, args.batch, 3)
+    pin = device.type == "cuda"
+    if args.child == "ours":
+        model = build_model(scenario, args.batch, device.type, args.compile)
+        steps = [
+            lambda a=a, b=b: model.train_step({"A": as_model_batch(a, pin), "B": as_model_batch(b, pin)})
+            for a, b in batches
+        ]
+    else:
+        reference = build_reference(scenario, device)
+        steps = [lambda a=a, b=b: reference.step(a, b) for a, b in batches]
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    for step in steps:
+        step()
+    _sync(device)
+    result = {"rss_peak_mib": _rss_mib("VmHWM"), "rss_baseline_mib": baseline}
+    if device.type == "cuda":
+        result["cuda_peak_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
     print("RESULT " + json.dumps(result))
 
 
@@ -350,29 +341,28 @@ def time_pair(
     scenario: Scenario, batch: int, device: torch.device, compile_: bool, block: int
 ) -> dict[str, list[float]]:
     """Seconds per iteration of each loop, blocks of ``block`` iterations alternating between the loops."""
-    with tempfile.TemporaryDirectory() as tmp:
-        trainer, reference = build_pair(scenario, batch, device, compile_, Path(tmp))
-        pin = device.type == "cuda"
-        batches = make_batches(scenario, batch, 4)
-        ours_batches = [(as_trainer_batch(a, pin), as_trainer_batch(b, pin)) for a, b in batches]
-        loops = {
-            "reference": lambda i: reference.step(*batches[i % len(batches)]),
-            "ours": lambda i: trainer.train_step(*ours_batches[i % len(ours_batches)]),
-        }
-        times: dict[str, list[float]] = {name: [] for name in loops}
-        counter = 0
-        for phase, blocks in (("warmup", scenario.warmup), ("timed", scenario.iters)):
-            for _ in range(blocks):
-                for name, run in loops.items():
-                    _sync(device)
-                    start = time.perf_counter()
-                    for _ in range(block):
-                        run(counter)
-                        counter += 1
-                    _sync(device)
-                    if phase == "timed":
-                        times[name].append((time.perf_counter() - start) / block)
-        return times
+    model, reference = build_pair(scenario, batch, device, compile_)
+    pin = device.type == "cuda"
+    batches = make_batches(scenario, batch, 4)
+    ours_batches = [{"A": as_model_batch(a, pin), "B": as_model_batch(b, pin)} for a, b in batches]
+    loops = {
+        "reference": lambda i: reference.step(*batches[i % len(batches)]),
+        "ours": lambda i: model.train_step(ours_batches[i % len(ours_batches)]),
+    }
+    times: dict[str, list[float]] = {name: [] for name in loops}
+    counter = 0
+    for phase, blocks in (("warmup", scenario.warmup), ("timed", scenario.iters)):
+        for _ in range(blocks):
+            for name, run in loops.items():
+                _sync(device)
+                start = time.perf_counter()
+                for _ in range(block):
+                    run(counter)
+                    counter += 1
+                _sync(device)
+                if phase == "timed":
+                    times[name].append((time.perf_counter() - start) / block)
+    return times
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -402,13 +392,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.child:
         child_memory(args)
         return
-    device = torch.device(
-        "cuda"
-        if args.device == "auto" and torch.cuda.is_available()
-        else args.device
-        if args.device != "auto"
-        else "cpu"
-    )
+    device = resolve_device(args.device)
     names = (args.preset or ("gpu" if device.type == "cuda" else "quick,full")).split(",")
     scenarios = []
     for name in names:

@@ -39,9 +39,10 @@ import numpy as np
 
 from medcyclegan.errors import ConfigError, InputError, OutputError
 from medcyclegan.io.lock import FolderLock
+from medcyclegan.runtime import resolve_device
 
 if TYPE_CHECKING:  # convert imports torch: only for the type hint
-    from medcyclegan.convert import TranslationModel
+    from medcyclegan.convert import ConversionModel
 
 logger = logging.getLogger("medcyclegan")
 
@@ -154,7 +155,7 @@ class _Pair:
 def augment_dataset(
     images: str | Path,
     labels: str | Path,
-    model: str | Path | TranslationModel | None,
+    model: str | Path | ConversionModel | None,
     out: str | Path,
     *,
     fmt: str = "nnunetv2",
@@ -178,7 +179,7 @@ def augment_dataset(
         images: folder of images (any format :func:`~medcyclegan.io.read_volume` reads), or one file.
         labels: folder of integer label maps, one per image, each on its image's grid.
         model: a run folder or checkpoint (see :func:`~medcyclegan.convert.load_model`), ``None`` for
-            the newest run under ``./runs``, or an already loaded ``TranslationModel``.
+            the newest run under ``./runs``, or an already loaded ``ConversionModel``.
         out: parent folder of the dataset (e.g. ``$nnUNet_raw``); a path already ending in the dataset
             folder's name (``Dataset005_SynthCT``) is used as the dataset folder itself.
         fmt: ``"nnunetv2"`` or ``"msd"``.
@@ -205,11 +206,11 @@ def augment_dataset(
             finished dataset fails :func:`check_dataset`.
         CheckpointError: the model cannot be loaded or cannot produce ``to``.
     """
-    from medcyclegan.convert import TranslationModel, load_model
-    from medcyclegan.runtime import resolve_device
+    # lazy: convert imports torch (about 2 s, python -X importtime), which `augment --check` does not need.
+    from medcyclegan.convert import ConversionModel, load_model
 
     fmt = _check_choice("format", fmt, FORMATS)
-    if not isinstance(model, TranslationModel):
+    if not isinstance(model, ConversionModel):
         resolve_device(device)  # a device this machine lacks fails before any input is read
     if to is not None:
         to = _check_choice("to", to, MODALITIES)
@@ -223,7 +224,7 @@ def augment_dataset(
 
     pairs = pair_cases(images, labels)
     declared = load_labels_json(labels_json) if labels_json is not None else None
-    if isinstance(model, TranslationModel):
+    if isinstance(model, ConversionModel):
         if to is not None and to != model.target_modality:
             raise ConfigError(f"the loaded model produces {model.target_modality}, not {to}")
         translator = model
@@ -744,7 +745,8 @@ def _check_no_stale_cases(dataset_dir: Path, fmt: str, planned: set[str]) -> Non
 
 
 def _model_identity(translator: Any) -> dict[str, Any]:
-    from medcyclegan.train.checkpoint import checkpoint_identity
+    # lazy: checkpoint imports torch (about 2 s), which `augment --check` does not need.
+    from medcyclegan.checkpoint import checkpoint_identity
 
     return {**checkpoint_identity(translator.checkpoint), "to": translator.target_modality}
 

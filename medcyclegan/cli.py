@@ -101,7 +101,7 @@ def _overrides(pairs: dict[str, Any], sets: list[str] | None) -> dict[str, Any]:
 
 def _relaunch_with_torchrun(gpus: int) -> None:
     """Runs this very command on ``gpus`` processes through torchrun and exits with its status."""
-    from medcyclegan.train.distributed import launch_with_torchrun, strip_option
+    from medcyclegan.runtime.distributed import launch_with_torchrun, strip_option
 
     if gpus < 1:
         raise MedCycleGANError(f"--gpus must be >= 1; got {gpus}")

@@ -3,8 +3,8 @@
 The path is the training path run forwards and then inverted:
 read (any format) -> RAS -> body mask + normalisation with the checkpoint's recorded parameters
 (MR percentiles of the input itself, the CT window of training) -> in-plane resampling as in training
--> the generator over every whole axial slice (padded to its stride multiple, cropped back, slices
-batched) -> in-plane resampling back onto the original grid -> denormalisation (CT in HU) ->
+-> the generator over every whole axial slice (the one slice-wise path, :mod:`medcyclegan.inference`:
+padded to its stride multiple, cropped back, slices batched) -> in-plane resampling back onto the original grid -> denormalisation (CT in HU) ->
 original voxel order -> written with the input's shape, affine, orientation and spacing.
 CT is written as int16 HU, MR as float32.
 
@@ -26,11 +26,38 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from medcyclegan import __version__
+from medcyclegan.checkpoint import (
+    checkpoint_config,
+    find_checkpoint,
+    load_checkpoint,
+    load_state_strict,
+    newest_run,
+)
 from medcyclegan.config import Config
+from medcyclegan.data.normalise import denormalise, output_params
+from medcyclegan.data.prepare import fit_volume, normalise_slices, prepared_inplane_shape, resample_slices
 from medcyclegan.errors import CheckpointError, InputError, OutputError
+from medcyclegan.inference import translate_slices
+
+# readers by module: its functions are looked up at call time (tests count the reads through it).
+from medcyclegan.io import readers
 from medcyclegan.io.atomic import check_can_write
+from medcyclegan.io.discovery import (
+    case_name,
+    files_of_volume,
+    find_volumes,
+    is_inside,
+    path_key,
+    shared_file,
+    split_series,
+)
 from medcyclegan.io.volume import Geometry, Volume
-from medcyclegan.runtime import resolve_device
+from medcyclegan.io.writers import cast_values, files_written_by, write_volume
+from medcyclegan.models import Direction, model_class
+from medcyclegan.nets import generator_class
+from medcyclegan.runtime import distributed, resolve_device
+from medcyclegan.runtime.precision import use_bf16
 
 logger = logging.getLogger("medcyclegan")
 
@@ -38,16 +65,10 @@ AIR_VALUE = {"ct": -1000.0, "mr": 0.0}
 OUTPUT_DTYPE = {"ct": "int16", "mr": "float32"}
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 OUTPUT_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
-# Slices are padded to a multiple of the generator's total stride (two stride-2 layers), with air.
-_STRIDE_MULTIPLE = 4
-_PAD_VALUE = -1.0
-# Smallest in-plane size the generator can take: padded to the stride multiple, the residual blocks
-# must still see 2 voxels (their reflection padding and InstanceNorm fail on 1).
-MIN_SLICE_VOXELS = _STRIDE_MULTIPLE + 1
 
 
 @dataclass
-class TranslationModel:
+class ConversionModel:
     """A generator ready to translate, with what training recorded about its data.
 
     Attributes:
@@ -68,10 +89,21 @@ class TranslationModel:
 
     @property
     def amp(self) -> bool:
-        return self.cfg.train.amp == "bf16" or (self.cfg.train.amp == "auto" and self.device.type == "cuda")
+        """bf16 autocast as training used it (``train.amp``, see :func:`~medcyclegan.runtime.precision.use_bf16`)."""
+        return use_bf16(self.cfg.train.amp, self.device)
+
+    @property
+    def stride_multiple(self) -> int:
+        """The generator's input H and W are padded to multiples of this (its architecture's)."""
+        return generator_class(self.cfg.model.generator).stride_multiple
+
+    @property
+    def min_slice_voxels(self) -> int:
+        """The smallest in-plane size (voxels per axis, at the model's spacing) the generator takes."""
+        return generator_class(self.cfg.model.generator).min_input_size
 
 
-def load_model(model: str | Path | None, *, to: str | None = None, device: str = "auto") -> TranslationModel:
+def load_model(model: str | Path | None, *, to: str | None = None, device: str = "auto") -> ConversionModel:
     """Loads the generator that translates into modality ``to`` from a run folder or checkpoint.
 
     The checkpoint is loaded without unpickling code (``weights_only``); its weights must match the
@@ -88,16 +120,6 @@ def load_model(model: str | Path | None, *, to: str | None = None, device: str =
         CheckpointError: missing, corrupted or unsafe checkpoint, weights of another architecture,
             non-finite weights, no recorded normalisation, or a modality the model cannot produce.
     """
-    from medcyclegan.nets import build_generator
-    from medcyclegan.train import distributed
-    from medcyclegan.train.checkpoint import (
-        checkpoint_config,
-        find_checkpoint,
-        load_checkpoint,
-        load_state_strict,
-        newest_run,
-    )
-
     # The device choice is checked first: a typo fails before the checkpoint is read.
     requested = resolve_device(device)
     path = find_checkpoint(newest_run() if model is None else model)
@@ -109,13 +131,18 @@ def load_model(model: str | Path | None, *, to: str | None = None, device: str =
         raise CheckpointError(f"this model translates {src} <-> {tgt}; it cannot produce {to!r}", path)
     if not cfg.normalisation:
         raise CheckpointError("checkpoint has no recorded normalisation parameters", path)
-    key = "G_AB" if to == tgt else "G_BA"
-    source = src if key == "G_AB" else tgt
+    model_type = model_class(cfg.model.kind)
+    direction: Direction = "AB" if to == tgt else "BA"
+    if direction not in model_type.directions:
+        raise CheckpointError(
+            f"this {cfg.model.kind} model translates only {src} -> {tgt}; it cannot produce {to!r}", path
+        )
+    key = model_type.translator_key(direction)
+    source = src if direction == "AB" else tgt
     state = data.get(key)
     if not isinstance(state, dict):
         raise CheckpointError(f"checkpoint has no {key} network weights", path)
-    channels = cfg.data.in_channels
-    generator = build_generator(cfg.model, channels, channels)
+    generator = model_type.build_translator(cfg, direction)
     load_state_strict(generator, state, key, path)
     bad = [
         name
@@ -131,18 +158,16 @@ def load_model(model: str | Path | None, *, to: str | None = None, device: str =
     # Under torchrun each process takes its own GPU (cuda:LOCAL_RANK).
     torch_device = distributed.local_device(distributed.detect(), requested)
     generator.to(torch_device).eval()
-    return TranslationModel(generator, cfg, source, to, path, torch_device)
+    return ConversionModel(generator, cfg, source, to, path, torch_device)
 
 
-def synthetic_description(model: TranslationModel) -> str:
+def synthetic_description(model: ConversionModel) -> str:
     """The description a translated volume carries in its header instead of its input's.
 
     E.g. ``"synthetic CT from MR by medcyclegan 0.4.0, model 20250101-1200/best.pt"``: what it is,
     what made it, and which checkpoint (run folder and file), most important first because NIfTI
     keeps only 79 characters.
     """
-    from medcyclegan import __version__
-
     checkpoint = model.checkpoint
     run = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
     model_name = f"{run.name}/{checkpoint.name}" if run.name else checkpoint.name
@@ -154,15 +179,13 @@ def synthetic_description(model: TranslationModel) -> str:
 
 def default_output_path(input_path: Path, output_dir: Path) -> Path:
     """``output_dir/<name>``: NIfTI and ITK files keep their name; DICOM folders become ``<case>.nii.gz``."""
-    from medcyclegan.io.discovery import case_name
-
     if input_path.is_file() and input_path.name.endswith(OUTPUT_SUFFIXES):
         return output_dir / input_path.name
     return output_dir / f"{case_name(input_path)}.nii.gz"
 
 
 def translate_volume(
-    model: TranslationModel,
+    model: ConversionModel,
     input_path: str | Path,
     *,
     batch_size: int = 16,
@@ -187,10 +210,8 @@ def translate_volume(
     Raises:
         InputError: unreadable, constant or otherwise unusable input or mask.
     """
-    from medcyclegan.io.readers import read_mask, read_volume
-
-    volume = read_volume(input_path)
-    mask = read_mask(mask_path, like=volume.geometry) if mask_path is not None else None
+    volume = readers.read_volume(input_path)
+    mask = readers.read_mask(mask_path, like=volume.geometry) if mask_path is not None else None
     out, attention = translate_loaded(
         model,
         volume,
@@ -203,7 +224,7 @@ def translate_volume(
 
 
 def translate_loaded(
-    model: TranslationModel,
+    model: ConversionModel,
     volume: Volume,
     *,
     batch_size: int = 16,
@@ -237,10 +258,6 @@ def translate_loaded(
         InputError: a constant input, or a mask on another grid.
         CheckpointError: the network produced NaN or Inf values.
     """
-    from medcyclegan.data.normalise import denormalise, output_params
-    from medcyclegan.data.prepare import fit_volume, normalise_slices, prepared_inplane_shape, resample_slices
-    from medcyclegan.io.writers import cast_values
-
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1; got {batch_size}")
     cfg = model.cfg
@@ -251,7 +268,13 @@ def translate_loaded(
     array = volume.array
     nx, ny, nz = (int(n) for n in array.shape)
     size_xy = prepared_inplane_shape((nx, ny, nz), volume.spacing, cfg.data.spacing)
-    _check_slice_size((nx, ny), size_xy, cfg.data.spacing, volume.geometry.source_path or None)
+    _check_slice_size(
+        (nx, ny),
+        size_xy,
+        model.min_slice_voxels,
+        cfg.data.spacing,
+        volume.geometry.source_path or None,
+    )
     # Whole-volume statistics, once. CT parameters do not depend on the mask: skip it unless needed.
     params, body = fit_volume(volume, model.source_modality, cfg.data, mask=mask, need_mask=mask_background)
     if not mask_background:
@@ -271,7 +294,17 @@ def translate_loaded(
         # as a whole-volume pass clips them.
         lo, hi = max(0, z0 - k), min(nz, z1 + k)
         prepared_zxy = normalise_slices(array[:, :, lo:hi], params, size_xy)
-        translated_zxy, slab_attention = _translate_slab(model, prepared_zxy, np.arange(z0, z1) - lo, k)
+        # The slab holds every context slice its centre slices need, so clipping at its ends is
+        # clipping at the volume's ends.
+        translated_zxy, slab_attention = translate_slices(
+            model.generator,
+            np.moveaxis(prepared_zxy, 0, 2),
+            np.arange(z0, z1) - lo,
+            context_slices=k,
+            device=model.device,
+            amp=model.amp,
+            stride_multiple=model.stride_multiple,
+        )
         if not np.isfinite(translated_zxy).all():
             raise CheckpointError(
                 f"the network produced NaN or Inf values on slices {z0}-{z1 - 1} of {where}; "
@@ -297,14 +330,15 @@ def translate_loaded(
 
 
 def _check_slice_size(
-    size: tuple[int, int], prepared: tuple[int, int], spacing_mm: float | None, path: str | None
+    size: tuple[int, int], prepared: tuple[int, int], minimum: int, spacing_mm: float | None, path: str | None
 ) -> None:
     """Refuses axial slices too small for the generator (e.g. one coronal slice: 40 x 1 voxels).
 
-    The model translates whole axial (x-y) slices; below :data:`MIN_SLICE_VOXELS` voxels per axis,
-    as the network sees them, it cannot run, and a thinner image is not one it could translate.
+    The model translates whole axial (x-y) slices; below ``minimum`` voxels per axis (the generator's
+    ``min_input_size``), as the network sees them, it cannot run, and a thinner image is not one it
+    could translate.
     """
-    if min(prepared) >= MIN_SLICE_VOXELS:
+    if min(prepared) >= minimum:
         return
     at_spacing = (
         f" ({prepared[0]} x {prepared[1]} at the model's {spacing_mm:g} mm spacing)"
@@ -313,42 +347,14 @@ def _check_slice_size(
     )
     raise InputError(
         f"its axial slices are {size[0]} x {size[1]} voxels{at_spacing}; the model translates whole axial "
-        f"slices and needs at least {MIN_SLICE_VOXELS} x {MIN_SLICE_VOXELS}: a single coronal or sagittal "
+        f"slices and needs at least {minimum} x {minimum}: a single coronal or sagittal "
         "slice, or a volume this small, cannot be converted",
         path,
     )
 
 
-@torch.no_grad()
-def _translate_slab(
-    model: TranslationModel, prepared_zxy: np.ndarray, z_local: np.ndarray, context_slices: int
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """The generator over slices ``z_local`` of a slab (with their context), as ``translate_array`` does.
-
-    Returns:
-        (translated centre slices (n, X', Y') float32, attention (n, X', Y') float32 or None).
-    """
-    import torch.nn.functional as F
-
-    from medcyclegan.nets.slicewise import autocast_context, context_stack, forward_with_attention
-
-    _, nx, ny = prepared_zxy.shape
-    pad_x, pad_y = (-nx) % _STRIDE_MULTIPLE, (-ny) % _STRIDE_MULTIPLE
-    # The slab holds every context slice the centre slices need, so clipping at its ends is clipping
-    # at the volume's ends (see translate_loaded).
-    stack = context_stack(np.moveaxis(prepared_zxy, 0, 2), z_local, context_slices)
-    batch = torch.from_numpy(stack).to(model.device, non_blocking=True)
-    batch = F.pad(batch.float(), (0, pad_y, 0, pad_x), mode="constant", value=_PAD_VALUE)
-    with autocast_context(model.device, model.amp):
-        result, attention = forward_with_attention(model.generator, batch)
-    translated = result[:, context_slices, :nx, :ny].float().cpu().numpy()
-    if attention is not None:
-        attention = attention[:, 0, :nx, :ny].float().cpu().numpy()
-    return np.ascontiguousarray(translated), attention
-
-
 def convert_file(
-    model: TranslationModel,
+    model: ConversionModel,
     input_path: str | Path,
     output_path: str | Path,
     *,
@@ -363,8 +369,6 @@ def convert_file(
     The outputs are checked before the input is read; each is written to a temporary name and
     renamed, so a failure never leaves a partial file nor damages an existing one.
     """
-    from medcyclegan.io.writers import write_volume
-
     output_path = check_can_write(output_path, overwrite)
     if attention_path is not None:
         check_can_write(attention_path, overwrite)
@@ -427,8 +431,6 @@ def plan_outputs(
                 "folder (each output keeps its input's name)",
                 output,
             )
-        from medcyclegan.io.discovery import is_inside
-
         if root is not None and is_inside(output, root):
             # The next conversion (or a training run) of that folder would take the outputs for inputs.
             raise OutputError(
@@ -439,8 +441,6 @@ def plan_outputs(
         return [_mirrored_output_path(p, root, output) for p in inputs]
     (single,) = inputs
     if output is None:
-        from medcyclegan.io.discovery import case_name
-
         return [single.parent / f"{case_name(single)}_synth{to}.nii.gz"]
     if output.is_dir():
         return [default_output_path(single, output)]
@@ -466,9 +466,6 @@ def _check_distinct_outputs(planned: Sequence[tuple[Path, Path | None]]) -> None
         planned: ``(input, output)`` pairs, every output of every input (volumes, attention maps);
             ``None`` outputs are skipped.
     """
-    from medcyclegan.io.discovery import path_key
-    from medcyclegan.io.writers import files_written_by
-
     owners: dict[str, Path] = {}
     for source, out in planned:
         if out is None:
@@ -494,7 +491,7 @@ class ConversionJob:
 
 
 def plan_conversion(
-    model: TranslationModel,
+    model: ConversionModel,
     input_path: str | Path,
     output: str | Path | None = None,
     *,
@@ -509,9 +506,6 @@ def plan_conversion(
         OutputError: an existing output without ``overwrite``, an unwritable place, two inputs with
             one output name, or an output that would replace its own input.
     """
-    from medcyclegan.io.discovery import files_of_volume, find_volumes, shared_file, split_series
-    from medcyclegan.io.writers import files_written_by
-
     input_path = Path(input_path)
     folder, series_uid = split_series(input_path)
     if not folder.exists():
@@ -550,7 +544,7 @@ def plan_conversion(
 
 
 def convert_paths(
-    model: TranslationModel,
+    model: ConversionModel,
     input_path: str | Path,
     output: str | Path | None = None,
     *,
@@ -570,14 +564,12 @@ def convert_paths(
 
     Under torchrun (``WORLD_SIZE`` > 1) every process checks every output, waits until all have
     (a barrier over a gloo group: no GPU involved), then converts its own share of the sorted inputs
-    (every world_size-th one, :func:`~medcyclegan.train.distributed.shard`); each file is converted by
+    (every world_size-th one, :func:`~medcyclegan.runtime.distributed.shard`); each file is converted by
     exactly one process, and a single input by rank 0.
 
     Returns:
         The outputs this process wrote.
     """
-    from medcyclegan.train import distributed
-
     jobs = plan_conversion(model, input_path, output, save_attention=save_attention, overwrite=overwrite)
     context = distributed.detect()
     if context.is_distributed:
@@ -593,7 +585,7 @@ def convert_paths(
 
 
 def convert_jobs(
-    model: TranslationModel,
+    model: ConversionModel,
     jobs: Sequence[ConversionJob],
     *,
     batch_size: int = 16,

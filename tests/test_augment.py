@@ -572,7 +572,7 @@ def test_a_second_augment_into_the_same_dataset_is_refused_while_the_first_runs(
 
 
 def test_cases_of_another_model_are_not_kept_as_this_models(tmp_path: Path, run_dir: Path, model) -> None:
-    from medcyclegan.train.checkpoint import load_checkpoint, save_checkpoint
+    from medcyclegan.checkpoint import load_checkpoint, save_checkpoint
 
     images, labels = write_labelled(tmp_path / "in", cases=("p1",))
     first = augment_dataset(images, labels, model, tmp_path / "raw", dataset_id=14)

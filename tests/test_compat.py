@@ -15,10 +15,10 @@ import numpy as np
 import torch
 from tiny import TINY_RUN
 
+from medcyclegan.checkpoint import load_checkpoint
 from medcyclegan.config import load_config
 from medcyclegan.convert import convert_file, load_model
 from medcyclegan.train.api import train_from_folders
-from medcyclegan.train.checkpoint import load_checkpoint
 from medcyclegan.train.info import describe
 
 FIXTURE = Path(__file__).parent / "data" / "v0_1_0"

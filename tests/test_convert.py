@@ -12,7 +12,7 @@ import torch
 from tiny import assert_clean_error, files, race_at_temporary, tiny_config, write_domain
 
 from medcyclegan.config import config_from_dict
-from medcyclegan.convert import TranslationModel, convert_paths, load_model
+from medcyclegan.convert import ConversionModel, convert_paths, load_model
 from medcyclegan.data.normalise import domain_record
 from medcyclegan.train.trainer import Trainer
 
@@ -24,7 +24,7 @@ class IdentityGenerator(torch.nn.Module):
         return x
 
 
-def identity_ct_model(spacing: float | None = None) -> TranslationModel:
+def identity_ct_model(spacing: float | None = None) -> ConversionModel:
     raw = {
         "data": {"src_modality": "ct", "tgt_modality": "ct", "spacing": spacing},
         "train": {"device": "cpu"},
@@ -32,7 +32,7 @@ def identity_ct_model(spacing: float | None = None) -> TranslationModel:
     cfg = config_from_dict(raw)
     record = domain_record([], "ct", cfg.data)
     cfg.normalisation = {"src": record, "tgt": record}
-    return TranslationModel(IdentityGenerator(), cfg, "ct", "ct", Path("identity"), torch.device("cpu"))
+    return ConversionModel(IdentityGenerator(), cfg, "ct", "ct", Path("identity"), torch.device("cpu"))
 
 
 def head_ct(shape: tuple[int, int, int], seed: int = 0) -> np.ndarray:

@@ -21,12 +21,12 @@ import pytest
 import torch
 from tiny import TINY_RUN, write_ring_domain
 
+from medcyclegan.checkpoint import load_checkpoint
 from medcyclegan.config import load_config
 from medcyclegan.convert import convert_paths, load_model
 from medcyclegan.errors import CheckpointError, ConfigError, OutputError
-from medcyclegan.train import distributed
-from medcyclegan.train.checkpoint import load_checkpoint
-from medcyclegan.train.distributed import DistributedContext, shard, strip_option, torchrun_command
+from medcyclegan.runtime import distributed
+from medcyclegan.runtime.distributed import DistributedContext, shard, strip_option, torchrun_command
 from medcyclegan.train.schedule import epoch_batches
 
 NETS = ("G_AB", "G_BA", "D_A", "D_B")

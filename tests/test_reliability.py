@@ -27,16 +27,16 @@ import pytest
 import torch
 from tiny import TINY_RUN, CliResult, assert_clean_error
 
+from medcyclegan.checkpoint import load_checkpoint
 from medcyclegan.config import load_config
 from medcyclegan.convert import OUTPUT_DTYPE, load_model, translate_loaded, translate_volume
 from medcyclegan.data.normalise import denormalise, output_params
 from medcyclegan.data.prepare import prepare_volume, restore_inplane
 from medcyclegan.errors import OutputError
+from medcyclegan.inference import translate_array
 from medcyclegan.io.parallel_gzip import ParallelGzipWriter
 from medcyclegan.io.readers import read_volume
 from medcyclegan.io.writers import cast_values
-from medcyclegan.nets.slicewise import translate_array
-from medcyclegan.train.checkpoint import load_checkpoint
 from medcyclegan.train.trainer import Trainer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -778,7 +778,7 @@ def test_sigkill_loses_at_most_the_steps_since_the_last_checkpoint(world, cli, t
 
 
 def test_resume_keeps_the_runs_own_checkpoint_interval(world, cli, tmp_path: Path) -> None:
-    from medcyclegan.train.checkpoint import checkpoint_config
+    from medcyclegan.checkpoint import checkpoint_config
 
     run = tmp_path / "run"
     common = ("--no-progress", "--set", "train.save_every_steps=2")

@@ -22,9 +22,9 @@ import pytest
 import torch
 from tiny import files, head, one_error_line, tiny_config, write_domain
 
+from medcyclegan.checkpoint import load_checkpoint
 from medcyclegan.errors import ConfigError
 from medcyclegan.models import CycleGAN
-from medcyclegan.train.checkpoint import load_checkpoint
 from medcyclegan.train.data_record import data_changes, record_data
 from medcyclegan.train.info import describe
 from medcyclegan.train.trainer import Trainer

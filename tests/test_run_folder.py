@@ -18,10 +18,10 @@ import pytest
 import yaml
 from tiny import TINY_RUN, files, folder_locked_by_another_process, tiny_config, write_domain
 
+from medcyclegan.checkpoint import find_checkpoint, load_checkpoint
 from medcyclegan.config import load_config
 from medcyclegan.errors import CheckpointError, ConfigError, OutputError
 from medcyclegan.train import trainer as trainer_module
-from medcyclegan.train.checkpoint import find_checkpoint, load_checkpoint
 from medcyclegan.train.trainer import Trainer
 
 REPO = Path(__file__).resolve().parents[1]

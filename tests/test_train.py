@@ -13,8 +13,8 @@ import pytest
 import torch
 from tiny import files, tiny_config, write_domain
 
+from medcyclegan.checkpoint import load_checkpoint
 from medcyclegan.errors import CheckpointError, OutputError, TrainingError, TrainingInterrupted
-from medcyclegan.train.checkpoint import load_checkpoint
 from medcyclegan.train.schedule import epoch_batches, lr_factor
 from medcyclegan.train.trainer import Trainer
 

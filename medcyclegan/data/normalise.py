@@ -33,6 +33,11 @@ from medcyclegan.errors import ConfigError, InputError
 
 logger = logging.getLogger("medcyclegan")
 
+# The normalised value of air: the bottom of the [-1, 1] range (air lies at or below every window's
+# lower end). Slices are padded with it, in training (pad/crop to the patch size) and in inference
+# (padding to the generator's stride multiple).
+AIR_NORMALISED = -1.0
+
 # Modality plausibility thresholds (HU for CT). A CT in HU always contains air (about -1000 HU) in its
 # field of view: "nothing below -500 HU" means the values are not HU (e.g. raw stored values without
 # the rescale) or the file is not a CT.

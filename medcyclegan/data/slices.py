@@ -7,9 +7,9 @@ copy of ``2k + 1`` contiguous slices, a pad/crop and (in training) a flip.
 Conventions:
     * a slice is (X, Y) in RAS voxel order (axis 0 towards R, axis 1 towards A); channels of a 2.5D
       stack are ``z - k, ..., z, ..., z + k`` (inferior to superior), edge slices replicated (the same
-      convention as :func:`medcyclegan.nets.slicewise.context_stack`);
+      convention as :func:`medcyclegan.inference.context_stack`);
     * slices are brought to ``image_size`` x ``image_size`` without changing their scale: padded
-      symmetrically with -1 (air after normalisation) when smaller, cropped when larger (centred at
+      symmetrically with air (``AIR_NORMALISED``, -1) when smaller, cropped when larger (centred at
       evaluation, at a random offset in training); never resized;
     * the fraction of body in a slice is measured on the prepared slice, before padding.
 """
@@ -28,12 +28,12 @@ from monai.transforms import RandFlip, RandSpatialCrop, ResizeWithPadOrCrop, Spa
 from torch.utils.data import Dataset
 
 from medcyclegan.config import DataConfig
+from medcyclegan.data.normalise import AIR_NORMALISED
 from medcyclegan.data.prepare import PreparedVolume
 
 logger = logging.getLogger("medcyclegan")
 
-# Normalised value of air: the pad value of images (and of the mask channel, read back as "not body").
-AIR = -1.0
+# Images, and the mask channel (read back as "not body"), are padded with air: AIR_NORMALISED.
 
 
 def select_slices(prepared: PreparedVolume, min_body_fraction: float) -> list[int]:
@@ -66,7 +66,9 @@ def slice_with_context(image: np.ndarray, z: int, k: int) -> np.ndarray:
     return np.ascontiguousarray(np.moveaxis(image, 2, 0)[indices])
 
 
-def pad_or_crop(array: np.ndarray | torch.Tensor, size: int, *, pad_value: float = AIR) -> torch.Tensor:
+def pad_or_crop(
+    array: np.ndarray | torch.Tensor, size: int, *, pad_value: float = AIR_NORMALISED
+) -> torch.Tensor:
     """Centres a (C, X, Y) slice stack on a ``size`` x ``size`` canvas: symmetric pad and/or centred crop.
 
     The content keeps its scale and aspect ratio (never resized). Returns a float32 tensor (C, size, size).
@@ -189,10 +191,12 @@ class SliceDataset(Dataset):
         margin = round(data_cfg.max_shift * self.size) if self.augment else 0
         # Pad to S + 2*margin (never crops), then take an S x S window: centred at evaluation, random
         # in training (a shift in [-margin, margin] for small slices, any offset for large ones).
-        self._pad = SpatialPad((self.size + 2 * margin,) * 2, method="symmetric", mode="constant", value=AIR)
+        self._pad = SpatialPad(
+            (self.size + 2 * margin,) * 2, method="symmetric", mode="constant", value=AIR_NORMALISED
+        )
         self._crop = RandSpatialCrop((self.size, self.size), random_center=True, random_size=False)
         self._centre = ResizeWithPadOrCrop(
-            (self.size, self.size), method="symmetric", mode="constant", value=AIR
+            (self.size, self.size), method="symmetric", mode="constant", value=AIR_NORMALISED
         )
         self._flip = RandFlip(prob=data_cfg.flip_prob, spatial_axis=0) if self.augment else None
 

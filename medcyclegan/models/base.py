@@ -29,8 +29,8 @@ import torch
 from torch import nn
 
 from medcyclegan.config import Config
-from medcyclegan.nets.slicewise import context_stack, translate_array
-from medcyclegan.train.distributed import DistributedContext
+from medcyclegan.inference import context_stack, translate_array
+from medcyclegan.runtime.distributed import DistributedContext
 
 Direction = Literal["AB", "BA"]
 # A batch as the loop hands it to a model: the items of domain A and of domain B, each a dict with
@@ -92,7 +92,11 @@ class TranslationModel(abc.ABC):
     @classmethod
     @abc.abstractmethod
     def build_translator(cls, cfg: Config, direction: Direction) -> nn.Module:
-        """An untrained network of the translator for ``direction`` (conversion loads its weights)."""
+        """An untrained network of the translator for ``direction`` (conversion loads its weights).
+
+        It maps (N, C, H, W) to (N, C, H, W) in [-1, 1] and has ``stride_multiple``: the slice-wise
+        inference path (:mod:`medcyclegan.inference`) pads whole slices to multiples of it.
+        """
 
     @classmethod
     @abc.abstractmethod

@@ -24,17 +24,18 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from medcyclegan.checkpoint import load_state_strict
 from medcyclegan.config import Config
+from medcyclegan.inference import forward_with_attention
 from medcyclegan.losses import AdversarialLoss, attention_regulariser, l1_loss, masked_l1, outline_loss
 from medcyclegan.models.base import Batch, Direction, LrRule, TranslationModel
 from medcyclegan.models.pool import ImagePool
 from medcyclegan.models.registry import register_model
 from medcyclegan.nets import build_discriminator_from_config, build_generator
-from medcyclegan.nets.slicewise import autocast_context, forward_with_attention
-from medcyclegan.seeds import derived_seed
-from medcyclegan.train import distributed
-from medcyclegan.train.checkpoint import load_state_strict
-from medcyclegan.train.distributed import DistributedContext
+from medcyclegan.runtime import distributed
+from medcyclegan.runtime.distributed import DistributedContext
+from medcyclegan.runtime.precision import autocast_context
+from medcyclegan.runtime.seeds import derived_seed
 
 LOSS_COLUMNS = (
     "loss_G",

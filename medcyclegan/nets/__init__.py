@@ -34,6 +34,7 @@ __all__ = [
     "build_generator",
     "count_parameters",
     "discriminator_min_size",
+    "generator_class",
     "generator_stride_multiple",
     "init_weights",
 ]
@@ -44,8 +45,8 @@ _GENERATORS: dict[str, type[ResnetGenerator]] = {
 }
 
 
-def generator_stride_multiple(name: str) -> int:
-    """H and W of an input of generator ``name`` must be multiples of this (its ``stride_multiple``).
+def generator_class(name: str) -> type[ResnetGenerator]:
+    """The generator class ``model.generator`` names (its ``stride_multiple``, ``min_input_size``).
 
     Raises:
         ConfigError: for an unknown generator.
@@ -53,7 +54,16 @@ def generator_stride_multiple(name: str) -> int:
     cls = _GENERATORS.get(name)
     if cls is None:
         raise ConfigError(f"model.generator must be one of {', '.join(_GENERATORS)}; got {name!r}")
-    return cls.stride_multiple
+    return cls
+
+
+def generator_stride_multiple(name: str) -> int:
+    """H and W of an input of generator ``name`` must be multiples of this (its ``stride_multiple``).
+
+    Raises:
+        ConfigError: for an unknown generator.
+    """
+    return generator_class(name).stride_multiple
 
 
 def discriminator_min_size(n_layers: int) -> int:
@@ -77,17 +87,12 @@ def build_generator(model_cfg: ModelConfig, in_channels: int, out_channels: int)
 
     Returns:
         A :class:`ResnetGenerator` or :class:`AttentionResnetGenerator` (which also has
-        ``forward_with_attention``); both have ``stride_multiple`` (4).
+        ``forward_with_attention``); both have ``stride_multiple`` (4) and ``min_input_size`` (5).
 
     Raises:
         ConfigError: for an unknown generator or invalid sizes.
     """
-    cls = _GENERATORS.get(model_cfg.generator)
-    if cls is None:
-        raise ConfigError(
-            f"model.generator must be one of {', '.join(_GENERATORS)}; got {model_cfg.generator!r}"
-        )
-    generator = cls(
+    generator = generator_class(model_cfg.generator)(
         in_channels, out_channels, ngf=model_cfg.ngf, n_blocks=model_cfg.n_blocks, upsample=model_cfg.upsample
     )
     init_weights(generator, gain=model_cfg.init_gain)

@@ -14,8 +14,9 @@ The network is written in the paper's notation (appendix 7.2), with ``k = ngf``:
 
 InstanceNorm has no affine parameters and the convolutions keep their biases, as in the reference
 implementation; with 1 input and 1 output channel, ngf 64 and 9 blocks this gives 11,365,633
-parameters. The two stride-2 layers mean H and W must be multiples of :attr:`stride_multiple` (4);
-the caller pads (see :mod:`medcyclegan.nets.slicewise`).
+parameters. The two stride-2 layers (:attr:`ResnetGenerator.n_downsampling`) mean H and W must be
+multiples of :attr:`ResnetGenerator.stride_multiple` (2**2 = 4); the caller pads (see
+:mod:`medcyclegan.inference`).
 """
 
 from __future__ import annotations
@@ -131,8 +132,14 @@ class ResnetGenerator(nn.Module):
         ConfigError: for an unknown ``upsample`` or non-positive sizes.
     """
 
-    stride_multiple = 4
-    """H and W of an input must be multiples of this (two stride-2 layers); the caller pads."""
+    n_downsampling = 2
+    """Stride-2 ``dk`` layers of the encoder (each undone by one ``uk`` layer of the decoder)."""
+    stride_multiple = 2**n_downsampling
+    """H and W of an input must be multiples of this (the total stride); the caller pads."""
+    min_input_size = stride_multiple + 1
+    """Smallest H and W (before padding) it can translate: padded to :attr:`stride_multiple`, the
+    coarsest feature map must keep 2 voxels (the residual blocks' reflection padding and InstanceNorm
+    fail on 1)."""
 
     def __init__(
         self,
@@ -148,10 +155,11 @@ class ResnetGenerator(nn.Module):
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.upsample = upsample
-        k = ngf
-        self.encoder = nn.Sequential(c7s1(in_channels, k), d(k, 2 * k), d(2 * k, 4 * k))
-        self.blocks = nn.Sequential(*(R(4 * k) for _ in range(n_blocks)))
-        self.decoder = nn.Sequential(u(4 * k, 2 * k, upsample), u(2 * k, k, upsample))
+        k, n = ngf, self.n_downsampling
+        # d2k, d4k: each doubles the channels and halves H and W; u2k, uk undo them in reverse.
+        self.encoder = nn.Sequential(c7s1(in_channels, k), *(d(k * 2**i, k * 2 ** (i + 1)) for i in range(n)))
+        self.blocks = nn.Sequential(*(R(k * 2**n) for _ in range(n_blocks)))
+        self.decoder = nn.Sequential(*(u(k * 2 ** (i + 1), k * 2**i, upsample) for i in reversed(range(n))))
         self.head = c7s1(k, self._head_channels(out_channels), norm_act=False)
 
     def _head_channels(self, out_channels: int) -> int:

@@ -124,8 +124,8 @@ def resume_config(out: str | Path, overrides: dict[str, Any], config: str | Path
     stopped (``RESUMABLE_OVERRIDES``) may take another value; any other difference is refused naming
     the key, the stored and the given value (see :func:`medcyclegan.train.resume.merge_resume_config`).
     """
+    from medcyclegan.checkpoint import checkpoint_config, load_checkpoint
     from medcyclegan.config import apply_overrides, load_config
-    from medcyclegan.train.checkpoint import checkpoint_config, load_checkpoint
     from medcyclegan.train.resume import merge_resume_config
 
     checkpoint = Path(out) / "checkpoints" / "last.pt"

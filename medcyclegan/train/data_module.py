@@ -27,9 +27,9 @@ from medcyclegan.data.slices import SliceDataset
 from medcyclegan.errors import ConfigError
 from medcyclegan.io.discovery import case_name
 from medcyclegan.models.base import Batch
-from medcyclegan.seeds import derived_seed
-from medcyclegan.train import distributed
-from medcyclegan.train.distributed import DistributedContext
+from medcyclegan.runtime import distributed
+from medcyclegan.runtime.distributed import DistributedContext
+from medcyclegan.runtime.seeds import derived_seed
 from medcyclegan.train.schedule import epoch_batches
 
 logger = logging.getLogger("medcyclegan")

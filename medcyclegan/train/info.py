@@ -5,16 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from medcyclegan.config import Config
-from medcyclegan.errors import CheckpointError
-from medcyclegan.models import model_class
-from medcyclegan.train.checkpoint import (
+from medcyclegan.checkpoint import (
     checkpoint_config,
     find_checkpoint,
     load_checkpoint,
     load_state_strict,
     same_run,
 )
+from medcyclegan.config import Config
+from medcyclegan.errors import CheckpointError
+from medcyclegan.models import model_class
 
 
 def _check_architecture(data: dict[str, Any], cfg: Config, path: Path) -> None:

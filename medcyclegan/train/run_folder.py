@@ -18,12 +18,12 @@ import weakref
 from collections.abc import Sequence
 from pathlib import Path
 
+from medcyclegan.checkpoint import is_medcyclegan_checkpoint
 from medcyclegan.config import config_from_yaml
 from medcyclegan.errors import OutputError
 from medcyclegan.io.lock import FolderLock, is_atomic_temporary, remove_stale_temporaries
-from medcyclegan.train.checkpoint import is_medcyclegan_checkpoint
+from medcyclegan.runtime.distributed import DistributedContext
 from medcyclegan.train.data_record import DATA_FILE, ROLES
-from medcyclegan.train.distributed import DistributedContext
 
 logger = logging.getLogger("medcyclegan")
 

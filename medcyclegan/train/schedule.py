@@ -11,7 +11,7 @@ import torch
 from medcyclegan.config import OptimConfig
 from medcyclegan.errors import ConfigError
 from medcyclegan.models.base import LrRule
-from medcyclegan.seeds import derived_seed
+from medcyclegan.runtime.seeds import derived_seed
 
 
 def epoch_batches(

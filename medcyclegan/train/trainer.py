@@ -24,7 +24,7 @@ autocast with channels-last tensors, fused Adam, cuDNN autotuning, pinned memory
 copies, and never waits for the GPU: the losses are read back (and checked for NaN) only every
 ``train.log_every`` steps.
 
-Several processes (``torchrun``, see :mod:`medcyclegan.train.distributed`): each process takes every
+Several processes (``torchrun``, see :mod:`medcyclegan.runtime.distributed`): each process takes every
 ``world_size``-th batch of the epoch's batch list (a global step uses ``world_size`` consecutive
 batches), the model wraps its networks in ``DistributedDataParallel`` (gradients averaged), every
 process keeps its own image pools, and rank 0 alone logs, validates, draws samples and writes
@@ -52,14 +52,7 @@ import numpy as np
 import torch
 
 from medcyclegan import __version__
-from medcyclegan.config import Config, config_to_yaml, save_config
-from medcyclegan.errors import CheckpointError, TrainingError, TrainingInterrupted
-from medcyclegan.io.atomic import atomic_write_text
-from medcyclegan.models import TranslationModel, model_class
-from medcyclegan.runtime import resolve_device
-from medcyclegan.train import distributed
-from medcyclegan.train import resume as resume_rules
-from medcyclegan.train.checkpoint import (
+from medcyclegan.checkpoint import (
     checkpoint_config,
     load_checkpoint,
     prune_epoch_checkpoints,
@@ -67,6 +60,13 @@ from medcyclegan.train.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
+from medcyclegan.config import Config, config_to_yaml, save_config
+from medcyclegan.errors import CheckpointError, TrainingError, TrainingInterrupted
+from medcyclegan.io.atomic import atomic_write_text
+from medcyclegan.models import TranslationModel, model_class
+from medcyclegan.runtime import distributed, resolve_device
+from medcyclegan.runtime.precision import use_bf16, use_channels_last
+from medcyclegan.train import resume as resume_rules
 from medcyclegan.train.data_module import TrainingData
 from medcyclegan.train.data_record import DATA_FILE, ROLES, check_same_data, record_data
 from medcyclegan.train.run_folder import RUN_ARTEFACTS, TEMPORARY_FOLDERS, TRASH_PREFIX, RunFolder
@@ -148,10 +148,8 @@ class Trainer:
             self.folder.start_fresh(overwrite)
         self.cfg = cfg = copy.deepcopy(cfg)
         self.device = distributed.setup(self.dist, resolve_device(cfg.train.device))
-        self.amp = cfg.train.amp == "bf16" or (cfg.train.amp == "auto" and self.device.type == "cuda")
-        self.channels_last = (
-            self.device.type == "cuda" if cfg.train.channels_last is None else bool(cfg.train.channels_last)
-        )
+        self.amp = use_bf16(cfg.train.amp, self.device)
+        self.channels_last = use_channels_last(cfg.train.channels_last, self.device)
         self._seed_everything(cfg.train.seed)
         files = dict(
             zip(ROLES, (src_paths, tgt_paths, val_src_paths, val_tgt_paths, src_mask_paths, tgt_mask_paths))

@@ -1,6 +1,6 @@
 """Validation metrics and sample grids of a training run, from the model's translators.
 
-Both go through the one slice-wise inference path (:func:`~medcyclegan.nets.slicewise.translate_array`)
+Both go through the one slice-wise inference path (:func:`~medcyclegan.inference.translate_array`)
 that conversion uses, so what validation measures is what ``convert`` produces.
 """
 
@@ -12,9 +12,9 @@ import numpy as np
 from skimage.metrics import structural_similarity
 
 from medcyclegan.data.normalise import denormalise, output_params
+from medcyclegan.inference import translate_array
 from medcyclegan.metrics import synthrad2023
 from medcyclegan.models.base import TranslationModel
-from medcyclegan.nets.slicewise import translate_array
 from medcyclegan.train.data_module import TrainingData
 from medcyclegan.train.samples import render_grid
 

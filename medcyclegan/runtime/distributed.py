@@ -9,9 +9,9 @@ Training on N GPUs (or N CPU processes) runs one process per device under ``torc
     torchrun --nnodes 2 --node_rank R --nproc_per_node 8 --rdzv_backend c10d \\
         --rdzv_endpoint HOST:29500 -m medcyclegan train ...
 
-The :class:`~medcyclegan.train.trainer.Trainer` reads the torchrun environment (``RANK``,
-``WORLD_SIZE``, ``LOCAL_RANK``) through :func:`detect`, joins the process group (NCCL on CUDA, gloo
-on the CPU) and wraps its networks in ``DistributedDataParallel``. Each process takes its share of
+The training loop reads the torchrun environment (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``) through
+:func:`detect`, joins the process group (NCCL on CUDA, gloo on the CPU) and wraps its networks in
+``DistributedDataParallel``. Each process takes its share of
 every epoch's batches with :func:`shard`, so the global order of the batches stays a pure function of
 (seed, epoch) and resuming stays exact. Only rank 0 writes files and logs; the others wait at a
 barrier.
@@ -39,6 +39,7 @@ from typing import Any, TypeVar
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from medcyclegan.errors import ConfigError
 
@@ -223,8 +224,6 @@ def wrap_ddp(module: nn.Module, context: DistributedContext, device: torch.devic
     """
     if not context.is_distributed:
         return module
-    from torch.nn.parallel import DistributedDataParallel
-
     return DistributedDataParallel(
         module,
         device_ids=[device.index] if device.type == "cuda" else None,
