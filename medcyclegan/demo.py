@@ -19,8 +19,19 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from rich.table import Table
+from skimage.exposure import match_histograms
 
+from medcyclegan.config import builtin_config_path, load_config
+from medcyclegan.convert import convert_paths, load_model
+from medcyclegan.data.mask import body_mask
 from medcyclegan.errors import OutputError
+from medcyclegan.evaluate import evaluate
+from medcyclegan.io.discovery import find_volumes
+from medcyclegan.io.readers import read_mask, read_volume
+from medcyclegan.io.writers import write_volume
+from medcyclegan.sample_data import write_sample_dataset
+from medcyclegan.train.api import train_from_folders
 
 BASELINES = ("linear rescale", "histogram matching")
 
@@ -45,7 +56,6 @@ class DemoResult:
         return all(synth < self.mae(b) for b in BASELINES)
 
     def table(self) -> Any:
-        from rich.table import Table
 
         table = Table(
             title="Held-out phantom subjects, SynthRAD2023 metrics inside the body mask (mean ± std)"
@@ -77,8 +87,6 @@ class DemoResult:
 
 
 def _body_voxels(paths: list[Path], mask_paths: list[Path] | None) -> np.ndarray:
-    from medcyclegan.data.mask import body_mask
-    from medcyclegan.io.readers import read_mask, read_volume
 
     chunks = []
     for i, path in enumerate(paths):
@@ -95,10 +103,6 @@ def write_baselines(
     test_mr: list[Path], test_masks: list[Path], train_ct: list[Path], out_dir: Path
 ) -> dict[str, Path]:
     """Writes both baselines for every test MR onto the MR's grid; returns their folders."""
-    from skimage.exposure import match_histograms
-
-    from medcyclegan.io.readers import read_mask, read_volume
-    from medcyclegan.io.writers import write_volume
 
     ct_body = _body_voxels(train_ct, None)
     ct_lo, ct_hi = np.percentile(ct_body, [0.5, 99.5])
@@ -141,12 +145,6 @@ def run_demo(
     ``phantom_shape``/``phantom_spacing`` change the phantom grid (same field of view at a coarser
     grid makes a quick version for tests); the default is the sample-data default.
     """
-    from medcyclegan.config import builtin_config_path, load_config
-    from medcyclegan.convert import convert_paths, load_model
-    from medcyclegan.evaluate import evaluate
-    from medcyclegan.io.discovery import find_volumes
-    from medcyclegan.sample_data import write_sample_dataset
-    from medcyclegan.train.api import train_from_folders
 
     out = Path(out)
     if out.exists() and not out.is_dir():

@@ -387,6 +387,7 @@ def test_an_output_under_a_file_is_reported_before_any_work(
     import medcyclegan.data.cache
     import medcyclegan.evaluate
     import medcyclegan.io.readers
+    import medcyclegan.train.data_module
 
     blocker = tmp_path / "not_a_folder"
     blocker.write_text("a file")
@@ -396,6 +397,7 @@ def test_an_output_under_a_file_is_reported_before_any_work(
 
     monkeypatch.setattr(medcyclegan.io.readers, "read_volume", no_work)
     monkeypatch.setattr(medcyclegan.data.cache, "load_prepared", no_work)
+    monkeypatch.setattr(medcyclegan.train.data_module, "load_prepared", no_work)
     target = blocker / "sub"
     args = {
         "convert": ("convert", world["good_mr"], "-m", world["run"], "-o", target / "x.nii.gz"),
