@@ -12,9 +12,9 @@ signals and validation, and never names a network. A checkpoint is the loop's co
 :meth:`TranslationModel.state_dict`, whose top-level keys are the model's own (CycleGAN's are
 ``G_AB``, ``G_BA``, ``D_A``, ``D_B``, ``opt_G``, ... exactly as medcyclegan 0.1.0 wrote them).
 
-Adding a model: one module in :mod:`medcyclegan.models` with a subclass registered under its name
-(``@register_model("pix2pix")``), its name in :data:`medcyclegan.config.MODEL_KINDS`, and its own
-hyperparameters as a config section; see the README's development section.
+Adding a model: one module ``medcyclegan/models/<kind>.py`` with a subclass registered under its name
+(``@register_model("pix2pix")``), and its config: the name in :data:`medcyclegan.config.MODEL_KINDS`
+and its own hyperparameters as a config section; see the README's development section.
 """
 
 from __future__ import annotations

@@ -1,7 +1,12 @@
-"""Translation models by name (``model.kind`` in a config, ``--model`` of ``train``)."""
+"""Translation models by name (``model.kind`` in a config, ``--model`` of ``train``).
+
+The model ``kind`` lives in the module ``medcyclegan.models.<kind>`` (``-`` read as ``_``), imported
+the first time the kind is asked for: adding a model is that module and its config section.
+"""
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING, TypeVar
 
@@ -42,12 +47,17 @@ def model_class(kind: str) -> type[TranslationModel]:
     Raises:
         ConfigError: an unknown kind (one line listing the known ones).
     """
+    if kind not in _MODELS and kind in MODEL_KINDS:
+        importlib.import_module(f"medcyclegan.models.{kind.replace('-', '_')}")
     try:
         return _MODELS[kind]
     except KeyError:
-        raise ConfigError(f"model.kind must be one of {', '.join(sorted(_MODELS))}; got {kind!r}") from None
+        raise ConfigError(f"model.kind must be one of {', '.join(MODEL_KINDS)}; got {kind!r}") from None
 
 
 def registered_models() -> tuple[str, ...]:
-    """The names of every registered model, sorted."""
+    """The names of every model of :data:`~medcyclegan.config.MODEL_KINDS` (imported) and any other
+    registered one, sorted."""
+    for kind in MODEL_KINDS:
+        model_class(kind)
     return tuple(sorted(_MODELS))
