@@ -67,7 +67,6 @@ _SLICE_SPACING_ABS_TOLERANCE_MM = 0.01
 _ORIENTATION_TOLERANCE = 1e-3
 # Row and column direction cosines of a slice: unit length and orthogonal within this.
 _DIRECTION_TOLERANCE = 1e-2
-_MASK_AFFINE_TOLERANCE_MM = 1e-3
 # Files already warned about for a guessed voxel size (pixdim 0, no ITK spacing): one warning per file and process.
 _PIXDIM_WARNED: set[str] = set()
 # Voxel sizes outside these bounds (1 nm, 1 km) can only come from a corrupted header.
@@ -159,7 +158,7 @@ def read_mask(path: str | Path, like: Geometry, *, positive_only: bool = False) 
         Boolean array in RAS voxel order, shape ``like.ras_shape``.
 
     Raises:
-        InputError: unreadable mask, or its shape or affine (beyond 1e-3 mm) differs from ``like``.
+        InputError: unreadable mask, or not on the grid of ``like`` (:meth:`Geometry.same_grid`).
     """
     mask = read_volume(path)
     geometry = mask.geometry
@@ -169,8 +168,8 @@ def read_mask(path: str | Path, like: Geometry, *, positive_only: bool = False) 
             f"{_shape_text(like.ras_shape)}; the mask must be on the image's grid",
             path,
         )
-    if not np.allclose(geometry.ras_affine, like.ras_affine, atol=_MASK_AFFINE_TOLERANCE_MM, rtol=0):
-        difference = float(np.abs(geometry.ras_affine - like.ras_affine).max())
+    if not geometry.same_grid(like):
+        difference = geometry.affine_difference(like)
         raise InputError(
             f"mask affine differs from the image's by up to {difference:.4g} mm; "
             "the mask must be on the image's grid (same spacing, origin and direction)",
