@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from medcyclegan.config import DATASET_FORMATS, MODALITIES
 from medcyclegan.errors import ConfigError, InputError, OutputError
 from medcyclegan.io.discovery import case_name, find_volumes, pair_by_case
 from medcyclegan.io.lock import FolderLock
@@ -47,8 +48,6 @@ if TYPE_CHECKING:  # convert imports torch: only for the type hint
 
 logger = logging.getLogger("medcyclegan")
 
-FORMATS = ("nnunetv2", "msd")
-MODALITIES = ("ct", "mr")
 # nnU-Net reads the channel name: "CT" selects CTNormalization, anything else is a z-score per image.
 CHANNEL_NAMES = {"ct": "CT", "mr": "MR"}
 MIXED_CHANNEL_NAME = "zscore"
@@ -208,7 +207,7 @@ def augment_dataset(
     from medcyclegan.convert import TranslationModel, load_model
     from medcyclegan.runtime import resolve_device
 
-    fmt = _check_choice("format", fmt, FORMATS)
+    fmt = _check_choice("format", fmt, DATASET_FORMATS)
     if not isinstance(model, TranslationModel):
         resolve_device(device)  # a device this machine lacks fails before any input is read
     if to is not None:

@@ -28,11 +28,16 @@ import yaml
 from medcyclegan.errors import ConfigError
 from medcyclegan.runtime import check_device_name
 
+# The option lists, each written once here; the modules that act on an option import its list.
 MODALITIES = ("mr", "ct")
-GENERATORS = ("resnet", "resnet-attention")
+GENERATORS = ("resnet", "resnet-attention")  # the classes: medcyclegan.nets, in this order
 UPSAMPLE_MODES = ("transpose", "resize")
 GAN_MODES = ("lsgan", "vanilla", "hinge")
 MASK_METHODS = ("auto", "otsu", "threshold")
+AMP_MODES = ("auto", "bf16", "off")
+BEST_MODES = ("max", "min")
+# Segmentation dataset layouts of ``medcyclegan augment`` (nnU-Net v2, Medical Segmentation Decathlon).
+DATASET_FORMATS = ("nnunetv2", "msd")
 # Upper bounds that catch typos (an image_size of 100000, ngf 64000) with one line, before any
 # allocation fails with a traceback; far above every sensible value.
 MAX_IMAGE_SIZE = 4096
@@ -349,8 +354,8 @@ class TrainConfig:
             value = getattr(self, name)
             if not (isinstance(value, bool) or (value is None and name == "channels_last")):
                 raise ConfigError(f"train.{name} must be true or false; got {value!r}")
-        _check_choice("train", "best_mode", self.best_mode, ("max", "min"))
-        _check_choice("train", "amp", self.amp, ("auto", "bf16", "off"))
+        _check_choice("train", "best_mode", self.best_mode, BEST_MODES)
+        _check_choice("train", "amp", self.amp, AMP_MODES)
         if self.max_steps is not None:
             _check_positive("train", "max_steps", self.max_steps)
         if self.steps_per_epoch is not None:

@@ -17,12 +17,12 @@ from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
+from medcyclegan.config import GENERATORS, ModelConfig
 from medcyclegan.errors import ConfigError
 from medcyclegan.nets.generator import AttentionResnetGenerator, ResnetGenerator
 from medcyclegan.nets.init import init_weights
 
 if TYPE_CHECKING:
-    from medcyclegan.config import ModelConfig
     from medcyclegan.nets.discriminator import PatchGAN, build_discriminator
 
 __all__ = [
@@ -38,10 +38,10 @@ __all__ = [
     "init_weights",
 ]
 
-_GENERATORS: dict[str, type[ResnetGenerator]] = {
-    "resnet": ResnetGenerator,
-    "resnet-attention": AttentionResnetGenerator,
-}
+# The class of each name of config.GENERATORS, in its order (the names are written there only).
+_GENERATORS: dict[str, type[ResnetGenerator]] = dict(
+    zip(GENERATORS, (ResnetGenerator, AttentionResnetGenerator), strict=True)
+)
 
 
 def generator_stride_multiple(name: str) -> int:
