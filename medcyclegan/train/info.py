@@ -6,6 +6,8 @@ from pathlib import Path
 from typing import Any
 
 from medcyclegan.config import Config
+from medcyclegan.errors import CheckpointError
+from medcyclegan.nets import build_discriminator_from_config, build_generator
 from medcyclegan.train.checkpoint import (
     checkpoint_config,
     find_checkpoint,
@@ -17,9 +19,6 @@ from medcyclegan.train.checkpoint import (
 
 def _check_architecture(data: dict[str, Any], cfg: Config, path: Path) -> None:
     """Builds the networks the stored config describes and loads the stored weights into them."""
-    from medcyclegan.errors import CheckpointError
-    from medcyclegan.nets import build_discriminator_from_config, build_generator
-
     channels = cfg.data.in_channels
     nets = {
         "G_AB": lambda: build_generator(cfg.model, channels, channels),
@@ -76,7 +75,7 @@ def describe(path: str | Path) -> dict[str, Any]:
             "spacing_mm": cfg.data.spacing,
             "context_slices": cfg.data.context_slices,
         },
-        "normalisation": cfg.normalisation,
+        "normalisation": cfg.to_dict()["normalisation"],  # as stored: {src: ..., tgt: ...}
         "best": data.get("best"),
     }
     folder = ckpt_path.parent

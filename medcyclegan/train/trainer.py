@@ -60,7 +60,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from medcyclegan import __version__
-from medcyclegan.config import Config, config_to_yaml, save_config
+from medcyclegan.config import Config, Normalisation, config_to_yaml, save_config
 from medcyclegan.errors import CheckpointError, ConfigError, OutputError, TrainingError, TrainingInterrupted
 from medcyclegan.io.atomic import atomic_path, atomic_write_text
 from medcyclegan.io.lock import FolderLock, remove_stale_temporaries
@@ -464,10 +464,10 @@ class Trainer:
             and self.val_tgt[tgt_by_case[case_name(Path(v.source))]].image.shape == v.image.shape
         ]
         if self.resume_data is None:
-            self.cfg.normalisation = {
-                "src": domain_record([v.params for v in self.src_volumes], data_cfg.src_modality, data_cfg),
-                "tgt": domain_record([v.params for v in self.tgt_volumes], data_cfg.tgt_modality, data_cfg),
-            }
+            self.cfg.normalisation = Normalisation(
+                source=domain_record([v.params for v in self.src_volumes], data_cfg.src_modality, data_cfg),
+                target=domain_record([v.params for v in self.tgt_volumes], data_cfg.tgt_modality, data_cfg),
+            )
         self.cfg.version = __version__
         seed = self.cfg.train.seed
         self.src_dataset = SliceDataset(self.src_volumes, data_cfg, train=True, seed=derived_seed(seed, 0))
@@ -1087,7 +1087,7 @@ class Trainer:
                     if pair:
                         ref = self.val_tgt[pair[0]]
                         if self.cfg.data.tgt_modality == "ct":
-                            params = output_params(self.cfg.normalisation["tgt"])
+                            params = output_params(self.cfg.normalisation.target)
                             scores = synthrad2023(
                                 denormalise(volume_fake, params), denormalise(ref.image, ref.params), ref.mask
                             )
@@ -1138,10 +1138,12 @@ class Trainer:
                 images = [context_stack(a, centre, 0)[0, 0] for a in arrays]
                 names = [modalities[0], modalities[1], modalities[0]] + (["attention"] if attention else [])
                 rows.append((images, names))
-        params = {
-            self.cfg.data.src_modality: self.cfg.normalisation.get("src", {}),
-            self.cfg.data.tgt_modality: self.cfg.normalisation.get("tgt", {}),
-        }
+        records = self.cfg.normalisation
+        params = (
+            {self.cfg.data.src_modality: records.source, self.cfg.data.tgt_modality: records.target}
+            if records is not None
+            else {}
+        )
         path = self.run_dir / "samples" / f"epoch_{epoch + 1:04d}.png"
         grid = render_grid(rows, params, path)
         if writer is not None:
