@@ -96,6 +96,7 @@ def build_generator(model_cfg: ModelConfig, in_channels: int, out_channels: int)
 
 def build_discriminator_from_config(model_cfg: ModelConfig, in_channels: int) -> nn.Module:
     """The PatchGAN of ``model_cfg`` (ndf, n_layers_d), initialised with ``model_cfg.init_gain``."""
+    # lazy: the discriminator imports MONAI (about 1.4 s), which conversion does not need
     from medcyclegan.nets.discriminator import build_discriminator
 
     return build_discriminator(
@@ -111,7 +112,7 @@ def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
 def __getattr__(name: str) -> Any:
     # Lazy re-export of the discriminator names (PEP 562), see the module docstring.
     if name in ("PatchGAN", "build_discriminator"):
-        from medcyclegan.nets import discriminator
+        from medcyclegan.nets import discriminator  # lazy: MONAI, as above
 
         return getattr(discriminator, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
