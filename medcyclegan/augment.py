@@ -211,7 +211,7 @@ def augment_dataset(
     if not isinstance(model, TranslationModel):
         resolve_device(device)  # a device this machine lacks fails before any input is read
     if to is not None:
-        to = _check_choice("to", to, MODALITIES)
+        to = _check_choice("to", to, sorted(MODALITIES))  # listed "ct, mr", as augment always has
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
     dataset_id = _check_dataset_id(dataset_id, fmt)
