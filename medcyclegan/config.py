@@ -429,7 +429,7 @@ class DomainNormalisation:
         expected = NORMALISATION_METHODS[self.modality]
         if self.method != expected:
             raise ConfigError(
-                f"{where}.method must be {expected!r} for a {self.modality.upper()} domain; got {self.method!r}"
+                f"{where}.method must be {expected!r} for modality {self.modality!r}; got {self.method!r}"
             )
         for name in ("lower", "upper"):
             _check_number(f"{where}.{name}", getattr(self, name))
@@ -437,19 +437,21 @@ class DomainNormalisation:
             raise ConfigError(
                 f"{where}.lower must be less than {where}.upper; got {self.lower!r} and {self.upper!r}"
             )
-        own, other = ("window", "percentiles") if expected == "window" else ("percentiles", "window")
-        if getattr(self, other) is not None or (own == "window" and self.n_volumes is not None):
-            extra = other if getattr(self, other) is not None else "n_volumes"
-            raise ConfigError(f"{where}.{extra} does not belong to a {self.method!r} record")
-        pair = getattr(self, own)
+        # A window record has its window only; a percentiles record its percentiles and n_volumes.
+        own = ("window",) if self.method == "window" else ("percentiles", "n_volumes")
+        for name in ("window", "percentiles", "n_volumes"):
+            if name not in own and getattr(self, name) is not None:
+                raise ConfigError(f"{where}.{name} does not belong to a {self.method!r} record")
+        pair_name = own[0]
+        pair = getattr(self, pair_name)
         if not isinstance(pair, tuple) or len(pair) != 2:
-            raise ConfigError(f"{where}.{own} must be a list of 2 numbers; got {pair!r}")
+            raise ConfigError(f"{where}.{pair_name} must be a list of 2 numbers; got {pair!r}")
         for i, value in enumerate(pair):
-            _check_number(f"{where}.{own}[{i}]", value)
+            _check_number(f"{where}.{pair_name}[{i}]", value)
         low, high = pair
-        if not low < high or (own == "percentiles" and not 0 <= low < high <= 100):
-            bounds = "0 <= low < high <= 100" if own == "percentiles" else "low < high"
-            raise ConfigError(f"{where}.{own} must satisfy {bounds}; got {list(pair)!r}")
+        if not low < high or (pair_name == "percentiles" and not 0 <= low < high <= 100):
+            bounds = "0 <= low < high <= 100" if pair_name == "percentiles" else "low < high"
+            raise ConfigError(f"{where}.{pair_name} must satisfy {bounds}; got {list(pair)!r}")
         if self.n_volumes is not None and (
             isinstance(self.n_volumes, bool) or not isinstance(self.n_volumes, int) or self.n_volumes < 1
         ):
@@ -522,7 +524,7 @@ class Normalisation:
             ConfigError: not a mapping, a domain missing or an extra key, or a bad record (naming the
                 field, e.g. ``normalisation.tgt.upper``).
         """
-        if data is None or data == {}:
+        if not data:  # missing, null or {} (as 0.1.0 read them: "or {}")
             return None
         if not isinstance(data, dict):
             raise ConfigError(f"normalisation must be a mapping of src and tgt; got {data!r}")

@@ -297,7 +297,7 @@ def _record(**changes: object) -> dict:
         (_record(modality="pet"), "normalisation.src.modality must be one of mr, ct; got 'pet'"),
         (
             _record(method="window"),
-            "normalisation.src.method must be 'percentiles' for a MR domain; got 'window'",
+            "normalisation.src.method must be 'percentiles' for modality 'mr'; got 'window'",
         ),
         (_record(percentiles=[0.5]), "normalisation.src.percentiles must be a list of 2 numbers; got [0.5]"),
         (_record(percentiles=[50, 101]), "normalisation.src.percentiles must satisfy 0 <= low < high <= 100"),
