@@ -106,7 +106,8 @@ def whole_volume_convert(model: object, input_path: Path, output_path: Path, bat
 
     cfg = model.cfg  # type: ignore[attr-defined]
     volume = read_volume(input_path)
-    record_key = "tgt" if model.source_modality == cfg.data.src_modality else "src"  # type: ignore[attr-defined]
+    records = cfg.normalisation
+    produced = records.target if model.source_modality == cfg.data.src_modality else records.source  # type: ignore[attr-defined]
     prepared = prepare_volume(volume, model.source_modality, cfg.data)  # type: ignore[attr-defined]
     translated = translate_array(
         model.generator,  # type: ignore[attr-defined]
@@ -116,7 +117,7 @@ def whole_volume_convert(model: object, input_path: Path, output_path: Path, bat
         device=model.device,  # type: ignore[attr-defined]
     )
     translated = restore_inplane(translated, prepared, mode="bilinear")
-    out = denormalise(translated, output_params(cfg.normalisation[record_key]))
+    out = denormalise(translated, output_params(produced))
     out = out.astype(np.float32)
     write_volume(out, volume.geometry, output_path, dtype=OUTPUT_DTYPE[model.target_modality])  # type: ignore[attr-defined]
 

@@ -37,8 +37,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from medcyclegan.config import DATASET_FORMATS, MODALITIES
 from medcyclegan.errors import ConfigError, InputError, OutputError
+from medcyclegan.io.discovery import case_name, find_volumes, pair_by_case
 from medcyclegan.io.lock import FolderLock
+from medcyclegan.io.volume import GRID_TOLERANCE_MM, Geometry
 from medcyclegan.runtime import resolve_device
 
 if TYPE_CHECKING:  # convert imports torch: only for the type hint
@@ -46,8 +49,6 @@ if TYPE_CHECKING:  # convert imports torch: only for the type hint
 
 logger = logging.getLogger("medcyclegan")
 
-FORMATS = ("nnunetv2", "msd")
-MODALITIES = ("ct", "mr")
 # nnU-Net reads the channel name: "CT" selects CTNormalization, anything else is a z-score per image.
 CHANNEL_NAMES = {"ct": "CT", "mr": "MR"}
 MIXED_CHANNEL_NAME = "zscore"
@@ -57,8 +58,6 @@ N_FOLDS = 5
 # nnU-Net's own default split seed (KFold random_state), so folds are as reproducible as nnU-Net's.
 SPLIT_SEED = 12345
 MAX_DATASET_ID = {"nnunetv2": 999, "msd": 99}
-# Image and label grids may differ by float rounding of the stored affine, not by a real shift.
-GRID_TOLERANCE_MM = 1e-3
 _NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 _UNSAFE_CASE_CHARACTERS = re.compile(r"[^A-Za-z0-9._-]")
 _CHANNEL_PATTERN = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
@@ -209,11 +208,11 @@ def augment_dataset(
     # lazy: convert imports torch (about 2 s, python -X importtime), which `augment --check` does not need.
     from medcyclegan.convert import ConversionModel, load_model
 
-    fmt = _check_choice("format", fmt, FORMATS)
+    fmt = _check_choice("format", fmt, DATASET_FORMATS)
     if not isinstance(model, ConversionModel):
         resolve_device(device)  # a device this machine lacks fails before any input is read
     if to is not None:
-        to = _check_choice("to", to, MODALITIES)
+        to = _check_choice("to", to, sorted(MODALITIES))  # listed "ct, mr", as augment always has
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
     dataset_id = _check_dataset_id(dataset_id, fmt)
@@ -454,13 +453,14 @@ def pair_cases(images: str | Path, labels: str | Path) -> list[_Pair]:
         InputError: missing folders, no volumes, two volumes of one folder with the same case name,
             names colliding once made safe, or unmatched cases (all listed, both directions).
     """
-    from medcyclegan.io.discovery import case_name, find_volumes
-
     images, labels = Path(images), Path(labels)
-    image_by_name = _by_case_name(find_volumes(images), images, case_name)
-    label_by_name = _by_case_name(find_volumes(labels), labels, case_name)
-    no_label = sorted(set(image_by_name) - set(label_by_name))
-    no_image = sorted(set(label_by_name) - set(image_by_name))
+    pairing = pair_by_case(find_volumes(images), find_volumes(labels))
+    for duplicate, folder in ((pairing.duplicate_source, images), (pairing.duplicate_target, labels)):
+        if duplicate is not None:
+            name, first, second = duplicate
+            raise InputError(f"two volumes are named {name!r}: {first} and {second}; rename one", folder)
+    no_label = sorted(case_name(path) for path in pairing.unmatched_sources)
+    no_image = sorted(case_name(path) for path in pairing.unmatched_targets)
     if no_label or no_image:
         parts = []
         if no_label:
@@ -472,32 +472,18 @@ def pair_cases(images: str | Path, labels: str | Path) -> list[_Pair]:
         )
     pairs: list[_Pair] = []
     safe_names: dict[str, str] = {}
-    for raw in sorted(image_by_name):
+    for raw, image, label in sorted(pairing.pairs, key=lambda pair: pair[0]):
         safe = _UNSAFE_CASE_CHARACTERS.sub("_", raw)
         if safe in safe_names:
             raise InputError(
                 f"cases {safe_names[safe]!r} and {raw!r} both become {safe!r} in nnU-Net file names; rename one",
-                image_by_name[raw],
+                image,
             )
         if safe != raw:
-            logger.warning(
-                "%s: case %r is written as %r (nnU-Net-safe file name)", image_by_name[raw], raw, safe
-            )
+            logger.warning("%s: case %r is written as %r (nnU-Net-safe file name)", image, raw, safe)
         safe_names[safe] = raw
-        pairs.append(_Pair(safe, image_by_name[raw], label_by_name[raw]))
+        pairs.append(_Pair(safe, image, label))
     return pairs
-
-
-def _by_case_name(paths: Sequence[Path], folder: Path, case_name: Any) -> dict[str, Path]:
-    by_name: dict[str, Path] = {}
-    for path in paths:
-        name = case_name(path)
-        if name in by_name:
-            raise InputError(
-                f"two volumes are named {name!r}: {by_name[name]} and {path}; rename one", folder
-            )
-        by_name[name] = path
-    return by_name
 
 
 # ---------------------------------------------------------------------------------------------- labels
@@ -619,11 +605,10 @@ def _image_dtype(dtype: str) -> str:
 # ------------------------------------------------------------------------------------------------ grids
 
 
-def _grid_of(path: Path) -> Any:
+def _grid_of(path: Path) -> Geometry:
     """The geometry of a volume; for NIfTI from the header alone (no voxels read)."""
     from medcyclegan.io.discovery import NIFTI_SUFFIXES, volume_suffix
     from medcyclegan.io.readers import read_volume
-    from medcyclegan.io.volume import Geometry
 
     if volume_suffix(path) in NIFTI_SUFFIXES:
         import nibabel as nib
@@ -640,17 +625,18 @@ def _grid_of(path: Path) -> Any:
     return read_volume(path).geometry
 
 
-def _check_same_grid(image: Path, image_grid: Any, label: Path, label_grid: Any) -> None:
-    """Image and label must cover the same voxels (compared in RAS voxel order, to 1e-3 mm)."""
+def _check_same_grid(image: Path, image_grid: Geometry, label: Path, label_grid: Geometry) -> None:
+    """Image and label must cover the same voxels (:meth:`Geometry.same_grid`); else what differs."""
     fix = "resample one onto the other's grid first"
     if image_grid.ras_shape != label_grid.ras_shape:
         raise InputError(
             f"shape {_fmt(image_grid.ras_shape)} (RAS) differs from its label {label} {_fmt(label_grid.ras_shape)}; {fix}",
             image,
         )
-    a, b = image_grid.ras_affine, label_grid.ras_affine
-    if np.allclose(a, b, rtol=0, atol=GRID_TOLERANCE_MM):
+    if image_grid.same_grid(label_grid):
         return
+    # Only to say what differs, with the tolerance of the rule.
+    a, b = image_grid.ras_affine, label_grid.ras_affine
     spacing_a, spacing_b = np.linalg.norm(a[:3, :3], axis=0), np.linalg.norm(b[:3, :3], axis=0)
     differences = []
     if not np.allclose(spacing_a, spacing_b, rtol=0, atol=GRID_TOLERANCE_MM):

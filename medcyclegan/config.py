@@ -28,13 +28,18 @@ import yaml
 from medcyclegan.errors import ConfigError
 from medcyclegan.runtime import check_device_name
 
+# The option lists, each written once here; the modules that act on an option import its list.
 MODALITIES = ("mr", "ct")
 # Translation models (medcyclegan.models registers one class under each name).
 MODEL_KINDS = ("cyclegan",)
-GENERATORS = ("resnet", "resnet-attention")
+GENERATORS = ("resnet", "resnet-attention")  # the classes: medcyclegan.nets, in this order
 UPSAMPLE_MODES = ("transpose", "resize")
 GAN_MODES = ("lsgan", "vanilla", "hinge")
 MASK_METHODS = ("auto", "otsu", "threshold")
+AMP_MODES = ("auto", "bf16", "off")
+BEST_MODES = ("max", "min")
+# Segmentation dataset layouts of ``medcyclegan augment`` (nnU-Net v2, Medical Segmentation Decathlon).
+DATASET_FORMATS = ("nnunetv2", "msd")
 # Upper bounds that catch typos (an image_size of 100000, ngf 64000) with one line, before any
 # allocation fails with a traceback; far above every sensible value.
 MAX_IMAGE_SIZE = 4096
@@ -46,8 +51,25 @@ MAX_STEPS_PER_EPOCH = 1_000_000  # an epoch's batch list is built up front
 
 
 def _check_choice(section: str, name: str, value: Any, choices: tuple[str, ...]) -> None:
+    _check_choice_at(f"{section}.{name}", value, choices)
+
+
+def _check_choice_at(where: str, value: Any, choices: tuple[str, ...]) -> None:
     if value not in choices:
-        raise ConfigError(f"{section}.{name} must be one of {', '.join(choices)}; got {value!r}")
+        raise ConfigError(f"{where} must be one of {', '.join(choices)}; got {value!r}")
+
+
+def _check_number(where: str, value: Any) -> None:
+    """A finite float (records built in code are checked as strictly as those read from YAML)."""
+    if isinstance(value, bool) or not isinstance(value, float) or not math.isfinite(value):
+        raise ConfigError(f"{where} must be a finite number; got {value!r}")
+
+
+def _float_at(where: str, value: Any) -> float:
+    """An int or float read from YAML as a float (a bool or a string is refused)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{where} must be a number; got {value!r}")
+    return float(value)
 
 
 def _check_positive(section: str, name: str, value: float, allow_zero: bool = False) -> None:
@@ -355,8 +377,8 @@ class TrainConfig:
             value = getattr(self, name)
             if not (isinstance(value, bool) or (value is None and name == "channels_last")):
                 raise ConfigError(f"train.{name} must be true or false; got {value!r}")
-        _check_choice("train", "best_mode", self.best_mode, ("max", "min"))
-        _check_choice("train", "amp", self.amp, ("auto", "bf16", "off"))
+        _check_choice("train", "best_mode", self.best_mode, BEST_MODES)
+        _check_choice("train", "amp", self.amp, AMP_MODES)
         if self.max_steps is not None:
             _check_positive("train", "max_steps", self.max_steps)
         if self.steps_per_epoch is not None:
@@ -368,12 +390,168 @@ class TrainConfig:
         _check_positive("train", "keep_epoch_checkpoints", self.keep_epoch_checkpoints, allow_zero=True)
 
 
+# How each modality is normalised (see medcyclegan.data.normalise): CT through the fixed HU window
+# data.ct_window, MR through percentiles measured per volume (data.mr_percentiles).
+NORMALISATION_METHODS = {"ct": "window", "mr": "percentiles"}
+# The keys of the two domains in the YAML of config.yaml and of checkpoints (written so since 0.1.0).
+_NORMALISATION_KEYS = ("src", "tgt")
+
+
+@dataclass(frozen=True)
+class DomainNormalisation:
+    """How the training volumes of one domain were normalised (a record of the run's config).
+
+    Conversion, validation and sample grids denormalise what a generator makes for this domain
+    with ``lower`` and ``upper`` (:func:`medcyclegan.data.normalise.output_params`). Written as a
+    mapping of plain values (:meth:`to_dict`), in the same keys and order as version 0.1.0.
+
+    Attributes:
+        modality: ``"ct"`` or ``"mr"``.
+        method: ``"window"`` (CT) or ``"percentiles"`` (MR), see :data:`NORMALISATION_METHODS`.
+        lower: the value mapped to -1 (CT: HU; MR: the median over the training volumes of their
+            lower percentile, in MR units).
+        upper: the value mapped to +1; greater than ``lower``.
+        window: CT only: the HU window ``(low, high)`` of ``data.ct_window``.
+        percentiles: MR only: the percentiles (%) ``data.mr_percentiles`` measured in each volume.
+        n_volumes: MR only: how many training volumes the medians are taken over.
+        where: where the record comes from, named in errors (e.g. ``"normalisation.src"``); not
+            stored.
+
+    Raises:
+        ConfigError: a value that no training run writes, naming the field.
+    """
+
+    modality: str
+    method: str
+    lower: float
+    upper: float
+    window: tuple[float, float] | None = None
+    percentiles: tuple[float, float] | None = None
+    n_volumes: int | None = None
+    where: dataclasses.InitVar[str] = "normalisation"
+
+    def __post_init__(self, where: str) -> None:
+        _check_choice_at(f"{where}.modality", self.modality, MODALITIES)
+        expected = NORMALISATION_METHODS[self.modality]
+        if self.method != expected:
+            raise ConfigError(
+                f"{where}.method must be {expected!r} for modality {self.modality!r}; got {self.method!r}"
+            )
+        for name in ("lower", "upper"):
+            _check_number(f"{where}.{name}", getattr(self, name))
+        if not self.lower < self.upper:
+            raise ConfigError(
+                f"{where}.lower must be less than {where}.upper; got {self.lower!r} and {self.upper!r}"
+            )
+        # A window record has its window only; a percentiles record its percentiles and n_volumes.
+        own = ("window",) if self.method == "window" else ("percentiles", "n_volumes")
+        for name in ("window", "percentiles", "n_volumes"):
+            if name not in own and getattr(self, name) is not None:
+                raise ConfigError(f"{where}.{name} does not belong to a {self.method!r} record")
+        pair_name = own[0]
+        pair = getattr(self, pair_name)
+        if not isinstance(pair, tuple) or len(pair) != 2:
+            raise ConfigError(f"{where}.{pair_name} must be a list of 2 numbers; got {pair!r}")
+        for i, value in enumerate(pair):
+            _check_number(f"{where}.{pair_name}[{i}]", value)
+        low, high = pair
+        if not low < high or (pair_name == "percentiles" and not 0 <= low < high <= 100):
+            bounds = "0 <= low < high <= 100" if pair_name == "percentiles" else "low < high"
+            raise ConfigError(f"{where}.{pair_name} must satisfy {bounds}; got {list(pair)!r}")
+        if self.n_volumes is not None and (
+            isinstance(self.n_volumes, bool) or not isinstance(self.n_volumes, int) or self.n_volumes < 1
+        ):
+            raise ConfigError(f"{where}.n_volumes must be an integer >= 1; got {self.n_volumes!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values for YAML, in the keys and order version 0.1.0 wrote."""
+        out: dict[str, Any] = {"modality": self.modality, "method": self.method}
+        if self.window is not None:
+            out["window"] = list(self.window)
+        if self.percentiles is not None:
+            out["percentiles"] = list(self.percentiles)
+        out["lower"], out["upper"] = self.lower, self.upper
+        if self.n_volumes is not None:
+            out["n_volumes"] = self.n_volumes
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str = "normalisation") -> DomainNormalisation:
+        """Inverse of :meth:`to_dict` (integers become floats); ConfigError naming a bad field."""
+        if not isinstance(data, dict):
+            raise ConfigError(f"{where} must be a mapping; got {data!r}")
+        known = [f.name for f in fields(cls)]
+        unknown = sorted(str(k) for k in set(data) - set(known))
+        if unknown:
+            raise ConfigError(f"unknown key(s) {[f'{where}.{k}' for k in unknown]}")
+        missing = [k for k in ("modality", "method", "lower", "upper") if k not in data]
+        if missing:
+            raise ConfigError(f"{where} lacks {', '.join(missing)}")
+        values = dict(data)
+        for name in ("lower", "upper"):
+            values[name] = _float_at(f"{where}.{name}", values[name])
+        for name in ("window", "percentiles"):
+            pair = values.get(name)
+            if pair is not None:
+                if not isinstance(pair, (list, tuple)) or len(pair) != 2:
+                    raise ConfigError(f"{where}.{name} must be a list of 2 numbers; got {pair!r}")
+                values[name] = tuple(_float_at(f"{where}.{name}[{i}]", v) for i, v in enumerate(pair))
+        for name in ("modality", "method"):
+            if not isinstance(values[name], str):
+                raise ConfigError(f"{where}.{name} must be a string; got {values[name]!r}")
+        return cls(**values, where=where)
+
+
+@dataclass(frozen=True)
+class Normalisation:
+    """The normalisation records of the run's two domains, as training measured them.
+
+    Stored in ``config.yaml`` and in every checkpoint's config as ``normalisation: {src: ..., tgt:
+    ...}`` (the keys of version 0.1.0); :meth:`to_dict` and :meth:`from_dict` are the only places
+    that know those keys.
+
+    Attributes:
+        source: the record of domain A (``data.src_modality``).
+        target: the record of domain B (``data.tgt_modality``).
+    """
+
+    source: DomainNormalisation
+    target: DomainNormalisation
+
+    def to_dict(self) -> dict[str, Any]:
+        """``{"src": {...}, "tgt": {...}}`` of plain values."""
+        return dict(zip(_NORMALISATION_KEYS, (self.source.to_dict(), self.target.to_dict())))
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Normalisation | None:
+        """Inverse of :meth:`to_dict`; ``None`` for an empty or missing record (a config before training).
+
+        Raises:
+            ConfigError: not a mapping, a domain missing or an extra key, or a bad record (naming the
+                field, e.g. ``normalisation.tgt.upper``).
+        """
+        if not data:  # missing, null or {} (as 0.1.0 read them: "or {}")
+            return None
+        if not isinstance(data, dict):
+            raise ConfigError(f"normalisation must be a mapping of src and tgt; got {data!r}")
+        if sorted(map(str, data)) != sorted(_NORMALISATION_KEYS):
+            raise ConfigError(
+                f"normalisation must hold exactly the keys src and tgt; got {sorted(map(str, data))}"
+            )
+        source, target = (
+            DomainNormalisation.from_dict(data[key], where=f"normalisation.{key}")
+            for key in _NORMALISATION_KEYS
+        )
+        return cls(source, target)
+
+
 @dataclass
 class Config:
     """A whole run: data, model, loss, optimisation, run control, plus what was measured.
 
     ``normalisation`` is filled by training with the parameters of each domain (see
-    :mod:`medcyclegan.data.normalise`), so that conversion applies exactly what training saw.
+    :mod:`medcyclegan.data.normalise`), so that conversion applies exactly what training saw;
+    ``None`` before training.
     """
 
     data: DataConfig = field(default_factory=DataConfig)
@@ -381,7 +559,7 @@ class Config:
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    normalisation: dict[str, Any] = field(default_factory=dict)
+    normalisation: Normalisation | None = None
     version: str = ""
 
     def validate(self) -> Config:
@@ -404,6 +582,7 @@ class Config:
         The networks know their own limits; imported here, not at the top, because the config is
         the bottom layer (and most of its users never validate a whole run config).
         """
+        # lazy: circular (medcyclegan.nets imports this module for its option lists) and torch
         from medcyclegan.nets import discriminator_min_size, generator_stride_multiple
 
         size = self.data.image_size
@@ -423,7 +602,10 @@ class Config:
             )
 
     def to_dict(self) -> dict[str, Any]:
-        return _plain(asdict(self))
+        raw = _plain(asdict(self))
+        # Its own YAML form (the 0.1.0 keys src/tgt), in place: the key order of the file is kept.
+        raw["normalisation"] = self.normalisation.to_dict() if self.normalisation is not None else {}
+        return raw
 
 
 _SECTIONS = {
@@ -513,7 +695,9 @@ def config_from_dict(raw: dict[str, Any], source: str = "config") -> Config:
             raise ConfigError(f"{source}: unknown key(s) {sorted(f'{name}.{k}' for k in bad)}")
         kwargs[name] = cls(**{k: _coerce(f"{name}.{k}", v, hints[k]) for k, v in section.items()})
     cfg = Config(
-        **kwargs, normalisation=dict(raw.get("normalisation") or {}), version=str(raw.get("version") or "")
+        **kwargs,
+        normalisation=Normalisation.from_dict(raw.get("normalisation")),
+        version=str(raw.get("version") or ""),
     )
     return cfg.validate()
 
@@ -590,6 +774,7 @@ def config_from_yaml(text: str, source: str = "config") -> Config:
 
 def save_config(cfg: Config, path: str | Path) -> None:
     """Writes the resolved config atomically."""
+    # lazy: io is above config in the import arrows (io -> config); only writing needs it
     from medcyclegan.io.atomic import atomic_write_text
 
     atomic_write_text(Path(path), config_to_yaml(cfg))

@@ -262,8 +262,9 @@ def translate_loaded(
         raise ValueError(f"batch_size must be >= 1; got {batch_size}")
     cfg = model.cfg
     where = str(volume.geometry.source_path or "") or "volume"
-    record_key = "tgt" if model.source_modality == cfg.data.src_modality else "src"
-    out_params = output_params(cfg.normalisation[record_key])
+    records = cfg.normalisation  # never None: load_model refuses a checkpoint without it
+    produced = records.target if model.source_modality == cfg.data.src_modality else records.source
+    out_params = output_params(produced)
     out_dtype = np.dtype(OUTPUT_DTYPE[model.target_modality] if dtype is None else dtype)
     array = volume.array
     nx, ny, nz = (int(n) for n in array.shape)

@@ -23,11 +23,28 @@ import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import Any, NoReturn
 
 import numpy as np
+from rich.table import Table
+from rich.text import Text
 
+from medcyclegan import __version__
 from medcyclegan.errors import InputError, OutputError
+from medcyclegan.io.atomic import atomic_write_text, check_can_write
+from medcyclegan.io.discovery import (
+    DICOM_SUFFIX,
+    case_name,
+    files_of_volume,
+    find_volumes,
+    is_volume_path,
+    pair_by_case,
+    shared_file,
+    split_series,
+    volume_suffix,
+)
+from medcyclegan.io.readers import read_mask, read_volume
+from medcyclegan.io.volume import Volume
 from medcyclegan.metrics import (
     BODY_MASK_METHOD,
     compute_metrics,
@@ -36,16 +53,8 @@ from medcyclegan.metrics import (
     synthrad_body_mask,
 )
 
-if TYPE_CHECKING:
-    from rich.table import Table
-
-    from medcyclegan.io.volume import Volume
-
 logger = logging.getLogger("medcyclegan")
 
-# Largest affine difference (mm) still treated as the same grid: float32 header rounding between formats
-# is ~1e-5 mm, while any real misalignment is far larger.
-GRID_TOLERANCE_MM = 1e-3
 SUMMARY_STATISTICS = ("mean", "std", "median")
 COLUMN_HEADERS = {"mae": "MAE [HU]", "psnr": "PSNR [dB]", "ssim": "SSIM", "ms_ssim": "MS-SSIM"}
 DISPLAY_FORMATS = {"mae": "{:.1f}", "psnr": "{:.2f}", "ssim": "{:.4f}", "ms_ssim": "{:.4f}"}
@@ -69,8 +78,6 @@ def check_report_paths(
             ``.dcm``...), a target is one of the inputs' files, exists (without ``overwrite``), is a
             folder, or its folder cannot be created or written.
     """
-    from medcyclegan.io.atomic import check_can_write
-    from medcyclegan.io.discovery import DICOM_SUFFIX, files_of_volume, shared_file, volume_suffix
 
     json_path = Path(json_path)
     csv_path = json_path.with_suffix(".csv")
@@ -201,7 +208,6 @@ class EvaluationReport:
             OutputError: a target exists (without ``overwrite``), the folder is unwritable, or the JSON
                 path itself ends in ``.csv``.
         """
-        from medcyclegan.io.atomic import atomic_write_text
 
         json_path, csv_path = check_report_paths(json_path, overwrite=overwrite)
         atomic_write_text(json_path, self.to_json(), overwrite=overwrite)
@@ -214,8 +220,6 @@ class EvaluationReport:
         All text goes in as :class:`rich.text.Text`, so brackets in headers (``[HU]``) and case names are
         shown as written instead of being read as rich markup.
         """
-        from rich.table import Table
-        from rich.text import Text
 
         low, high = self.metadata["clip_range_hu"]
         sources = {case.mask_source for case in self.cases}
@@ -299,7 +303,6 @@ def evaluate(
             on another grid or empty.
     """
     metadata = metric_metadata(standard)  # validates ``standard`` before any file is read
-    from medcyclegan import __version__
 
     metadata.update(
         {
@@ -320,7 +323,6 @@ def _pair_inputs(pred: Path, ref: Path, mask: Path | None) -> list[tuple[str, Pa
     A path is one volume if it is a file or a DICOM series folder (``FOLDER::SERIES_UID`` included);
     any other folder holds cases, found recursively and paired by case name.
     """
-    from medcyclegan.io.discovery import case_name, is_volume_path, split_series
 
     for path in (pred, ref, mask):
         if path is not None and not split_series(path)[0].exists():
@@ -336,12 +338,14 @@ def _pair_inputs(pred: Path, ref: Path, mask: Path | None) -> list[tuple[str, Pa
     if is_single(pred):
         case = case_name(ref)
         if mask is not None and not is_single(mask):
-            return [(case, pred, ref, _index(mask).get(case) or _missing_mask(mask, [case]))]
+            return [(case, pred, ref, _masks_of([ref], mask)[0])]
         return [(case, pred, ref, mask)]
 
-    preds, refs = _index(pred), _index(ref)
-    only_pred = sorted(set(preds) - set(refs))
-    only_ref = sorted(set(refs) - set(preds))
+    pairing = pair_by_case(find_volumes(pred), find_volumes(ref))
+    _refuse_duplicate(pairing.duplicate_source, pred)
+    _refuse_duplicate(pairing.duplicate_target, ref)
+    only_pred = sorted(case_name(path) for path in pairing.unmatched_sources)
+    only_ref = sorted(case_name(path) for path in pairing.unmatched_targets)
     if only_pred or only_ref:
         parts = []
         if only_pred:
@@ -349,33 +353,32 @@ def _pair_inputs(pred: Path, ref: Path, mask: Path | None) -> list[tuple[str, Pa
         if only_ref:
             parts.append(f"only in {ref}: {', '.join(only_ref)}")
         raise InputError(f"{len(only_pred) + len(only_ref)} unmatched case(s); " + "; ".join(parts), pred)
-    names = sorted(refs)
+    pairs = sorted(pairing.pairs, key=lambda pair: pair[0])
     if mask is None:
-        return [(name, preds[name], refs[name], None) for name in names]
+        return [(name, pred_path, ref_path, None) for name, pred_path, ref_path in pairs]
     if is_single(mask):
         raise InputError(
             "is a single mask file but the inputs are folders: give a folder of masks named like the cases",
             mask,
         )
-    masks = _index(mask)
-    missing = [name for name in names if name not in masks]
-    if missing:
-        _missing_mask(mask, missing)
-    return [(name, preds[name], refs[name], masks[name]) for name in names]
+    masks = _masks_of([ref_path for _, _, ref_path in pairs], mask)
+    return [(name, pred_path, ref_path, m) for (name, pred_path, ref_path), m in zip(pairs, masks)]
 
 
-def _index(folder: Path) -> dict[str, Path]:
-    """Case name -> volume path for the volumes in ``folder``; duplicate names are an error."""
-    from medcyclegan.io.discovery import case_name, find_volumes
+def _masks_of(refs: list[Path], folder: Path) -> list[Path]:
+    """The mask of each reference, from ``folder`` by case name; every reference needs one."""
+    pairing = pair_by_case(refs, find_volumes(folder))  # raises InputError when the folder holds no volume
+    _refuse_duplicate(pairing.duplicate_target, folder)
+    if pairing.unmatched_sources:
+        _missing_mask(folder, [case_name(path) for path in pairing.unmatched_sources])
+    return [mask for _, _, mask in pairing.pairs]
 
-    paths = find_volumes(folder)  # raises InputError when the folder holds no volume
-    index: dict[str, Path] = {}
-    for path in paths:
-        name = case_name(path)
-        if name in index:
-            raise InputError(f"case {name!r} appears twice: {index[name]} and {path}", folder)
-        index[name] = Path(path)
-    return index
+
+def _refuse_duplicate(duplicate: tuple[str, Path, Path] | None, folder: Path) -> None:
+    """Two volumes of ``folder`` with one case name cannot be paired: an error naming both."""
+    if duplicate is not None:
+        name, first, second = duplicate
+        raise InputError(f"case {name!r} appears twice: {first} and {second}", folder)
 
 
 def _missing_mask(folder: Path, cases: list[str]) -> NoReturn:
@@ -389,8 +392,8 @@ def _check_same_grid(pred: Volume, ref: Volume, pred_path: Path, ref_path: Path)
         raise InputError(
             f"voxel grid differs from {ref_path}: shape {pred.shape} vs {ref.shape} (RAS order)", pred_path
         )
-    difference = float(np.abs(pred.affine - ref.affine).max())
-    if difference > GRID_TOLERANCE_MM:
+    if not pred.geometry.same_grid(ref.geometry):
+        difference = pred.geometry.affine_difference(ref.geometry)
         raise InputError(
             f"voxel grid differs from {ref_path}: affines differ by up to {difference:.4g} mm "
             "(resample the prediction onto the reference grid first)",
@@ -401,7 +404,6 @@ def _check_same_grid(pred: Volume, ref: Volume, pred_path: Path, ref_path: Path)
 def _evaluate_case(
     case: str, pred_path: Path, ref_path: Path, mask_path: Path | None, standard: str
 ) -> CaseResult:
-    from medcyclegan.io.readers import read_mask, read_volume
 
     ref = read_volume(ref_path)
     pred = read_volume(pred_path)

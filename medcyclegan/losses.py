@@ -16,9 +16,8 @@ import torch
 import torch.nn.functional as F
 from monai.losses import PatchAdversarialLoss
 
+from medcyclegan.config import GAN_MODES
 from medcyclegan.errors import ConfigError
-
-GAN_MODES = ("lsgan", "vanilla", "hinge")
 
 
 def _no_autocast(device: torch.device) -> contextlib.AbstractContextManager:

@@ -36,6 +36,9 @@ from typing import Any
 
 import numpy as np
 from scipy import ndimage as ndi
+from skimage.filters import threshold_otsu
+from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+from skimage.morphology import ball
 
 from medcyclegan.errors import ConfigError
 
@@ -174,8 +177,6 @@ def _prepare(
 
 def _psnr(ref_values: np.ndarray, pred_values: np.ndarray, data_range: float) -> float:
     """skimage's PSNR on two 1D arrays; ``inf`` for identical values (skimage would warn on 0/0)."""
-    from skimage.metrics import peak_signal_noise_ratio
-
     if np.array_equal(ref_values, pred_values):
         return float("inf")
     return float(peak_signal_noise_ratio(ref_values, pred_values, data_range=data_range))
@@ -207,8 +208,6 @@ def synthrad2023(pred_hu: np.ndarray, ref_hu: np.ndarray, mask: np.ndarray) -> d
     Raises:
         ValueError: the arrays are not 3D or do not share one shape.
     """
-    from skimage.metrics import structural_similarity
-
     names = metric_names("synthrad2023")
     pred, ref, inside = _prepare(pred_hu, ref_hu, mask)
     if not inside.any():
@@ -450,9 +449,6 @@ def synthrad_body_mask(ref_hu: np.ndarray) -> np.ndarray:
     Returns:
         bool array of the same shape; all False for a constant volume.
     """
-    from skimage.filters import threshold_otsu
-    from skimage.morphology import ball
-
     ref = np.clip(np.asarray(ref_hu, dtype=np.float64), *SYNTHRAD2025_CLIP_HU)
     if ref.ndim != 3:
         raise ValueError(f"expected a 3D volume, got shape {ref.shape}")

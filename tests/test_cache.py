@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
-import types
 from pathlib import Path
 
 import nibabel as nib
@@ -61,8 +59,8 @@ def reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
         assert mask.shape == like.ras_shape
         return mask.array > 0
 
-    fake = types.SimpleNamespace(read_volume=read_volume, read_mask=read_mask)
-    monkeypatch.setitem(sys.modules, "medcyclegan.io.readers", fake)
+    monkeypatch.setattr(cache_module, "read_volume", read_volume)
+    monkeypatch.setattr(cache_module, "read_mask", read_mask)
     return calls
 
 

@@ -11,7 +11,7 @@ import SimpleITK as sitk
 import torch
 from tiny import assert_clean_error, files, race_at_temporary, tiny_config, write_domain
 
-from medcyclegan.config import config_from_dict
+from medcyclegan.config import Normalisation, config_from_dict
 from medcyclegan.convert import ConversionModel, convert_paths, load_model
 from medcyclegan.data.normalise import domain_record
 from medcyclegan.train.trainer import Trainer
@@ -31,7 +31,7 @@ def identity_ct_model(spacing: float | None = None) -> ConversionModel:
     }
     cfg = config_from_dict(raw)
     record = domain_record([], "ct", cfg.data)
-    cfg.normalisation = {"src": record, "tgt": record}
+    cfg.normalisation = Normalisation(source=record, target=record)
     return ConversionModel(IdentityGenerator(), cfg, "ct", "ct", Path("identity"), torch.device("cpu"))
 
 

@@ -1,4 +1,4 @@
-"""Normalisation: exact inverse (property tests), MR percentiles in the body, modality checks, records."""
+"""Normalisation: exact inverse (property tests), MR percentiles in the body, modality checks, typed records."""
 
 from __future__ import annotations
 
@@ -6,11 +6,22 @@ import logging
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+import yaml
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from medcyclegan.config import DataConfig
+from medcyclegan.checkpoint import checkpoint_config
+from medcyclegan.config import (
+    Config,
+    DataConfig,
+    DomainNormalisation,
+    Normalisation,
+    config_from_dict,
+    config_from_yaml,
+    config_to_yaml,
+    load_config,
+)
 from medcyclegan.data.normalise import (
     NormParams,
     check_modality,
@@ -20,7 +31,7 @@ from medcyclegan.data.normalise import (
     normalise,
     output_params,
 )
-from medcyclegan.errors import ConfigError, InputError
+from medcyclegan.errors import CheckpointError, ConfigError, InputError
 
 CT_LOW, CT_HIGH = DataConfig().ct_window
 
@@ -161,15 +172,162 @@ def test_mr_share_rule_without_very_low_minimum(caplog: pytest.LogCaptureFixture
 def test_domain_records_and_output_params() -> None:
     cfg = DataConfig(ct_window=(-1000.0, 2000.0), mr_percentiles=(1.0, 99.0))
     ct = domain_record([NormParams("ct", -1000, 2000)] * 2, "ct", cfg)
-    assert ct["window"] == [-1000.0, 2000.0]
+    assert ct.window == (-1000.0, 2000.0)
+    # The YAML form is the one of 0.1.0, key for key and in that order.
+    assert list(ct.to_dict().items()) == [
+        ("modality", "ct"),
+        ("method", "window"),
+        ("window", [-1000.0, 2000.0]),
+        ("lower", -1000.0),
+        ("upper", 2000.0),
+    ]
     assert output_params(ct) == NormParams("ct", -1000, 2000)
     mr_params = [NormParams("mr", lo, hi) for lo, hi in [(0, 100), (10, 300), (5, 200)]]
     mr = domain_record(mr_params, "mr", cfg)
-    assert mr["percentiles"] == [1.0, 99.0] and mr["n_volumes"] == 3
+    assert mr.percentiles == (1.0, 99.0) and mr.n_volumes == 3
+    assert list(mr.to_dict()) == ["modality", "method", "percentiles", "lower", "upper", "n_volumes"]
     assert output_params(mr) == NormParams("mr", 5, 200)
     with pytest.raises(ConfigError):
         domain_record([], "mr", cfg)
     with pytest.raises(ConfigError):
         domain_record(mr_params, "ct", cfg)
     with pytest.raises(ConfigError):
-        output_params({})
+        DomainNormalisation.from_dict({})
+
+
+# The normalisation as medcyclegan 0.1.0 wrote it into config.yaml and into checkpoints (config_yaml),
+# verbatim (printed by the 0.1.0 code of commit f9ce753; the other sections are left at their defaults).
+CONFIG_YAML_0_1_0 = """\
+data:
+  src_modality: mr
+  tgt_modality: ct
+normalisation:
+  src:
+    modality: mr
+    method: percentiles
+    percentiles:
+    - 0.5
+    - 99.5
+    lower: 1.6500000000000004
+    upper: 1143.778125
+    n_volumes: 2
+  tgt:
+    modality: ct
+    method: window
+    window:
+    - -1024.0
+    - 3000.0
+    lower: -1024.0
+    upper: 3000.0
+version: 0.1.0
+"""
+
+
+def test_normalisation_of_0_1_0_yaml_loads_typed_and_writes_back_the_same() -> None:
+    cfg = config_from_yaml(CONFIG_YAML_0_1_0)
+    assert cfg.normalisation == Normalisation(
+        source=DomainNormalisation(
+            "mr", "percentiles", 1.6500000000000004, 1143.778125, percentiles=(0.5, 99.5), n_volumes=2
+        ),
+        target=DomainNormalisation("ct", "window", -1024.0, 3000.0, window=(-1024.0, 3000.0)),
+    )
+    written = yaml.safe_load(config_to_yaml(cfg))
+    assert written["normalisation"] == yaml.safe_load(CONFIG_YAML_0_1_0)["normalisation"]
+    # Text too: the section is written exactly as 0.1.0 wrote it.
+    section = CONFIG_YAML_0_1_0[
+        CONFIG_YAML_0_1_0.index("normalisation:") : CONFIG_YAML_0_1_0.index("version:")
+    ]
+    assert section in config_to_yaml(cfg)
+
+
+def test_config_without_normalisation_has_none_and_writes_an_empty_mapping() -> None:
+    assert Config().normalisation is None
+    assert config_from_yaml("normalisation: {}\n").normalisation is None
+    assert config_from_yaml("data: {src_modality: mr}\n").normalisation is None
+    assert Config().to_dict()["normalisation"] == {}
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.floats(-1e6, 1e6, allow_nan=False, allow_infinity=False),
+    st.floats(1e-9, 1e6, allow_nan=False, allow_infinity=False),
+    st.integers(1, 10_000),
+)
+def test_normalisation_round_trips_yaml_exactly(lower: float, width: float, n_volumes: int) -> None:
+    upper = lower + width
+    assume(upper > lower)
+    records = Normalisation(
+        source=DomainNormalisation(
+            "mr", "percentiles", lower, upper, percentiles=(0.1 + 0.2, 99.9), n_volumes=n_volumes
+        ),
+        target=DomainNormalisation("ct", "window", -1024.5, 3000.25, window=(-1024.5, 3000.25)),
+    )
+    cfg = config_from_dict({"normalisation": records.to_dict()})
+    again = config_from_yaml(config_to_yaml(cfg))
+    assert again.normalisation == records
+    assert (
+        again.normalisation.source.lower == lower and again.normalisation.source.upper == upper
+    )  # bit for bit
+
+
+def _record(**changes: object) -> dict:
+    mr = {"modality": "mr", "method": "percentiles", "percentiles": [0.5, 99.5], "lower": 1.0, "upper": 9.0}
+    return {"src": {**mr, **changes}, "tgt": {"modality": "ct", "method": "window", "window": [-1024, 3000],
+                                               "lower": -1024, "upper": 3000}}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("normalisation", "message"),
+    [
+        (["src", "tgt"], "normalisation must be a mapping of src and tgt"),
+        ({"src": _record()["src"]}, "normalisation must hold exactly the keys src and tgt; got ['src']"),
+        ({**_record(), "extra": {}}, "normalisation must hold exactly the keys src and tgt"),
+        ({"src": 3, "tgt": _record()["tgt"]}, "normalisation.src must be a mapping; got 3"),
+        (
+            {"src": {"modality": "mr"}, "tgt": _record()["tgt"]},
+            "normalisation.src lacks method, lower, upper",
+        ),
+        (_record(lower="low"), "normalisation.src.lower must be a number; got 'low'"),
+        (_record(upper=True), "normalisation.src.upper must be a number; got True"),
+        (_record(upper=float("nan")), "normalisation.src.upper must be a finite number; got nan"),
+        (
+            _record(lower=9.0),
+            "normalisation.src.lower must be less than normalisation.src.upper; got 9.0 and 9.0",
+        ),
+        (_record(modality="pet"), "normalisation.src.modality must be one of mr, ct; got 'pet'"),
+        (
+            _record(method="window"),
+            "normalisation.src.method must be 'percentiles' for modality 'mr'; got 'window'",
+        ),
+        (_record(percentiles=[0.5]), "normalisation.src.percentiles must be a list of 2 numbers; got [0.5]"),
+        (_record(percentiles=[50, 101]), "normalisation.src.percentiles must satisfy 0 <= low < high <= 100"),
+        (_record(percentiles=None), "normalisation.src.percentiles must be a list of 2 numbers; got None"),
+        (_record(window=[0, 1]), "normalisation.src.window does not belong to a 'percentiles' record"),
+        (_record(n_volumes=0), "normalisation.src.n_volumes must be an integer >= 1; got 0"),
+        (_record(n_volumes=2.5), "normalisation.src.n_volumes must be an integer >= 1; got 2.5"),
+        (_record(spacing=1.0), "unknown key(s) ['normalisation.src.spacing']"),
+    ],
+)
+def test_bad_normalisation_record_is_refused_naming_the_field(normalisation: object, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        config_from_dict({"normalisation": normalisation})
+    assert message in str(info.value)
+
+
+def test_bad_record_in_a_config_file_names_the_file(tmp_path) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text(CONFIG_YAML_0_1_0.replace("upper: 3000.0", "upper: -2000.0"))
+    with pytest.raises(
+        ConfigError, match=r"normalisation.tgt.lower must be less than normalisation.tgt.upper"
+    ) as info:
+        load_config(path)
+    assert str(path) in str(info.value)
+
+
+def test_checkpoint_config_of_0_1_0_reads_the_typed_record_and_refuses_a_damaged_one() -> None:
+    cfg = checkpoint_config({"config_yaml": CONFIG_YAML_0_1_0}, "last.pt")
+    assert cfg.normalisation is not None and cfg.normalisation.target.window == (-1024.0, 3000.0)
+    assert output_params(cfg.normalisation.source) == NormParams("mr", 1.6500000000000004, 1143.778125)
+    damaged = CONFIG_YAML_0_1_0.replace("n_volumes: 2", "n_volumes: -1")
+    with pytest.raises(CheckpointError, match=r"stored config is invalid: normalisation.src.n_volumes"):
+        checkpoint_config({"config_yaml": damaged}, "last.pt")

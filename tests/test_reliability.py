@@ -819,8 +819,12 @@ def whole_volume_translation(model, path: Path, *, mask_background: bool = False
         model.generator, prepared.image, context_slices=cfg.data.context_slices, batch_size=4, device="cpu"
     )
     translated = restore_inplane(translated, prepared, mode="bilinear")
-    record = "tgt" if model.source_modality == cfg.data.src_modality else "src"
-    out = denormalise(translated, output_params(cfg.normalisation[record]))
+    record = (
+        cfg.normalisation.target
+        if model.source_modality == cfg.data.src_modality
+        else cfg.normalisation.source
+    )
+    out = denormalise(translated, output_params(record))
     if mask_background:
         body = restore_inplane(prepared.mask.astype(np.float32), prepared, mode="nearest") > 0.5
         out = np.where(body, out, np.float32(AIR_VALUE[model.target_modality]))

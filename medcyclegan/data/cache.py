@@ -33,6 +33,8 @@ from medcyclegan.data.normalise import NormParams, check_modality_name
 from medcyclegan.data.prepare import PreparedVolume, prepare_volume
 from medcyclegan.errors import ConfigError, InputError, OutputError
 from medcyclegan.io.atomic import atomic_path, atomic_write_text
+from medcyclegan.io.discovery import split_series
+from medcyclegan.io.readers import read_mask, read_volume
 
 logger = logging.getLogger("medcyclegan")
 
@@ -140,8 +142,6 @@ def _file_identity(path: Path) -> list[Any]:
 
     ``FOLDER::SERIES_UID`` (one series of a DICOM folder) is the folder's identity plus the UID.
     """
-    from medcyclegan.io.discovery import split_series
-
     folder, series_uid = split_series(path)
     if series_uid is not None:
         return [*_file_identity(folder), series_uid]
@@ -166,8 +166,6 @@ def _plain(value: Any) -> Any:
 def _prepare_file(
     path: Path, modality: str, data_cfg: DataConfig, mask: MaskSource, params: NormParams | None
 ) -> PreparedVolume:
-    from medcyclegan.io.readers import read_mask, read_volume
-
     volume = read_volume(path)
     user_mask: np.ndarray | None = None
     if isinstance(mask, np.ndarray):

@@ -25,6 +25,9 @@ from collections.abc import Callable
 
 import numpy as np
 from scipy import ndimage
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+from skimage.filters import threshold_otsu
 
 from medcyclegan import parallel
 from medcyclegan.config import MASK_METHODS
@@ -108,8 +111,6 @@ def _otsu_foreground(array: np.ndarray) -> np.ndarray:
     of the 99th-percentile range (scale-free), it separates air noise from tissue. Measured on a
     T1 head (brain1): threshold 388 on raw values (body outline broken), 89 on log values (intact).
     """
-    from skimage.filters import threshold_otsu
-
     lowest, highest = float(np.min(array)), float(np.max(array))
     if lowest == highest:
         return np.zeros(array.shape, dtype=bool)
@@ -182,9 +183,6 @@ def _label_runs(
         holds labels ``offsets[r] + 1 .. offsets[r + 1]``; ``component[i]`` the joined component of
         label ``i + 1``.
     """
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
-
     labels = np.empty(mask.shape, dtype=np.int32)
 
     def label_run(run: int) -> np.ndarray:

@@ -16,7 +16,8 @@ used: it does not clip by default and has no inverse.
 
 Generated images have no input of their own domain to take a scale from (an MR made from a CT has no
 "input MR"), so training records one scale per domain (:func:`domain_record`) and
-:func:`output_params` turns that record into the parameters used to denormalise generated images.
+:func:`output_params` turns that record (a :class:`~medcyclegan.config.DomainNormalisation`) into the
+parameters used to denormalise generated images.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from medcyclegan.config import MODALITIES, DataConfig
+from medcyclegan.config import MODALITIES, DataConfig, DomainNormalisation
 from medcyclegan.errors import ConfigError, InputError
 
 logger = logging.getLogger("medcyclegan")
@@ -246,8 +247,8 @@ def check_modality(array: np.ndarray, modality: str, path: str | Path | None) ->
     return True
 
 
-def domain_record(params_list: list[NormParams], modality: str, data_cfg: DataConfig) -> dict[str, Any]:
-    """Summarises the normalisation of a training domain for the run config (plain YAML values).
+def domain_record(params_list: list[NormParams], modality: str, data_cfg: DataConfig) -> DomainNormalisation:
+    """Summarises the normalisation of a training domain for the run config.
 
     Args:
         params_list: the per-volume parameters of the domain's training volumes.
@@ -255,9 +256,9 @@ def domain_record(params_list: list[NormParams], modality: str, data_cfg: DataCo
         data_cfg: the run's data config.
 
     Returns:
-        CT: ``{"modality": "ct", "method": "window", "window": [lo, hi], "lower": lo, "upper": hi}``
-        (HU). MR: ``{"modality": "mr", "method": "percentiles", "percentiles": [p_lo, p_hi],
-        "lower": median lower, "upper": median upper, "n_volumes": n}`` (MR units).
+        CT: method ``"window"``, the HU ``window`` and ``lower``/``upper`` equal to it. MR: method
+        ``"percentiles"``, the ``percentiles``, ``lower``/``upper`` the medians over the volumes (MR
+        units) and ``n_volumes``.
 
     Raises:
         ConfigError: an MR domain without volumes, or parameters of another modality.
@@ -268,28 +269,24 @@ def domain_record(params_list: list[NormParams], modality: str, data_cfg: DataCo
             raise ConfigError(f"domain {modality!r} received normalisation parameters of {params.modality!r}")
     if modality == "ct":
         low, high = (float(v) for v in data_cfg.ct_window)
-        return {"modality": "ct", "method": "window", "window": [low, high], "lower": low, "upper": high}
+        return DomainNormalisation("ct", "window", low, high, window=(low, high))
     if not params_list:
         raise ConfigError("cannot summarise the MR normalisation of a domain without volumes")
-    return {
-        "modality": "mr",
-        "method": "percentiles",
-        "percentiles": [float(v) for v in data_cfg.mr_percentiles],
+    p_low, p_high = (float(v) for v in data_cfg.mr_percentiles)
+    return DomainNormalisation(
+        "mr",
+        "percentiles",
         # Median over volumes: robust to one oddly scaled scan.
-        "lower": float(np.median([p.lower for p in params_list])),
-        "upper": float(np.median([p.upper for p in params_list])),
-        "n_volumes": len(params_list),
-    }
+        float(np.median([p.lower for p in params_list])),
+        float(np.median([p.upper for p in params_list])),
+        percentiles=(p_low, p_high),
+        n_volumes=len(params_list),
+    )
 
 
-def output_params(record: dict[str, Any]) -> NormParams:
+def output_params(record: DomainNormalisation) -> NormParams:
     """Parameters to denormalise GENERATED images of a domain, from its :func:`domain_record`.
 
     CT: the training HU window. MR: the median scale of the training MR volumes.
-
-    Raises:
-        ConfigError: the record is malformed (e.g. a damaged run config).
     """
-    if not isinstance(record, dict) or not record:
-        raise ConfigError(f"normalisation record must be a non-empty mapping; got {record!r}")
-    return NormParams.from_dict({k: record[k] for k in ("modality", "lower", "upper") if k in record})
+    return NormParams(record.modality, record.lower, record.upper)

@@ -292,7 +292,7 @@ def resample_slices(array_zxy: np.ndarray, size_xy: tuple[int, int], mode: str) 
 def _user_mask(mask: np.ndarray | Volume, volume: Volume, where: str) -> np.ndarray:
     """A user mask as bool on the volume's RAS grid; InputError when the grids differ."""
     if isinstance(mask, Volume):
-        if mask.shape != volume.shape or not np.allclose(mask.affine, volume.affine, atol=1e-3):
+        if not mask.geometry.same_grid(volume.geometry):
             raise InputError(
                 f"mask {mask.geometry.source_path or ''} is not on the volume's grid "
                 f"(shape {mask.shape} vs {volume.shape}, or a different affine)",

@@ -1,4 +1,4 @@
-"""Finding volumes on disk: file types by extension, DICOM series folders, case names.
+"""Finding volumes on disk: file types by extension, DICOM series folders, case names and pairing.
 
 A volume is a NIfTI file (``.nii.gz``, ``.nii``), an ITK file (``.nrrd``, ``.nhdr``, ``.mha``, ``.mhd``)
 or a folder holding one DICOM series. Extensions are matched case-insensitively.
@@ -9,8 +9,10 @@ from __future__ import annotations
 import logging
 import os
 import stat
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Generic, TypeVar
 
 from medcyclegan.errors import InputError
 from medcyclegan.io.headers import data_layout
@@ -141,6 +143,75 @@ def case_name(path: str | Path) -> str:
     if suffix is None or path.is_dir():
         return path.name
     return path.name[: -len(suffix)]
+
+
+S = TypeVar("S")
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class CasePairs(Generic[S, T]):
+    """Sources and targets matched by case name (:func:`pair_by_case`).
+
+    Attributes:
+        pairs: ``(case name, source, target)`` for every source that has a target, in the order of
+            the sources (a duplicated source name gives one pair per source).
+        unmatched_sources: sources without a target, in their order.
+        unmatched_targets: targets without a source, in their order.
+        duplicate_source: the first source name met twice, as ``(name, first, second)``, or ``None``.
+        duplicate_target: the same for the targets; the first of two same-named targets is the one
+            paired.
+    """
+
+    pairs: list[tuple[str, S, T]]
+    unmatched_sources: list[S]
+    unmatched_targets: list[T]
+    duplicate_source: tuple[str, S, S] | None
+    duplicate_target: tuple[str, T, T] | None
+
+
+def pair_by_case(
+    sources: Iterable[S], targets: Iterable[T], name: Callable[[S | T], str] = case_name
+) -> CasePairs[S, T]:
+    """Pairs two collections by case name: the one pairing rule of train, evaluate and augment.
+
+    Nothing is refused here: each caller decides what a duplicate or an unmatched case means
+    (an error naming its folder, or a case left out) and words it for its own inputs.
+
+    Args:
+        sources: the items of one side (paths, or anything ``name`` takes).
+        targets: the items of the other side.
+        name: the case name of an item; :func:`case_name` of a path by default (for prepared
+            volumes, e.g. ``lambda v: case_name(v.source)``).
+
+    Returns:
+        The :class:`CasePairs`.
+    """
+    sources, targets = list(sources), list(targets)
+    target_names = [name(target) for target in targets]
+    target_by_name: dict[str, T] = {}
+    duplicate_target: tuple[str, T, T] | None = None
+    for key, target in zip(target_names, targets):
+        if key not in target_by_name:
+            target_by_name[key] = target
+        elif duplicate_target is None:
+            duplicate_target = (key, target_by_name[key], target)
+    pairs: list[tuple[str, S, T]] = []
+    unmatched_sources: list[S] = []
+    source_by_name: dict[str, S] = {}
+    duplicate_source: tuple[str, S, S] | None = None
+    for source in sources:
+        key = name(source)
+        if key not in source_by_name:
+            source_by_name[key] = source
+        elif duplicate_source is None:
+            duplicate_source = (key, source_by_name[key], source)
+        if key in target_by_name:
+            pairs.append((key, source, target_by_name[key]))
+        else:
+            unmatched_sources.append(source)
+    unmatched_targets = [target for key, target in zip(target_names, targets) if key not in source_by_name]
+    return CasePairs(pairs, unmatched_sources, unmatched_targets, duplicate_source, duplicate_target)
 
 
 def find_volumes(folder: str | Path) -> list[Path]:

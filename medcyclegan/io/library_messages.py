@@ -9,8 +9,11 @@ line of their own; the library's words stay available with ``medcyclegan --verbo
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import os
+import sys
+import tempfile
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -102,9 +105,6 @@ def native_output_to_debug_log() -> Iterator[None]:
     share one redirection (the last to leave restores the terminal).
     """
     global _native_depth, _native_saved
-    import sys
-    import tempfile
-
     with _native_lock:
         if _native_depth == 0:
             try:
@@ -143,7 +143,5 @@ def native_output_to_debug_log() -> Iterator[None]:
 
 def _flush_c_streams() -> None:
     """``fflush(NULL)``: writes out what C code left in the C library's stream buffers."""
-    import ctypes
-
     with contextlib.suppress(OSError, AttributeError, TypeError):
         ctypes.CDLL(None).fflush(None)

@@ -21,6 +21,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, cast
 
+import nibabel as nib
 import numpy as np
 from nibabel import orientations as ornt_lib
 
@@ -37,6 +38,7 @@ from medcyclegan.io.discovery import (
     split_series,
     volume_suffix,
 )
+from medcyclegan.io.gzip_reader import GzipReader, open_gzip
 from medcyclegan.io.headers import DataLayout, check_data_files_inside, data_layout
 from medcyclegan.io.library_messages import native_output_to_debug_log, nibabel_messages, route_itk_messages
 from medcyclegan.io.volume import LPS_TO_RAS, Geometry, Volume
@@ -67,7 +69,6 @@ _SLICE_SPACING_ABS_TOLERANCE_MM = 0.01
 _ORIENTATION_TOLERANCE = 1e-3
 # Row and column direction cosines of a slice: unit length and orthogonal within this.
 _DIRECTION_TOLERANCE = 1e-2
-_MASK_AFFINE_TOLERANCE_MM = 1e-3
 # Files already warned about for a guessed voxel size (pixdim 0, no ITK spacing): one warning per file and process.
 _PIXDIM_WARNED: set[str] = set()
 # Voxel sizes outside these bounds (1 nm, 1 km) can only come from a corrupted header.
@@ -159,7 +160,7 @@ def read_mask(path: str | Path, like: Geometry, *, positive_only: bool = False) 
         Boolean array in RAS voxel order, shape ``like.ras_shape``.
 
     Raises:
-        InputError: unreadable mask, or its shape or affine (beyond 1e-3 mm) differs from ``like``.
+        InputError: unreadable mask, or not on the grid of ``like`` (:meth:`Geometry.same_grid`).
     """
     mask = read_volume(path)
     geometry = mask.geometry
@@ -169,8 +170,8 @@ def read_mask(path: str | Path, like: Geometry, *, positive_only: bool = False) 
             f"{_shape_text(like.ras_shape)}; the mask must be on the image's grid",
             path,
         )
-    if not np.allclose(geometry.ras_affine, like.ras_affine, atol=_MASK_AFFINE_TOLERANCE_MM, rtol=0):
-        difference = float(np.abs(geometry.ras_affine - like.ras_affine).max())
+    if not geometry.same_grid(like):
+        difference = geometry.affine_difference(like)
         raise InputError(
             f"mask affine differs from the image's by up to {difference:.4g} mm; "
             "the mask must be on the image's grid (same spacing, origin and direction)",
@@ -312,8 +313,6 @@ def _report_pixdim_fixes(messages: list[str], geometry: Geometry, path: Path) ->
 
 
 def _read_nifti_file(path: Path, suffix: str, size: int) -> Volume:
-    import nibabel as nib
-
     try:
         # nib.load reads only the header here; the voxels are read below through MONAI.
         header_image = nib.load(str(path), mmap=False)
@@ -370,8 +369,6 @@ def _load_nifti_voxels(path: Path, suffix: str, image_class: type) -> np.ndarray
     last voxel and never checks them, so a corrupted file could decode silently into wrong values; a
     separate checking pass would decompress the file twice.)
     """
-    from medcyclegan.io.gzip_reader import open_gzip
-
     try:
         with open_gzip(path) if suffix == ".nii.gz" else open(path, "rb") as stream:
             file_map = image_class.make_file_map({"image": stream})
@@ -469,7 +466,7 @@ def import_simpleitk(
         InputError (or ``error_class``): SimpleITK is not installed, naming what needed it.
     """
     try:
-        import SimpleITK
+        import SimpleITK  # lazy: optional at run time (GPU machines may only read NIfTI)
     except ImportError:
         raise error_class(
             f"{purpose} needs SimpleITK, which is not installed (pip install SimpleITK)", path
@@ -498,7 +495,7 @@ def _itk_message(exc: BaseException, path: Path | None = None) -> str:
 
 
 def _itk_dtype(pixel_id: int) -> np.dtype:
-    import SimpleITK as sitk
+    import SimpleITK as sitk  # lazy: optional at run time; only ITK/DICOM paths, after import_simpleitk
 
     # A one-voxel image of that pixel type tells numpy's dtype without a hand-written table.
     return sitk.GetArrayViewFromImage(sitk.Image([1, 1, 1], pixel_id)).dtype
@@ -774,8 +771,6 @@ def _check_compressed_voxels(layout: DataLayout, voxel_bytes: int, path: Path) -
         InputError: corrupted or truncated compressed data, or a decompressed size other than the
             header's, naming the data file where it is not ``path`` itself.
     """
-    from medcyclegan.io.gzip_reader import GzipReader
-
     sources = layout.data_files or (path,)
     expected = voxel_bytes + len(sources) * max(layout.byte_skip, 0)
     # Decompressing stops once past what the header announces (a small file may expand 1000-fold);
@@ -868,7 +863,7 @@ def _zlib_problem(exc: BaseException) -> str:
 
 def _itk_volume(image: Any, path: Path, source_format: str, extra: dict[str, str] | None = None) -> Volume:
     """An ITK image (LPS world, z-y-x array) as a Volume (RAS world, x-y-z file order -> RAS order)."""
-    import SimpleITK as sitk
+    import SimpleITK as sitk  # lazy: optional at run time; only ITK/DICOM paths, after import_simpleitk
 
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise InputError(
@@ -928,7 +923,7 @@ def _dicom_tag(reader: Any, key: str, default: str = "") -> str:
 
 
 def _series_summary(folder: Path, uid: str) -> str:
-    import SimpleITK as sitk
+    import SimpleITK as sitk  # lazy: optional at run time; only ITK/DICOM paths, after import_simpleitk
 
     with native_output_to_debug_log():
         files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid)

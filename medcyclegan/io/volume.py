@@ -21,6 +21,14 @@ from nibabel import orientations as ornt_lib
 RAS_ORNT = ornt_lib.axcodes2ornt(("R", "A", "S"))
 # ITK stores LPS world coordinates: flipping x and y converts between LPS and RAS.
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+# Two grids are the same when their RAS affines agree entry by entry within this many mm (absolute):
+# the rule of Geometry.same_grid, used by every caller (masks, evaluation, segmentation datasets).
+# Large enough for float rounding of a stored affine: NIfTI stores it in float32 (about 7 digits, so
+# an origin 500 mm from the centre is rounded by up to 3e-5 mm), other formats print it in decimal.
+# Small enough to be no real shift: a hundredth of a 0.1 mm voxel, so a label or prediction shifted
+# or scaled by any visible amount is refused. Absolute, not relative: an origin 0.01 mm off is the
+# same error at 0 and at 500 mm from the scanner's centre.
+GRID_TOLERANCE_MM = 1e-3
 
 
 @dataclass(frozen=True, eq=False)
@@ -115,9 +123,23 @@ class Geometry:
             raise ValueError(f"array shape {array.shape[:3]} does not match RAS shape {self.ras_shape}")
         return _contiguous(ornt_lib.apply_orientation(array, self.from_ras))
 
-    def same_grid(self, other: Geometry, atol: float = 1e-4) -> bool:
-        """True if ``other`` has the same shape and (within ``atol`` mm) the same affine."""
-        return self.shape == other.shape and bool(np.allclose(self.affine, other.affine, atol=atol))
+    def same_grid(self, other: Geometry) -> bool:
+        """True if ``other`` covers the same voxels: the grid-equality rule of the whole package.
+
+        Compared in RAS voxel order, so a file stored with other axis flips or permutations still
+        matches: the RAS shapes must be equal and every entry of the two RAS affines (spacing times
+        direction in the 3x3 part, the origin in the last column, all in mm) may differ by at most
+        :data:`GRID_TOLERANCE_MM` (absolute, no relative part). See that constant for why 1e-3 mm.
+        A NaN anywhere in an affine is never the same grid.
+        """
+        return self.ras_shape == other.ras_shape and self.affine_difference(other) <= GRID_TOLERANCE_MM
+
+    def affine_difference(self, other: Geometry) -> float:
+        """The largest absolute difference (mm) between the RAS affines of ``self`` and ``other``.
+
+        For error messages ("affines differ by up to 0.5 mm"); NaN when an affine holds NaN.
+        """
+        return float(np.abs(self.ras_affine - other.ras_affine).max())  # NaN propagates
 
 
 def _contiguous(array: np.ndarray) -> np.ndarray:

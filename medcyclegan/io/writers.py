@@ -13,6 +13,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 
 from medcyclegan.errors import OutputError
@@ -171,8 +172,6 @@ def cast_values(array: np.ndarray, dtype: str | np.dtype) -> np.ndarray:
 def _write_nifti(
     data: np.ndarray, geometry: Geometry, path: Path, overwrite: bool, description: str | None
 ) -> None:
-    import nibabel as nib
-
     if geometry.nifti_header is not None:
         is_nifti2 = len(geometry.nifti_header) == _NIFTI2_HEADER_BYTES
         header_class = nib.Nifti2Header if is_nifti2 else nib.Nifti1Header
@@ -257,7 +256,7 @@ def _write_itk_files(image: object, path: Path, suffix: str, overwrite: bool) ->
     ``<stem><suffix in lower case>`` in a hidden scratch folder next to the output, then moved; the
     header goes through :func:`atomic_path`. A crash leaves at worst a stray data file.
     """
-    import SimpleITK as sitk
+    import SimpleITK as sitk  # lazy: optional at run time (see readers.import_simpleitk)
 
     stem = path.name[: -len(suffix)]
     scratch = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))

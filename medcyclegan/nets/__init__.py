@@ -17,12 +17,12 @@ from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
+from medcyclegan.config import GENERATORS, ModelConfig
 from medcyclegan.errors import ConfigError
 from medcyclegan.nets.generator import AttentionResnetGenerator, ResnetGenerator
 from medcyclegan.nets.init import init_weights
 
 if TYPE_CHECKING:
-    from medcyclegan.config import ModelConfig
     from medcyclegan.nets.discriminator import PatchGAN, build_discriminator
 
 __all__ = [
@@ -39,10 +39,10 @@ __all__ = [
     "init_weights",
 ]
 
-_GENERATORS: dict[str, type[ResnetGenerator]] = {
-    "resnet": ResnetGenerator,
-    "resnet-attention": AttentionResnetGenerator,
-}
+# The class of each name of config.GENERATORS, in its order (the names are written there only).
+_GENERATORS: dict[str, type[ResnetGenerator]] = dict(
+    zip(GENERATORS, (ResnetGenerator, AttentionResnetGenerator), strict=True)
+)
 
 
 def generator_class(name: str) -> type[ResnetGenerator]:
@@ -101,6 +101,7 @@ def build_generator(model_cfg: ModelConfig, in_channels: int, out_channels: int)
 
 def build_discriminator_from_config(model_cfg: ModelConfig, in_channels: int) -> nn.Module:
     """The PatchGAN of ``model_cfg`` (ndf, n_layers_d), initialised with ``model_cfg.init_gain``."""
+    # lazy: the discriminator imports MONAI (about 1.4 s), which conversion does not need
     from medcyclegan.nets.discriminator import build_discriminator
 
     return build_discriminator(
@@ -116,7 +117,7 @@ def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
 def __getattr__(name: str) -> Any:
     # Lazy re-export of the discriminator names (PEP 562), see the module docstring.
     if name in ("PatchGAN", "build_discriminator"):
-        from medcyclegan.nets import discriminator
+        from medcyclegan.nets import discriminator  # lazy: MONAI, as above
 
         return getattr(discriminator, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

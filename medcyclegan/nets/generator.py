@@ -24,9 +24,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from medcyclegan.config import UPSAMPLE_MODES
 from medcyclegan.errors import ConfigError
-
-UPSAMPLE_MODES = ("transpose", "resize")
 
 
 # ------------------------------------------------------------------ layers in the paper's notation

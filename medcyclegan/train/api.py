@@ -12,9 +12,13 @@ import os
 from pathlib import Path
 from typing import Any
 
-from medcyclegan.config import Config
+from medcyclegan.checkpoint import checkpoint_config, load_checkpoint
+from medcyclegan.config import Config, apply_overrides, load_config
 from medcyclegan.errors import ConfigError, InputError, OutputError
 from medcyclegan.io.atomic import atomic_write_text
+from medcyclegan.io.discovery import case_name, find_volumes, is_inside, pair_by_case, shared_file
+from medcyclegan.train.data_record import ROLES
+from medcyclegan.train.resume import merge_resume_config
 from medcyclegan.train.trainer import Trainer, TrainResult
 
 logger = logging.getLogger("medcyclegan")
@@ -23,23 +27,28 @@ SOURCES_FILE = "sources.json"
 
 
 def paired_masks(volumes: list[Path], mask_dir: Path | None) -> list[Path] | None:
-    """Mask files for ``volumes``, paired by case name; every volume needs one."""
+    """Mask files for ``volumes``, paired by case name; every volume needs one.
+
+    Raises:
+        InputError: a volume has no mask, or two masks have one case name (which one belongs to the
+            volume cannot be told).
+    """
     if mask_dir is None:
         return None
-    from medcyclegan.io.discovery import case_name, find_volumes
-
-    by_case = {case_name(p): p for p in find_volumes(mask_dir)}
-    missing = [case_name(v) for v in volumes if case_name(v) not in by_case]
+    pairing = pair_by_case(volumes, find_volumes(mask_dir))
+    if pairing.duplicate_target is not None:
+        name, first, second = pairing.duplicate_target
+        raise InputError(f"two masks are named {name!r}: {first} and {second}; rename one", mask_dir)
+    missing = [case_name(v) for v in pairing.unmatched_sources]
     if missing:
         shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
         raise InputError(f"no mask for {len(missing)} volume(s): {shown}", mask_dir)
-    return [by_case[case_name(v)] for v in volumes]
+    return [mask for _, _, mask in pairing.pairs]
 
 
 def _resolve(folder: Path | None) -> list[Path] | None:
     if folder is None:
         return None
-    from medcyclegan.io.discovery import find_volumes
 
     return find_volumes(folder)
 
@@ -58,8 +67,6 @@ def check_run_dir_outside_inputs(out: Path, inputs: dict[str, Path | None]) -> N
     Raises:
         OutputError: ``out`` is, or is inside, one of the input folders (named by its option).
     """
-    from medcyclegan.io.discovery import is_inside
-    from medcyclegan.train.data_record import ROLES
 
     for role, given in inputs.items():
         if given is None or not Path(given).is_dir() or not is_inside(out, given):
@@ -78,7 +85,6 @@ def _check_domains_differ(src: list[Path], tgt: list[Path]) -> None:
     It trained without a word: the MR scans were normalised as CT and the model learnt nothing of
     the other modality.
     """
-    from medcyclegan.io.discovery import shared_file
 
     if clash := shared_file(src, tgt):  # by name (case folded) and by inode: one pass over each list
         raise ConfigError(
@@ -124,9 +130,6 @@ def resume_config(out: str | Path, overrides: dict[str, Any], config: str | Path
     stopped (``RESUMABLE_OVERRIDES``) may take another value; any other difference is refused naming
     the key, the stored and the given value (see :func:`medcyclegan.train.resume.merge_resume_config`).
     """
-    from medcyclegan.checkpoint import checkpoint_config, load_checkpoint
-    from medcyclegan.config import apply_overrides, load_config
-    from medcyclegan.train.resume import merge_resume_config
 
     checkpoint = Path(out) / "checkpoints" / "last.pt"
     if not checkpoint.is_file():

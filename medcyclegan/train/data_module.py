@@ -19,13 +19,13 @@ from typing import Any
 import numpy as np
 from torch.utils.data import DataLoader
 
-from medcyclegan.config import Config
+from medcyclegan.config import Config, Normalisation
 from medcyclegan.data.cache import load_prepared
 from medcyclegan.data.normalise import domain_record
 from medcyclegan.data.prepare import PreparedVolume
 from medcyclegan.data.slices import SliceDataset
-from medcyclegan.errors import ConfigError
-from medcyclegan.io.discovery import case_name
+from medcyclegan.errors import ConfigError, InputError
+from medcyclegan.io.discovery import case_name, pair_by_case
 from medcyclegan.models.base import Batch
 from medcyclegan.runtime import distributed
 from medcyclegan.runtime.distributed import DistributedContext
@@ -79,14 +79,18 @@ class TrainingData:
         )
         self.val_src = load_prepared(val_src_list, data_cfg.src_modality, data_cfg, cache_dir=cache_dir)
         self.val_tgt = load_prepared(val_tgt_list, data_cfg.tgt_modality, data_cfg, cache_dir=cache_dir)
-        tgt_by_case = {case_name(Path(v.source)): j for j, v in enumerate(self.val_tgt)}
         # Validation pairs (index into val_src, index into val_tgt): same case name and grid shape.
-        self.val_pairs = [
-            (i, tgt_by_case[case_name(Path(v.source))])
-            for i, v in enumerate(self.val_src)
-            if case_name(Path(v.source)) in tgt_by_case
-            and self.val_tgt[tgt_by_case[case_name(Path(v.source))]].image.shape == v.image.shape
-        ]
+        pairing = pair_by_case(
+            enumerate(self.val_src),
+            enumerate(self.val_tgt),
+            name=lambda item: case_name(Path(item[1].source)),
+        )
+        if pairing.duplicate_target is not None:
+            name, first, second = pairing.duplicate_target
+            raise InputError(
+                f"two target validation volumes are named {name!r}: {first[1].source} and {second[1].source}; rename one"
+            )
+        self.val_pairs = [(i, j) for _, (i, s), (j, t) in pairing.pairs if s.image.shape == t.image.shape]
         seed = cfg.train.seed
         self.src_dataset = SliceDataset(self.src_volumes, data_cfg, train=True, seed=derived_seed(seed, 0))
         self.tgt_dataset = SliceDataset(self.tgt_volumes, data_cfg, train=True, seed=derived_seed(seed, 1))
@@ -111,13 +115,13 @@ class TrainingData:
             f"{len(self.val_tgt)} validation volumes, {self.steps_per_epoch} steps per epoch)"
         )
 
-    def normalisation(self) -> dict[str, Any]:
+    def normalisation(self) -> Normalisation:
         """The normalisation record of each domain, measured on its training volumes (run config)."""
         data_cfg = self.cfg.data
-        return {
-            "src": domain_record([v.params for v in self.src_volumes], data_cfg.src_modality, data_cfg),
-            "tgt": domain_record([v.params for v in self.tgt_volumes], data_cfg.tgt_modality, data_cfg),
-        }
+        return Normalisation(
+            source=domain_record([v.params for v in self.src_volumes], data_cfg.src_modality, data_cfg),
+            target=domain_record([v.params for v in self.tgt_volumes], data_cfg.tgt_modality, data_cfg),
+        )
 
     def sample_volumes(self) -> tuple[PreparedVolume, PreparedVolume]:
         """The volume of each domain that sample grids show (validation data if any)."""

@@ -31,6 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from medcyclegan.errors import CheckpointError, InputError
+from medcyclegan.io.discovery import files_of_volume, split_series
+from medcyclegan.parallel import map_threads
 
 logger = logging.getLogger("medcyclegan")
 
@@ -54,8 +56,6 @@ def _member_files(path: Path) -> list[Path]:
     A detached header brings the data files it names; a DICOM folder its DICOM files
     (:func:`~medcyclegan.io.discovery.files_of_volume`, which convert also uses).
     """
-    from medcyclegan.io.discovery import files_of_volume, split_series
-
     folder, _uid = split_series(path)
     if folder.is_dir():
         return [p for p in files_of_volume(path) if not p.is_dir()]
@@ -94,8 +94,6 @@ def _entry(path: Path, name: str) -> dict[str, Any]:
 
 def _names(paths: Sequence[Path]) -> list[str]:
     """Each path relative to the common folder of the list (the name alone for one path)."""
-    from medcyclegan.io.discovery import split_series
-
     if not paths:
         return []
     parents = [os.path.abspath(split_series(p)[0].parent) for p in paths]
@@ -105,8 +103,6 @@ def _names(paths: Sequence[Path]) -> list[str]:
 
 def record_data(roles: Mapping[str, Sequence[Path] | None]) -> dict[str, Any]:
     """The record of the files given for each role (see the module docstring), hashed in parallel."""
-    from medcyclegan.parallel import map_threads
-
     jobs: list[tuple[str, Path, str]] = []
     for role in ROLES:
         paths = [Path(p) for p in (roles.get(role) or [])]

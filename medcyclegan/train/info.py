@@ -69,7 +69,7 @@ def describe(path: str | Path) -> dict[str, Any]:
             "spacing_mm": cfg.data.spacing,
             "context_slices": cfg.data.context_slices,
         },
-        "normalisation": cfg.normalisation,
+        "normalisation": cfg.to_dict()["normalisation"],  # as stored: {src: ..., tgt: ...}
         "best": data.get("best"),
     }
     folder = ckpt_path.parent

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
+from PIL import Image
 
+from medcyclegan.config import DomainNormalisation
+from medcyclegan.data.normalise import denormalise, output_params
 from medcyclegan.io.atomic import atomic_path
 
 SOFT_TISSUE_WINDOW_HU = (-160.0, 240.0)  # level 40, width 400
@@ -24,13 +26,15 @@ def display_slice(ras_slice: np.ndarray) -> np.ndarray:
     return np.flipud(ras_slice.T)[:, ::-1]
 
 
-def to_uint8(tile: np.ndarray, modality: str, record: dict[str, Any]) -> np.ndarray:
-    """Maps a normalised tile to 8-bit grey for display (CT via HU in a soft-tissue window)."""
+def to_uint8(tile: np.ndarray, modality: str, record: DomainNormalisation | None) -> np.ndarray:
+    """Maps a normalised tile to 8-bit grey for display (CT via HU in a soft-tissue window).
+
+    ``record`` is the normalisation of the tile's domain; without one a CT tile is shown over its
+    normalised range, as an MR tile is.
+    """
     if modality == "attention":
         scaled = np.clip(tile, 0.0, 1.0)
-    elif modality == "ct" and record:
-        from medcyclegan.data.normalise import denormalise, output_params
-
+    elif modality == "ct" and record is not None:
         hu = denormalise(tile.astype(np.float32), output_params(record))
         lo, hi = SOFT_TISSUE_WINDOW_HU
         scaled = (np.clip(hu, lo, hi) - lo) / (hi - lo)
@@ -41,7 +45,7 @@ def to_uint8(tile: np.ndarray, modality: str, record: dict[str, Any]) -> np.ndar
 
 def render_grid(
     rows: Sequence[tuple[Sequence[np.ndarray], Sequence[str]]],
-    records: dict[str, dict[str, Any]],
+    records: dict[str, DomainNormalisation],
     path: str | Path,
     gap: int = 2,
 ) -> np.ndarray:
@@ -49,18 +53,15 @@ def render_grid(
 
     Args:
         rows: each row is (list of normalised RAS slices, list of their modalities).
-        records: normalisation record per modality (``Config.normalisation`` entries).
+        records: normalisation record per modality (``Config.normalisation`` records).
         path: PNG path.
         gap: white pixels between tiles.
 
     Returns:
         The grid as a uint8 array (H, W).
     """
-    from PIL import Image
-
     tiles = [
-        [to_uint8(display_slice(t), m, records.get(m, {})) for t, m in zip(images, mods)]
-        for images, mods in rows
+        [to_uint8(display_slice(t), m, records.get(m)) for t, m in zip(images, mods)] for images, mods in rows
     ]
     height = max(t.shape[0] for row in tiles for t in row)
     width = max(t.shape[1] for row in tiles for t in row)

@@ -62,7 +62,7 @@ def validate(model: TranslationModel, data: TrainingData) -> dict[str, float]:
                 continue
             ref = data.val_tgt[pair[0]]
             if cfg.data.tgt_modality == "ct":
-                params = output_params(cfg.normalisation["tgt"])
+                params = output_params(cfg.normalisation.target)
                 scores = synthrad2023(denormalise(fake, params), denormalise(ref.image, ref.params), ref.mask)
                 for key, value in scores.items():
                     results.setdefault(f"val/{key}", []).append(float(value))
@@ -93,11 +93,13 @@ def write_samples(model: TranslationModel, data: TrainingData, path: str | Path)
         z_lo, z_hi = max(0, z - k), min(volume.image.shape[2], z + k + 1)
         slabs[domain], centres[domain] = volume.image[:, :, z_lo:z_hi], z - z_lo
     rows = model.sample_rows(slabs, centres)
-    records = {
-        cfg.data.src_modality: cfg.normalisation.get("src", {}),
-        cfg.data.tgt_modality: cfg.normalisation.get("tgt", {}),
-    }
-    return render_grid(rows, records, path)
+    records = cfg.normalisation
+    by_modality = (
+        {cfg.data.src_modality: records.source, cfg.data.tgt_modality: records.target}
+        if records is not None
+        else {}
+    )
+    return render_grid(rows, by_modality, path)
 
 
 def masked_mae_ssim(pred: np.ndarray, ref: np.ndarray, mask: np.ndarray) -> tuple[float, float]:
