@@ -55,7 +55,15 @@ def test_a_0_1_0_run_resumes_to_the_same_weights(tmp_path: Path) -> None:
     assert result.step == 12
     ours = load_checkpoint(result.last_checkpoint)["G_AB"]
     theirs = torch.load(fixture / "resumed_G_AB.pt", weights_only=True)
+    start = load_checkpoint(FIXTURE / "run" / "checkpoints" / "last.pt")["G_AB"]
     assert ours.keys() == theirs.keys()
-    for key, value in theirs.items():
-        # 7 Adam steps at lr 2e-4 from identical weights: CPU kernels may differ by rounding only.
-        torch.testing.assert_close(ours[key], value, rtol=0, atol=1e-4, msg=key)
+
+    def flat(state: dict[str, torch.Tensor]) -> torch.Tensor:
+        return torch.cat([v.float().reshape(-1) for k, v in sorted(state.items()) if v.is_floating_point()])
+
+    # Bit-identical only on the CPU and thread count that wrote the fixture (Adam turns rounding
+    # noise in near-zero gradients into lr-sized steps), so the test compares trajectories: the 7
+    # resumed steps must land next to where 0.1.0's landed. Measured on the writing machine: 0 at
+    # 1 thread, 0.097 at 2 threads; a resume that lost the optimiser state gives 0.90.
+    moved = (flat(theirs) - flat(start)).norm()
+    assert (flat(ours) - flat(theirs)).norm() < 0.3 * moved
