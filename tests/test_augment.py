@@ -15,7 +15,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from tiny import TINY, folder_locked_by_another_process
+from tiny import TrainedRun, folder_locked_by_another_process, head
 
 from medcyclegan.augment import (
     FILE_ENDING,
@@ -25,11 +25,9 @@ from medcyclegan.augment import (
     label_values,
     load_labels_json,
 )
-from medcyclegan.config import load_config
 from medcyclegan.convert import load_model, translate_volume
 from medcyclegan.errors import ConfigError, InputError, OutputError
 from medcyclegan.io.readers import read_volume
-from medcyclegan.train.trainer import Trainer
 
 SHAPE = (24, 20, 4)
 CASES = ("p1", "p2", "p3", "p4", "p5")
@@ -58,22 +56,6 @@ def _affines() -> dict[str, np.ndarray]:
     return {"p1": ras, "p2": lps, "p3": permuted, "p4": oblique, "p5": ras}
 
 
-def _mr_head(shape: tuple[int, int, int], rng: np.random.Generator) -> np.ndarray:
-    x, y, z = np.meshgrid(*[np.linspace(-1, 1, s) for s in shape], indexing="ij")
-    dist = np.sqrt((x / 0.75) ** 2 + (y / 0.8) ** 2 + (z / 1.5) ** 2)
-    vol = np.where(dist < 1.0, 600.0, 0.0)
-    vol[(dist > 0.8) & (dist < 1.0)] = 80.0
-    return np.abs(vol + rng.normal(0, 15, shape)).astype(np.float32)
-
-
-def _ct_head(shape: tuple[int, int, int], rng: np.random.Generator) -> np.ndarray:
-    x, y, z = np.meshgrid(*[np.linspace(-1, 1, s) for s in shape], indexing="ij")
-    dist = np.sqrt((x / 0.75) ** 2 + (y / 0.8) ** 2 + (z / 1.5) ** 2)
-    vol = np.where(dist < 1.0, 40.0, -1000.0)
-    vol[(dist > 0.8) & (dist < 1.0)] = 1200.0
-    return (vol + rng.normal(0, 10, shape)).astype(np.int16)
-
-
 def _label(shape: tuple[int, int, int], seed: int) -> np.ndarray:
     """Two organs (1, 2) placed off-centre so that any flip or transpose of the axes shows."""
     label = np.zeros(shape, dtype=np.uint8)
@@ -95,7 +77,7 @@ def write_labelled(folder: Path, cases=CASES, label_dtype=np.uint8) -> tuple[Pat
             # Within our 1e-3 mm grid tolerance but beyond nnU-Net's np.allclose: only writing the
             # synthetic image with the label's geometry makes the two headers agree.
             image_affine[0, 3] += 5e-4
-        nib.save(nib.Nifti1Image(_mr_head(SHAPE, rng), image_affine), images / f"{case}.nii.gz")
+        nib.save(nib.Nifti1Image(head(SHAPE, "mr", rng), image_affine), images / f"{case}.nii.gz")
         label_path = labels / f"{case}.nii.gz"
         nib.save(nib.Nifti1Image(_label(SHAPE, i).astype(label_dtype), affine), label_path)
         if case == "p5":  # one label in another format: no NIfTI header to reuse
@@ -109,29 +91,9 @@ def _source_label(labels: Path, case: str) -> Path:
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny MR -> CT model (ngf 8, 2 blocks, 32 px, 2 steps): trained once for the whole module."""
-    root = tmp_path_factory.mktemp("train")
-    rng = np.random.default_rng(1)
-    mr, ct = [], []
-    for i in range(2):
-        for modality, make, paths in (("mr", _mr_head, mr), ("ct", _ct_head, ct)):
-            path = root / modality / f"case{i}.nii.gz"
-            path.parent.mkdir(exist_ok=True)
-            nib.save(nib.Nifti1Image(make((40, 44, 6), rng), np.diag([2.0, 2.0, 4.0, 1.0])), path)
-            paths.append(path)
-    cfg = load_config(
-        None,
-        {
-            **TINY,
-            "optim.n_epochs": 1,
-            "optim.n_epochs_decay": 0,
-            "optim.pool_size": 4,
-            "train.steps_per_epoch": 2,
-        },
-    )
-    Trainer(cfg, root / "run", mr, ct, show_progress=False).fit()
-    return root / "run"
+def run_dir(trained_run: TrainedRun) -> Path:
+    """The session's tiny MR -> CT model (read-only; a test that changes it copies it)."""
+    return trained_run.run
 
 
 @pytest.fixture(scope="module")
