@@ -15,8 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
-from tiny import TINY_RUN, files, folder_locked_by_another_process, tiny_config, write_domain
+from tiny import TINY_RUN, TrainedRun, files, folder_locked_by_another_process, tiny_config, write_config_yaml
 
 from medcyclegan.config import load_config
 from medcyclegan.errors import CheckpointError, ConfigError, OutputError
@@ -37,15 +36,6 @@ RUN_A = {
 RUN_B = {**TINY_RUN, "data.val_fraction": 0.0, "train.max_steps": 1, "train.sample_every": 100}
 
 
-def _yaml(path: Path, settings: dict[str, object]) -> Path:
-    nested: dict[str, dict[str, object]] = {}
-    for key, value in settings.items():
-        section, name = key.split(".")
-        nested.setdefault(section, {})[name] = value
-    path.write_text(yaml.safe_dump(nested))
-    return path
-
-
 def snapshot(folder: Path) -> dict[str, str]:
     """Every file under ``folder`` (hidden ones too) with its content hash."""
     return {
@@ -56,13 +46,12 @@ def snapshot(folder: Path) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Two tiny domains, the configs of runs A and B, and run A trained through the folder API."""
+def world(trained_run: TrainedRun, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The session's two tiny domains, the configs of runs A and B, and run A trained through the folder API."""
     from medcyclegan.train.api import train_from_folders
 
     root = tmp_path_factory.mktemp("run_folder")
-    mr = write_domain(root / "mr", "mr", 2, 1)
-    ct = write_domain(root / "ct", "ct", 2, 2)
+    mr, ct = trained_run.mr, trained_run.ct
     run_a = root / "run_a"
     train_from_folders(
         load_config(None, RUN_A), run_a, src=mr, tgt=ct, val_src=mr, val_tgt=ct, show_progress=False
@@ -71,7 +60,9 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "mr": mr,
         "ct": ct,
         "run_a": run_a,
-        "config_b": _yaml(root / "b.yaml", {k: v for k, v in RUN_B.items() if k != "train.max_steps"}),
+        "config_b": write_config_yaml(
+            root / "b.yaml", {k: v for k, v in RUN_B.items() if k != "train.max_steps"}
+        ),
     }
 
 
@@ -189,12 +180,11 @@ def test_run_files_in_a_folder_no_trainer_used_are_not_removed_without_overwrite
 
 
 def test_a_best_checkpoint_of_another_run_is_never_used(
-    world, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    world, trained_run: TrainedRun, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     from medcyclegan.train.info import describe
 
-    run = tmp_path / "run_b"
-    Trainer(load_config(None, RUN_B), run, files(world["mr"]), files(world["ct"]), show_progress=False).fit()
+    run = shutil.copytree(trained_run.run, tmp_path / "run_b")  # like run B: one step, last.pt only
     # A folder mixed by hand (or by an older medcyclegan): run A's best.pt beside run B's last.pt.
     shutil.copy(world["run_a"] / "checkpoints" / "best.pt", run / "checkpoints" / "best.pt")
     with caplog.at_level(logging.WARNING, logger="medcyclegan"):
