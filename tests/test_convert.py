@@ -140,15 +140,11 @@ def test_convert_folder_refuses_to_overwrite_before_any_work(trained_run: Traine
 # --------------------------------------------------------------- issue 12: outputs and odd inputs
 
 
-def _mr(shape: tuple[int, int, int], seed: int = 0) -> np.ndarray:
-    return np.abs(np.random.default_rng(seed).normal(300, 50, shape)).astype(np.float32)
-
-
 def test_convert_keeps_an_output_another_process_created_meanwhile(
     trained_run: TrainedRun, tmp_path: Path, write_nifti, cli, monkeypatch: pytest.MonkeyPatch
 ) -> None:
 
-    path = write_nifti("in/scan.nii.gz", _mr((20, 22, 4)))
+    path = write_nifti("in/scan.nii.gz", head((20, 22, 4), "mr"))
     out = tmp_path / "out" / "sct.nii.gz"
     created = race_at_temporary(monkeypatch)
     result = cli("convert", path, "-o", out, "-m", trained_run.run, "--device", "cpu")
@@ -167,7 +163,7 @@ def test_convert_keeps_an_output_another_process_created_meanwhile(
 def test_convert_refuses_slices_too_small_for_the_generator(
     trained_run: TrainedRun, tmp_path: Path, write_nifti, cli, shape: tuple[int, int, int]
 ) -> None:
-    path = write_nifti("thin.nii.gz", _mr(shape))
+    path = write_nifti("thin.nii.gz", head(shape, "mr"))
     out = tmp_path / "out.nii.gz"
     result = cli("convert", path, "-o", out, "-m", trained_run.run, "--device", "cpu")
     line = assert_clean_error(result, path, notices_allowed=True)
@@ -179,7 +175,7 @@ def test_convert_refuses_slices_too_small_for_the_generator(
 def test_convert_smallest_slices_the_generator_takes_onto_the_input_grid(
     trained_run: TrainedRun, tmp_path: Path, write_nifti, cli, shape: tuple[int, int, int]
 ) -> None:
-    path = write_nifti("small.nii.gz", _mr(shape), OBLIQUE)
+    path = write_nifti("small.nii.gz", head(shape, "mr"), OBLIQUE)
     out = tmp_path / "out.nii.gz"
     result = cli("convert", path, "-o", out, "-m", trained_run.run, "--device", "cpu")
     assert result.code == 0, result.err
@@ -293,7 +289,7 @@ def test_a_patient_series_tree_converts_as_one_folder_mirroring_its_paths(
 def test_a_synthetic_ct_says_what_it_is_instead_of_the_mr_description(
     trained_run: TrainedRun, tmp_path: Path, write_nifti, suffix: str
 ) -> None:
-    path = write_nifti("mr.nii.gz", _mr((20, 22, 4)))
+    path = write_nifti("mr.nii.gz", head((20, 22, 4), "mr"))
     image = nib.load(path)
     image.header["descrip"] = b"MR T1w axial 3D"
     nib.save(image, path)
