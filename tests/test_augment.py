@@ -19,6 +19,7 @@ from tiny import TrainedRun, folder_locked_by_another_process, head
 
 from medcyclegan.augment import (
     FILE_ENDING,
+    _resolve_labels,
     augment_dataset,
     check_dataset,
     cross_validation_splits,
@@ -28,6 +29,7 @@ from medcyclegan.augment import (
 from medcyclegan.convert import load_model, translate_volume
 from medcyclegan.errors import ConfigError, InputError, OutputError
 from medcyclegan.io.readers import read_volume
+from medcyclegan.train.checkpoint import load_checkpoint, save_checkpoint
 
 SHAPE = (24, 20, 4)
 CASES = ("p1", "p2", "p3", "p4", "p5")
@@ -327,8 +329,6 @@ def test_labels_json_names_labels_and_is_validated(tmp_path: Path, inputs, model
 
 
 def test_automatic_labels_are_consecutive_even_with_gaps(caplog) -> None:
-    from medcyclegan.augment import _resolve_labels
-
     with caplog.at_level(logging.WARNING, logger="medcyclegan"):
         labels = _resolve_labels(None, {0, 3}, None)
     assert labels == {"background": 0, "label_1": 1, "label_2": 2, "label_3": 3}  # nnU-Net needs 0..K
@@ -338,8 +338,6 @@ def test_automatic_labels_are_consecutive_even_with_gaps(caplog) -> None:
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
 def test_labels_json_that_is_a_fifo_is_refused_without_blocking(tmp_path: Path) -> None:
-    from medcyclegan.augment import load_labels_json
-
     fifo = tmp_path / "labels.json"
     os.mkfifo(fifo)
     stop = threading.Event()
@@ -361,8 +359,6 @@ def test_labels_json_that_is_a_fifo_is_refused_without_blocking(tmp_path: Path) 
 
 def test_a_stray_huge_label_value_is_refused_not_declared(tmp_path: Path) -> None:
     """Before: one voxel of value 100000 declared 100,000 labels in dataset.json (and 10^12 never ended)."""
-    from medcyclegan.augment import _resolve_labels
-
     for highest in (100_000, 10**12):
         with pytest.raises(InputError, match=f"up to {highest} but only 3 distinct values") as info:
             _resolve_labels(None, {0, 1, highest}, None, tmp_path)
@@ -534,8 +530,6 @@ def test_a_second_augment_into_the_same_dataset_is_refused_while_the_first_runs(
 
 
 def test_cases_of_another_model_are_not_kept_as_this_models(tmp_path: Path, run_dir: Path, model) -> None:
-    from medcyclegan.train.checkpoint import load_checkpoint, save_checkpoint
-
     images, labels = write_labelled(tmp_path / "in", cases=("p1",))
     first = augment_dataset(images, labels, model, tmp_path / "raw", dataset_id=14)
     # Another model: another run's checkpoint (same architecture).

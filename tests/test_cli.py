@@ -16,7 +16,7 @@ import pytest
 import torch
 from tiny import TrainedRun, head, one_error_line, save_volume
 
-from medcyclegan import __version__
+from medcyclegan import __version__, parallel
 from medcyclegan.io.readers import read_volume
 
 VERBS = ("train", "convert", "evaluate", "info", "augment", "sample-data", "demo")
@@ -193,8 +193,6 @@ def test_convert_refuses_an_output_whose_data_file_is_the_inputs(cli, run_dir: P
 
 
 def test_threads_sets_the_torch_cpu_threads_and_is_validated(cli, run_dir: Path) -> None:
-    from medcyclegan import parallel
-
     before = torch.get_num_threads()
     try:
         result = cli("--threads", "1", "info", run_dir)

@@ -12,8 +12,9 @@ import torch
 from tiny import TrainedRun, assert_clean_error, files, head, race_at_temporary, write_domain
 
 from medcyclegan.config import config_from_dict
-from medcyclegan.convert import TranslationModel, convert_paths, load_model
+from medcyclegan.convert import TranslationModel, convert_paths, load_model, plan_conversion
 from medcyclegan.data.normalise import domain_record
+from medcyclegan.errors import InputError, OutputError
 
 
 class IdentityGenerator(torch.nn.Module):
@@ -130,7 +131,6 @@ def test_convert_folder_refuses_to_overwrite_before_any_work(trained_run: Traine
     written = convert_paths(model, trained_run.mr, out)
     assert sorted(p.name for p in written) == sorted(p.name for p in files(trained_run.mr))
     before = {p: p.stat().st_mtime_ns for p in written}
-    from medcyclegan.errors import OutputError
 
     with pytest.raises(OutputError, match="--overwrite"):
         convert_paths(model, trained_run.mr, out)
@@ -236,9 +236,6 @@ def test_folder_input_with_a_file_name_as_output_is_refused(
 def test_two_inputs_with_one_output_name_are_both_named(
     tmp_path: Path, write_nifti, write_dicom_series
 ) -> None:
-    from medcyclegan.convert import plan_conversion
-    from medcyclegan.errors import OutputError
-
     write_dicom_series("in/a", head((12, 10, 3), "ct"))
     nifti = write_nifti("in/a.nii.gz", head((12, 10, 3), "ct"))
     with pytest.raises(OutputError) as caught:
@@ -252,9 +249,6 @@ def test_two_inputs_with_one_output_name_are_both_named(
 
 def test_output_names_differing_only_in_case_collide(tmp_path: Path, write_nifti) -> None:
     """``scan.mhd`` and ``SCAN.MHD`` are one file on a case-insensitive disk (and both write scan.zraw)."""
-    from medcyclegan.convert import plan_conversion
-    from medcyclegan.errors import OutputError
-
     first = write_nifti("in/scan.nii.gz", head((12, 10, 3), "ct"))
     second = write_nifti("in/SCAN.NII.GZ", head((12, 10, 3), "ct", 2))
     with pytest.raises(OutputError, match="two inputs would be written to the same output name") as caught:
@@ -307,8 +301,6 @@ def test_a_synthetic_ct_says_what_it_is_instead_of_the_mr_description(
 def test_slices_too_small_at_the_model_spacing_are_refused_naming_both_sizes(
     tmp_path: Path, write_nifti
 ) -> None:
-    from medcyclegan.errors import InputError
-
     # 12 x 40 voxels of 0.5 mm are 3 x 10 voxels at the model's 2 mm: too narrow for the generator.
     path = write_nifti("fine.nii.gz", head((12, 40, 3), "ct"), np.diag([0.5, 0.5, 3.0, 1.0]))
     with pytest.raises(InputError) as caught:

@@ -19,15 +19,17 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+import torch.distributed as dist
 from tiny import TINY_RUN, TrainedRun, write_domain, write_domains
 
 from medcyclegan.config import load_config
 from medcyclegan.convert import convert_paths, load_model
 from medcyclegan.errors import CheckpointError, ConfigError, OutputError
 from medcyclegan.train import distributed
+from medcyclegan.train import trainer as trainer_module
 from medcyclegan.train.checkpoint import load_checkpoint
 from medcyclegan.train.distributed import DistributedContext, shard, strip_option, torchrun_command
-from medcyclegan.train.trainer import epoch_batches
+from medcyclegan.train.trainer import Trainer, epoch_batches
 
 NETS = ("G_AB", "G_BA", "D_A", "D_B")
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -72,10 +74,6 @@ def _worker(rank: int, world_size: int, port: int, root: str) -> None:
         LOCAL_RANK=str(rank),
     )
     torch.set_num_threads(1)
-    import torch.distributed as dist
-
-    from medcyclegan.train import trainer as trainer_module
-    from medcyclegan.train.trainer import Trainer
 
     writes: list[str] = []
     original_save = trainer_module.save_checkpoint
@@ -164,8 +162,6 @@ def test_two_rank_resume_is_exact(two_rank_run: Path) -> None:
 
 
 def test_checkpoint_of_two_ranks_refuses_a_single_process_resume(two_rank_run: Path, tmp_path: Path) -> None:
-    from medcyclegan.train.trainer import Trainer
-
     mr, ct = sorted((two_rank_run / "mr").glob("*")), sorted((two_rank_run / "ct").glob("*"))
     cfg = load_config(None, {**DISTRIBUTED_RUN, "train.max_steps": TOTAL_STEPS + 2})
     with pytest.raises(CheckpointError, match="2 process"):

@@ -10,7 +10,9 @@ Reader-level details (every way a file can be broken, fuzzing) live in ``test_io
 
 from __future__ import annotations
 
+import csv
 import errno
+import gzip
 import hashlib
 import os
 import shutil
@@ -25,19 +27,24 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+import SimpleITK as sitk
 import torch
 from tiny import AFFINE, SESSION_RUN, CliResult, TrainedRun, assert_clean_error, head, save_volume
 
+import medcyclegan.data.cache
+import medcyclegan.evaluate
+import medcyclegan.io.readers
 from medcyclegan.config import load_config
-from medcyclegan.convert import OUTPUT_DTYPE, load_model, translate_loaded, translate_volume
+from medcyclegan.convert import AIR_VALUE, OUTPUT_DTYPE, load_model, translate_loaded, translate_volume
 from medcyclegan.data.normalise import denormalise, output_params
 from medcyclegan.data.prepare import prepare_volume, restore_inplane
 from medcyclegan.errors import OutputError
+from medcyclegan.evaluate import evaluate
 from medcyclegan.io.parallel_gzip import ParallelGzipWriter
 from medcyclegan.io.readers import read_volume
 from medcyclegan.io.writers import cast_values
 from medcyclegan.nets.slicewise import translate_array
-from medcyclegan.train.checkpoint import load_checkpoint
+from medcyclegan.train.checkpoint import checkpoint_config, load_checkpoint
 from medcyclegan.train.trainer import Trainer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -90,8 +97,6 @@ def world(trained_run: TrainedRun, tmp_path_factory: pytest.TempPathFactory) -> 
 
 
 def _nifti_gz(image: nib.Nifti1Image) -> bytes:
-    import gzip
-
     return gzip.compress(image.to_bytes(), mtime=0)
 
 
@@ -345,10 +350,6 @@ def test_an_output_under_a_file_is_reported_before_any_work(
     verb: str, world, cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Root ignores permission bits, so "unwritable" is made portable: the output's parent is a file."""
-    import medcyclegan.data.cache
-    import medcyclegan.evaluate
-    import medcyclegan.io.readers
-
     blocker = tmp_path / "not_a_folder"
     blocker.write_text("a file")
 
@@ -440,8 +441,6 @@ def _disk_full(written_fraction: float = 0.5) -> Callable[[bytes, Path], None]:
 def test_a_failed_volume_write_leaves_no_partial_file_and_keeps_the_old_one(
     suffix: str, world, cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import SimpleITK as sitk
-
     out = tmp_path / "out"
     target = out / f"synth{suffix}"
     result = cli("convert", world["good_mr"], "-m", world["run"], "-o", target)
@@ -477,8 +476,6 @@ def test_a_failed_volume_write_leaves_no_partial_file_and_keeps_the_old_one(
 def test_a_failed_report_write_leaves_no_partial_file(
     world, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from medcyclegan.evaluate import evaluate
-
     report = evaluate(world["good_ct"], world["good_ct"])
     json_path = tmp_path / "eval.json"
     report.write(json_path)
@@ -687,8 +684,6 @@ def _wait_for_steps(process: subprocess.Popen, run: Path, steps: int, timeout_s:
 
 
 def _metric_steps(run: Path) -> list[int]:
-    import csv
-
     with open(run / "metrics.csv", newline="") as handle:
         return [int(float(row["step"])) for row in csv.DictReader(handle)]
 
@@ -738,8 +733,6 @@ def test_sigkill_loses_at_most_the_steps_since_the_last_checkpoint(world, cli, t
 
 
 def test_resume_keeps_the_runs_own_checkpoint_interval(world, cli, tmp_path: Path) -> None:
-    from medcyclegan.train.checkpoint import checkpoint_config
-
     run = tmp_path / "run"
     common = ("--no-progress", "--set", "train.save_every_steps=2")
     result = cli("train", "--src", world["mr"], "--tgt", world["ct"], "--out", run, "-c", world["config"], *common[:1],
@@ -768,8 +761,6 @@ def test_nan_loss_stops_with_one_line_and_keeps_the_last_good_checkpoint(world, 
 
 def whole_volume_translation(model, path: Path, *, mask_background: bool = False) -> np.ndarray:
     """The conversion as it was before slabs: every step on the whole volume, then one cast."""
-    from medcyclegan.convert import AIR_VALUE
-
     cfg = model.cfg
     volume = read_volume(path)
     prepared = prepare_volume(volume, model.source_modality, cfg.data)
@@ -860,8 +851,6 @@ def test_converted_output_keeps_the_input_geometry_for_odd_sizes(
 def test_convert_reads_the_input_once_and_holds_no_float_copy_of_the_volume(
     world, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import medcyclegan.io.readers
-
     model = load_model(world["run"], to="mr", device="cpu")  # CT -> MR: no body mask is needed
     path = save_volume(tmp_path / "ct.nii.gz", head((64, 64, 160), "ct", 1))
     reads = []

@@ -16,6 +16,7 @@ import os
 import shutil
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pytest
 import torch
@@ -185,8 +186,6 @@ def test_resume_on_changed_data_is_refused_naming_the_file(
                 "-c", data["config"], "--max-steps", 1, "--no-progress")  # fmt: skip
     assert start.code == 0, start.err
     if change == "rewrite":
-        import nibabel as nib
-
         image = head((40, 44, 7), "ct", 5)  # one slice more: another size
         nib.save(nib.Nifti1Image(image, np.diag([2.0, 2.0, 4.0, 1.0])), ct / "case01.nii.gz")
     elif change == "add":

@@ -4,6 +4,7 @@ epoch checkpoints, stale temporaries of a killed write, batches larger than the 
 from __future__ import annotations
 
 import csv
+import errno
 import hashlib
 import logging
 import os
@@ -18,10 +19,16 @@ import pytest
 from tiny import TINY_RUN, TrainedRun, files, folder_locked_by_another_process, tiny_config, write_config_yaml
 
 from medcyclegan.config import load_config
+from medcyclegan.convert import load_model
 from medcyclegan.errors import CheckpointError, ConfigError, OutputError
+from medcyclegan.io import lock as lock_module
+from medcyclegan.io.atomic import atomic_path
+from medcyclegan.io.lock import LOCK_FILE, is_atomic_temporary
 from medcyclegan.train import trainer as trainer_module
+from medcyclegan.train.api import train_from_folders
 from medcyclegan.train.checkpoint import find_checkpoint, load_checkpoint
-from medcyclegan.train.trainer import Trainer
+from medcyclegan.train.info import describe
+from medcyclegan.train.trainer import RUN_ARTEFACTS, Trainer
 
 REPO = Path(__file__).resolve().parents[1]
 # Run A: two one-step epochs with validation, so it writes every artefact (best.pt, epoch_*.pt, samples).
@@ -48,8 +55,6 @@ def snapshot(folder: Path) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def world(trained_run: TrainedRun, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """The session's two tiny domains, the configs of runs A and B, and run A trained through the folder API."""
-    from medcyclegan.train.api import train_from_folders
-
     root = tmp_path_factory.mktemp("run_folder")
     mr, ct = trained_run.mr, trained_run.ct
     run_a = root / "run_a"
@@ -81,9 +86,6 @@ def _metric_rows(path: Path) -> list[dict[str, str]]:
 
 
 def test_the_artefact_list_names_every_file_a_run_writes(world) -> None:
-    from medcyclegan.io.lock import LOCK_FILE
-    from medcyclegan.train.trainer import RUN_ARTEFACTS
-
     # Run A writes everything (validation, samples, epoch checkpoints, sources.json): a file missing
     # from RUN_ARTEFACTS would survive --overwrite and mix with the next run.
     names = set(os.listdir(world["run_a"])) - {LOCK_FILE}
@@ -92,9 +94,6 @@ def test_the_artefact_list_names_every_file_a_run_writes(world) -> None:
 
 
 def test_overwrite_removes_every_artefact_of_the_previous_run(world, cli, tmp_path: Path) -> None:
-    from medcyclegan.convert import load_model
-    from medcyclegan.train.info import describe
-
     run = _copy_run_a(world, tmp_path)
     assert (run / "checkpoints" / "best.pt").is_file() and (run / "samples").is_dir()
     id_a = load_checkpoint(run / "checkpoints" / "last.pt").get("run_id")
@@ -182,8 +181,6 @@ def test_run_files_in_a_folder_no_trainer_used_are_not_removed_without_overwrite
 def test_a_best_checkpoint_of_another_run_is_never_used(
     world, trained_run: TrainedRun, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from medcyclegan.train.info import describe
-
     run = shutil.copytree(trained_run.run, tmp_path / "run_b")  # like run B: one step, last.pt only
     # A folder mixed by hand (or by an older medcyclegan): run A's best.pt beside run B's last.pt.
     shutil.copy(world["run_a"] / "checkpoints" / "best.pt", run / "checkpoints" / "best.pt")
@@ -348,9 +345,6 @@ def test_a_batch_larger_than_the_slices_warns_once(
 def test_folder_lock_is_reentrant_in_one_process_and_says_why_it_is_skipped(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    import errno
-
-    from medcyclegan.io import lock as lock_module
 
     first = lock_module.FolderLock(tmp_path / "a").acquire()
     second = lock_module.FolderLock(tmp_path / "a").acquire()  # same process: shares the flock
@@ -369,9 +363,6 @@ def test_folder_lock_is_reentrant_in_one_process_and_says_why_it_is_skipped(
 
 
 def test_stale_temporary_names_are_those_of_atomic_path(tmp_path: Path) -> None:
-    from medcyclegan.io.atomic import atomic_path
-    from medcyclegan.io.lock import is_atomic_temporary
-
     seen = []
     for name in ("last.pt", "metrics.csv", "CT.NII.GZ", "epoch_0001.png", "noext"):
         with pytest.raises(KeyboardInterrupt), atomic_path(tmp_path / name) as tmp:

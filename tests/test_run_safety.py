@@ -24,6 +24,9 @@ from tiny import (
     write_config_yaml,
 )
 
+from medcyclegan.errors import OutputError
+from medcyclegan.sample_data import write_sample_dataset
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -240,9 +243,6 @@ def test_convert_refuses_an_output_folder_inside_its_input_folder(data, cli, tmp
 
 
 def test_two_sample_data_runs_into_one_folder_cannot_mix(tmp_path: Path) -> None:
-    from medcyclegan.errors import OutputError
-    from medcyclegan.sample_data import write_sample_dataset
-
     out = tmp_path / "phantom"
     out.mkdir()
     tiny = {"shape": (24, 24, 8), "spacing": (4.0, 4.0, 4.0), "n_train_mr": 1, "n_train_ct": 1, "n_test": 0}
