@@ -4,7 +4,7 @@ Names (each means one thing):
 
 * :data:`TINY_MODEL`: the tiny networks and crops (ngf/ndf 8, 2 residual blocks, 2 discriminator
   layers, 32 px crops, batch 2, CPU); well under a second a step on 2 CPU cores. Tests extend it with
-  what they exercise, e.g. ``{**TINY_RUN, "optim.pool_size": 2}``.
+  what they exercise, e.g. ``{**TINY_MODEL, "train.steps_per_epoch": 2}``.
 * :data:`TINY_RUN`: :data:`TINY_MODEL` with a short schedule (2 + 1 epochs of 4 steps, a log row and
   a checkpoint every step); :func:`tiny_config` builds it, :func:`write_config_yaml` writes it.
 * :data:`SESSION_RUN`: the config of the session's trained run (``trained_run`` in conftest.py):
@@ -30,6 +30,7 @@ import yaml
 
 import medcyclegan.io.atomic
 from medcyclegan.config import Config, load_config
+from medcyclegan.io.lock import LOCK_FILE
 from medcyclegan.sample_data import CT_MAX_HU, CT_MIN_HU
 
 TINY_MODEL: dict[str, Any] = {
@@ -166,7 +167,7 @@ def digests(folder: Path) -> dict[str, str]:
     return {
         str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
         for p in sorted(folder.rglob("*"))
-        if p.is_file() and p.name != ".medcyclegan.lock"
+        if p.is_file() and p.name != LOCK_FILE
     }
 
 
