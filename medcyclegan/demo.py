@@ -154,8 +154,13 @@ def run_demo(
     seconds: dict[str, float] = {}
     start = time.perf_counter()
     data = out / "data"
+    grid: dict[str, Any] = {}  # the sample-data default grid unless the caller gives one
+    if phantom_shape is not None:
+        grid["shape"] = phantom_shape
+    if phantom_spacing is not None:
+        grid["spacing"] = phantom_spacing
     write_sample_dataset(
-        data, n_train_mr=n_train, n_train_ct=n_train, n_test=n_test, seed=seed, overwrite=True
+        data, n_train_mr=n_train, n_train_ct=n_train, n_test=n_test, seed=seed, overwrite=True, **grid
     )
     seconds["data"] = time.perf_counter() - start
 

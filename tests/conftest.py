@@ -1,4 +1,8 @@
-"""Shared pytest fixtures: writers of tiny synthetic volumes (NIfTI, ITK, DICOM series) and real-data paths.
+"""Shared pytest fixtures: the session's trained run, writers of tiny volumes, the CLI, real-data paths.
+
+``trained_run`` is the one tiny model of the whole session (trained once through the public API);
+tests that need *a* trained model use it read-only (it is checked unchanged at the end of the
+session) and copy it to ``tmp_path`` to change it. Tests of training itself train their own.
 
 The writers are factory fixtures (call them with a file name under ``tmp_path``) so that tests build
 exactly the volume they need, with a geometry they know, using the reference libraries (nibabel,
@@ -13,11 +17,38 @@ import traceback
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pytest
-from tiny import CliResult
+import SimpleITK as sitk
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+from tiny import SESSION_RUN, TINY_RUN, CliResult, TrainedRun, digests, write_config_yaml, write_domains
+
+from medcyclegan.cli import main
+from medcyclegan.config import load_config
+from medcyclegan.train.api import train_from_folders
 
 REAL_DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TrainedRun]:
+    """The session's tiny MR -> CT run (:data:`tiny.SESSION_RUN`, one step, ``checkpoints/last.pt`` only).
+
+    Trained once through ``train_from_folders`` (so it has ``sources.json``); every file of it must be
+    unchanged when the session ends: a test that changes it works on a copy.
+    """
+    root = tmp_path_factory.mktemp("trained_run")
+    mr, ct = write_domains(root)
+    run = root / "run"
+    train_from_folders(load_config(None, SESSION_RUN), run, src=mr, tgt=ct, show_progress=False)
+    config = write_config_yaml(root / "tiny.yaml", {**TINY_RUN, "data.val_fraction": 0.0})
+    before = digests(root)
+    yield TrainedRun(root=root, mr=mr, ct=ct, run=run, config=config)
+    after = digests(root)
+    changed = {k for k in before.keys() | after.keys() if before.get(k) != after.get(k)}
+    assert not changed, f"a test changed the session's trained run (copy it instead): {sorted(changed)}"
 
 
 @pytest.fixture
@@ -34,7 +65,6 @@ def write_nifti(tmp_path: Path) -> Callable[..., Path]:
 
     Writes ``array`` (file voxel order) with nibabel under ``tmp_path`` and returns the path.
     """
-    import nibabel as nib
 
     def write(
         name: str,
@@ -67,7 +97,6 @@ def write_itk(tmp_path: Path) -> Callable[..., Path]:
 
     ``array_xyz`` is indexed (x, y, z) like the file's voxel order; ``direction`` is row-major 3x3.
     """
-    import SimpleITK as sitk
 
     def write(
         name: str,
@@ -98,8 +127,6 @@ def write_dicom_series(tmp_path: Path) -> Callable[..., tuple[Path, str]]:
     ``(HU - intercept) / slope``; slice k lies at ``origin + k * spacing_z`` along +z (LPS);
     ``skip_slices`` leaves slices out (to make a gap).
     """
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
     def write(
         folder_name: str,
@@ -164,8 +191,6 @@ def cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> Itera
     (and fails the tests' one-error-line checks) rather than failing the test from inside the CLI.
     The logger's handlers, which the CLI replaces, are restored afterwards.
     """
-    from medcyclegan.cli import main
-
     logger = logging.getLogger("medcyclegan")
     saved = (list(logger.handlers), logger.level, logger.propagate)
     monkeypatch.setenv("COLUMNS", "1000")  # rich wraps log lines at the terminal width

@@ -15,21 +15,21 @@ import nibabel as nib
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from tiny import TINY, folder_locked_by_another_process
+from tiny import TrainedRun, folder_locked_by_another_process, head
 
 from medcyclegan.augment import (
     FILE_ENDING,
+    _resolve_labels,
     augment_dataset,
     check_dataset,
     cross_validation_splits,
     label_values,
     load_labels_json,
 )
-from medcyclegan.config import load_config
+from medcyclegan.checkpoint import load_checkpoint, save_checkpoint
 from medcyclegan.convert import load_model, translate_volume
 from medcyclegan.errors import ConfigError, InputError, OutputError
 from medcyclegan.io.readers import read_volume
-from medcyclegan.train.trainer import Trainer
 
 SHAPE = (24, 20, 4)
 CASES = ("p1", "p2", "p3", "p4", "p5")
@@ -58,22 +58,6 @@ def _affines() -> dict[str, np.ndarray]:
     return {"p1": ras, "p2": lps, "p3": permuted, "p4": oblique, "p5": ras}
 
 
-def _mr_head(shape: tuple[int, int, int], rng: np.random.Generator) -> np.ndarray:
-    x, y, z = np.meshgrid(*[np.linspace(-1, 1, s) for s in shape], indexing="ij")
-    dist = np.sqrt((x / 0.75) ** 2 + (y / 0.8) ** 2 + (z / 1.5) ** 2)
-    vol = np.where(dist < 1.0, 600.0, 0.0)
-    vol[(dist > 0.8) & (dist < 1.0)] = 80.0
-    return np.abs(vol + rng.normal(0, 15, shape)).astype(np.float32)
-
-
-def _ct_head(shape: tuple[int, int, int], rng: np.random.Generator) -> np.ndarray:
-    x, y, z = np.meshgrid(*[np.linspace(-1, 1, s) for s in shape], indexing="ij")
-    dist = np.sqrt((x / 0.75) ** 2 + (y / 0.8) ** 2 + (z / 1.5) ** 2)
-    vol = np.where(dist < 1.0, 40.0, -1000.0)
-    vol[(dist > 0.8) & (dist < 1.0)] = 1200.0
-    return (vol + rng.normal(0, 10, shape)).astype(np.int16)
-
-
 def _label(shape: tuple[int, int, int], seed: int) -> np.ndarray:
     """Two organs (1, 2) placed off-centre so that any flip or transpose of the axes shows."""
     label = np.zeros(shape, dtype=np.uint8)
@@ -95,7 +79,7 @@ def write_labelled(folder: Path, cases=CASES, label_dtype=np.uint8) -> tuple[Pat
             # Within our 1e-3 mm grid tolerance but beyond nnU-Net's np.allclose: only writing the
             # synthetic image with the label's geometry makes the two headers agree.
             image_affine[0, 3] += 5e-4
-        nib.save(nib.Nifti1Image(_mr_head(SHAPE, rng), image_affine), images / f"{case}.nii.gz")
+        nib.save(nib.Nifti1Image(head(SHAPE, "mr", rng), image_affine), images / f"{case}.nii.gz")
         label_path = labels / f"{case}.nii.gz"
         nib.save(nib.Nifti1Image(_label(SHAPE, i).astype(label_dtype), affine), label_path)
         if case == "p5":  # one label in another format: no NIfTI header to reuse
@@ -109,29 +93,9 @@ def _source_label(labels: Path, case: str) -> Path:
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny MR -> CT model (ngf 8, 2 blocks, 32 px, 2 steps): trained once for the whole module."""
-    root = tmp_path_factory.mktemp("train")
-    rng = np.random.default_rng(1)
-    mr, ct = [], []
-    for i in range(2):
-        for modality, make, paths in (("mr", _mr_head, mr), ("ct", _ct_head, ct)):
-            path = root / modality / f"case{i}.nii.gz"
-            path.parent.mkdir(exist_ok=True)
-            nib.save(nib.Nifti1Image(make((40, 44, 6), rng), np.diag([2.0, 2.0, 4.0, 1.0])), path)
-            paths.append(path)
-    cfg = load_config(
-        None,
-        {
-            **TINY,
-            "optim.n_epochs": 1,
-            "optim.n_epochs_decay": 0,
-            "optim.pool_size": 4,
-            "train.steps_per_epoch": 2,
-        },
-    )
-    Trainer(cfg, root / "run", mr, ct, show_progress=False).fit()
-    return root / "run"
+def run_dir(trained_run: TrainedRun) -> Path:
+    """The session's tiny MR -> CT model (read-only; a test that changes it copies it)."""
+    return trained_run.run
 
 
 @pytest.fixture(scope="module")
@@ -365,8 +329,6 @@ def test_labels_json_names_labels_and_is_validated(tmp_path: Path, inputs, model
 
 
 def test_automatic_labels_are_consecutive_even_with_gaps(caplog) -> None:
-    from medcyclegan.augment import _resolve_labels
-
     with caplog.at_level(logging.WARNING, logger="medcyclegan"):
         labels = _resolve_labels(None, {0, 3}, None)
     assert labels == {"background": 0, "label_1": 1, "label_2": 2, "label_3": 3}  # nnU-Net needs 0..K
@@ -376,8 +338,6 @@ def test_automatic_labels_are_consecutive_even_with_gaps(caplog) -> None:
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
 def test_labels_json_that_is_a_fifo_is_refused_without_blocking(tmp_path: Path) -> None:
-    from medcyclegan.augment import load_labels_json
-
     fifo = tmp_path / "labels.json"
     os.mkfifo(fifo)
     stop = threading.Event()
@@ -399,8 +359,6 @@ def test_labels_json_that_is_a_fifo_is_refused_without_blocking(tmp_path: Path) 
 
 def test_a_stray_huge_label_value_is_refused_not_declared(tmp_path: Path) -> None:
     """Before: one voxel of value 100000 declared 100,000 labels in dataset.json (and 10^12 never ended)."""
-    from medcyclegan.augment import _resolve_labels
-
     for highest in (100_000, 10**12):
         with pytest.raises(InputError, match=f"up to {highest} but only 3 distinct values") as info:
             _resolve_labels(None, {0, 1, highest}, None, tmp_path)
@@ -572,8 +530,6 @@ def test_a_second_augment_into_the_same_dataset_is_refused_while_the_first_runs(
 
 
 def test_cases_of_another_model_are_not_kept_as_this_models(tmp_path: Path, run_dir: Path, model) -> None:
-    from medcyclegan.checkpoint import load_checkpoint, save_checkpoint
-
     images, labels = write_labelled(tmp_path / "in", cases=("p1",))
     first = augment_dataset(images, labels, model, tmp_path / "raw", dataset_id=14)
     # Another model: another run's checkpoint (same architecture).

@@ -9,6 +9,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+from tiny import head, save_volume
 
 import medcyclegan
 from medcyclegan.config import DataConfig
@@ -19,21 +20,12 @@ from medcyclegan.data.prepare import prepare_volume
 from medcyclegan.errors import ConfigError, InputError
 from medcyclegan.io.volume import Geometry, Volume
 
+# Anisotropic voxels (mm): the cache key and the resampled grid depend on them.
+VOXELS = np.diag([0.8, 0.9, 3.0, 1.0])
+
 
 def _write_nifti(path: Path, seed: int, modality: str = "ct", shape=(24, 20, 6)) -> Path:
-    rng = np.random.default_rng(seed)
-    x, y = np.meshgrid(np.arange(shape[0]), np.arange(shape[1]), indexing="ij")
-    body = ((x - shape[0] / 2) / (shape[0] / 3)) ** 2 + ((y - shape[1] / 2) / (shape[1] / 3)) ** 2 <= 1
-    if modality == "ct":
-        array = np.full(shape, -1000.0) + rng.normal(0, 5, shape)
-        array[body] = rng.normal(40, 30, (int(body.sum()), shape[2]))
-        array = np.round(array).astype(np.int16)
-    else:
-        array = rng.uniform(0, 20, shape)
-        array[body] = rng.uniform(200, 900, (int(body.sum()), shape[2]))
-        array = array.astype(np.float32)
-    nib.save(nib.Nifti1Image(array, np.diag([0.8, 0.9, 3.0, 1.0])), path)
-    return path
+    return save_volume(path, head(shape, modality, seed), VOXELS)
 
 
 def _nibabel_read_volume(path: str | Path, **_: object) -> Volume:

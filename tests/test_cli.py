@@ -14,42 +14,18 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from tiny import TINY as TINY_BASE
-from tiny import one_error_line
+from tiny import TrainedRun, head, one_error_line, save_volume
 
-from medcyclegan import __version__
-from medcyclegan.config import load_config
+from medcyclegan import __version__, parallel
 from medcyclegan.io.readers import read_volume
-from medcyclegan.train.trainer import Trainer
 
-SPACING_MM = (2.0, 2.0, 4.0)
-TINY = {**TINY_BASE, "optim.pool_size": 4, "train.steps_per_epoch": 4, "train.max_steps": 1}
 VERBS = ("train", "convert", "evaluate", "info", "augment", "sample-data", "demo")
 
 
-def head(shape: tuple[int, int, int], modality: str, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    x, y, z = np.meshgrid(*[np.linspace(-1, 1, s) for s in shape], indexing="ij")
-    inside = (x / 0.75) ** 2 + (y / 0.82) ** 2 + (z / 1.4) ** 2 < 1
-    if modality == "ct":
-        vol = np.where(inside, 40.0, -1000.0) + rng.normal(0, 10, shape)
-        return vol.astype(np.int16)
-    return np.abs(np.where(inside, 600.0, 0.0) + rng.normal(0, 15, shape)).astype(np.float32)
-
-
-def save(path: Path, array: np.ndarray, affine: np.ndarray | None = None) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    nib.save(nib.Nifti1Image(array, np.diag([*SPACING_MM, 1.0]) if affine is None else affine), path)
-    return path
-
-
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("cli")
-    mr = [save(root / "mr" / f"m{i}.nii.gz", head((36, 40, 6), "mr", i)) for i in range(2)]
-    ct = [save(root / "ct" / f"c{i}.nii.gz", head((36, 40, 6), "ct", 10 + i)) for i in range(2)]
-    Trainer(load_config(None, TINY), root / "run", mr, ct, show_progress=False).fit()
-    return root / "run"
+def run_dir(trained_run: TrainedRun) -> Path:
+    """The session's tiny MR -> CT run (one step, last.pt only); read-only."""
+    return trained_run.run
 
 
 # ------------------------------------------------------------------------------- help and usage
@@ -121,7 +97,7 @@ def test_usage_errors_exit_2_without_traceback(cli, args: tuple[str, ...], expec
     ],
 )
 def test_option_errors_are_one_line(cli, run_dir: Path, tmp_path: Path, args, expected: str) -> None:
-    mr = save(tmp_path / "in" / "scan.nii.gz", head((20, 22, 6), "mr"))
+    mr = save_volume(tmp_path / "in" / "scan.nii.gz", head((20, 22, 6), "mr"))
     values = {"mr": mr, "run": run_dir, "tmp": tmp_path}
     result = cli(*(arg.format(**values) for arg in args))
     assert expected in one_error_line(result)
@@ -133,7 +109,7 @@ def test_option_errors_are_one_line(cli, run_dir: Path, tmp_path: Path, args, ex
 
 def test_convert_a_file_prints_the_output_and_keeps_the_geometry(cli, run_dir: Path, tmp_path: Path) -> None:
     affine = np.array([[0.0, -1.1, 0.0, 10.0], [0.9, 0.0, 0.0, -5.0], [0.0, 0.0, -2.5, 20.0], [0, 0, 0, 1]])
-    source = save(tmp_path / "case7.nii.gz", head((21, 23, 5), "mr"), affine)
+    source = save_volume(tmp_path / "case7.nii.gz", head((21, 23, 5), "mr"), affine)
     result = cli("convert", source, "-m", run_dir)
     default = tmp_path / "case7_synthct.nii.gz"  # beside the input, named after the case and modality
     assert result.code == 0, result.err
@@ -151,7 +127,7 @@ def test_convert_a_folder_keeps_names_and_refuses_a_file_as_output(
     cli, run_dir: Path, tmp_path: Path
 ) -> None:
     for name in ("a", "b"):
-        save(tmp_path / "in" / f"{name}.nii.gz", head((20, 22, 4), "mr"))
+        save_volume(tmp_path / "in" / f"{name}.nii.gz", head((20, 22, 4), "mr"))
     (tmp_path / "in" / "README.txt").write_text("ignored")
     result = cli("convert", tmp_path / "in", "-m", run_dir, "-o", tmp_path / "out")
     assert result.code == 0, result.err
@@ -175,8 +151,8 @@ def test_info_prints_a_table_and_json(cli, run_dir: Path) -> None:
 
 
 def test_evaluate_prints_a_table_and_writes_json_and_csv(cli, tmp_path: Path) -> None:
-    reference = save(tmp_path / "ref" / "p1.nii.gz", head((24, 24, 8), "ct", 1))
-    prediction = save(tmp_path / "pred" / "p1.nii.gz", head((24, 24, 8), "ct", 2))
+    reference = save_volume(tmp_path / "ref" / "p1.nii.gz", head((24, 24, 8), "ct", 1))
+    prediction = save_volume(tmp_path / "pred" / "p1.nii.gz", head((24, 24, 8), "ct", 2))
     result = cli("evaluate", "--pred", prediction, "--ref", reference, "--out", tmp_path / "r" / "eval.json")
     assert result.code == 0, result.err
     assert "MAE" in result.out and "p1" in result.out
@@ -184,22 +160,11 @@ def test_evaluate_prints_a_table_and_writes_json_and_csv(cli, tmp_path: Path) ->
     assert report and (tmp_path / "r" / "eval.csv").is_file()
 
 
-def _write_mr_itk(path: Path) -> Path:
-    """An MR head as a compressed ITK file (``.mha``/``.nrrd``/``.mhd``...)."""
-    import SimpleITK as sitk
-
-    image = sitk.GetImageFromArray(np.ascontiguousarray(head((24, 24, 6), "mr").transpose(2, 1, 0)))
-    image.SetSpacing(SPACING_MM)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sitk.WriteImage(image, str(path), useCompression=True)
-    return path
-
-
 @pytest.mark.parametrize("name", ["scan.mha", "scan.nrrd"])
 def test_convert_and_evaluate_refuse_corrupted_compressed_itk_files(
     cli, run_dir: Path, tmp_path: Path, name: str
 ) -> None:
-    path = _write_mr_itk(tmp_path / "in" / name)
+    path = save_volume(tmp_path / "in" / name, head((24, 24, 6), "mr"))
     data = bytearray(path.read_bytes())
     if name.endswith(".mha"):  # 50 bytes of the zlib stream inverted: MetaIO decodes wrong voxels
         middle = len(data) * 3 // 4
@@ -218,7 +183,7 @@ def test_convert_and_evaluate_refuse_corrupted_compressed_itk_files(
 
 def test_convert_refuses_an_output_whose_data_file_is_the_inputs(cli, run_dir: Path, tmp_path: Path) -> None:
     """``a.mhd -o a.MHD``: the output's ``a.zraw`` is the input's voxels, even with --overwrite."""
-    source = _write_mr_itk(tmp_path / "a.mhd")
+    source = save_volume(tmp_path / "a.mhd", head((24, 24, 6), "mr"))  # and a.zraw
     voxels = (tmp_path / "a.zraw").read_bytes()
     for output in ("a.MHD", "a.mhd", "A.Mhd"):
         line = one_error_line(cli("convert", source, "-m", run_dir, "-o", tmp_path / output, "--overwrite"))
@@ -228,8 +193,6 @@ def test_convert_refuses_an_output_whose_data_file_is_the_inputs(cli, run_dir: P
 
 
 def test_threads_sets_the_torch_cpu_threads_and_is_validated(cli, run_dir: Path) -> None:
-    from medcyclegan import parallel
-
     before = torch.get_num_threads()
     try:
         result = cli("--threads", "1", "info", run_dir)

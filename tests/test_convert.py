@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-from tiny import assert_clean_error, files, race_at_temporary, tiny_config, write_domain
+from tiny import TrainedRun, assert_clean_error, files, head, race_at_temporary, write_domain
 
 from medcyclegan.config import Normalisation, config_from_dict
-from medcyclegan.convert import ConversionModel, convert_paths, load_model
+from medcyclegan.convert import ConversionModel, convert_paths, load_model, plan_conversion
 from medcyclegan.data.normalise import domain_record
-from medcyclegan.train.trainer import Trainer
+from medcyclegan.errors import InputError, OutputError
 
 
 class IdentityGenerator(torch.nn.Module):
@@ -35,16 +35,6 @@ def identity_ct_model(spacing: float | None = None) -> ConversionModel:
     return ConversionModel(IdentityGenerator(), cfg, "ct", "ct", Path("identity"), torch.device("cpu"))
 
 
-def head_ct(shape: tuple[int, int, int], seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    x, y, z = np.meshgrid(*[np.linspace(-1, 1, s) for s in shape], indexing="ij")
-    inside = (x / 0.8) ** 2 + (y / 0.7) ** 2 + (z / 1.5) ** 2 < 1
-    ct = np.full(shape, -1000.0)
-    ct[inside] = 40 + rng.normal(0, 20, inside.sum())
-    ct[inside & ((x / 0.8) ** 2 + (y / 0.7) ** 2 > 0.7)] = 1200
-    return np.round(ct).astype(np.int16)
-
-
 OBLIQUE = np.array(
     [
         [0.9 * np.cos(0.35), -0.9 * np.sin(0.35), 0.0, -20.0],
@@ -61,7 +51,7 @@ FLIPPED = np.diag([-1.2, -0.8, 2.0, 1.0]) + np.array(
 @pytest.mark.parametrize("affine", [OBLIQUE, FLIPPED], ids=["oblique", "flipped"])
 @pytest.mark.parametrize("shape", [(30, 26, 5), (33, 27, 4)], ids=["even", "odd-inplane"])
 def test_identity_generator_gives_back_the_input_nifti(tmp_path: Path, write_nifti, affine, shape) -> None:
-    ct = head_ct(shape)
+    ct = head(shape, "ct")
     path = write_nifti("in/scan.nii.gz", ct, affine)
     (out,) = convert_paths(identity_ct_model(), path, tmp_path / "out.nii.gz")
     src, res = nib.load(path), nib.load(out)
@@ -75,7 +65,7 @@ def test_identity_generator_gives_back_the_input_nifti(tmp_path: Path, write_nif
 
 
 def test_identity_generator_gives_back_the_input_nrrd(tmp_path: Path, write_itk) -> None:
-    ct = head_ct((28, 30, 4))
+    ct = head((28, 30, 4), "ct")
     direction = (1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0)  # flipped y, like brain1_image.nrrd
     path = write_itk(
         "in/scan.nrrd", ct, spacing=(0.8, 0.7, 3.0), origin=(-10.0, 20.0, 5.0), direction=direction
@@ -90,7 +80,7 @@ def test_identity_generator_gives_back_the_input_nrrd(tmp_path: Path, write_itk)
 
 
 def test_identity_generator_dicom_series_to_nifti(tmp_path: Path, write_dicom_series) -> None:
-    ct = head_ct((24, 20, 4))
+    ct = head((24, 20, 4), "ct")
     folder, _uid = write_dicom_series("dicom", ct)
     (out,) = convert_paths(identity_ct_model(), folder, tmp_path / "out.nii.gz")
     ref = sitk.ReadImage(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder)))
@@ -103,7 +93,7 @@ def test_identity_generator_dicom_series_to_nifti(tmp_path: Path, write_dicom_se
 
 
 def test_in_plane_resampling_keeps_the_grid_and_the_values_close(tmp_path: Path, write_nifti) -> None:
-    ct = head_ct((40, 36, 4))
+    ct = head((40, 36, 4), "ct", cavity=False)
     path = write_nifti("scan.nii.gz", ct, FLIPPED)
     (out,) = convert_paths(identity_ct_model(spacing=2.0), path, tmp_path / "out.nii.gz")
     res = nib.load(out)
@@ -118,62 +108,46 @@ def test_in_plane_resampling_keeps_the_grid_and_the_values_close(tmp_path: Path,
     assert np.abs(centroid - out_centroid).max() < 0.5  # voxels of the original grid
 
 
-@pytest.fixture(scope="module")
-def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("run")
-    mr = write_domain(root / "mr", "mr", 2, 3)
-    ct = write_domain(root / "ct", "ct", 2, 4)
-    Trainer(
-        tiny_config(**{"train.max_steps": 2}), root / "run", files(mr), files(ct), show_progress=False
-    ).fit()
-    return root
-
-
 def test_trained_model_converts_any_in_plane_size_both_directions(
-    trained_run: Path, tmp_path: Path, write_nifti
+    trained_run: TrainedRun, tmp_path: Path, write_nifti
 ) -> None:
     mr = np.abs(np.random.default_rng(0).normal(300, 50, (37, 23, 5))).astype(np.float32)
     path = write_nifti("odd.nii.gz", mr, OBLIQUE)
-    model = load_model(trained_run / "run", device="cpu")
+    model = load_model(trained_run.run, device="cpu")
     assert (model.source_modality, model.target_modality) == ("mr", "ct")
     (out,) = convert_paths(model, path, tmp_path / "sct.nii.gz")
     res = nib.load(out)
     assert res.shape == mr.shape and res.header.get_data_dtype() == np.int16
     np.testing.assert_array_equal(res.affine, nib.load(path).affine)
-    back = load_model(trained_run / "run", to="mr", device="cpu")
+    back = load_model(trained_run.run, to="mr", device="cpu")
     (out_mr,) = convert_paths(back, out, tmp_path / "smr.nii.gz")
     assert nib.load(out_mr).header.get_data_dtype() == np.float32
     assert nib.load(out_mr).shape == mr.shape
 
 
-def test_convert_folder_refuses_to_overwrite_before_any_work(trained_run: Path, tmp_path: Path) -> None:
-    model = load_model(trained_run / "run", device="cpu")
+def test_convert_folder_refuses_to_overwrite_before_any_work(trained_run: TrainedRun, tmp_path: Path) -> None:
+    model = load_model(trained_run.run, device="cpu")
     out = tmp_path / "out"
-    written = convert_paths(model, trained_run / "mr", out)
-    assert sorted(p.name for p in written) == sorted(p.name for p in files(trained_run / "mr"))
+    written = convert_paths(model, trained_run.mr, out)
+    assert sorted(p.name for p in written) == sorted(p.name for p in files(trained_run.mr))
     before = {p: p.stat().st_mtime_ns for p in written}
-    from medcyclegan.errors import OutputError
 
     with pytest.raises(OutputError, match="--overwrite"):
-        convert_paths(model, trained_run / "mr", out)
+        convert_paths(model, trained_run.mr, out)
     assert {p: p.stat().st_mtime_ns for p in written} == before
 
 
 # --------------------------------------------------------------- issue 12: outputs and odd inputs
 
 
-def _mr(shape: tuple[int, int, int], seed: int = 0) -> np.ndarray:
-    return np.abs(np.random.default_rng(seed).normal(300, 50, shape)).astype(np.float32)
-
-
 def test_convert_keeps_an_output_another_process_created_meanwhile(
-    trained_run: Path, tmp_path: Path, write_nifti, cli, monkeypatch: pytest.MonkeyPatch
+    trained_run: TrainedRun, tmp_path: Path, write_nifti, cli, monkeypatch: pytest.MonkeyPatch
 ) -> None:
 
-    path = write_nifti("in/scan.nii.gz", _mr((20, 22, 4)))
+    path = write_nifti("in/scan.nii.gz", head((20, 22, 4), "mr"))
     out = tmp_path / "out" / "sct.nii.gz"
     created = race_at_temporary(monkeypatch)
-    result = cli("convert", path, "-o", out, "-m", trained_run / "run", "--device", "cpu")
+    result = cli("convert", path, "-o", out, "-m", trained_run.run, "--device", "cpu")
     assert created == [out]
     line = assert_clean_error(result, out, notices_allowed=True)
     assert line == (
@@ -187,11 +161,11 @@ def test_convert_keeps_an_output_another_process_created_meanwhile(
 
 @pytest.mark.parametrize("shape", [(40, 1, 12), (3, 3, 12), (1, 40, 12), (4, 30, 6)])
 def test_convert_refuses_slices_too_small_for_the_generator(
-    trained_run: Path, tmp_path: Path, write_nifti, cli, shape: tuple[int, int, int]
+    trained_run: TrainedRun, tmp_path: Path, write_nifti, cli, shape: tuple[int, int, int]
 ) -> None:
-    path = write_nifti("thin.nii.gz", _mr(shape))
+    path = write_nifti("thin.nii.gz", head(shape, "mr"))
     out = tmp_path / "out.nii.gz"
-    result = cli("convert", path, "-o", out, "-m", trained_run / "run", "--device", "cpu")
+    result = cli("convert", path, "-o", out, "-m", trained_run.run, "--device", "cpu")
     line = assert_clean_error(result, path, notices_allowed=True)
     assert f"axial slices are {shape[0]} x {shape[1]} voxels" in line and "at least 5 x 5" in line
     assert result.code == 2 and not out.exists()
@@ -199,11 +173,11 @@ def test_convert_refuses_slices_too_small_for_the_generator(
 
 @pytest.mark.parametrize("shape", [(5, 5, 3), (40, 5, 12)])
 def test_convert_smallest_slices_the_generator_takes_onto_the_input_grid(
-    trained_run: Path, tmp_path: Path, write_nifti, cli, shape: tuple[int, int, int]
+    trained_run: TrainedRun, tmp_path: Path, write_nifti, cli, shape: tuple[int, int, int]
 ) -> None:
-    path = write_nifti("small.nii.gz", _mr(shape), OBLIQUE)
+    path = write_nifti("small.nii.gz", head(shape, "mr"), OBLIQUE)
     out = tmp_path / "out.nii.gz"
-    result = cli("convert", path, "-o", out, "-m", trained_run / "run", "--device", "cpu")
+    result = cli("convert", path, "-o", out, "-m", trained_run.run, "--device", "cpu")
     assert result.code == 0, result.err
     res = nib.load(out)
     assert res.shape == shape and res.header.get_data_dtype() == np.int16
@@ -212,11 +186,9 @@ def test_convert_smallest_slices_the_generator_takes_onto_the_input_grid(
 
 @pytest.mark.parametrize("device", ["tpu", "meta", "cuda:x", "gpu0"])
 def test_convert_and_augment_refuse_an_unknown_device_in_one_line(
-    trained_run: Path, tmp_path: Path, cli, device: str
+    trained_run: TrainedRun, tmp_path: Path, cli, device: str
 ) -> None:
-    result = cli(
-        "convert", trained_run / "mr", "-o", tmp_path / "out", "-m", trained_run / "run", "--device", device
-    )
+    result = cli("convert", trained_run.mr, "-o", tmp_path / "out", "-m", trained_run.run, "--device", device)
     line = assert_clean_error(result, repr(device))
     assert "auto, cpu, cuda, cuda:N" in line and result.code == 2
     labels = write_domain(tmp_path / "labels", "ct", 2, 0)
@@ -228,32 +200,34 @@ def test_convert_and_augment_refuse_an_unknown_device_in_one_line(
             label,
         )
     result = cli(
-        "augment", "--images", trained_run / "mr", "--labels", labels, "--out", tmp_path / "ds",
-        "--dataset-id", 5, "-m", trained_run / "run", "--device", device,
+        "augment", "--images", trained_run.mr, "--labels", labels, "--out", tmp_path / "ds",
+        "--dataset-id", 5, "-m", trained_run.run, "--device", device,
     )  # fmt: skip
     line = assert_clean_error(result, repr(device))
     assert "auto, cpu, cuda, cuda:N" in line and not (tmp_path / "ds").exists()
 
 
 def test_convert_and_augment_refuse_cuda_without_a_gpu_in_one_line(
-    trained_run: Path, tmp_path: Path, cli, monkeypatch: pytest.MonkeyPatch
+    trained_run: TrainedRun, tmp_path: Path, cli, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
     for verb in ("convert", "augment"):
         args = (
-            [trained_run / "mr", "-o", tmp_path / "out"]
+            [trained_run.mr, "-o", tmp_path / "out"]
             if verb == "convert"
-            else ["--images", trained_run / "mr", "--labels", trained_run / "ct", "--out", tmp_path / "ds", "--dataset-id", 5]
+            else ["--images", trained_run.mr, "--labels", trained_run.ct, "--out", tmp_path / "ds", "--dataset-id", 5]
         )  # fmt: skip
-        result = cli(verb, *args, "-m", trained_run / "run", "--device", "cuda:0")
+        result = cli(verb, *args, "-m", trained_run.run, "--device", "cuda:0")
         line = assert_clean_error(result)
         assert "--device cuda:0 was requested but no CUDA GPU is available" in line, line
 
 
-def test_folder_input_with_a_file_name_as_output_is_refused(trained_run: Path, tmp_path: Path, cli) -> None:
+def test_folder_input_with_a_file_name_as_output_is_refused(
+    trained_run: TrainedRun, tmp_path: Path, cli
+) -> None:
     out = tmp_path / "x.nii.gz"
-    result = cli("convert", trained_run / "mr", "-o", out, "-m", trained_run / "run", "--device", "cpu")
+    result = cli("convert", trained_run.mr, "-o", out, "-m", trained_run.run, "--device", "cpu")
     line = assert_clean_error(result, out)
     assert "is a file name, but the input is a folder of 2 volume(s): give an output folder" in line
     assert not out.exists()
@@ -262,11 +236,8 @@ def test_folder_input_with_a_file_name_as_output_is_refused(trained_run: Path, t
 def test_two_inputs_with_one_output_name_are_both_named(
     tmp_path: Path, write_nifti, write_dicom_series
 ) -> None:
-    from medcyclegan.convert import plan_conversion
-    from medcyclegan.errors import OutputError
-
-    write_dicom_series("in/a", head_ct((12, 10, 3)))
-    nifti = write_nifti("in/a.nii.gz", head_ct((12, 10, 3)))
+    write_dicom_series("in/a", head((12, 10, 3), "ct"))
+    nifti = write_nifti("in/a.nii.gz", head((12, 10, 3), "ct"))
     with pytest.raises(OutputError) as caught:
         plan_conversion(identity_ct_model(), tmp_path / "in", tmp_path / "out")
     message = str(caught.value)
@@ -278,11 +249,8 @@ def test_two_inputs_with_one_output_name_are_both_named(
 
 def test_output_names_differing_only_in_case_collide(tmp_path: Path, write_nifti) -> None:
     """``scan.mhd`` and ``SCAN.MHD`` are one file on a case-insensitive disk (and both write scan.zraw)."""
-    from medcyclegan.convert import plan_conversion
-    from medcyclegan.errors import OutputError
-
-    first = write_nifti("in/scan.nii.gz", head_ct((12, 10, 3)))
-    second = write_nifti("in/SCAN.NII.GZ", head_ct((12, 10, 3), 2))
+    first = write_nifti("in/scan.nii.gz", head((12, 10, 3), "ct"))
+    second = write_nifti("in/SCAN.NII.GZ", head((12, 10, 3), "ct", 2))
     with pytest.raises(OutputError, match="two inputs would be written to the same output name") as caught:
         plan_conversion(identity_ct_model(), tmp_path / "in", tmp_path / "out")
     assert str(first) in str(caught.value) and str(second) in str(caught.value)
@@ -293,13 +261,13 @@ def test_a_patient_series_tree_converts_as_one_folder_mirroring_its_paths(
 ) -> None:
     # Two patients with a series of the same name: named by relative path, they no longer collide.
     volumes = {
-        "p1/T1": head_ct((12, 10, 3), 1),
-        "p1/T2": head_ct((12, 10, 3), 2),
-        "p2/T1": head_ct((12, 10, 3), 3),
+        "p1/T1": head((12, 10, 3), "ct", 1),
+        "p1/T2": head((12, 10, 3), "ct", 2),
+        "p2/T1": head((12, 10, 3), "ct", 3),
     }
     for name, ct in volumes.items():
         write_dicom_series(f"in/{name}", ct)
-    write_nifti("in/p2/extra/scan.nii.gz", head_ct((12, 10, 3), 4))
+    write_nifti("in/p2/extra/scan.nii.gz", head((12, 10, 3), "ct", 4))
     written = convert_paths(identity_ct_model(), tmp_path / "in", tmp_path / "out")
     out = tmp_path / "out"
     assert sorted(written) == sorted(
@@ -313,13 +281,13 @@ def test_a_patient_series_tree_converts_as_one_folder_mirroring_its_paths(
 
 @pytest.mark.parametrize("suffix", [".nii.gz", ".nrrd", ".mha"])
 def test_a_synthetic_ct_says_what_it_is_instead_of_the_mr_description(
-    trained_run: Path, tmp_path: Path, write_nifti, suffix: str
+    trained_run: TrainedRun, tmp_path: Path, write_nifti, suffix: str
 ) -> None:
-    path = write_nifti("mr.nii.gz", _mr((20, 22, 4)))
+    path = write_nifti("mr.nii.gz", head((20, 22, 4), "mr"))
     image = nib.load(path)
     image.header["descrip"] = b"MR T1w axial 3D"
     nib.save(image, path)
-    model = load_model(trained_run / "run", device="cpu")
+    model = load_model(trained_run.run, device="cpu")
     (out,) = convert_paths(model, path, tmp_path / f"sct{suffix}")
     if suffix == ".nii.gz":
         description = nib.load(out).header["descrip"].item().decode()
@@ -333,10 +301,8 @@ def test_a_synthetic_ct_says_what_it_is_instead_of_the_mr_description(
 def test_slices_too_small_at_the_model_spacing_are_refused_naming_both_sizes(
     tmp_path: Path, write_nifti
 ) -> None:
-    from medcyclegan.errors import InputError
-
     # 12 x 40 voxels of 0.5 mm are 3 x 10 voxels at the model's 2 mm: too narrow for the generator.
-    path = write_nifti("fine.nii.gz", head_ct((12, 40, 3)), np.diag([0.5, 0.5, 3.0, 1.0]))
+    path = write_nifti("fine.nii.gz", head((12, 40, 3), "ct"), np.diag([0.5, 0.5, 3.0, 1.0]))
     with pytest.raises(InputError) as caught:
         convert_paths(identity_ct_model(spacing=2.0), path, tmp_path / "out.nii.gz")
     assert str(caught.value).startswith(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import nibabel as nib
 import pytest
 
 from medcyclegan.demo import BASELINES, run_demo
@@ -14,9 +15,11 @@ from medcyclegan.errors import OutputError
 @pytest.mark.slow
 def test_short_demo_beats_both_baselines(tmp_path: Path) -> None:
     # The default phantom's field of view on a 3 mm grid (no resampling), fewer subjects and steps.
+    # Measured (1 thread): MAE 301 HU after 40 steps, 275 after 60, 252 after 150, against 443 HU for
+    # the better baseline: 40 steps keep a wide margin.
     result = run_demo(
         tmp_path / "demo",
-        max_steps=150,
+        max_steps=40,
         show_progress=False,
         n_train=3,
         n_test=2,
@@ -31,6 +34,9 @@ def test_short_demo_beats_both_baselines(tmp_path: Path) -> None:
     assert report["standard"] == "synthrad2023"
     assert len(list((tmp_path / "demo" / "synth_ct").glob("*.nii.gz"))) == 2
     assert "beats both baselines" in result.summary()
+    # The phantom was drawn on the grid asked for (before, run_demo ignored it and drew 128 x 128 x 48).
+    test_ct = sorted((tmp_path / "demo" / "data" / "test" / "ct").glob("*.nii.gz"))
+    assert nib.load(test_ct[0]).shape == (64, 64, 24)
 
 
 def test_demo_refuses_a_non_empty_folder(tmp_path: Path) -> None:

@@ -1,6 +1,6 @@
 """Multi-process training on the CPU (gloo): sharding, DDP weight agreement, rank-0 checkpoints, resume.
 
-The two-process test starts both ranks once (torch.multiprocessing spawn) and runs three trainings
+The two-process test starts both ranks once (torch.multiprocessing, forked) and runs three trainings
 in them: straight through, stopped early, and resumed; the torchrun test drives the real command line.
 """
 
@@ -19,7 +19,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from tiny import TINY_RUN, write_ring_domain
+import torch.distributed as dist
+from tiny import TINY_RUN, TrainedRun, write_domain, write_domains
 
 from medcyclegan.checkpoint import load_checkpoint
 from medcyclegan.config import load_config
@@ -27,14 +28,17 @@ from medcyclegan.convert import convert_paths, load_model
 from medcyclegan.errors import CheckpointError, ConfigError, OutputError
 from medcyclegan.runtime import distributed
 from medcyclegan.runtime.distributed import DistributedContext, shard, strip_option, torchrun_command
+from medcyclegan.train import trainer as trainer_module
 from medcyclegan.train.schedule import epoch_batches
+from medcyclegan.train.trainer import Trainer
 
 NETS = ("G_AB", "G_BA", "D_A", "D_B")
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TOTAL_STEPS, STOP_STEP = 6, 3  # 2 steps per epoch: the resume starts in the middle of epoch 1
 
 
-TINY = {
+# tiny.TINY_RUN in 2-step epochs with a pool of 3 (the pool sizes are checked).
+DISTRIBUTED_RUN = {
     **TINY_RUN,
     "optim.pool_size": 3,
     "train.steps_per_epoch": 2,
@@ -73,10 +77,6 @@ def _worker(rank: int, world_size: int, port: int, root: str) -> None:
         LOCAL_RANK=str(rank),
     )
     torch.set_num_threads(1)
-    import torch.distributed as dist
-
-    from medcyclegan.train import trainer as trainer_module
-    from medcyclegan.train.trainer import Trainer
 
     writes: list[str] = []
     original_save = trainer_module.save_checkpoint
@@ -90,7 +90,7 @@ def _worker(rank: int, world_size: int, port: int, root: str) -> None:
     mr, ct = sorted((base / "mr").glob("*.nii.gz")), sorted((base / "ct").glob("*.nii.gz"))
 
     def run(folder: str, max_steps: int, resume: bool = False):
-        cfg = load_config(None, {**TINY, "train.max_steps": max_steps})
+        cfg = load_config(None, {**DISTRIBUTED_RUN, "train.max_steps": max_steps})
         trainer = Trainer(
             cfg,
             base / folder,
@@ -123,9 +123,12 @@ def _worker(rank: int, world_size: int, port: int, root: str) -> None:
 @pytest.fixture(scope="module")
 def two_rank_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("ddp")
-    write_ring_domain(root / "mr", "mr", 2, 1)
-    write_ring_domain(root / "ct", "ct", 2, 2)
-    torch.multiprocessing.spawn(_worker, args=(2, _free_port(), str(root)), nprocs=2, join=True)
+    write_domains(root)  # root/mr, root/ct: the workers' data beside their runs
+    # Forked, as DataLoader workers are: the ranks start with this process's imports (torch, monai and
+    # medcyclegan: seconds of start-up each with spawn) and no state a rank could share (CPU only).
+    torch.multiprocessing.start_processes(
+        _worker, args=(2, _free_port(), str(root)), nprocs=2, join=True, start_method="fork"
+    )
     return root
 
 
@@ -166,21 +169,18 @@ def test_two_rank_resume_is_exact(two_rank_run: Path) -> None:
 
 
 def test_checkpoint_of_two_ranks_refuses_a_single_process_resume(two_rank_run: Path, tmp_path: Path) -> None:
-    from medcyclegan.train.trainer import Trainer
-
     mr, ct = sorted((two_rank_run / "mr").glob("*")), sorted((two_rank_run / "ct").glob("*"))
-    cfg = load_config(None, {**TINY, "train.max_steps": TOTAL_STEPS + 2})
+    cfg = load_config(None, {**DISTRIBUTED_RUN, "train.max_steps": TOTAL_STEPS + 2})
     with pytest.raises(CheckpointError, match="2 process"):
         Trainer(cfg, tmp_path, mr, ct, resume=two_rank_run / "straight", show_progress=False)
 
 
 # ------------------------------------------------------------------------------ torchrun
 @pytest.mark.slow
-def test_torchrun_runs_the_cli_on_two_processes(tmp_path: Path) -> None:
-    mr = write_ring_domain(tmp_path / "mr", "mr", 2, 3)
-    ct = write_ring_domain(tmp_path / "ct", "ct", 2, 4)
+def test_torchrun_runs_the_cli_on_two_processes(trained_run: TrainedRun, tmp_path: Path) -> None:
+    mr, ct = trained_run.mr, trained_run.ct
     out = tmp_path / "run"
-    sets = [f"--set={k}={v}" for k, v in {**TINY, "train.max_steps": 2}.items()]
+    sets = [f"--set={k}={v}" for k, v in {**DISTRIBUTED_RUN, "train.max_steps": 2}.items()]
     command = torchrun_command(["train", "--src", str(mr), "--tgt", str(ct), "-o", str(out), *sets], 2)
     done = subprocess.run(command, capture_output=True, text=True, env=_torchrun_env(), timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -276,18 +276,12 @@ def test_launch_runs_torchrun_and_returns_its_status(monkeypatch: pytest.MonkeyP
 
 # ------------------------------------------------------------------------------ sharded convert
 @pytest.fixture(scope="module")
-def convert_world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """A tiny trained run, a folder of 3 MR volumes and their single-process conversions."""
-    from medcyclegan.train.trainer import Trainer
-
+def convert_world(trained_run: TrainedRun, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The session's tiny trained run, a folder of 3 MR volumes and their single-process conversions."""
     root = tmp_path_factory.mktemp("convert_shard")
-    mr = write_ring_domain(root / "mr", "mr", 2, 5)
-    ct = write_ring_domain(root / "ct", "ct", 2, 6)
-    cfg = load_config(None, {**TINY, "train.max_steps": 1})
-    Trainer(cfg, root / "run", sorted(mr.iterdir()), sorted(ct.iterdir()), show_progress=False).fit()
-    scans = write_ring_domain(root / "scans", "mr", 3, 7)
-    convert_paths(load_model(root / "run", device="cpu"), scans, root / "single")
-    return {"run": root / "run", "scans": scans, "single": root / "single"}
+    scans = write_domain(root / "scans", "mr", 3, 7)
+    convert_paths(load_model(trained_run.run, device="cpu"), scans, root / "single")
+    return {"run": trained_run.run, "scans": scans, "single": root / "single"}
 
 
 def _same_outputs(folder: Path, reference: Path, max_hu_difference: int = 0) -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny import TINY, files, write_ring_domain
+from tiny import TINY_MODEL, TrainedRun, files
 
 from medcyclegan.config import load_config
 from medcyclegan.errors import ConfigError
@@ -29,18 +29,14 @@ SIGNAL = 1e-3
 
 
 @pytest.fixture(scope="module")
-def domains(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[Path], list[Path]]:
-    root = tmp_path_factory.mktemp("fastpath")
-    shape = (36, 40, 4)
-    return (
-        files(write_ring_domain(root / "mr", "mr", 2, 1, shape)),
-        files(write_ring_domain(root / "ct", "ct", 2, 2, shape)),
-    )
+def domains(trained_run: TrainedRun) -> tuple[list[Path], list[Path]]:
+    """The session's training volumes (read-only); each test builds its own trainers on them."""
+    return files(trained_run.mr), files(trained_run.ct)
 
 
 def _config(**overrides):
     base = {
-        **TINY,
+        **TINY_MODEL,
         "optim.pool_size": 4,
         "train.steps_per_epoch": 2,
         # Every loss term on, so that every code path of the step is compared.

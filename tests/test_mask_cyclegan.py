@@ -9,12 +9,13 @@ import nibabel as nib
 import numpy as np
 import pytest
 from PIL import Image
-from tiny import write_domain
+from tiny import TrainedRun
 from typer.testing import CliRunner
 
 from medcyclegan.cli import app
 
-TINY = [
+# The networks and crops of tiny.TINY_MODEL as `medcyclegan train` options; two steps.
+TINY_TRAIN_ARGS = [
     "--image-size", "32", "--ngf", "8", "--n-blocks", "2", "--ndf", "8", "--max-steps", "2",
     "--set", "train.steps_per_epoch=2", "--set", "model.n_layers_d=2", "--set", "optim.batch_size=2",
     "--no-progress", "--device", "cpu",
@@ -22,9 +23,9 @@ TINY = [
 
 
 @pytest.fixture(scope="module")
-def domains(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    root = tmp_path_factory.mktemp("mask")
-    return write_domain(root / "mr", "mr", 2, 5), write_domain(root / "ct", "ct", 2, 6)
+def domains(trained_run: TrainedRun) -> tuple[Path, Path]:
+    """The session's training folders (read-only): 40 x 44 voxel slices."""
+    return trained_run.mr, trained_run.ct
 
 
 @pytest.mark.parametrize(
@@ -42,7 +43,7 @@ def test_variant_trains_and_converts_from_the_cli(flags: list[str], domains, tmp
     run = tmp_path / "run"
     runner = CliRunner()
     result = runner.invoke(
-        app, ["train", "--src", str(mr), "--tgt", str(ct), "--out", str(run), *TINY, *flags]
+        app, ["train", "--src", str(mr), "--tgt", str(ct), "--out", str(run), *TINY_TRAIN_ARGS, *flags]
     )
     assert result.exit_code == 0, result.output
     attention = "resnet-attention" in flags

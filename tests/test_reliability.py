@@ -10,9 +10,12 @@ Reader-level details (every way a file can be broken, fuzzing) live in ``test_io
 
 from __future__ import annotations
 
+import csv
 import errno
+import gzip
 import hashlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -24,15 +27,21 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+import SimpleITK as sitk
 import torch
-from tiny import TINY_RUN, CliResult, assert_clean_error
+from tiny import AFFINE, SESSION_RUN, CliResult, TrainedRun, assert_clean_error, head, save_volume
 
-from medcyclegan.checkpoint import load_checkpoint
+import medcyclegan.data.cache
+import medcyclegan.evaluate
+import medcyclegan.io.readers
+import medcyclegan.train.data_module
+from medcyclegan.checkpoint import checkpoint_config, load_checkpoint
 from medcyclegan.config import load_config
-from medcyclegan.convert import OUTPUT_DTYPE, load_model, translate_loaded, translate_volume
+from medcyclegan.convert import AIR_VALUE, OUTPUT_DTYPE, load_model, translate_loaded, translate_volume
 from medcyclegan.data.normalise import denormalise, output_params
 from medcyclegan.data.prepare import prepare_volume, restore_inplane
 from medcyclegan.errors import OutputError
+from medcyclegan.evaluate import evaluate
 from medcyclegan.inference import translate_array
 from medcyclegan.io.parallel_gzip import ParallelGzipWriter
 from medcyclegan.io.readers import read_volume
@@ -40,46 +49,9 @@ from medcyclegan.io.writers import cast_values
 from medcyclegan.train.trainer import Trainer
 
 REPO = Path(__file__).resolve().parents[1]
-SPACING_MM = (2.0, 2.0, 4.0)
-# The tiny training run of every test here (seconds on 2 CPU cores).
-TINY = {**TINY_RUN, "data.val_fraction": 0.0}
-TINY_YAML = """\
-data: {image_size: 32, min_body_fraction: 0.05, val_fraction: 0.0}
-model: {ngf: 8, n_blocks: 2, ndf: 8, n_layers_d: 2}
-optim: {batch_size: 2, n_epochs: 2, n_epochs_decay: 1, pool_size: 4}
-train: {steps_per_epoch: 4, log_every: 1, checkpoint_every: 1, device: cpu}
-"""
 
 
 # ------------------------------------------------------------------------------------------ helpers
-
-
-def head(shape: tuple[int, int, int], modality: str, seed: int) -> np.ndarray:
-    """An ellipsoid head with a skull rim and a cavity, plus noise (CT in int16 HU, MR float32)."""
-    rng = np.random.default_rng(seed)
-    x, y, z = np.meshgrid(*[np.linspace(-1, 1, s) for s in shape], indexing="ij")
-    dist = np.sqrt((x / 0.75) ** 2 + (y / 0.82) ** 2 + (z / 1.4) ** 2)
-    inside, skull = dist < 1.0, (dist > 0.8) & (dist < 1.0)
-    cavity = inside & (np.sqrt(x**2 + (y - 0.2) ** 2) < 0.15)
-    if modality == "ct":
-        vol = np.full(shape, -1000.0)
-        vol[inside], vol[skull], vol[cavity] = 40.0, 1200.0, -900.0
-        return (vol + rng.normal(0, 10, shape)).astype(np.int16)
-    vol = np.zeros(shape)
-    vol[inside], vol[skull], vol[cavity] = 600.0, 80.0, 20.0
-    return np.abs(vol + rng.normal(0, 15, shape)).astype(np.float32)
-
-
-def save_nifti(path: Path, array: np.ndarray, affine: np.ndarray | None = None) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    nib.save(nib.Nifti1Image(array, np.diag([*SPACING_MM, 1.0]) if affine is None else affine), path)
-    return path
-
-
-def write_domain(folder: Path, modality: str, n: int, seed: int, shape=(40, 44, 6)) -> Path:
-    for i in range(n):
-        save_nifti(folder / f"case{i:02d}.nii.gz", head(shape, modality, seed + i))
-    return folder
 
 
 def snapshot(folder: Path) -> dict[str, str]:
@@ -100,28 +72,25 @@ def listing(folder: Path) -> list[str]:
 
 
 def tiny_train(run: Path, mr: Path, ct: Path, **overrides: object) -> Path:
-    cfg = load_config(None, {**TINY, "train.max_steps": 1, **overrides})
+    """A run of its own: the session run's config (one step, no validation) with ``overrides``."""
+    cfg = load_config(None, {**SESSION_RUN, **overrides})
     mr_files, ct_files = sorted(mr.glob("*.nii.gz")), sorted(ct.glob("*.nii.gz"))
     Trainer(cfg, run, mr_files, ct_files, show_progress=False).fit()
     return run
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Training folders, a tiny trained run (MR <-> CT) and a good input of each modality."""
-    root = tmp_path_factory.mktemp("world")
-    mr = write_domain(root / "train" / "mr", "mr", 2, 1)
-    ct = write_domain(root / "train" / "ct", "ct", 2, 11)
-    run = tiny_train(root / "run", mr, ct)
-    (root / "tiny.yaml").write_text(TINY_YAML)
+def world(trained_run: TrainedRun, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The session's training folders, trained run (MR <-> CT) and config (read-only), and a good
+    input of each modality."""
+    good = tmp_path_factory.mktemp("good")
     return {
-        "root": root,
-        "mr": mr,
-        "ct": ct,
-        "run": run,
-        "config": root / "tiny.yaml",
-        "good_mr": save_nifti(root / "good" / "mr.nii.gz", head((20, 22, 8), "mr", 5)),
-        "good_ct": save_nifti(root / "good" / "ct.nii.gz", head((20, 22, 8), "ct", 6)),
+        "mr": trained_run.mr,
+        "ct": trained_run.ct,
+        "run": trained_run.run,
+        "config": trained_run.config,
+        "good_mr": save_volume(good / "mr.nii.gz", head((20, 22, 8), "mr", 5)),
+        "good_ct": save_volume(good / "ct.nii.gz", head((20, 22, 8), "ct", 6)),
     }
 
 
@@ -129,8 +98,6 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def _nifti_gz(image: nib.Nifti1Image) -> bytes:
-    import gzip
-
     return gzip.compress(image.to_bytes(), mtime=0)
 
 
@@ -148,7 +115,7 @@ def make_bad_input(kind: str, folder: Path) -> Path:
         (folder / "docs" / "photo.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(64))
         return folder / "docs"
     path = folder / {"text named .nii": "scan.nii"}.get(kind, "scan.nii.gz")
-    good = _nifti_gz(nib.Nifti1Image(noise, np.diag([*SPACING_MM, 1.0])))
+    good = _nifti_gz(nib.Nifti1Image(noise, AFFINE))
     if kind == "zero-byte .nii.gz":
         path.write_bytes(b"")
     elif kind == "truncated .nii.gz":
@@ -161,17 +128,17 @@ def make_bad_input(kind: str, folder: Path) -> Path:
     elif kind == "text named .nii":
         path.write_text("patient notes, not a NIfTI file\n" * 20)
     elif kind == "2D image":
-        save_nifti(path, noise[:, :, 0])
+        save_volume(path, noise[:, :, 0])
     elif kind == "4D series":
-        save_nifti(path, np.stack([noise, noise], axis=-1))
+        save_volume(path, np.stack([noise, noise], axis=-1))
     elif kind == "NaN voxels":
         noise[3, 4, 5] = np.nan
-        save_nifti(path, noise)
+        save_volume(path, noise)
     elif kind == "Inf voxels":
         noise[3, 4, 5] = -np.inf
-        save_nifti(path, noise)
+        save_volume(path, noise)
     elif kind == "constant volume":
-        save_nifti(path, np.full((20, 22, 8), 7.0, dtype=np.float32))
+        save_volume(path, np.full((20, 22, 8), 7.0, dtype=np.float32))
     else:
         raise ValueError(kind)
     return path
@@ -264,7 +231,7 @@ def test_convert_warns_when_the_input_contradicts_its_modality_and_continues(
     world, cli, tmp_path: Path
 ) -> None:
     # A CT in HU given to the MR -> CT direction: converted, with a warning that names the file.
-    ct_as_mr = save_nifti(tmp_path / "in" / "looks_like_ct.nii.gz", head((20, 22, 8), "ct", 3))
+    ct_as_mr = save_volume(tmp_path / "in" / "looks_like_ct.nii.gz", head((20, 22, 8), "ct", 3))
     before = snapshot(tmp_path / "in")
     out = tmp_path / "out" / "x.nii.gz"
     result = cli("convert", ct_as_mr, "-m", world["run"], "-o", out)
@@ -340,7 +307,7 @@ def test_existing_outputs_are_never_overwritten_without_overwrite(world, cli, tm
     csv_only.write_text("keep")
     folder_in = tmp_path / "in"
     for name in ("a", "b", "mine"):
-        save_nifti(folder_in / f"{name}.nii.gz", head((20, 22, 8), "mr", 1))
+        save_volume(folder_in / f"{name}.nii.gz", head((20, 22, 8), "mr", 1))
     before, run_before = snapshot(out), snapshot(world["run"])
     # convert, single file
     line = assert_clean_error(cli("convert", world["good_mr"], "-m", world["run"], "-o", existing), existing)
@@ -384,11 +351,6 @@ def test_an_output_under_a_file_is_reported_before_any_work(
     verb: str, world, cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Root ignores permission bits, so "unwritable" is made portable: the output's parent is a file."""
-    import medcyclegan.data.cache
-    import medcyclegan.evaluate
-    import medcyclegan.io.readers
-    import medcyclegan.train.data_module
-
     blocker = tmp_path / "not_a_folder"
     blocker.write_text("a file")
 
@@ -481,8 +443,6 @@ def _disk_full(written_fraction: float = 0.5) -> Callable[[bytes, Path], None]:
 def test_a_failed_volume_write_leaves_no_partial_file_and_keeps_the_old_one(
     suffix: str, world, cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import SimpleITK as sitk
-
     out = tmp_path / "out"
     target = out / f"synth{suffix}"
     result = cli("convert", world["good_mr"], "-m", world["run"], "-o", target)
@@ -518,8 +478,6 @@ def test_a_failed_volume_write_leaves_no_partial_file_and_keeps_the_old_one(
 def test_a_failed_report_write_leaves_no_partial_file(
     world, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from medcyclegan.evaluate import evaluate
-
     report = evaluate(world["good_ct"], world["good_ct"])
     json_path = tmp_path / "eval.json"
     report.write(json_path)
@@ -565,11 +523,10 @@ def _failing_torch_save(monkeypatch: pytest.MonkeyPatch, fault: str) -> None:
 def test_a_failed_checkpoint_write_keeps_the_previous_checkpoint(
     fault: str, world, tmp_path: Path, monkeypatch
 ) -> None:
-    run = tmp_path / "run"
-    tiny_train(run, world["mr"], world["ct"], **{"train.max_steps": 2})
+    run = shutil.copytree(world["run"], tmp_path / "run")  # trained to step 1
     checkpoints = run / "checkpoints"
     before = snapshot(checkpoints)
-    cfg = load_config(None, {**TINY, "train.max_steps": 4, "train.save_every_steps": 1})
+    cfg = load_config(None, {**SESSION_RUN, "train.max_steps": 4, "train.save_every_steps": 1})
     trainer = Trainer(
         cfg,
         run,
@@ -583,7 +540,7 @@ def test_a_failed_checkpoint_write_keeps_the_previous_checkpoint(
         trainer.fit()
     monkeypatch.undo()
     assert snapshot(checkpoints) == before  # no partial or temporary file next to it
-    assert load_checkpoint(checkpoints / "last.pt")["step"] == 2
+    assert load_checkpoint(checkpoints / "last.pt")["step"] == 1
 
 
 @pytest.mark.parametrize("fault", list(SAVE_FAULTS))
@@ -729,8 +686,6 @@ def _wait_for_steps(process: subprocess.Popen, run: Path, steps: int, timeout_s:
 
 
 def _metric_steps(run: Path) -> list[int]:
-    import csv
-
     with open(run / "metrics.csv", newline="") as handle:
         return [int(float(row["step"])) for row in csv.DictReader(handle)]
 
@@ -741,7 +696,7 @@ def test_sigint_and_sigterm_save_a_checkpoint_exit_130_and_resume_continues(
     sig: signal.Signals, world, cli, tmp_path: Path
 ) -> None:
     run = tmp_path / "run"
-    inputs_before = snapshot(world["root"] / "train")
+    inputs_before = snapshot(world["mr"]), snapshot(world["ct"])
     process = _start_training(run, world)
     _wait_for_steps(process, run, 2)
     process.send_signal(sig)
@@ -759,7 +714,7 @@ def test_sigint_and_sigterm_save_a_checkpoint_exit_130_and_resume_continues(
     assert result.code == 0, result.err
     assert f"trained to step {step + 2}" in result.out
     assert _metric_steps(run) == list(range(1, step + 3))
-    assert snapshot(world["root"] / "train") == inputs_before
+    assert (snapshot(world["mr"]), snapshot(world["ct"])) == inputs_before
 
 
 @pytest.mark.slow
@@ -780,8 +735,6 @@ def test_sigkill_loses_at_most_the_steps_since_the_last_checkpoint(world, cli, t
 
 
 def test_resume_keeps_the_runs_own_checkpoint_interval(world, cli, tmp_path: Path) -> None:
-    from medcyclegan.checkpoint import checkpoint_config
-
     run = tmp_path / "run"
     common = ("--no-progress", "--set", "train.save_every_steps=2")
     result = cli("train", "--src", world["mr"], "--tgt", world["ct"], "--out", run, "-c", world["config"], *common[:1],
@@ -810,8 +763,6 @@ def test_nan_loss_stops_with_one_line_and_keeps_the_last_good_checkpoint(world, 
 
 def whole_volume_translation(model, path: Path, *, mask_background: bool = False) -> np.ndarray:
     """The conversion as it was before slabs: every step on the whole volume, then one cast."""
-    from medcyclegan.convert import AIR_VALUE
-
     cfg = model.cfg
     volume = read_volume(path)
     prepared = prepare_volume(volume, model.source_modality, cfg.data)
@@ -857,7 +808,7 @@ def test_slab_conversion_equals_whole_volume_conversion(
     # context slices each side: slabs of 1, 2, 3 and 4 slices cut the context at every position.
     model = load_model(context_run, to=to, device="cpu")
     modality = "mr" if to == "ct" else "ct"
-    path = save_nifti(tmp_path / "in.nii.gz", head((29, 37, 9), modality, 4), _oblique_affine())
+    path = save_volume(tmp_path / "in.nii.gz", head((29, 37, 9), modality, 4), _oblique_affine())
     expected = whole_volume_translation(model, path, mask_background=mask_background)
     for batch_size in (1, 2, 3, 4, 9, 50):
         out, geometry, _ = translate_volume(
@@ -874,7 +825,7 @@ def test_slab_conversion_equals_whole_volume_conversion(
 def test_context_slices_cross_slab_boundaries(context_run: Path, tmp_path: Path) -> None:
     """A slab that clipped its context at its own ends (instead of the volume's) would differ here."""
     model = load_model(context_run, to="ct", device="cpu")
-    path = save_nifti(tmp_path / "in.nii.gz", head((29, 37, 9), "mr", 4))
+    path = save_volume(tmp_path / "in.nii.gz", head((29, 37, 9), "mr", 4))
     whole, _, _ = translate_volume(model, path, batch_size=9)
     one_by_one, _, _ = translate_volume(model, path, batch_size=1)
     assert np.abs(whole.astype(np.int32) - one_by_one.astype(np.int32)).max() <= 1
@@ -890,7 +841,7 @@ def test_converted_output_keeps_the_input_geometry_for_odd_sizes(
     suffix: str, world, context_run: Path, cli, tmp_path: Path
 ) -> None:
     for run, shape in ((world["run"], (21, 23, 5)), (context_run, (29, 37, 9))):
-        source = save_nifti(tmp_path / f"in{shape[0]}.nii.gz", head(shape, "mr", 2), _oblique_affine())
+        source = save_volume(tmp_path / f"in{shape[0]}.nii.gz", head(shape, "mr", 2), _oblique_affine())
         target = tmp_path / "out" / f"x{shape[0]}{suffix}"
         result = cli("convert", source, "-m", run, "-o", target, "--batch-size", "2")
         assert result.code == 0, result.err
@@ -906,10 +857,8 @@ def test_converted_output_keeps_the_input_geometry_for_odd_sizes(
 def test_convert_reads_the_input_once_and_holds_no_float_copy_of_the_volume(
     world, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import medcyclegan.io.readers
-
     model = load_model(world["run"], to="mr", device="cpu")  # CT -> MR: no body mask is needed
-    path = save_nifti(tmp_path / "ct.nii.gz", head((64, 64, 160), "ct", 1))
+    path = save_volume(tmp_path / "ct.nii.gz", head((64, 64, 160), "ct", 1))
     reads = []
     real_read = medcyclegan.io.readers.read_volume
     monkeypatch.setattr(

@@ -17,10 +17,11 @@ import shutil
 import signal
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from tiny import files, head, one_error_line, tiny_config, write_domain
+from tiny import TINY_RUN, TrainedRun, files, head, one_error_line, tiny_config, write_config_yaml
 
 from medcyclegan.checkpoint import load_checkpoint
 from medcyclegan.errors import ConfigError
@@ -29,13 +30,6 @@ from medcyclegan.train.data_record import data_changes, record_data
 from medcyclegan.train.info import describe
 from medcyclegan.train.trainer import Trainer
 
-# tests/tiny.py's TINY_RUN as a config file: 2 + 1 epochs of 4 steps (12 steps), a log row every step.
-TINY_YAML = """\
-data: {image_size: 32, min_body_fraction: 0.05, val_fraction: 0.0}
-model: {ngf: 8, n_blocks: 2, ndf: 8, n_layers_d: 2}
-optim: {batch_size: 2, n_epochs: 2, n_epochs_decay: 1, pool_size: 4}
-train: {steps_per_epoch: 4, log_every: 1, checkpoint_every: 1, device: cpu}
-"""
 NETS = ("G_AB", "G_BA", "D_A", "D_B")
 
 
@@ -57,15 +51,10 @@ def logged(run: Path, column: str) -> list[float]:
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("resume")
-    (root / "tiny.yaml").write_text(TINY_YAML)
-    return {
-        "root": root,
-        "mr": write_domain(root / "mr", "mr", 2, 1),
-        "ct": write_domain(root / "ct", "ct", 2, 2),
-        "config": root / "tiny.yaml",
-    }
+def data(trained_run: TrainedRun) -> dict[str, Path]:
+    """The session's training folders and its config file: tiny.TINY_RUN without validation, i.e.
+    2 + 1 epochs of 4 steps (12 steps), a log row every step. Read-only: tests copy what they change."""
+    return {"mr": trained_run.mr, "ct": trained_run.ct, "config": trained_run.config}
 
 
 def copy_data(data: dict[str, Path], folder: Path) -> tuple[Path, Path]:
@@ -146,7 +135,7 @@ def test_resume_refuses_a_real_change_naming_key_stored_and_given_value(data, cl
     )
     assert "cannot change data.image_size (stored 32, given 64) when resuming" in line
     changed = tmp_path / "changed.yaml"
-    changed.write_text(TINY_YAML.replace("ngf: 8", "ngf: 16").replace("batch_size: 2", "batch_size: 3"))
+    write_config_yaml(changed, {**TINY_RUN, "data.val_fraction": 0.0, "model.ngf": 16, "optim.batch_size": 3})
     line = one_error_line(cli(*start[:8], changed, "--max-steps", 2, "--resume"), notices_allowed=True)
     assert "model.ngf (stored 8, given 16)" in line and "optim.batch_size (stored 2, given 3)" in line
     line = one_error_line(cli(*start, "--auto-resume", "--overwrite"), notices_allowed=True)
@@ -154,12 +143,13 @@ def test_resume_refuses_a_real_change_naming_key_stored_and_given_value(data, cl
     assert (run / "checkpoints" / "last.pt").read_bytes() == before
 
 
-def test_the_trainer_refuses_a_changed_config_on_resume(data, tmp_path: Path) -> None:
-    Trainer(tiny_config(**{"train.max_steps": 1}), tmp_path, files(data["mr"]), files(data["ct"]),
-            show_progress=False).fit()  # fmt: skip
+def test_the_trainer_refuses_a_changed_config_on_resume(
+    data, trained_run: TrainedRun, tmp_path: Path
+) -> None:
+    run = shutil.copytree(trained_run.run, tmp_path / "run")  # tiny_config's run, trained to step 1
     with pytest.raises(ConfigError, match=r"loss\.lambda_cycle \(stored 10\.0, given 5\.0\)"):
-        Trainer(tiny_config(**{"loss.lambda_cycle": 5.0}), tmp_path, files(data["mr"]), files(data["ct"]),
-                resume=tmp_path, show_progress=False)  # fmt: skip
+        Trainer(tiny_config(**{"loss.lambda_cycle": 5.0}), run, files(data["mr"]), files(data["ct"]),
+                resume=run, show_progress=False)  # fmt: skip
 
 
 # ------------------------------------------------------------ item 6: the data a run trained on
@@ -200,9 +190,7 @@ def test_resume_on_changed_data_is_refused_naming_the_file(
                 "-c", data["config"], "--max-steps", 1, "--no-progress")  # fmt: skip
     assert start.code == 0, start.err
     if change == "rewrite":
-        import nibabel as nib
-
-        image = head((40, 44, 7), np.random.default_rng(5), "ct")  # one slice more: another size
+        image = head((40, 44, 7), "ct", 5)  # one slice more: another size
         nib.save(nib.Nifti1Image(image, np.diag([2.0, 2.0, 4.0, 1.0])), ct / "case01.nii.gz")
     elif change == "add":
         shutil.copy(mr / "case00.nii.gz", mr / "case02.nii.gz")

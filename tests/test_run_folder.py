@@ -4,6 +4,7 @@ epoch checkpoints, stale temporaries of a killed write, batches larger than the 
 from __future__ import annotations
 
 import csv
+import errno
 import hashlib
 import logging
 import os
@@ -15,14 +16,19 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
-from tiny import TINY_RUN, files, folder_locked_by_another_process, tiny_config, write_domain
+from tiny import TINY_RUN, TrainedRun, files, folder_locked_by_another_process, tiny_config, write_config_yaml
 
 from medcyclegan.checkpoint import find_checkpoint, load_checkpoint
 from medcyclegan.config import load_config
+from medcyclegan.convert import load_model
 from medcyclegan.errors import CheckpointError, ConfigError, OutputError
+from medcyclegan.io import lock as lock_module
+from medcyclegan.io.atomic import atomic_path
+from medcyclegan.io.lock import LOCK_FILE, is_atomic_temporary
 from medcyclegan.train import trainer as trainer_module
-from medcyclegan.train.trainer import Trainer
+from medcyclegan.train.api import train_from_folders
+from medcyclegan.train.info import describe
+from medcyclegan.train.trainer import RUN_ARTEFACTS, Trainer
 
 REPO = Path(__file__).resolve().parents[1]
 # Run A: two one-step epochs with validation, so it writes every artefact (best.pt, epoch_*.pt, samples).
@@ -37,15 +43,6 @@ RUN_A = {
 RUN_B = {**TINY_RUN, "data.val_fraction": 0.0, "train.max_steps": 1, "train.sample_every": 100}
 
 
-def _yaml(path: Path, settings: dict[str, object]) -> Path:
-    nested: dict[str, dict[str, object]] = {}
-    for key, value in settings.items():
-        section, name = key.split(".")
-        nested.setdefault(section, {})[name] = value
-    path.write_text(yaml.safe_dump(nested))
-    return path
-
-
 def snapshot(folder: Path) -> dict[str, str]:
     """Every file under ``folder`` (hidden ones too) with its content hash."""
     return {
@@ -56,13 +53,10 @@ def snapshot(folder: Path) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Two tiny domains, the configs of runs A and B, and run A trained through the folder API."""
-    from medcyclegan.train.api import train_from_folders
-
+def world(trained_run: TrainedRun, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The session's two tiny domains, the configs of runs A and B, and run A trained through the folder API."""
     root = tmp_path_factory.mktemp("run_folder")
-    mr = write_domain(root / "mr", "mr", 2, 1)
-    ct = write_domain(root / "ct", "ct", 2, 2)
+    mr, ct = trained_run.mr, trained_run.ct
     run_a = root / "run_a"
     train_from_folders(
         load_config(None, RUN_A), run_a, src=mr, tgt=ct, val_src=mr, val_tgt=ct, show_progress=False
@@ -71,7 +65,9 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "mr": mr,
         "ct": ct,
         "run_a": run_a,
-        "config_b": _yaml(root / "b.yaml", {k: v for k, v in RUN_B.items() if k != "train.max_steps"}),
+        "config_b": write_config_yaml(
+            root / "b.yaml", {k: v for k, v in RUN_B.items() if k != "train.max_steps"}
+        ),
     }
 
 
@@ -90,9 +86,6 @@ def _metric_rows(path: Path) -> list[dict[str, str]]:
 
 
 def test_the_artefact_list_names_every_file_a_run_writes(world) -> None:
-    from medcyclegan.io.lock import LOCK_FILE
-    from medcyclegan.train.trainer import RUN_ARTEFACTS
-
     # Run A writes everything (validation, samples, epoch checkpoints, sources.json): a file missing
     # from RUN_ARTEFACTS would survive --overwrite and mix with the next run.
     names = set(os.listdir(world["run_a"])) - {LOCK_FILE}
@@ -101,9 +94,6 @@ def test_the_artefact_list_names_every_file_a_run_writes(world) -> None:
 
 
 def test_overwrite_removes_every_artefact_of_the_previous_run(world, cli, tmp_path: Path) -> None:
-    from medcyclegan.convert import load_model
-    from medcyclegan.train.info import describe
-
     run = _copy_run_a(world, tmp_path)
     assert (run / "checkpoints" / "best.pt").is_file() and (run / "samples").is_dir()
     id_a = load_checkpoint(run / "checkpoints" / "last.pt").get("run_id")
@@ -189,12 +179,9 @@ def test_run_files_in_a_folder_no_trainer_used_are_not_removed_without_overwrite
 
 
 def test_a_best_checkpoint_of_another_run_is_never_used(
-    world, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    world, trained_run: TrainedRun, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from medcyclegan.train.info import describe
-
-    run = tmp_path / "run_b"
-    Trainer(load_config(None, RUN_B), run, files(world["mr"]), files(world["ct"]), show_progress=False).fit()
+    run = shutil.copytree(trained_run.run, tmp_path / "run_b")  # like run B: one step, last.pt only
     # A folder mixed by hand (or by an older medcyclegan): run A's best.pt beside run B's last.pt.
     shutil.copy(world["run_a"] / "checkpoints" / "best.pt", run / "checkpoints" / "best.pt")
     with caplog.at_level(logging.WARNING, logger="medcyclegan"):
@@ -358,9 +345,6 @@ def test_a_batch_larger_than_the_slices_warns_once(
 def test_folder_lock_is_reentrant_in_one_process_and_says_why_it_is_skipped(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    import errno
-
-    from medcyclegan.io import lock as lock_module
 
     first = lock_module.FolderLock(tmp_path / "a").acquire()
     second = lock_module.FolderLock(tmp_path / "a").acquire()  # same process: shares the flock
@@ -379,9 +363,6 @@ def test_folder_lock_is_reentrant_in_one_process_and_says_why_it_is_skipped(
 
 
 def test_stale_temporary_names_are_those_of_atomic_path(tmp_path: Path) -> None:
-    from medcyclegan.io.atomic import atomic_path
-    from medcyclegan.io.lock import is_atomic_temporary
-
     seen = []
     for name in ("last.pt", "metrics.csv", "CT.NII.GZ", "epoch_0001.png", "noext"):
         with pytest.raises(KeyboardInterrupt), atomic_path(tmp_path / name) as tmp:

@@ -16,27 +16,25 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
-from tiny import TINY_RUN, assert_clean_error, folder_locked_by_another_process, write_domain
+from tiny import (
+    SESSION_RUN,
+    TrainedRun,
+    assert_clean_error,
+    folder_locked_by_another_process,
+    write_config_yaml,
+)
+
+from medcyclegan.errors import OutputError
+from medcyclegan.sample_data import write_sample_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Two tiny domains and a YAML config of a one-step run."""
-    root = tmp_path_factory.mktemp("run_safety")
-    nested: dict[str, dict[str, object]] = {}
-    for key, value in {**TINY_RUN, "data.val_fraction": 0.0, "train.max_steps": 1}.items():
-        section, name = key.split(".")
-        nested.setdefault(section, {})[name] = value
-    config = root / "tiny.yaml"
-    config.write_text(yaml.safe_dump(nested))
-    return {
-        "mr": write_domain(root / "mr", "mr", 2, 1),
-        "ct": write_domain(root / "ct", "ct", 2, 2),
-        "config": config,
-    }
+def data(trained_run: TrainedRun, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The session's two tiny domains (read-only) and a YAML config of a one-step run."""
+    config = write_config_yaml(tmp_path_factory.mktemp("run_safety") / "tiny.yaml", SESSION_RUN)
+    return {"mr": trained_run.mr, "ct": trained_run.ct, "config": config}
 
 
 def _digests(folder: Path) -> dict[str, str]:
@@ -245,9 +243,6 @@ def test_convert_refuses_an_output_folder_inside_its_input_folder(data, cli, tmp
 
 
 def test_two_sample_data_runs_into_one_folder_cannot_mix(tmp_path: Path) -> None:
-    from medcyclegan.errors import OutputError
-    from medcyclegan.sample_data import write_sample_dataset
-
     out = tmp_path / "phantom"
     out.mkdir()
     tiny = {"shape": (24, 24, 8), "spacing": (4.0, 4.0, 4.0), "n_train_mr": 1, "n_train_ct": 1, "n_test": 0}

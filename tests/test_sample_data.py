@@ -31,7 +31,8 @@ from medcyclegan.sample_data import (
 REPO = Path(__file__).resolve().parents[1]
 # The default field of view (192 x 192 x 144 mm) with 8x fewer voxels: fast, same anatomy.
 SMALL = {"shape": (64, 64, 24), "spacing": (3.0, 3.0, 6.0)}
-TINY = {"shape": (32, 32, 12), "spacing": (6.0, 6.0, 12.0)}
+# A coarse phantom grid (quick to draw).
+TINY_GRID = {"shape": (32, 32, 12), "spacing": (6.0, 6.0, 12.0)}
 
 
 @pytest.fixture(scope="module")
@@ -148,7 +149,7 @@ def test_head_is_realistic_size_with_air_around(seed: int) -> None:
 def test_small_or_cut_grids_work() -> None:
     inside_brain = make_head_phantom(1, shape=(8, 8, 8), spacing=(1.0, 1.0, 1.0))
     assert inside_brain.mask.all()
-    tiny = make_head_phantom(1, **TINY)
+    tiny = make_head_phantom(1, **TINY_GRID)
     assert tiny.mr.shape == (32, 32, 12) and tiny.mask.any() and not tiny.mask.all()
 
 
@@ -269,25 +270,25 @@ def test_refuses_non_empty_or_file_destination(tmp_path: Path) -> None:
     occupied.mkdir()
     (occupied / "notes.txt").write_text("mine")
     with pytest.raises(OutputError, match="not empty"):
-        write_sample_dataset(occupied, n_train_mr=1, n_train_ct=1, n_test=1, **TINY)
+        write_sample_dataset(occupied, n_train_mr=1, n_train_ct=1, n_test=1, **TINY_GRID)
     assert sorted(p.name for p in occupied.iterdir()) == ["notes.txt"]
     a_file = tmp_path / "file"
     a_file.write_text("x")
     with pytest.raises(OutputError, match="not a folder"):
-        write_sample_dataset(a_file, **TINY)
+        write_sample_dataset(a_file, **TINY_GRID)
 
 
 def test_overwrite_replaces_and_removes_stale_subjects(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     root = tmp_path / "data"
-    write_sample_dataset(root, n_train_mr=2, n_train_ct=2, n_test=1, seed=1, **TINY)
+    write_sample_dataset(root, n_train_mr=2, n_train_ct=2, n_test=1, seed=1, **TINY_GRID)
     with pytest.raises(OutputError, match=f"^{root}: .*--overwrite"):
-        write_sample_dataset(root, n_train_mr=2, n_train_ct=2, n_test=1, seed=1, **TINY)
+        write_sample_dataset(root, n_train_mr=2, n_train_ct=2, n_test=1, seed=1, **TINY_GRID)
     (root / "train" / "notes.txt").write_text("kept")
     with caplog.at_level(logging.WARNING, logger="medcyclegan"):
         smaller = write_sample_dataset(
-            root, n_train_mr=1, n_train_ct=1, n_test=1, seed=2, overwrite=True, **TINY
+            root, n_train_mr=1, n_train_ct=1, n_test=1, seed=2, overwrite=True, **TINY_GRID
         )
     assert "not part of the new sample dataset" in caplog.text
     written = {
@@ -310,7 +311,7 @@ def test_overwrite_replaces_and_removes_stale_subjects(
     # The file of subj_001 now holds the CT of the new dataset's seed.
     seed = smaller.subject_seeds["subj_001"]
     ct = np.asarray(_canonical(root / "train" / "ct" / "subj_001.nii.gz").dataobj)
-    np.testing.assert_array_equal(ct, make_head_phantom(seed, **TINY).ct)
+    np.testing.assert_array_equal(ct, make_head_phantom(seed, **TINY_GRID).ct)
     assert not list(root.rglob(".*tmp*"))  # no temporary files left behind
 
 
@@ -325,7 +326,7 @@ def test_overwrite_replaces_and_removes_stale_subjects(
 )
 def test_invalid_dataset_arguments(tmp_path: Path, kwargs: dict, name: str) -> None:
     with pytest.raises(ConfigError, match=f"^{name}: "):
-        write_sample_dataset(tmp_path / "data", **TINY, **kwargs)
+        write_sample_dataset(tmp_path / "data", **TINY_GRID, **kwargs)
     assert not (tmp_path / "data").exists()  # validated before anything is written
 
 

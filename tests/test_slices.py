@@ -9,6 +9,7 @@ import pytest
 import torch
 from monai.data import get_track_meta, set_track_meta
 from scipy import ndimage
+from tiny import head
 from torch.utils.data import DataLoader
 
 from medcyclegan.config import DataConfig
@@ -24,15 +25,6 @@ def _volume(array: np.ndarray, spacing=(1.0, 1.0, 3.0), path: str = "case.nii.gz
         np.diag([*spacing, 1.0]), array.shape, str(array.dtype), source_format="nifti", source_path=path
     )
     return Volume(array, geometry)
-
-
-def _ct_head(shape=(48, 40, 10), seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    x, y, _ = np.meshgrid(*(np.arange(n) for n in shape), indexing="ij")
-    head = ((x - shape[0] / 2) / (shape[0] / 3)) ** 2 + ((y - shape[1] / 2) / (shape[1] / 3)) ** 2 <= 1
-    array = np.full(shape, -1000.0) + rng.normal(0, 5, shape)
-    array[head] = rng.normal(40, 20, int(head.sum()))
-    return np.round(array).astype(np.int16)
 
 
 def _prepared(image: np.ndarray, mask: np.ndarray | None = None) -> PreparedVolume:
@@ -52,7 +44,7 @@ def _prepared(image: np.ndarray, mask: np.ndarray | None = None) -> PreparedVolu
 
 
 def test_prepare_volume_normalises_masks_and_keeps_the_grid() -> None:
-    array = _ct_head()
+    array = head((48, 40, 10), "ct")
     prepared = prepare_volume(_volume(array), "ct", DataConfig())
     assert prepared.image.shape == array.shape == prepared.mask.shape
     assert prepared.image.dtype == np.float32 and prepared.mask.dtype == bool
@@ -67,7 +59,7 @@ def test_prepare_volume_normalises_masks_and_keeps_the_grid() -> None:
 
 
 def test_user_mask_takes_precedence_and_must_match_the_grid() -> None:
-    array = _ct_head()
+    array = head((48, 40, 10), "ct")
     user = np.zeros(array.shape, dtype=np.uint8)
     user[10:20, 10:20, :] = 1
     prepared = prepare_volume(_volume(array), "ct", DataConfig(), mask=user)
@@ -140,7 +132,7 @@ def test_inplane_resampling_and_its_inverse_keep_structures_in_place(shape, spac
 
 
 def test_without_spacing_restore_is_the_identity() -> None:
-    prepared = prepare_volume(_volume(_ct_head()), "ct", DataConfig(spacing=None))
+    prepared = prepare_volume(_volume(head((48, 40, 10), "ct")), "ct", DataConfig(spacing=None))
     translated = np.random.default_rng(0).uniform(-1, 1, prepared.image.shape).astype(np.float32)
     assert restore_inplane(translated, prepared) is translated
     with pytest.raises(ValueError, match="mode"):

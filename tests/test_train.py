@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import pickle
+import shutil
 import signal
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from tiny import files, tiny_config, write_domain
+from tiny import TrainedRun, files, tiny_config
 
 from medcyclegan.checkpoint import load_checkpoint
 from medcyclegan.errors import CheckpointError, OutputError, TrainingError, TrainingInterrupted
@@ -20,9 +22,9 @@ from medcyclegan.train.trainer import Trainer
 
 
 @pytest.fixture(scope="module")
-def domains(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    root = tmp_path_factory.mktemp("domains")
-    return write_domain(root / "mr", "mr", 2, 1), write_domain(root / "ct", "ct", 2, 2)
+def domains(trained_run: TrainedRun) -> tuple[Path, Path]:
+    """The session's training folders (read-only); each test trains its own run on them."""
+    return trained_run.mr, trained_run.ct
 
 
 def test_epoch_batches_are_a_pure_function_of_seed_and_epoch() -> None:
@@ -55,9 +57,7 @@ def test_tiny_run_writes_every_artefact_and_cycle_loss_falls(domains, tmp_path: 
     )
     result = trainer.fit()
     assert result.step == 36 and result.epoch == 6
-    for name in ("config.yaml", "metrics.csv", "val_metrics.csv", "sources.json"):
-        if name == "sources.json":
-            continue  # written by the folder-level API, tested in test_cli_train
+    for name in ("config.yaml", "metrics.csv", "val_metrics.csv"):  # sources.json: the folder API's
         assert (run / name).is_file(), name
     assert (run / "checkpoints" / "last.pt").is_file()
     assert (run / "checkpoints" / "best.pt").is_file()
@@ -92,6 +92,20 @@ def test_tiny_run_writes_every_artefact_and_cycle_loss_falls(domains, tmp_path: 
     ):
         assert key in data
     assert data["step"] == 36 and data["epoch"] == 6
+
+
+def test_the_folder_api_records_the_data_sources_for_resume(trained_run: TrainedRun) -> None:
+    # train_from_folders (the importable `medcyclegan train`) writes sources.json beside the run's files;
+    # `--resume` without --src/--tgt reads the folders from it (test_resume.py resumes that way).
+    recorded = json.loads((trained_run.run / "sources.json").read_text())
+    assert recorded == {
+        "src": str(trained_run.mr.resolve()),
+        "tgt": str(trained_run.ct.resolve()),
+        "val_src": None,
+        "val_tgt": None,
+        "src_masks": None,
+        "tgt_masks": None,
+    }
 
 
 def _weights(path: Path) -> dict[str, torch.Tensor]:
@@ -130,13 +144,9 @@ def test_resume_is_exact(domains, tmp_path: Path) -> None:
     assert steps == list(range(1, total + 1))
 
 
-def test_resume_rejects_a_changed_architecture(domains, tmp_path: Path) -> None:
+def test_resume_rejects_a_changed_architecture(domains, trained_run: TrainedRun, tmp_path: Path) -> None:
     mr, ct = domains
-    Trainer(
-        tiny_config(**{"train.max_steps": 2}), tmp_path / "r", files(mr), files(ct), show_progress=False
-    ).fit()
-    ckpt = tmp_path / "r" / "checkpoints" / "last.pt"
-    data = load_checkpoint(ckpt)
+    data = load_checkpoint(trained_run.run / "checkpoints" / "last.pt")
     data["G_AB"] = {k: v for k, v in list(data["G_AB"].items())[:-2]}
     bad = tmp_path / "bad.pt"
     torch.save(data, bad)
@@ -144,11 +154,9 @@ def test_resume_rejects_a_changed_architecture(domains, tmp_path: Path) -> None:
         Trainer(tiny_config(), tmp_path / "r2", files(mr), files(ct), resume=bad, show_progress=False)
 
 
-def test_fresh_run_refuses_an_existing_run_folder(domains, tmp_path: Path) -> None:
+def test_fresh_run_refuses_an_existing_run_folder(domains, trained_run: TrainedRun, tmp_path: Path) -> None:
     mr, ct = domains
-    Trainer(
-        tiny_config(**{"train.max_steps": 1}), tmp_path / "r", files(mr), files(ct), show_progress=False
-    ).fit()
+    shutil.copytree(trained_run.run, tmp_path / "r")  # a trained run's folder
     with pytest.raises(OutputError, match="--resume"):
         Trainer(tiny_config(), tmp_path / "r", files(mr), files(ct), show_progress=False)
 
