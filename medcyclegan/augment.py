@@ -35,13 +35,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import nibabel as nib
 import numpy as np
 
 from medcyclegan.config import DATASET_FORMATS, MODALITIES
 from medcyclegan.errors import ConfigError, InputError, OutputError
-from medcyclegan.io.discovery import case_name, find_volumes, pair_by_case
+from medcyclegan.io.atomic import atomic_write_text
+from medcyclegan.io.discovery import (
+    NIFTI_SUFFIXES,
+    case_name,
+    file_kind,
+    find_volumes,
+    is_special_file,
+    pair_by_case,
+    volume_suffix,
+)
 from medcyclegan.io.lock import FolderLock
+from medcyclegan.io.readers import read_volume
 from medcyclegan.io.volume import GRID_TOLERANCE_MM, Geometry
+from medcyclegan.io.writers import OUTPUT_DTYPES, write_volume
 from medcyclegan.runtime import resolve_device
 
 if TYPE_CHECKING:  # convert imports torch: only for the type hint
@@ -206,7 +218,7 @@ def augment_dataset(
         CheckpointError: the model cannot be loaded or cannot produce ``to``.
     """
     # lazy: convert imports torch (about 2 s, python -X importtime), which `augment --check` does not need.
-    from medcyclegan.convert import ConversionModel, load_model
+    from medcyclegan.convert import ConversionModel, load_model  # noqa: PLC0415 (see the comment above)
 
     fmt = _check_choice("format", fmt, DATASET_FORMATS)
     if not isinstance(model, ConversionModel):
@@ -355,7 +367,6 @@ def _dataset_folder(out: Path, fmt: str, dataset_id: int, name: str) -> Path:
 
 def _scan_labels(pairs: Sequence[_Pair]) -> tuple[set[int], dict[str, str]]:
     """Reads every label: its values (non-negative integers), its storage type, and its grid vs the image's."""
-    from medcyclegan.io.readers import read_volume
 
     found: set[int] = set()
     dtypes: dict[str, str] = {}
@@ -401,9 +412,8 @@ def _write_pair(
     Returns:
         (files written, existing files kept).
     """
-    from medcyclegan.convert import OUTPUT_DTYPE, synthetic_description, translate_volume
-    from medcyclegan.io.readers import read_volume
-    from medcyclegan.io.writers import write_volume
+    # lazy: convert imports torch (about 2 s), which `augment --check` does not need.
+    from medcyclegan.convert import OUTPUT_DTYPE, synthetic_description, translate_volume  # noqa: PLC0415 (see the comment above)
 
     every = [path for paths in outputs.values() for path in paths]
     todo = {path for path in every if overwrite or not path.exists()}
@@ -495,7 +505,6 @@ def load_labels_json(path: str | Path) -> dict[str, int]:
     Raises:
         InputError: missing or invalid file, or values nnU-Net would refuse.
     """
-    from medcyclegan.io.discovery import file_kind, is_special_file
 
     path = Path(path)
     if is_special_file(path):  # reading a FIFO would wait for a writer forever
@@ -597,7 +606,6 @@ def _label_dtype(highest: int) -> str:
 
 
 def _image_dtype(dtype: str) -> str:
-    from medcyclegan.io.writers import OUTPUT_DTYPES
 
     return dtype if dtype in OUTPUT_DTYPES else "float32"
 
@@ -607,12 +615,8 @@ def _image_dtype(dtype: str) -> str:
 
 def _grid_of(path: Path) -> Geometry:
     """The geometry of a volume; for NIfTI from the header alone (no voxels read)."""
-    from medcyclegan.io.discovery import NIFTI_SUFFIXES, volume_suffix
-    from medcyclegan.io.readers import read_volume
 
     if volume_suffix(path) in NIFTI_SUFFIXES:
-        import nibabel as nib
-
         try:
             image = nib.load(str(path))
             shape = tuple(int(s) for s in image.shape)
@@ -732,7 +736,7 @@ def _check_no_stale_cases(dataset_dir: Path, fmt: str, planned: set[str]) -> Non
 
 def _model_identity(translator: Any) -> dict[str, Any]:
     # lazy: checkpoint imports torch (about 2 s), which `augment --check` does not need.
-    from medcyclegan.checkpoint import checkpoint_identity
+    from medcyclegan.checkpoint import checkpoint_identity  # noqa: PLC0415 (see the comment above)
 
     return {**checkpoint_identity(translator.checkpoint), "to": translator.target_modality}
 
@@ -755,7 +759,6 @@ def _record_model(dataset_dir: Path, fmt: str, translator: Any, overwrite: bool)
     Raises:
         OutputError: the existing cases were made by another model (without ``overwrite``).
     """
-    from medcyclegan.io.atomic import atomic_write_text
 
     record = dataset_dir / MODEL_FILE
     current = _model_identity(translator)
@@ -843,7 +846,6 @@ def _msd_dataset_json(
 
 
 def _write_json(path: Path, data: Any) -> None:
-    from medcyclegan.io.atomic import atomic_write_text
 
     atomic_write_text(path, json.dumps(data, indent=4) + "\n")
 
@@ -1175,7 +1177,7 @@ def _check_label_values(
 
 
 def _read_sitk(folder: Path, path: Path, problems: list[str]) -> Any:
-    import SimpleITK as sitk
+    import SimpleITK as sitk  # noqa: PLC0415 - lazy: optional at run time (see readers.import_simpleitk)
 
     if not path.is_file():
         problems.append(f"{_rel(folder, path)}: missing")
@@ -1193,8 +1195,6 @@ def _nan_count(path: Path, image: Any) -> int:
     if not np.issubdtype(array.dtype, np.floating):
         return 0
     if path.name.lower().endswith((".nii", ".nii.gz")):
-        import nibabel as nib
-
         # If nibabel fails where SimpleITK succeeded, SimpleITK's values are the best left.
         with contextlib.suppress(Exception):
             array = np.asarray(nib.load(str(path)).dataobj)
@@ -1202,7 +1202,7 @@ def _nan_count(path: Path, image: Any) -> int:
 
 
 def _sitk_array(image: Any) -> np.ndarray:
-    import SimpleITK as sitk
+    import SimpleITK as sitk  # noqa: PLC0415 - lazy: optional at run time (see readers.import_simpleitk)
 
     return sitk.GetArrayViewFromImage(image)
 

@@ -583,7 +583,7 @@ class Config:
         the bottom layer (and most of its users never validate a whole run config).
         """
         # lazy: circular (medcyclegan.nets imports this module for its option lists) and torch
-        from medcyclegan.nets import discriminator_min_size, generator_stride_multiple
+        from medcyclegan.nets import discriminator_min_size, generator_stride_multiple  # noqa: PLC0415 (see the comment above)
 
         size = self.data.image_size
         multiple = generator_stride_multiple(self.model.generator)
@@ -775,7 +775,7 @@ def config_from_yaml(text: str, source: str = "config") -> Config:
 def save_config(cfg: Config, path: str | Path) -> None:
     """Writes the resolved config atomically."""
     # lazy: io is above config in the import arrows (io -> config); only writing needs it
-    from medcyclegan.io.atomic import atomic_write_text
+    from medcyclegan.io.atomic import atomic_write_text  # noqa: PLC0415 (see the comment above)
 
     atomic_write_text(Path(path), config_to_yaml(cfg))
 

@@ -537,7 +537,7 @@ def plan_conversion(
         check_can_write(out, overwrite)
         if att is not None:
             check_can_write(att, overwrite)
-    if save_attention and model.cfg.model.generator != "resnet-attention":
+    if save_attention and not hasattr(model.generator, "forward_with_attention"):
         raise InputError(
             "--save-attention needs a model trained with --generator resnet-attention", model.checkpoint
         )

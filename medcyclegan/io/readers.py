@@ -466,7 +466,7 @@ def import_simpleitk(
         InputError (or ``error_class``): SimpleITK is not installed, naming what needed it.
     """
     try:
-        import SimpleITK  # lazy: optional at run time (GPU machines may only read NIfTI)
+        import SimpleITK  # noqa: PLC0415 - lazy: optional at run time (GPU machines may only read NIfTI)
     except ImportError:
         raise error_class(
             f"{purpose} needs SimpleITK, which is not installed (pip install SimpleITK)", path
@@ -495,7 +495,7 @@ def _itk_message(exc: BaseException, path: Path | None = None) -> str:
 
 
 def _itk_dtype(pixel_id: int) -> np.dtype:
-    import SimpleITK as sitk  # lazy: optional at run time; only ITK/DICOM paths, after import_simpleitk
+    import SimpleITK as sitk  # noqa: PLC0415 - lazy: optional at run time; only ITK/DICOM paths, after import_simpleitk
 
     # A one-voxel image of that pixel type tells numpy's dtype without a hand-written table.
     return sitk.GetArrayViewFromImage(sitk.Image([1, 1, 1], pixel_id)).dtype
@@ -863,7 +863,7 @@ def _zlib_problem(exc: BaseException) -> str:
 
 def _itk_volume(image: Any, path: Path, source_format: str, extra: dict[str, str] | None = None) -> Volume:
     """An ITK image (LPS world, z-y-x array) as a Volume (RAS world, x-y-z file order -> RAS order)."""
-    import SimpleITK as sitk  # lazy: optional at run time; only ITK/DICOM paths, after import_simpleitk
+    import SimpleITK as sitk  # noqa: PLC0415 - lazy: optional at run time; only ITK/DICOM paths, after import_simpleitk
 
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise InputError(
@@ -923,7 +923,7 @@ def _dicom_tag(reader: Any, key: str, default: str = "") -> str:
 
 
 def _series_summary(folder: Path, uid: str) -> str:
-    import SimpleITK as sitk  # lazy: optional at run time; only ITK/DICOM paths, after import_simpleitk
+    import SimpleITK as sitk  # noqa: PLC0415 - lazy: optional at run time; only ITK/DICOM paths, after import_simpleitk
 
     with native_output_to_debug_log():
         files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid)

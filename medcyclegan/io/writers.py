@@ -256,7 +256,7 @@ def _write_itk_files(image: object, path: Path, suffix: str, overwrite: bool) ->
     ``<stem><suffix in lower case>`` in a hidden scratch folder next to the output, then moved; the
     header goes through :func:`atomic_path`. A crash leaves at worst a stray data file.
     """
-    import SimpleITK as sitk  # lazy: optional at run time (see readers.import_simpleitk)
+    import SimpleITK as sitk  # noqa: PLC0415 - lazy: optional at run time (see readers.import_simpleitk)
 
     stem = path.name[: -len(suffix)]
     scratch = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))

@@ -102,7 +102,7 @@ def build_generator(model_cfg: ModelConfig, in_channels: int, out_channels: int)
 def build_discriminator_from_config(model_cfg: ModelConfig, in_channels: int) -> nn.Module:
     """The PatchGAN of ``model_cfg`` (ndf, n_layers_d), initialised with ``model_cfg.init_gain``."""
     # lazy: the discriminator imports MONAI (about 1.4 s), which conversion does not need
-    from medcyclegan.nets.discriminator import build_discriminator
+    from medcyclegan.nets.discriminator import build_discriminator  # noqa: PLC0415 (see the comment above)
 
     return build_discriminator(
         in_channels, ndf=model_cfg.ndf, n_layers=model_cfg.n_layers_d, init_gain=model_cfg.init_gain
@@ -117,7 +117,7 @@ def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
 def __getattr__(name: str) -> Any:
     # Lazy re-export of the discriminator names (PEP 562), see the module docstring.
     if name in ("PatchGAN", "build_discriminator"):
-        from medcyclegan.nets import discriminator  # lazy: MONAI, as above
+        from medcyclegan.nets import discriminator  # noqa: PLC0415 - lazy: MONAI, as above
 
         return getattr(discriminator, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -78,7 +78,7 @@ def resolve_device(name: str, option: str = "--device") -> torch.device:
     """
     # lazy: importing torch costs about 2 s (python -X importtime), and config validation and
     # `medcyclegan --help` import this module without needing a device.
-    import torch
+    import torch  # noqa: PLC0415 (see the comment above)
 
     check_device_name(name, option)
     if name == "auto":
