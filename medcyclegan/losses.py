@@ -14,9 +14,9 @@ import contextlib
 
 import torch
 import torch.nn.functional as F
-from monai.losses import PatchAdversarialLoss
 
 from medcyclegan.config import GAN_MODES
+from medcyclegan.data.normalise import AIR_NORMALISED
 from medcyclegan.errors import ConfigError
 
 
@@ -53,6 +53,10 @@ class AdversarialLoss:
         if mode not in GAN_MODES:
             raise ConfigError(f"gan mode must be one of {', '.join(GAN_MODES)}; got {mode!r}")
         self.mode = mode
+        # lazy: MONAI costs about 1.6 s to import (python -X importtime); convert reaches this module
+        # through the model registry but never builds a loss.
+        from monai.losses import PatchAdversarialLoss  # noqa: PLC0415
+
         self._least_squares = PatchAdversarialLoss(criterion="least_squares", no_activation_leastsq=True)
 
     def __repr__(self) -> str:
@@ -178,7 +182,7 @@ def outline_loss(
     output: torch.Tensor,
     input_mask: torch.Tensor,
     *,
-    air_value: float = -1.0,
+    air_value: float = AIR_NORMALISED,
     tissue_threshold: float = -0.8,
     band: int = 2,
 ) -> torch.Tensor:
