@@ -461,3 +461,61 @@ def synthrad_body_mask(ref_hu: np.ndarray) -> np.ndarray:
     padded = np.pad(mask, radius, constant_values=False)
     mask = _crop(ndi.binary_closing(padded, structure=ball(radius).astype(bool)), radius)
     return ndi.binary_dilation(mask, structure=cube)
+
+
+# Tissue classes by the REFERENCE CT's HU, [lower, upper): air and lung below -400 HU (lung
+# parenchyma is about -900 to -500 HU, denser lung and partial volume reach -400), soft tissue
+# (fat at about -100 HU up to contrast-free organs and muscle) up to 250 HU, bone from 250 HU
+# (cancellous bone starts at about 200-300 HU, cortical bone is above 1000 HU).
+TISSUE_EDGES_HU = (-400.0, 250.0)
+TISSUE_CLASSES = ("air_lung", "soft_tissue", "bone")
+
+
+def tissue_classes(ref_hu: np.ndarray, edges: tuple[float, float] = TISSUE_EDGES_HU) -> dict[str, np.ndarray]:
+    """Boolean maps of :data:`TISSUE_CLASSES` from the reference CT: below, between, at or above ``edges``.
+
+    Raises:
+        ConfigError: ``edges`` are not two finite increasing HU values.
+    """
+    low, high = (float(e) for e in edges)
+    if not (np.isfinite(low) and np.isfinite(high) and low < high):
+        raise ConfigError(f"tissue edges must be two increasing HU values; got {tuple(edges)!r}")
+    ref = np.asarray(ref_hu, dtype=np.float32)
+    return {"air_lung": ref < low, "soft_tissue": (ref >= low) & (ref < high), "bone": ref >= high}
+
+
+def tissue_mae(
+    pred_hu: np.ndarray,
+    ref_hu: np.ndarray,
+    mask: np.ndarray | None = None,
+    edges: tuple[float, float] = TISSUE_EDGES_HU,
+) -> dict[str, float]:
+    """MAE (HU, unclipped, as SynthRAD's MAE) inside ``mask`` per tissue class of the reference.
+
+    Args:
+        pred_hu: synthetic CT in HU.
+        ref_hu: reference CT in HU, same shape.
+        mask: body mask (voxels > 0 inside); None: every voxel.
+        edges: the HU edges between air/lung, soft tissue and bone (:data:`TISSUE_EDGES_HU`).
+
+    Returns:
+        ``{"mae_air_lung": HU, "mae_soft_tissue": HU, "mae_bone": HU}``; a class without voxels inside
+        the mask is NaN.
+
+    Example:
+        >>> import numpy as np
+        >>> ref = np.array([-1000.0, 0.0, 1000.0])
+        >>> tissue_mae(ref + np.array([10.0, 20.0, -300.0]), ref)
+        {'mae_air_lung': 10.0, 'mae_soft_tissue': 20.0, 'mae_bone': 300.0}
+    """
+    pred = np.asarray(pred_hu, dtype=np.float64)
+    ref = np.asarray(ref_hu, dtype=np.float64)
+    if pred.shape != ref.shape or (mask is not None and np.shape(mask) != ref.shape):
+        raise ValueError(f"shapes differ: pred {pred.shape}, ref {ref.shape}, mask {np.shape(mask)}")
+    inside = np.ones(ref.shape, dtype=bool) if mask is None else np.asarray(mask) > 0
+    error = np.abs(pred - ref)
+    result = {}
+    for name, voxels in tissue_classes(ref, edges).items():
+        selected = voxels & inside
+        result[f"mae_{name}"] = float(error[selected].mean()) if selected.any() else float("nan")
+    return result

@@ -477,3 +477,28 @@ def test_body_mask_on_real_chest_ct() -> None:
     assert mask[tumour].all()
     assert not mask[:, :20, :20].any() and not mask[:, -20:, -20:].any()  # corners: air
     assert 0.3 < mask.mean() < 0.7
+
+
+def test_tissue_mae_follows_its_definition_per_reference_class() -> None:
+    from medcyclegan.metrics import TISSUE_EDGES_HU, tissue_mae
+
+    rng = np.random.default_rng(0)
+    ref = rng.uniform(-1024, 2000, size=(12, 10, 8))
+    pred = ref + rng.normal(0, 50, size=ref.shape)
+    mask = rng.random(ref.shape) > 0.3
+    low, high = TISSUE_EDGES_HU
+    error = np.abs(pred - ref)
+    expected = {
+        "mae_air_lung": error[mask & (ref < low)].mean(),
+        "mae_soft_tissue": error[mask & (ref >= low) & (ref < high)].mean(),
+        "mae_bone": error[mask & (ref >= high)].mean(),
+    }
+    result = tissue_mae(pred, ref, mask)
+    assert result.keys() == expected.keys()
+    for key, value in expected.items():
+        assert abs(result[key] - value) < 1e-9, key
+    # The edges belong to the class above them; a class absent from the mask is NaN.
+    edge = tissue_mae(np.array([high + 7.0]), np.array([high]))
+    assert edge["mae_bone"] == 7.0 and np.isnan(edge["mae_air_lung"]) and np.isnan(edge["mae_soft_tissue"])
+    with pytest.raises(ConfigError, match="two increasing HU values"):
+        tissue_mae(pred, ref, mask, edges=(250.0, -400.0))
