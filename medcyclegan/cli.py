@@ -359,23 +359,56 @@ def evaluate(
         None, "--mask", help="Body mask file or folder [default: computed from --ref]."
     ),
     standard: str = typer.Option("synthrad2023", "--standard", help="synthrad2023 or synthrad2025."),
+    tissue_edges: str | None = typer.Option(
+        None,
+        "--tissue-edges",
+        help="LOW,HIGH reference HU between air/lung, soft tissue and bone for the per-tissue MAE "
+        "[default: -400,250].",
+    ),
     out: Path | None = typer.Option(None, "--out", help="Write the report as JSON (and CSV beside it)."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing report."),
+    figures: Path | None = typer.Option(
+        None,
+        "--figures",
+        help="Folder for one PNG panel per case (<case>.png): MR | synthetic CT | CT | error, "
+        "axial/coronal/sagittal, soft-tissue and bone windows.",
+    ),
+    source: Path | None = typer.Option(
+        None,
+        "--source",
+        help="The MR volume or folder (paired by case name) the predictions were made from, "
+        "shown in the panels (with --figures).",
+    ),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing report or panel."),
 ) -> None:
-    """Score synthetic CT against reference CT: MAE, PSNR, SSIM (SynthRAD definitions, masked)."""
+    """Score synthetic CT against reference CT: MAE, PSNR, SSIM (SynthRAD definitions, masked), MAE per tissue."""
     from rich.console import Console
 
     from medcyclegan.evaluate import check_report_paths
     from medcyclegan.evaluate import evaluate as run_evaluation
+    from medcyclegan.metrics import TISSUE_EDGES_HU, parse_tissue_edges
 
+    edges = TISSUE_EDGES_HU if tissue_edges is None else parse_tissue_edges(tissue_edges)
+    if source is not None and figures is None:
+        raise MedCycleGANError("--source is drawn in the panels only: give --figures DIR too")
     if out is not None:
         # Before any metric is computed: a report that cannot be written fails at once.
         check_report_paths(out, overwrite=overwrite, inputs=(pred, ref, mask))
-    report = run_evaluation(pred, ref, mask, standard=standard)
+    report = run_evaluation(
+        pred,
+        ref,
+        mask,
+        standard=standard,
+        tissue_edges=edges,
+        figures=figures,
+        source=source,
+        overwrite=overwrite,
+    )
     Console().print(report.to_rich_table())
     if out is not None:
         report.write(out, overwrite=overwrite)
         typer.echo(f"report written to {out} and {out.with_suffix('.csv')}")
+    if figures is not None:
+        typer.echo(f"{len(report.figures)} panel(s) written to {figures}")
 
 
 @app.command()

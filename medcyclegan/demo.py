@@ -9,6 +9,9 @@ SynthRAD2023 metrics against their CT, next to two baselines computed and scored
   training CTs' robust range inside the body (pooled [p0.5, p99.5]); air outside the body.
 * **histogram matching**: MR body voxels histogram-matched (``skimage.exposure.match_histograms``) to
   the pooled body voxels of the training CTs; air outside the body.
+
+For every held-out subject it draws a panel (``figures/<case>.png``: MR | synthetic CT | CT | error,
+three planes, soft-tissue and bone windows; :mod:`medcyclegan.figures`) of the CycleGAN's synthetic CT.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ class DemoResult:
     reports: dict[str, Any]
     seconds: dict[str, float] = field(default_factory=dict)
     steps: int = 0
+    figures: list[Path] = field(default_factory=list)
 
     def summary_rows(self) -> list[tuple[str, dict[str, float]]]:
         return [(name, report.summary) for name, report in self.reports.items()]
@@ -83,6 +87,7 @@ class DemoResult:
         return (
             f"demo finished in {total:.0f} s ({parts}); {self.steps} training steps; synthetic CT {verdict}. "
             f"Results in {self.out_dir}"
+            + (f"; panels of the synthetic CT in {self.figures[0].parent}" if self.figures else "")
         )
 
 
@@ -190,10 +195,18 @@ def run_demo(
     test_masks = find_volumes(data / "test" / "masks")
     baselines = write_baselines(test_mr, test_masks, find_volumes(data / "train" / "ct"), out)
     reports = {
-        "synthetic CT (CycleGAN)": evaluate(out / "synth_ct", data / "test" / "ct", data / "test" / "masks"),
+        "synthetic CT (CycleGAN)": evaluate(
+            out / "synth_ct",
+            data / "test" / "ct",
+            data / "test" / "masks",
+            figures=out / "figures",
+            source=data / "test" / "mr",
+            overwrite=True,
+        ),
     }
     for name, folder in baselines.items():
         reports[name] = evaluate(folder, data / "test" / "ct", data / "test" / "masks")
     reports["synthetic CT (CycleGAN)"].write(out / "report.json", overwrite=True)
     seconds["evaluate"] = time.perf_counter() - start
-    return DemoResult(out_dir=out, reports=reports, seconds=seconds, steps=result.step)
+    figures = [Path(path) for path in reports["synthetic CT (CycleGAN)"].figures]
+    return DemoResult(out_dir=out, reports=reports, seconds=seconds, steps=result.step, figures=figures)

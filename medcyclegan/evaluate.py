@@ -11,6 +11,11 @@ the numbers (PSNR by several dB).
 PSNR is infinite when the masked voxels of prediction and reference are identical (as in the official
 SynthRAD code). The table shows ``inf``; JSON, which has no infinity, carries the string ``"inf"``
 (NaN, an undefined value, is ``null``); the CSV writes ``inf`` / ``nan``.
+
+Beside the SynthRAD metrics every case gets its MAE per tissue class of the reference
+(:func:`medcyclegan.metrics.tissue_mae`: air/lung, soft tissue, bone; the HU edges are recorded in the
+report). A class without voxels inside a case's mask is NaN there and left out of its summary. With
+``figures`` a PNG panel per case is drawn as well (:mod:`medcyclegan.figures`).
 """
 
 from __future__ import annotations
@@ -30,7 +35,8 @@ from rich.table import Table
 from rich.text import Text
 
 from medcyclegan import __version__
-from medcyclegan.errors import InputError, OutputError
+from medcyclegan.errors import ConfigError, InputError, OutputError
+from medcyclegan.figures import case_panel, write_case_panel
 from medcyclegan.io.atomic import atomic_write_text, check_can_write
 from medcyclegan.io.discovery import (
     DICOM_SUFFIX,
@@ -47,17 +53,37 @@ from medcyclegan.io.readers import read_mask, read_volume
 from medcyclegan.io.volume import Volume
 from medcyclegan.metrics import (
     BODY_MASK_METHOD,
+    TISSUE_EDGES_HU,
+    TISSUE_MAE_NAMES,
+    check_tissue_edges,
     compute_metrics,
     metric_metadata,
     metric_names,
     synthrad_body_mask,
+    tissue_definitions,
+    tissue_mae,
 )
 
 logger = logging.getLogger("medcyclegan")
 
 SUMMARY_STATISTICS = ("mean", "std", "median")
-COLUMN_HEADERS = {"mae": "MAE [HU]", "psnr": "PSNR [dB]", "ssim": "SSIM", "ms_ssim": "MS-SSIM"}
-DISPLAY_FORMATS = {"mae": "{:.1f}", "psnr": "{:.2f}", "ssim": "{:.4f}", "ms_ssim": "{:.4f}"}
+COLUMN_HEADERS = {
+    "mae": "MAE [HU]",
+    "psnr": "PSNR [dB]",
+    "ssim": "SSIM",
+    "ms_ssim": "MS-SSIM",
+    "mae_air_lung": "MAE air/lung [HU]",
+    "mae_soft_tissue": "MAE soft tissue [HU]",
+    "mae_bone": "MAE bone [HU]",
+}
+DISPLAY_FORMATS = {
+    "mae": "{:.1f}",
+    "psnr": "{:.2f}",
+    "ssim": "{:.4f}",
+    "ms_ssim": "{:.4f}",
+    **dict.fromkeys(TISSUE_MAE_NAMES, "{:.1f}"),
+}
+FIGURE_SUFFIX = ".png"
 
 
 def check_report_paths(
@@ -110,6 +136,9 @@ class CaseResult:
         ref: path of the reference volume.
         mask_source: ``"file: <path>"`` or ``"computed from reference (Otsu, dilation, closing, dilation)"``.
         metrics: metric name -> value (MAE in HU, PSNR in dB, SSIM / MS-SSIM unitless).
+        tissue_mae: :data:`medcyclegan.metrics.TISSUE_MAE_NAMES` -> MAE in HU inside the mask per
+            tissue class of the reference (:func:`medcyclegan.metrics.tissue_mae`); NaN for a class
+            without voxels in the mask.
     """
 
     case: str
@@ -117,6 +146,11 @@ class CaseResult:
     ref: str
     mask_source: str
     metrics: dict[str, float]
+    tissue_mae: dict[str, float] = field(default_factory=dict)
+
+    def value(self, name: str) -> float:
+        """A SynthRAD metric or a tissue MAE by name; NaN if the case has none of that name."""
+        return self.metrics.get(name, self.tissue_mae.get(name, math.nan))
 
 
 @dataclass
@@ -126,20 +160,24 @@ class EvaluationReport:
     Attributes:
         standard: ``"synthrad2023"`` or ``"synthrad2025"``.
         metadata: :func:`medcyclegan.metrics.metric_metadata` (data range, clip range, definitions,
-            units) plus ``std_ddof``, ``grid`` and the package version.
+            units) plus ``std_ddof``, ``grid``, ``tissue_edges_hu`` ([low, high]: air/lung below low,
+            bone from high), ``tissue_classes`` (each class's rule in words) and the package version.
         cases: one :class:`CaseResult` per case, sorted by case name.
-        summary: metric -> ``{"mean", "std", "median", "n"}`` over the cases whose value is not NaN;
-            ``std`` is the population standard deviation (ddof 0).
+        summary: metric or tissue MAE -> ``{"mean", "std", "median", "n"}`` over the cases whose value
+            is not NaN (``n`` counts them); ``std`` is the population standard deviation (ddof 0).
+        figures: the PNG panels written, one per case (empty without ``figures``); in the JSON only
+            when there are some.
     """
 
     standard: str
     metadata: dict[str, Any]
     cases: list[CaseResult]
     summary: dict[str, dict[str, float]] = field(default_factory=dict)
+    figures: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not self.summary:
-            self.summary = summarise(self.cases, metric_names(self.standard))
+            self.summary = summarise(self.cases, self.metric_names + TISSUE_MAE_NAMES)
 
     @property
     def metric_names(self) -> tuple[str, ...]:
@@ -147,12 +185,15 @@ class EvaluationReport:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain Python structure (floats may be ``nan`` or ``inf``; see :meth:`to_json` for JSON)."""
-        return {
+        report = {
             "standard": self.standard,
             "metadata": self.metadata,
             "cases": [asdict(case) for case in self.cases],
             "summary": self.summary,
         }
+        if self.figures:
+            report["figures"] = self.figures
+        return report
 
     def to_json(self) -> str:
         """Strict JSON (indent 2): no bare ``NaN`` / ``Infinity``, which JSON does not allow.
@@ -164,11 +205,13 @@ class EvaluationReport:
         return json.dumps(_json_safe(self.to_dict()), indent=2, allow_nan=False) + "\n"
 
     def to_csv(self) -> str:
-        """One row per case: case, pred, ref, mask_source, the metrics, then standard, data range, clip range.
+        """One row per case: case, pred, ref, mask_source, the metrics, the tissue MAEs, then standard,
+        data range, clip range and the tissue edges (``tissue_edge_low_hu``, ``tissue_edge_high_hu``).
 
         Values are written with full precision (``repr``); NaN and infinity as ``nan`` / ``inf``.
         """
         low, high = self.metadata["clip_range_hu"]
+        edges = self.metadata.get("tissue_edges_hu", [math.nan, math.nan])
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\n")
         writer.writerow(
@@ -178,15 +221,18 @@ class EvaluationReport:
                 "ref",
                 "mask_source",
                 *self.metric_names,
+                *TISSUE_MAE_NAMES,
                 "standard",
                 "data_range",
                 "clip_min_hu",
                 "clip_max_hu",
+                "tissue_edge_low_hu",
+                "tissue_edge_high_hu",
             ]
         )
         for case in self.cases:
-            values = [repr(float(case.metrics[name])) for name in self.metric_names]
-            ranges = [repr(float(self.metadata["data_range"])), repr(float(low)), repr(float(high))]
+            values = [repr(float(case.value(name))) for name in self.metric_names + TISSUE_MAE_NAMES]
+            ranges = [repr(float(value)) for value in (self.metadata["data_range"], low, high, *edges)]
             writer.writerow(
                 [case.case, case.pred, case.ref, case.mask_source, *values, self.standard, *ranges]
             )
@@ -230,7 +276,12 @@ class EvaluationReport:
         else:
             mask_note = "masks from files and computed from references"
         title = f"{self.standard}: data range {self.metadata['data_range']:g} HU, clip [{low:g}, {high:g}] HU"
-        caption_lines = [mask_note, f"{len(self.cases)} case(s); std with ddof 0"]
+        caption_lines = [
+            mask_note,
+            self._tissue_note(),
+            *self._undefined_notes(),
+            f"{len(self.cases)} case(s); std with ddof 0",
+        ]
         table = Table(
             title=Text(title),
             caption=Text("\n".join(caption_lines)),
@@ -238,20 +289,38 @@ class EvaluationReport:
             min_width=max(len(line) for line in [title, *caption_lines]) + 2,
         )
         table.add_column(Text("Case"))
-        for name in self.metric_names:
+        names = self.metric_names + TISSUE_MAE_NAMES
+        for name in names:
             table.add_column(Text(COLUMN_HEADERS[name]), justify="right")
         for case in self.cases:
-            table.add_row(
-                Text(case.case), *(_display(name, case.metrics[name]) for name in self.metric_names)
-            )
+            table.add_row(Text(case.case), *(_display(name, case.value(name)) for name in names))
         table.add_section()
         for statistic in SUMMARY_STATISTICS:
             table.add_row(
                 statistic,
-                *(_display(name, self.summary[name][statistic]) for name in self.metric_names),
+                *(_display(name, self.summary[name][statistic]) for name in names),
                 style="bold",
             )
         return table
+
+    def _tissue_note(self) -> str:
+        """The tissue classes' rule, e.g. "tissue by reference HU: air/lung < -400, bone >= 250"."""
+        low, high = self.metadata.get("tissue_edges_hu", TISSUE_EDGES_HU)
+        return (
+            f"tissue by reference HU: air/lung < {low:g}, soft tissue [{low:g}, {high:g}), bone >= {high:g}"
+        )
+
+    def _undefined_notes(self) -> list[str]:
+        """One line per tissue class that is undefined (no voxel in the mask) in some cases."""
+        notes = []
+        for name in TISSUE_MAE_NAMES:
+            missing = [case.case for case in self.cases if math.isnan(case.value(name))]
+            if missing:
+                notes.append(
+                    f"{COLUMN_HEADERS[name].removesuffix(' [HU]')}: no such voxel in the mask of "
+                    f"{len(missing)} of {len(self.cases)} case(s) ({', '.join(missing)}), left out of its summary"
+                )
+        return notes
 
 
 def summarise(cases: list[CaseResult], names: tuple[str, ...]) -> dict[str, dict[str, float]]:
@@ -261,7 +330,7 @@ def summarise(cases: list[CaseResult], names: tuple[str, ...]) -> dict[str, dict
     """
     summary: dict[str, dict[str, float]] = {}
     for name in names:
-        values = np.array([case.metrics[name] for case in cases], dtype=np.float64)
+        values = np.array([case.value(name) for case in cases], dtype=np.float64)
         values = values[~np.isnan(values)]
         if values.size == 0:
             summary[name] = {"mean": math.nan, "std": math.nan, "median": math.nan, "n": 0}
@@ -282,8 +351,12 @@ def evaluate(
     mask: str | Path | None = None,
     *,
     standard: str = "synthrad2023",
+    tissue_edges: tuple[float, float] = TISSUE_EDGES_HU,
+    figures: str | Path | None = None,
+    source: str | Path | None = None,
+    overwrite: bool = False,
 ) -> EvaluationReport:
-    """Scores predicted volumes against references with a SynthRAD standard.
+    """Scores predicted volumes against references with a SynthRAD standard, and per tissue class.
 
     Args:
         pred: a predicted (synthetic CT, HU) volume file, or a folder of them.
@@ -292,28 +365,73 @@ def evaluate(
         mask: body mask file, or folder of masks named like the references, or ``None`` to compute the
             mask from each reference (:func:`medcyclegan.metrics.synthrad_body_mask`).
         standard: ``"synthrad2023"`` (MAE, PSNR, SSIM) or ``"synthrad2025"`` (MAE, PSNR, MS-SSIM).
+        tissue_edges: HU of the reference between air/lung and soft tissue, and where bone starts
+            (:data:`medcyclegan.metrics.TISSUE_EDGES_HU`).
+        figures: a folder to write one PNG panel per case into, ``<case>.png``
+            (:func:`medcyclegan.figures.case_panel`); ``None`` draws nothing.
+        source: the MR the predictions were made from (a file, or a folder paired by case name with
+            the references, every case needing one, on its reference's grid), drawn as the panels'
+            first column; only with ``figures``.
+        overwrite: a panel may replace an existing file.
 
     Returns:
-        The report; nothing is written (see :meth:`EvaluationReport.write`).
+        The report; no report file is written (see :meth:`EvaluationReport.write`).
 
     Raises:
-        ConfigError: unknown ``standard``.
+        ConfigError: unknown ``standard``, bad ``tissue_edges``, ``source`` without ``figures``.
         InputError: a path is missing or unreadable, folders hold unmatched or duplicate cases, a
-            prediction's voxel grid (shape or affine) differs from its reference's, a mask is missing,
-            on another grid or empty.
+            prediction's (or source MR's) voxel grid (shape or affine) differs from its reference's, a
+            mask or a source MR is missing, a mask is on another grid or empty.
+        OutputError: a panel exists (without ``overwrite``) or cannot be written; checked for every
+            case before any metric is computed.
     """
     metadata = metric_metadata(standard)  # validates ``standard`` before any file is read
+    edges = check_tissue_edges(tissue_edges)
+    if source is not None and figures is None:
+        raise ConfigError("a source MR is only drawn in figures: give a figures folder (--figures) too")
 
     metadata.update(
         {
             "std_ddof": 0,
             "grid": "native voxel grid of each reference, in its file voxel order (no resampling)",
+            "tissue_edges_hu": list(edges),
+            "tissue_classes": tissue_definitions(edges),
             "medcyclegan_version": __version__,
         }
     )
     pairs = _pair_inputs(Path(pred), Path(ref), None if mask is None else Path(mask))
-    cases = [_evaluate_case(*pair, standard=standard) for pair in pairs]
-    return EvaluationReport(standard=standard, metadata=metadata, cases=cases)
+    sources: list[Path | None] = [None] * len(pairs)
+    figure_paths: list[Path | None] = [None] * len(pairs)
+    if figures is not None:
+        if source is not None:
+            sources = _sources_of(pairs, Path(source))
+        figure_paths = check_figure_paths(figures, [case for case, *_ in pairs], overwrite=overwrite)
+    cases = [
+        _evaluate_case(
+            *pair,
+            standard=standard,
+            edges=edges,
+            source_path=source_path,
+            figure_path=figure_path,
+            overwrite=overwrite,
+        )
+        for pair, source_path, figure_path in zip(pairs, sources, figure_paths)
+    ]
+    written = [str(path) for path in figure_paths if path is not None]
+    return EvaluationReport(standard=standard, metadata=metadata, cases=cases, figures=written)
+
+
+def check_figure_paths(folder: str | Path, cases: Sequence[str], *, overwrite: bool = False) -> list[Path]:
+    """``folder/<case>.png`` for every case, each checked writable before any work.
+
+    Raises:
+        OutputError: ``folder`` is a file, a panel exists (without ``overwrite``) or is a folder, or
+            the folder cannot be created or written.
+    """
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise OutputError("is a file; --figures needs a folder", folder)
+    return [check_can_write(folder / f"{case}{FIGURE_SUFFIX}", overwrite) for case in cases]
 
 
 # --------------------------------------------------------------------------- pairing
@@ -374,6 +492,28 @@ def _masks_of(refs: list[Path], folder: Path) -> list[Path]:
     return [mask for _, _, mask in pairing.pairs]
 
 
+def _sources_of(pairs: list[tuple[str, Path, Path, Path | None]], source: Path) -> list[Path]:
+    """The source MR of every case: ``source`` itself for one case, else by case name from its folder.
+
+    Source volumes of other cases are left alone (a folder of all MRs serves an evaluation of some).
+    """
+    if not split_series(source)[0].exists():
+        raise InputError("does not exist", source)
+    if source.is_file() or is_volume_path(source):
+        if len(pairs) > 1:
+            raise InputError(
+                "is a single MR volume but the inputs are folders: give a folder of MRs named like the cases",
+                source,
+            )
+        return [source]
+    pairing = pair_by_case([ref for _, _, ref, _ in pairs], find_volumes(source))
+    _refuse_duplicate(pairing.duplicate_target, source)
+    if pairing.unmatched_sources:
+        missing = ", ".join(case_name(path) for path in pairing.unmatched_sources)
+        raise InputError(f"no MR for case(s): {missing}", source)
+    return [mr for _, _, mr in pairing.pairs]
+
+
 def _refuse_duplicate(duplicate: tuple[str, Path, Path] | None, folder: Path) -> None:
     """Two volumes of ``folder`` with one case name cannot be paired: an error naming both."""
     if duplicate is not None:
@@ -386,8 +526,13 @@ def _missing_mask(folder: Path, cases: list[str]) -> NoReturn:
 
 
 # --------------------------------------------------------------------------- one case
-def _check_same_grid(pred: Volume, ref: Volume, pred_path: Path, ref_path: Path) -> None:
-    """Shape and world position of every voxel must agree (compared in RAS voxel order)."""
+def _check_same_grid(
+    pred: Volume, ref: Volume, pred_path: Path, ref_path: Path, role: str = "prediction"
+) -> None:
+    """Shape and world position of every voxel must agree (compared in RAS voxel order).
+
+    ``role`` names the volume checked in the advice ("resample the prediction ...").
+    """
     if pred.shape != ref.shape:
         raise InputError(
             f"voxel grid differs from {ref_path}: shape {pred.shape} vs {ref.shape} (RAS order)", pred_path
@@ -396,18 +541,30 @@ def _check_same_grid(pred: Volume, ref: Volume, pred_path: Path, ref_path: Path)
         difference = pred.geometry.affine_difference(ref.geometry)
         raise InputError(
             f"voxel grid differs from {ref_path}: affines differ by up to {difference:.4g} mm "
-            "(resample the prediction onto the reference grid first)",
+            f"(resample the {role} onto the reference grid first)",
             pred_path,
         )
 
 
 def _evaluate_case(
-    case: str, pred_path: Path, ref_path: Path, mask_path: Path | None, standard: str
+    case: str,
+    pred_path: Path,
+    ref_path: Path,
+    mask_path: Path | None,
+    standard: str,
+    edges: tuple[float, float] = TISSUE_EDGES_HU,
+    source_path: Path | None = None,
+    figure_path: Path | None = None,
+    overwrite: bool = False,
 ) -> CaseResult:
 
     ref = read_volume(ref_path)
     pred = read_volume(pred_path)
     _check_same_grid(pred, ref, pred_path, ref_path)
+    # Read (and its grid checked) before any metric: a wrong MR fails at once.
+    source = None if source_path is None else read_volume(source_path)
+    if source is not None:
+        _check_same_grid(source, ref, source_path, ref_path, role="MR")
     if mask_path is None:
         mask_ras = synthrad_body_mask(ref.array)
         if not mask_ras.any():
@@ -428,9 +585,48 @@ def _evaluate_case(
     for name, value in metrics.items():
         if math.isnan(value):
             logger.warning("%s: %s is undefined (NaN) for case %s", pred_path, name, case)
-    logger.info("%s: %s", case, ", ".join(f"{name} {value:.4g}" for name, value in metrics.items()))
-    return CaseResult(
-        case=case, pred=str(pred_path), ref=str(ref_path), mask_source=mask_source, metrics=metrics
+    # Voxel order does not change a mean: the RAS arrays serve as they are.
+    by_tissue = tissue_mae(pred.array, ref.array, mask_ras, edges)
+    logger.info(
+        "%s: %s", case, ", ".join(f"{name} {value:.4g}" for name, value in {**metrics, **by_tissue}.items())
+    )
+    result = CaseResult(
+        case=case,
+        pred=str(pred_path),
+        ref=str(ref_path),
+        mask_source=mask_source,
+        metrics=metrics,
+        tissue_mae=by_tissue,
+    )
+    if figure_path is not None:
+        panel = case_panel(
+            ref.array,
+            pred.array,
+            mask_ras,
+            ref.spacing,
+            mr=None if source is None else source.array,
+            title=_figure_title(result, edges),
+        )
+        write_case_panel(figure_path, panel, overwrite=overwrite)
+        logger.info("%s: panel written to %s", case, figure_path)
+    return result
+
+
+def _figure_title(case: CaseResult, edges: tuple[float, float]) -> str:
+    """Two lines above a case's panel: its SynthRAD metrics, then its MAE per tissue class."""
+    synthrad = ", ".join(
+        f"{COLUMN_HEADERS[name].removesuffix(' [HU]').removesuffix(' [dB]')} {_display(name, value)}"
+        + (" HU" if name == "mae" else " dB" if name == "psnr" else "")
+        for name, value in case.metrics.items()
+    )
+    low, high = edges
+    tissues = ", ".join(
+        f"{label} {_display(name, case.tissue_mae[name])}"
+        for label, name in zip(("air/lung", "soft tissue", "bone"), TISSUE_MAE_NAMES)
+    )
+    return (
+        f"{case.case}: {synthrad} (inside the body mask)\n"
+        f"MAE by reference HU: {tissues} HU (air/lung < {low:g}, bone >= {high:g})"
     )
 
 

@@ -32,6 +32,8 @@ range and the source of the mask (:func:`metric_metadata`).
 from __future__ import annotations
 
 import logging
+import math
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -469,6 +471,48 @@ def synthrad_body_mask(ref_hu: np.ndarray) -> np.ndarray:
 # (cancellous bone starts at about 200-300 HU, cortical bone is above 1000 HU).
 TISSUE_EDGES_HU = (-400.0, 250.0)
 TISSUE_CLASSES = ("air_lung", "soft_tissue", "bone")
+# The keys tissue_mae returns, in the order of TISSUE_CLASSES.
+TISSUE_MAE_NAMES = tuple(f"mae_{name}" for name in TISSUE_CLASSES)
+
+
+def check_tissue_edges(edges: Sequence[float]) -> tuple[float, float]:
+    """``edges`` as two floats, checked: two finite HU values, the first below the second.
+
+    Raises:
+        ConfigError: anything else.
+    """
+    values = tuple(edges)
+    try:
+        low, high = (float(e) for e in values)
+    except (TypeError, ValueError):
+        low = high = math.nan
+    if not (math.isfinite(low) and math.isfinite(high) and low < high):
+        raise ConfigError(f"tissue edges must be two increasing HU values; got {values!r}")
+    return low, high
+
+
+def parse_tissue_edges(text: str) -> tuple[float, float]:
+    """``"LOW,HIGH"`` (HU, e.g. ``"-400,250"``) as checked tissue edges.
+
+    Raises:
+        ConfigError: not two comma-separated finite numbers, the first below the second.
+    """
+    try:
+        return check_tissue_edges([float(part) for part in text.split(",")])
+    except (ValueError, ConfigError):
+        raise ConfigError(
+            f"--tissue-edges must be two increasing HU values LOW,HIGH (e.g. -400,250); got {text!r}"
+        ) from None
+
+
+def tissue_definitions(edges: Sequence[float] = TISSUE_EDGES_HU) -> dict[str, str]:
+    """Each tissue class's rule in words, for reports: ``{"air_lung": "reference HU < -400", ...}``."""
+    low, high = check_tissue_edges(edges)
+    return {
+        "air_lung": f"reference HU < {low:g}",
+        "soft_tissue": f"{low:g} <= reference HU < {high:g}",
+        "bone": f"reference HU >= {high:g}",
+    }
 
 
 def tissue_classes(ref_hu: np.ndarray, edges: tuple[float, float] = TISSUE_EDGES_HU) -> dict[str, np.ndarray]:
@@ -477,9 +521,7 @@ def tissue_classes(ref_hu: np.ndarray, edges: tuple[float, float] = TISSUE_EDGES
     Raises:
         ConfigError: ``edges`` are not two finite increasing HU values.
     """
-    low, high = (float(e) for e in edges)
-    if not (np.isfinite(low) and np.isfinite(high) and low < high):
-        raise ConfigError(f"tissue edges must be two increasing HU values; got {tuple(edges)!r}")
+    low, high = check_tissue_edges(edges)
     ref = np.asarray(ref_hu, dtype=np.float32)
     return {"air_lung": ref < low, "soft_tissue": (ref >= low) & (ref < high), "bone": ref >= high}
 

@@ -327,7 +327,15 @@ def test_rich_table_layout(report: EvaluationReport) -> None:
 
     table = report.to_rich_table()
     headers = [str(column.header) for column in table.columns]
-    assert headers == ["Case", "MAE [HU]", "PSNR [dB]", "SSIM"]
+    assert headers == [
+        "Case",
+        "MAE [HU]",
+        "PSNR [dB]",
+        "SSIM",
+        "MAE air/lung [HU]",
+        "MAE soft tissue [HU]",
+        "MAE bone [HU]",
+    ]
     assert table.row_count == 3 + 3  # cases, then mean / std / median
     console = Console(record=True, width=120)
     console.print(table)
@@ -384,3 +392,110 @@ def test_cli_checks_the_report_path_before_computing_any_metric(
             f"error: {out}: the JSON report path must not end in .csv (the CSV is written beside it); "
             "give e.g. r.json"
         )
+
+
+# --------------------------------------------------------------------------- MAE per tissue class
+def _tissue_case(ref: np.ndarray) -> np.ndarray:
+    """A prediction with a different error per class of the reference (10, 20, 300 HU)."""
+    return ref + np.where(ref < -400, 10.0, np.where(ref < 250, -20.0, 300.0))
+
+
+def test_tissue_mae_in_json_csv_and_table(tmp_path: Path) -> None:
+    from rich.console import Console
+
+    from medcyclegan.metrics import TISSUE_EDGES_HU, TISSUE_MAE_NAMES, tissue_mae
+
+    refs = {name: _phantom(seed) for seed, name in enumerate(("a", "b"))}
+    mask = _box_mask()
+    for name, ref in refs.items():
+        _save(tmp_path / "ref" / f"{name}.nii.gz", ref)
+        _save(tmp_path / "pred" / f"{name}.nii.gz", _tissue_case(ref) + (5.0 if name == "b" else 0.0))
+        _save(tmp_path / "mask" / f"{name}.nii.gz", mask, dtype=np.uint8)
+    report = evaluate(tmp_path / "pred", tmp_path / "ref", tmp_path / "mask")
+    expected = {
+        name: tissue_mae(_tissue_case(ref) + (5.0 if name == "b" else 0.0), ref, mask)
+        for name, ref in refs.items()
+    }
+    assert expected["a"] == pytest.approx({"mae_air_lung": 10.0, "mae_soft_tissue": 20.0, "mae_bone": 300.0})
+    json_path, csv_path = report.write(tmp_path / "out" / "eval.json")
+    data = _strict_json(json_path.read_text())
+    assert data["metadata"]["tissue_edges_hu"] == list(TISSUE_EDGES_HU) == [-400.0, 250.0]
+    assert data["metadata"]["tissue_classes"]["bone"] == "reference HU >= 250"
+    for case in data["cases"]:
+        assert case["tissue_mae"] == pytest.approx(expected[case["case"]])
+        assert set(case["metrics"]) == {"mae", "psnr", "ssim"}  # the SynthRAD metrics, unchanged
+    for name in TISSUE_MAE_NAMES:
+        values = [expected[case][name] for case in ("a", "b")]
+        assert data["summary"][name]["mean"] == pytest.approx(np.mean(values))
+        assert data["summary"][name]["std"] == pytest.approx(np.std(values))
+        assert data["summary"][name]["n"] == 2
+    with csv_path.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    for row in rows:
+        assert {name: float(row[name]) for name in TISSUE_MAE_NAMES} == pytest.approx(expected[row["case"]])
+        assert (row["tissue_edge_low_hu"], row["tissue_edge_high_hu"]) == ("-400.0", "250.0")
+    console = Console(record=True, width=200)
+    console.print(report.to_rich_table())
+    text = console.export_text()
+    assert "MAE bone [HU]" in text and "302.5" in text  # mean bone MAE of 300 and 305 HU
+    assert "tissue by reference HU: air/lung < -400, soft tissue [-400, 250), bone >= 250" in text
+
+
+def test_tissue_edges_are_used_and_recorded(tmp_path: Path) -> None:
+    from medcyclegan.metrics import tissue_mae
+
+    ref = _phantom()
+    pred = _tissue_case(ref)
+    ref_path = _save(tmp_path / "ref.nii.gz", ref)
+    pred_path = _save(tmp_path / "pred.nii.gz", pred)
+    report = evaluate(pred_path, ref_path, tissue_edges=(-200.0, 100.0))
+    assert report.metadata["tissue_edges_hu"] == [-200.0, 100.0]
+    mask = synthrad_body_mask(ref)
+    assert report.cases[0].tissue_mae == pytest.approx(tissue_mae(pred, ref, mask, (-200.0, 100.0)))
+    with pytest.raises(ConfigError, match="tissue edges"):
+        evaluate(pred_path, ref_path, tissue_edges=(250.0, -400.0))
+
+
+def test_a_tissue_class_missing_in_a_case_is_nan_and_left_out(tmp_path: Path) -> None:
+    from rich.console import Console
+
+    no_bone = np.clip(_phantom(0), None, 200.0)
+    with_bone = _phantom(1)
+    for name, ref in (("no_bone", no_bone), ("with_bone", with_bone)):
+        _save(tmp_path / "ref" / f"{name}.nii.gz", ref)
+        _save(tmp_path / "pred" / f"{name}.nii.gz", _tissue_case(ref))
+    report = evaluate(tmp_path / "pred", tmp_path / "ref")
+    cases = {case.case: case for case in report.cases}
+    assert math.isnan(cases["no_bone"].tissue_mae["mae_bone"])
+    assert report.summary["mae_bone"]["n"] == 1
+    assert report.summary["mae_bone"]["mean"] == pytest.approx(cases["with_bone"].tissue_mae["mae_bone"])
+    assert report.summary["mae_soft_tissue"]["n"] == 2
+    data = _strict_json(report.to_json())
+    assert data["cases"][0]["tissue_mae"]["mae_bone"] is None  # NaN is null in JSON
+    assert "nan" in report.to_csv().splitlines()[1].split(",")
+    console = Console(record=True, width=240)
+    console.print(report.to_rich_table())
+    assert "MAE bone: no such voxel in the mask of 1 of 2 case(s) (no_bone), left out of its summary" in (
+        console.export_text()
+    )
+
+
+@pytest.mark.parametrize("text", ["abc", "250,-400", "1,2,3", "nan,1", "-400", "1,1", "-inf,0"])
+def test_cli_refuses_bad_tissue_edges(cli, tmp_path: Path, text: str) -> None:
+    ref = _save(tmp_path / "ref.nii.gz", _phantom())
+    result = cli("evaluate", "--pred", ref, "--ref", ref, f"--tissue-edges={text}")
+    lines = [line for line in result.err.splitlines() if line.strip()]
+    assert result.code == 2 and len(lines) == 1 and "Traceback" not in result.err, result.err
+    assert lines[0] == (
+        f"error: --tissue-edges must be two increasing HU values LOW,HIGH (e.g. -400,250); got {text!r}"
+    )
+
+
+def test_cli_tissue_edges_reach_the_report(cli, tmp_path: Path) -> None:
+    ref = _save(tmp_path / "ref.nii.gz", _phantom())
+    pred = _save(tmp_path / "pred.nii.gz", _tissue_case(_phantom()))
+    out = tmp_path / "r.json"
+    result = cli("evaluate", "--pred", pred, "--ref", ref, "--tissue-edges", "-300,200", "--out", out)
+    assert result.code == 0, result.err
+    assert "MAE soft tissue [HU]" in result.out
+    assert _strict_json(out.read_text())["metadata"]["tissue_edges_hu"] == [-300.0, 200.0]

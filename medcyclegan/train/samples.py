@@ -16,14 +16,8 @@ from PIL import Image
 
 from medcyclegan.config import DomainNormalisation
 from medcyclegan.data.normalise import denormalise, output_params
+from medcyclegan.figures import SOFT_TISSUE_WINDOW_HU, display_slice, window
 from medcyclegan.io.atomic import atomic_path
-
-SOFT_TISSUE_WINDOW_HU = (-160.0, 240.0)  # level 40, width 400
-
-
-def display_slice(ras_slice: np.ndarray) -> np.ndarray:
-    """An axial RAS slice (X, Y) as an image (rows anterior->posterior, columns right->left)."""
-    return np.flipud(ras_slice.T)[:, ::-1]
 
 
 def to_uint8(tile: np.ndarray, modality: str, record: DomainNormalisation | None) -> np.ndarray:
@@ -33,14 +27,10 @@ def to_uint8(tile: np.ndarray, modality: str, record: DomainNormalisation | None
     normalised range, as an MR tile is.
     """
     if modality == "attention":
-        scaled = np.clip(tile, 0.0, 1.0)
-    elif modality == "ct" and record is not None:
-        hu = denormalise(tile.astype(np.float32), output_params(record))
-        lo, hi = SOFT_TISSUE_WINDOW_HU
-        scaled = (np.clip(hu, lo, hi) - lo) / (hi - lo)
-    else:
-        scaled = (np.clip(tile, -1.0, 1.0) + 1.0) / 2.0
-    return np.round(scaled * 255.0).astype(np.uint8)
+        return window(tile, 0.0, 1.0)
+    if modality == "ct" and record is not None:
+        return window(denormalise(tile.astype(np.float32), output_params(record)), *SOFT_TISSUE_WINDOW_HU)
+    return window(tile, -1.0, 1.0)
 
 
 def render_grid(

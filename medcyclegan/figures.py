@@ -1,0 +1,300 @@
+"""Pictures a person reads: slices the radiological way, CT windows, and the per-case evaluation panel.
+
+:func:`case_panel` draws one case as a grid: a row per plane (axial, coronal, sagittal mid-slices
+through the centre of the body mask), and the columns
+
+    MR (if given) | synthetic CT, CT in a soft-tissue window (W400 L40) | synthetic CT, CT in a bone
+    window (W1800 L400) | |synthetic CT - CT| in HU (colour scale 0-500 HU, drawn below the grid)
+
+Every slice is resampled to square pixels of one size for the whole panel, so coronal and sagittal
+anatomy keeps its proportions whatever the slice thickness. Slices are displayed the radiological
+way (:func:`display_slice`): axial anterior up and the patient's right on the image's left; coronal
+superior up, right on the left; sagittal superior up, anterior on the left. Labels are drawn with
+Pillow's default font; no plotting library is needed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from medcyclegan.io.atomic import atomic_path, check_can_write
+
+# (lowest, highest) HU shown, black to white.
+SOFT_TISSUE_WINDOW_HU = (-160.0, 240.0)  # level 40, width 400
+BONE_WINDOW_HU = (-500.0, 1300.0)  # level 400, width 1800
+ERROR_SCALE_HU = 500.0  # |error| shown from 0 (black) to this (pale yellow) and above
+PLANES = ("axial", "coronal", "sagittal")
+# The RAS axes each plane's slice keeps (horizontal, vertical before display) and the fixed axis.
+PLANE_AXES = {"axial": (0, 1, 2), "coronal": (0, 2, 1), "sagittal": (1, 2, 0)}
+PLANE_ORIENTATION = {"axial": "A up, R left", "coronal": "S up, R left", "sagittal": "S up, A left"}
+AXIS_LETTER = ("x", "y", "z")
+# Tile sides: at the finest voxel size, but the longest side between these (pixels).
+MIN_TILE_PX = 256
+MAX_TILE_PX = 512
+# Inferno-like colour map of the error: (position in [0, 1], RGB).
+ERROR_COLOURS = (
+    (0.0, (0, 0, 4)),
+    (0.25, (87, 16, 110)),
+    (0.5, (188, 55, 84)),
+    (0.75, (249, 142, 9)),
+    (1.0, (252, 255, 164)),
+)
+BACKGROUND = (0, 0, 0)
+TEXT_COLOUR = (235, 235, 235)
+GAP = 4  # pixels between tiles
+
+
+@dataclass
+class CasePanel:
+    """A drawn panel and where its tiles lie.
+
+    Attributes:
+        image: RGB uint8 array (H, W, 3).
+        columns: the column headers, left to right (newlines between name and window).
+        rows: the planes, top to bottom (:data:`PLANES`).
+        boxes: ``(plane, column index) -> (left, top, width, height)`` of each tile, in pixels.
+        pixel_mm: the side of one (square) tile pixel in mm.
+    """
+
+    image: np.ndarray
+    columns: list[str]
+    rows: list[str]
+    boxes: dict[tuple[str, int], tuple[int, int, int, int]] = field(default_factory=dict)
+    pixel_mm: float = 0.0
+
+
+def display_slice(ras_slice: np.ndarray) -> np.ndarray:
+    """A 2D slice of a RAS array, axes (horizontal, vertical), as an image the radiological way.
+
+    Image rows run down the second axis (anterior or superior at the top), image columns run down
+    the first axis: an axial (R, A) or coronal (R, S) slice has the patient's right on the image's
+    left, a sagittal (A, S) slice has anterior on the left.
+    """
+    return np.flipud(ras_slice.T)[:, ::-1]
+
+
+def window(values: np.ndarray, low: float, high: float) -> np.ndarray:
+    """8-bit grey of ``values``: ``low`` and below black, ``high`` and above white, linear between."""
+    scaled = (np.clip(np.asarray(values, dtype=np.float32), low, high) - low) / (high - low)
+    return np.round(scaled * 255.0).astype(np.uint8)
+
+
+def error_colours(error_hu: np.ndarray, scale_hu: float = ERROR_SCALE_HU) -> np.ndarray:
+    """RGB (H, W, 3) uint8 of an absolute error map, 0 to ``scale_hu`` HU along :data:`ERROR_COLOURS`."""
+    position = np.clip(np.asarray(error_hu, dtype=np.float32) / scale_hu, 0.0, 1.0)
+    stops = np.array([stop for stop, _ in ERROR_COLOURS], dtype=np.float32)
+    colours = np.array([colour for _, colour in ERROR_COLOURS], dtype=np.float32)
+    channels = [np.interp(position, stops, colours[:, c]) for c in range(3)]
+    return np.round(np.stack(channels, axis=-1)).astype(np.uint8)
+
+
+def body_centre(mask: np.ndarray) -> tuple[int, int, int]:
+    """The voxel nearest the centre of mass of ``mask`` (the volume's centre for an empty mask)."""
+    inside = np.argwhere(np.asarray(mask) > 0)
+    if inside.size == 0:
+        return tuple(int(size // 2) for size in np.shape(mask))  # type: ignore[return-value]
+    return tuple(int(np.round(v)) for v in inside.mean(axis=0))  # type: ignore[return-value]
+
+
+def pixel_size_mm(shape: Sequence[int], spacing: Sequence[float]) -> float:
+    """One square pixel size (mm) for every tile of a panel: the finest voxel size, unless the longest
+    field of view would then be drawn with fewer than :data:`MIN_TILE_PX` or more than
+    :data:`MAX_TILE_PX` pixels."""
+    field_of_view = max(n * s for n, s in zip(shape, spacing))
+    size = min(spacing)
+    size = max(size, field_of_view / MAX_TILE_PX)
+    return min(size, field_of_view / MIN_TILE_PX)
+
+
+def plane_slice(
+    volume: np.ndarray, plane: str, centre: Sequence[int], spacing: Sequence[float], pixel_mm: float
+) -> np.ndarray:
+    """The ``plane`` slice of a RAS ``volume`` through ``centre``, displayed (:func:`display_slice`)
+    and resampled (bilinear, antialiased) to square pixels of ``pixel_mm``; float32."""
+    horizontal, vertical, fixed = PLANE_AXES[plane]
+    index: list[int | slice] = [slice(None)] * 3
+    index[fixed] = int(centre[fixed])
+    # After the transpose in display_slice rows follow ``vertical`` and columns ``horizontal``.
+    image = display_slice(np.asarray(volume[tuple(index)], dtype=np.float32))
+    width = max(1, round(volume.shape[horizontal] * spacing[horizontal] / pixel_mm))
+    height = max(1, round(volume.shape[vertical] * spacing[vertical] / pixel_mm))
+    resized = Image.fromarray(np.ascontiguousarray(image)).resize((width, height), Image.Resampling.BILINEAR)
+    return np.asarray(resized, dtype=np.float32)
+
+
+def _grey_rgb(image: np.ndarray, low: float, high: float) -> np.ndarray:
+    """:func:`window` as three equal channels, to sit in an RGB panel."""
+    return np.repeat(window(image, low, high)[..., None], 3, axis=-1)
+
+
+def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    return ImageFont.load_default(size=size)
+
+
+def _text_size(
+    draw: ImageDraw.ImageDraw, text: str, font: ImageFont.FreeTypeFont | ImageFont.ImageFont
+) -> tuple[int, int]:
+    left, top, right, bottom = draw.multiline_textbbox((0, 0), text, font=font, spacing=2)
+    return int(right - left), int(bottom - top)
+
+
+def case_panel(
+    ct: np.ndarray,
+    synthetic_ct: np.ndarray,
+    mask: np.ndarray,
+    spacing: Sequence[float],
+    *,
+    mr: np.ndarray | None = None,
+    title: str = "",
+) -> CasePanel:
+    """The evaluation panel of one case (see the module docstring).
+
+    Args:
+        ct: reference CT in HU, RAS voxel order (:attr:`medcyclegan.io.volume.Volume.array`).
+        synthetic_ct: synthetic CT in HU, same grid.
+        mask: body mask, same grid (voxels > 0 inside): the slices go through its centre, and an MR is
+            shown over its [p1, p99] inside it.
+        spacing: voxel size in mm along R, A, S.
+        mr: the MR the synthetic CT was made from, same grid; ``None`` leaves its column out.
+        title: text drawn above the grid (e.g. the case name and its metrics; newlines allowed).
+
+    Raises:
+        ValueError: the arrays are not 3D volumes of one shape.
+    """
+    volumes = [ct, synthetic_ct, mask] + ([] if mr is None else [mr])
+    if any(np.ndim(v) != 3 or np.shape(v) != np.shape(ct) for v in volumes):
+        raise ValueError(f"expected 3D volumes of one shape; got {[np.shape(v) for v in volumes]}")
+    centre = body_centre(mask)
+    pixel_mm = pixel_size_mm(ct.shape, spacing)
+    error = np.abs(np.asarray(synthetic_ct, dtype=np.float32) - np.asarray(ct, dtype=np.float32))
+    soft = f"W{SOFT_TISSUE_WINDOW_HU[1] - SOFT_TISSUE_WINDOW_HU[0]:g} L{sum(SOFT_TISSUE_WINDOW_HU) / 2:g}"
+    bone = f"W{BONE_WINDOW_HU[1] - BONE_WINDOW_HU[0]:g} L{sum(BONE_WINDOW_HU) / 2:g}"
+    headers = ([] if mr is None else ["MR"]) + [
+        f"synthetic CT\n{soft}",
+        f"CT\n{soft}",
+        f"synthetic CT\n{bone}",
+        f"CT\n{bone}",
+        f"|synthetic CT - CT|\n0-{ERROR_SCALE_HU:g} HU",
+    ]
+    if mr is not None:
+        inside = np.asarray(mask) > 0
+        mr_low, mr_high = np.percentile(np.asarray(mr)[inside] if inside.any() else mr, [1.0, 99.0])
+        mr_high = max(float(mr_high), float(mr_low) + 1e-6)
+    rows: list[tuple[str, list[np.ndarray]]] = []
+    for plane in PLANES:
+        fixed = PLANE_AXES[plane][2]
+        tiles: list[np.ndarray] = []
+        if mr is not None:
+            tiles.append(_grey_rgb(plane_slice(mr, plane, centre, spacing, pixel_mm), mr_low, mr_high))
+        synthetic_slice = plane_slice(synthetic_ct, plane, centre, spacing, pixel_mm)
+        ct_slice = plane_slice(ct, plane, centre, spacing, pixel_mm)
+        for low, high in (SOFT_TISSUE_WINDOW_HU, BONE_WINDOW_HU):
+            tiles += [_grey_rgb(synthetic_slice, low, high), _grey_rgb(ct_slice, low, high)]
+        tiles.append(error_colours(plane_slice(error, plane, centre, spacing, pixel_mm)))
+        label = f"{plane}\n{AXIS_LETTER[fixed]} = {centre[fixed]} of {ct.shape[fixed]}\n{PLANE_ORIENTATION[plane]}"
+        rows.append((label, tiles))
+    image, boxes = _layout(rows, headers, title, pixel_mm)
+    return CasePanel(
+        image=image,
+        columns=headers,
+        rows=list(PLANES),
+        boxes={(PLANES[row], column): box for (row, column), box in boxes.items()},
+        pixel_mm=pixel_mm,
+    )
+
+
+def _layout(
+    rows: list[tuple[str, list[np.ndarray]]], headers: list[str], title: str, pixel_mm: float
+) -> tuple[np.ndarray, dict[tuple[int, int], tuple[int, int, int, int]]]:
+    """Places labelled tiles on a grid with a title, column headers, row labels and the error scale.
+
+    Returns the image and ``(row, column) -> (left, top, width, height)`` of every tile.
+    """
+    tile_side = max(max(tile.shape[:2]) for _, tiles in rows for tile in tiles)
+    font = _font(int(np.clip(tile_side // 18, 12, 20)))
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    pad = GAP * 2
+    label_width = max(_text_size(measure, label, font)[0] for label, _ in rows) + 2 * pad
+    col_widths = [max(tiles[c].shape[1] for _, tiles in rows) for c in range(len(headers))]
+    col_widths = [max(w, _text_size(measure, h, font)[0] + pad) for w, h in zip(col_widths, headers)]
+    row_heights = [max(tile.shape[0] for tile in tiles) for _, tiles in rows]
+    title_height = (_text_size(measure, title, font)[1] + 2 * pad) if title else pad
+    header_height = max(_text_size(measure, h, font)[1] for h in headers) + 2 * pad
+    note = f"pixel {pixel_mm:.2f} mm; error colour scale:"
+    bar_height = _text_size(measure, note, font)[1] * 3 + 3 * pad
+    width = label_width + sum(col_widths) + GAP * len(col_widths) + pad
+    height = title_height + header_height + sum(row_heights) + GAP * len(rows) + bar_height
+    canvas = Image.new("RGB", (width, height), BACKGROUND)
+    draw = ImageDraw.Draw(canvas)
+    if title:
+        draw.multiline_text((pad, pad), title, fill=TEXT_COLOUR, font=font, spacing=2)
+    x_starts = np.cumsum([label_width, *[w + GAP for w in col_widths]])[:-1]
+    y = title_height
+    for x, col_width, header in zip(x_starts, col_widths, headers):
+        text_width, _ = _text_size(measure, header, font)
+        draw.multiline_text(
+            (int(x + (col_width - text_width) // 2), y + pad),
+            header,
+            fill=TEXT_COLOUR,
+            font=font,
+            spacing=2,
+            align="center",
+        )
+    y += header_height
+    boxes: dict[tuple[int, int], tuple[int, int, int, int]] = {}
+    for row, ((label, tiles), row_height) in enumerate(zip(rows, row_heights)):
+        _, label_height = _text_size(measure, label, font)
+        draw.multiline_text(
+            (pad, y + (row_height - label_height) // 2), label, fill=TEXT_COLOUR, font=font, spacing=2
+        )
+        for column, (x, col_width, tile) in enumerate(zip(x_starts, col_widths, tiles)):
+            left = int(x + (col_width - tile.shape[1]) // 2)
+            top = int(y + (row_height - tile.shape[0]) // 2)
+            canvas.paste(Image.fromarray(tile), (left, top))
+            boxes[row, column] = (left, top, tile.shape[1], tile.shape[0])
+        y += row_height + GAP
+    _draw_error_scale(canvas, font, note, x=int(x_starts[-1]), y=y + pad, width=col_widths[-1])
+    return np.asarray(canvas), boxes
+
+
+def _draw_error_scale(
+    canvas: Image.Image,
+    font: ImageFont.FreeTypeFont | ImageFont.ImageFont,
+    note: str,
+    *,
+    x: int,
+    y: int,
+    width: int,
+) -> None:
+    """A horizontal colour bar 0 .. :data:`ERROR_SCALE_HU` HU under the error column, with its ticks."""
+    draw = ImageDraw.Draw(canvas)
+    text_width, text_height = _text_size(draw, note, font)
+    draw.text((max(GAP, x - text_width - 2 * GAP), y), note, fill=TEXT_COLOUR, font=font)
+    bar = error_colours(np.tile(np.linspace(0.0, ERROR_SCALE_HU, width), (text_height, 1)))
+    canvas.paste(Image.fromarray(bar), (x, y))
+    ticks = (0.0, ERROR_SCALE_HU / 2, ERROR_SCALE_HU)
+    for value in ticks:
+        label = f"{value:g}" + (" HU +" if value == ERROR_SCALE_HU else "")
+        label_width, _ = _text_size(draw, label, font)
+        position = x + round(value / ERROR_SCALE_HU * (width - 1))
+        left = min(max(x, position - label_width // 2), x + width - label_width)
+        draw.line([(position, y + text_height), (position, y + text_height + 3)], fill=TEXT_COLOUR)
+        draw.text((left, y + text_height + 5), label, fill=TEXT_COLOUR, font=font)
+
+
+def write_case_panel(path: str | Path, panel: CasePanel, *, overwrite: bool = False) -> Path:
+    """Writes a panel (:func:`case_panel`) as PNG atomically; an existing file only with ``overwrite``.
+
+    Raises:
+        OutputError: ``path`` exists (without ``overwrite``, also when it appears while writing) or
+            cannot be written.
+    """
+    path = check_can_write(path, overwrite)
+    with atomic_path(path, overwrite=overwrite) as tmp:
+        Image.fromarray(panel.image).save(tmp, format="PNG")
+    return path

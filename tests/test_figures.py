@@ -1,0 +1,241 @@
+"""Panels per case: layout, orientation, windows, square pixels, and `evaluate --figures` (writing rules, MR pairing)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from PIL import Image
+
+from medcyclegan.figures import (
+    BONE_WINDOW_HU,
+    PLANES,
+    SOFT_TISSUE_WINDOW_HU,
+    case_panel,
+    display_slice,
+    pixel_size_mm,
+    window,
+)
+
+SHAPE = (40, 44, 12)  # R, A, S voxels
+SPACING = (2.0, 2.0, 4.0)  # mm: slices thicker than the in-plane pixels
+AFFINE = np.diag([*SPACING, 1.0])
+
+
+def _head() -> tuple[np.ndarray, np.ndarray]:
+    """A soft-tissue box (40 HU) in air with a bone cube (1000 HU) at the patient's right-anterior; its mask."""
+    ct = np.full(SHAPE, -1000.0, dtype=np.float32)
+    ct[4:36, 4:40, 2:10] = 40.0
+    ct[26:34, 30:38, 4:8] = 1000.0  # high x = right, high y = anterior (RAS), around the centre slice
+    return ct, ct > -500
+
+
+def _save(path: Path, array: np.ndarray, affine: np.ndarray = AFFINE) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.Nifti1Image(np.asarray(array).astype(np.int16), affine).to_filename(path)
+    return path
+
+
+def _one_error_line(result) -> str:
+    lines = [line for line in result.err.splitlines() if line.strip()]
+    assert result.code == 2 and len(lines) == 1 and "Traceback" not in result.err, result.err
+    assert lines[0].startswith("error: ")
+    return lines[0]
+
+
+def test_display_slice_is_radiological() -> None:
+    """Axial (R, A): right on the image's left, anterior up; sagittal (A, S): anterior left, superior up."""
+    axial = np.zeros((3, 2))
+    axial[2, 1] = 1  # most right (x high), most anterior (y high)
+    assert display_slice(axial)[0, 0] == 1
+    sagittal = np.zeros((3, 2))
+    sagittal[2, 1] = 1  # most anterior, most superior
+    assert display_slice(sagittal)[0, 0] == 1
+
+
+def test_window_maps_the_range_to_grey() -> None:
+    assert window(np.array([-1000.0, -160.0, 40.0, 240.0, 3000.0]), *SOFT_TISSUE_WINDOW_HU).tolist() == [
+        0,
+        0,
+        128,
+        255,
+        255,
+    ]
+    low, high = BONE_WINDOW_HU
+    assert (high - low, (high + low) / 2) == (1800.0, 400.0)  # W1800 L400
+    assert (SOFT_TISSUE_WINDOW_HU[1] - SOFT_TISSUE_WINDOW_HU[0], sum(SOFT_TISSUE_WINDOW_HU) / 2) == (
+        400.0,
+        40.0,
+    )
+
+
+def test_panel_layout_square_pixels_orientation_and_windows() -> None:
+    ct, mask = _head()
+    mr = np.where(mask, 500.0 - ct / 4, 0.0)
+    panel = case_panel(ct, ct + 100.0, mask, SPACING, mr=mr, title="case: test")
+
+    assert panel.rows == list(PLANES)
+    assert [c.split("\n")[0] for c in panel.columns] == [
+        "MR",
+        "synthetic CT",
+        "CT",
+        "synthetic CT",
+        "CT",
+        "|synthetic CT - CT|",
+    ]
+    assert "W400 L40" in panel.columns[1] and "W1800 L400" in panel.columns[3]
+    assert "0-500 HU" in panel.columns[5]
+    assert set(panel.boxes) == {(plane, column) for plane in PLANES for column in range(6)}
+    # One square pixel size for every tile: each tile spans its field of view in mm.
+    pixel = panel.pixel_mm
+    assert pixel == pytest.approx(pixel_size_mm(SHAPE, SPACING))
+    extent = {
+        "axial": (SHAPE[0] * 2.0, SHAPE[1] * 2.0),
+        "coronal": (SHAPE[0] * 2.0, SHAPE[2] * 4.0),
+        "sagittal": (SHAPE[1] * 2.0, SHAPE[2] * 4.0),
+    }
+    for plane, (width_mm, height_mm) in extent.items():
+        _, _, width, height = panel.boxes[plane, 2]
+        assert (width, height) == (round(width_mm / pixel), round(height_mm / pixel)), plane
+    image = panel.image
+    assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3
+
+    def tile(plane: str, column: int) -> np.ndarray:
+        left, top, width, height = panel.boxes[plane, column]
+        return image[top : top + height, left : left + width, 0]
+
+    # The bone cube (patient's right, anterior) lies in the top-left quarter of the axial CT tile.
+    axial = tile("axial", 2)
+    rows, cols = np.nonzero(axial == 255)
+    assert rows.mean() < axial.shape[0] / 2 and cols.mean() < axial.shape[1] / 2
+    # Soft tissue (40 HU) is mid-grey in the soft-tissue window; in the bone window it is darker.
+    centre = axial[axial.shape[0] // 2, axial.shape[1] // 2]
+    assert centre == 128
+    assert tile("axial", 4)[axial.shape[0] // 2, axial.shape[1] // 2] == window(
+        np.array(40.0), *BONE_WINDOW_HU
+    )
+    # The synthetic CT is 100 HU brighter: 40 + 100 HU in the soft-tissue window.
+    assert tile("axial", 1)[axial.shape[0] // 2, axial.shape[1] // 2] == window(
+        np.array(140.0), *SOFT_TISSUE_WINDOW_HU
+    )
+    # Without an MR the first column is the synthetic CT.
+    assert case_panel(ct, ct, mask, SPACING).columns[0].startswith("synthetic CT")
+
+
+def test_panel_is_deterministic() -> None:
+    ct, mask = _head()
+    first = case_panel(ct, ct + 50.0, mask, SPACING, title="a").image
+    second = case_panel(ct, ct + 50.0, mask, SPACING, title="a").image
+    assert np.array_equal(first, second)
+
+
+def test_panel_refuses_volumes_of_other_shapes() -> None:
+    ct, mask = _head()
+    with pytest.raises(ValueError, match="one shape"):
+        case_panel(ct, ct[:-1], mask, SPACING)
+
+
+# --------------------------------------------------------------------------- evaluate --figures
+def _case_files(tmp_path: Path) -> tuple[Path, Path, Path]:
+    ct, mask = _head()
+    ref = _save(tmp_path / "ct" / "p1.nii.gz", ct)
+    pred = _save(tmp_path / "sct" / "p1.nii.gz", ct + 100.0)
+    mr = _save(tmp_path / "mr" / "p1.nii.gz", np.where(mask, 500.0 - ct / 4, 0.0))
+    return pred, ref, mr
+
+
+def test_cli_writes_one_panel_per_case_deterministically(cli, tmp_path: Path) -> None:
+    pred, ref, mr = _case_files(tmp_path)
+    figures = tmp_path / "figures"
+    result = cli(
+        "evaluate", "--pred", pred.parent, "--ref", ref.parent, "--source", mr.parent, "--figures", figures
+    )
+    assert result.code == 0, result.err
+    assert f"1 panel(s) written to {figures}" in result.out
+    png = figures / "p1.png"
+    with Image.open(png) as image:
+        assert image.format == "PNG" and image.mode == "RGB"
+        width, height = image.size
+    assert width > 6 * 200 and height > 3 * 100  # six columns of tiles, three rows
+    first = png.read_bytes()
+    again = cli(
+        "evaluate",
+        "--pred",
+        pred,
+        "--ref",
+        ref,
+        "--source",
+        mr,
+        "--figures",
+        tmp_path / "again",
+        "--overwrite",
+    )
+    assert again.code == 0, again.err
+    assert (tmp_path / "again" / "p1.png").read_bytes() == first  # the same panel, byte for byte
+
+
+def test_cli_refuses_to_replace_a_panel_without_overwrite(cli, tmp_path: Path, monkeypatch) -> None:
+    import medcyclegan.evaluate
+
+    pred, ref, _ = _case_files(tmp_path)
+    figures = tmp_path / "figures"
+    figures.mkdir()
+    (figures / "p1.png").write_bytes(b"user's picture")
+    computed = []
+    monkeypatch.setattr(medcyclegan.evaluate, "compute_metrics", lambda *a: computed.append(a))
+    line = _one_error_line(cli("evaluate", "--pred", pred, "--ref", ref, "--figures", figures))
+    assert line == f"error: {figures / 'p1.png'}: already exists; pass --overwrite to replace it"
+    assert computed == []  # refused before any metric
+    assert (figures / "p1.png").read_bytes() == b"user's picture"
+    monkeypatch.undo()
+    assert cli("evaluate", "--pred", pred, "--ref", ref, "--figures", figures, "--overwrite").code == 0
+    assert (figures / "p1.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_cli_refuses_an_mr_on_another_grid(cli, tmp_path: Path) -> None:
+    pred, ref, _ = _case_files(tmp_path)
+    ct, _ = _head()
+    shifted = np.diag([*SPACING, 1.0])
+    shifted[0, 3] = 5.0
+    mr = _save(tmp_path / "mr_shifted" / "p1.nii.gz", ct, shifted)
+    line = _one_error_line(
+        cli("evaluate", "--pred", pred, "--ref", ref, "--source", mr, "--figures", tmp_path / "f")
+    )
+    assert line.startswith(f"error: {mr}: voxel grid differs from {ref}: affines differ by up to 5 mm")
+    assert "resample the MR onto the reference grid" in line
+    assert not (tmp_path / "f" / "p1.png").exists()
+
+
+def test_cli_refuses_an_mr_folder_without_the_case(cli, tmp_path: Path) -> None:
+    pred, ref, _ = _case_files(tmp_path)
+    ct, _ = _head()
+    other = _save(tmp_path / "mr_other" / "p2.nii.gz", ct)
+    line = _one_error_line(
+        cli(
+            "evaluate",
+            "--pred",
+            pred.parent,
+            "--ref",
+            ref.parent,
+            "--source",
+            other.parent,
+            "--figures",
+            tmp_path / "f",
+        )
+    )
+    assert line == f"error: {other.parent}: no MR for case(s): p1"
+
+
+def test_cli_source_needs_figures(cli, tmp_path: Path) -> None:
+    pred, ref, mr = _case_files(tmp_path)
+    line = _one_error_line(cli("evaluate", "--pred", pred, "--ref", ref, "--source", mr))
+    assert "--figures" in line
+
+
+def test_cli_figures_folder_that_is_a_file(cli, tmp_path: Path) -> None:
+    pred, ref, _ = _case_files(tmp_path)
+    (tmp_path / "taken").write_text("x")
+    line = _one_error_line(cli("evaluate", "--pred", pred, "--ref", ref, "--figures", tmp_path / "taken"))
+    assert line == f"error: {tmp_path / 'taken'}: is a file; --figures needs a folder"
