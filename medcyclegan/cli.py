@@ -356,14 +356,14 @@ def evaluate(
     pred: Path = typer.Option(..., "--pred", help="Predicted (synthetic) volume or folder."),
     ref: Path = typer.Option(..., "--ref", help="Reference volume or folder (paired by case name)."),
     mask: Path | None = typer.Option(
-        None, "--mask", help="Body mask file or folder [default: computed from --ref]."
+        None, "--mask", help="Body mask file or folder \\[default: computed from --ref]."
     ),
     standard: str = typer.Option("synthrad2023", "--standard", help="synthrad2023 or synthrad2025."),
     tissue_edges: str | None = typer.Option(
         None,
         "--tissue-edges",
         help="LOW,HIGH reference HU between air/lung, soft tissue and bone for the per-tissue MAE "
-        "[default: -400,250].",
+        "\\[default: -400,250].",
     ),
     out: Path | None = typer.Option(None, "--out", help="Write the report as JSON (and CSV beside it)."),
     figures: Path | None = typer.Option(

@@ -46,6 +46,7 @@ ERROR_COLOURS = (
 )
 BACKGROUND = (0, 0, 0)
 TEXT_COLOUR = (235, 235, 235)
+FRAME_COLOUR = (90, 90, 90)  # a line around each tile: air at a tile's edge would merge with the background
 GAP = 4  # pixels between tiles
 
 
@@ -196,7 +197,10 @@ def case_panel(
         for low, high in (SOFT_TISSUE_WINDOW_HU, BONE_WINDOW_HU):
             tiles += [_grey_rgb(synthetic_slice, low, high), _grey_rgb(ct_slice, low, high)]
         tiles.append(error_colours(plane_slice(error, plane, centre, spacing, pixel_mm)))
-        label = f"{plane}\n{AXIS_LETTER[fixed]} = {centre[fixed]} of {ct.shape[fixed]}\n{PLANE_ORIENTATION[plane]}"
+        label = (
+            f"{plane}\nRAS {AXIS_LETTER[fixed]} = {centre[fixed]} (0-{ct.shape[fixed] - 1})"
+            f"\n{PLANE_ORIENTATION[plane]}"
+        )
         rows.append((label, tiles))
     image, boxes = _layout(rows, headers, title, pixel_mm)
     return CasePanel(
@@ -256,6 +260,9 @@ def _layout(
             left = int(x + (col_width - tile.shape[1]) // 2)
             top = int(y + (row_height - tile.shape[0]) // 2)
             canvas.paste(Image.fromarray(tile), (left, top))
+            draw.rectangle(
+                [left - 1, top - 1, left + tile.shape[1], top + tile.shape[0]], outline=FRAME_COLOUR, width=1
+            )
             boxes[row, column] = (left, top, tile.shape[1], tile.shape[0])
         y += row_height + GAP
     _draw_error_scale(canvas, font, note, x=int(x_starts[-1]), y=y + pad, width=col_widths[-1])

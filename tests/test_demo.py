@@ -7,6 +7,7 @@ from pathlib import Path
 
 import nibabel as nib
 import pytest
+from PIL import Image
 
 from medcyclegan.demo import BASELINES, run_demo
 from medcyclegan.errors import OutputError
@@ -31,11 +32,19 @@ def test_short_demo_beats_both_baselines(tmp_path: Path) -> None:
     assert all(synth < mae for mae in baselines.values()), (synth, baselines)
     assert result.beats_baselines()
     report = json.loads((tmp_path / "demo" / "report.json").read_text())
+    test_ct = sorted((tmp_path / "demo" / "data" / "test" / "ct").glob("*.nii.gz"))
     assert report["standard"] == "synthrad2023"
     assert len(list((tmp_path / "demo" / "synth_ct").glob("*.nii.gz"))) == 2
     assert "beats both baselines" in result.summary()
+    # One panel per held-out subject (MR | synthetic CT | CT | error), and the summary says where.
+    figures = tmp_path / "demo" / "figures"
+    assert result.figures == sorted(figures.glob("*.png")) and len(result.figures) == 2
+    assert [path.stem for path in result.figures] == [path.name.removesuffix(".nii.gz") for path in test_ct]
+    with Image.open(result.figures[0]) as panel:
+        assert panel.format == "PNG" and panel.width > panel.height
+    assert f"panels of the synthetic CT in {figures}" in result.summary()
+    assert report["figures"] == [str(path) for path in result.figures]
     # The phantom was drawn on the grid asked for (before, run_demo ignored it and drew 128 x 128 x 48).
-    test_ct = sorted((tmp_path / "demo" / "data" / "test" / "ct").glob("*.nii.gz"))
     assert nib.load(test_ct[0]).shape == (64, 64, 24)
 
 

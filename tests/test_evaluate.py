@@ -499,3 +499,11 @@ def test_cli_tissue_edges_reach_the_report(cli, tmp_path: Path) -> None:
     assert result.code == 0, result.err
     assert "MAE soft tissue [HU]" in result.out
     assert _strict_json(out.read_text())["metadata"]["tissue_edges_hu"] == [-300.0, 200.0]
+
+
+def test_cli_help_states_the_default_tissue_edges(cli) -> None:
+    from medcyclegan.metrics import TISSUE_EDGES_HU
+
+    low, high = TISSUE_EDGES_HU
+    result = cli("evaluate", "--help")
+    assert result.code == 0 and f"[default: {low:g},{high:g}]" in " ".join(result.out.split())
