@@ -134,7 +134,12 @@ def _grey_rgb(image: np.ndarray, low: float, high: float) -> np.ndarray:
 
 
 def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
-    return ImageFont.load_default(size=size)
+    """Pillow's default font at ``size`` px; its small fixed bitmap font where Pillow is older than
+    10.1 (no ``size``) or built without FreeType (scikit-image only asks for Pillow 9)."""
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:
+        return ImageFont.load_default()
 
 
 def _text_size(

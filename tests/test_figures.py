@@ -239,3 +239,20 @@ def test_cli_figures_folder_that_is_a_file(cli, tmp_path: Path) -> None:
     (tmp_path / "taken").write_text("x")
     line = _one_error_line(cli("evaluate", "--pred", pred, "--ref", ref, "--figures", tmp_path / "taken"))
     assert line == f"error: {tmp_path / 'taken'}: is a file; --figures needs a folder"
+
+
+def test_panel_draws_with_an_old_pillow_without_font_sizes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pillow < 10.1 has no ``load_default(size=...)``: the labels fall back to its bitmap font."""
+    from PIL import ImageFont
+
+    original = ImageFont.load_default
+
+    def old_load_default(*args, **kwargs):
+        if args or kwargs:
+            raise TypeError("load_default() got an unexpected keyword argument 'size'")
+        return original()
+
+    monkeypatch.setattr(ImageFont, "load_default", old_load_default)
+    ct, mask = _head()
+    panel = case_panel(ct, ct, mask, SPACING, title="old Pillow")
+    assert panel.image.shape[2] == 3 and set(panel.boxes) == {(p, c) for p in PLANES for c in range(5)}
