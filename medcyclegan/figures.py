@@ -237,6 +237,8 @@ def _layout(
     note = f"pixel {pixel_mm:.2f} mm; error colour scale:"
     bar_height = _text_size(measure, note, font)[1] * 3 + 3 * pad
     width = label_width + sum(col_widths) + GAP * len(col_widths) + pad
+    if title:  # a long title widens the panel rather than being cut off
+        width = max(width, _text_size(measure, title, font)[0] + 2 * pad)
     height = title_height + header_height + sum(row_heights) + GAP * len(rows) + bar_height
     canvas = Image.new("RGB", (width, height), BACKGROUND)
     draw = ImageDraw.Draw(canvas)

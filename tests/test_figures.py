@@ -256,3 +256,10 @@ def test_panel_draws_with_an_old_pillow_without_font_sizes(monkeypatch: pytest.M
     ct, mask = _head()
     panel = case_panel(ct, ct, mask, SPACING, title="old Pillow")
     assert panel.image.shape[2] == 3 and set(panel.boxes) == {(p, c) for p in PLANES for c in range(5)}
+
+
+def test_a_long_title_widens_the_panel_instead_of_being_cut() -> None:
+    ct, mask = _head()
+    short = case_panel(ct, ct, mask, SPACING, title="t").image
+    long = case_panel(ct, ct, mask, SPACING, title="a very long title " * 40).image
+    assert long.shape[1] > short.shape[1] > 1000
