@@ -69,7 +69,7 @@ def _root(
         None,
         "--threads",
         help="CPU threads for torch and for medcyclegan's own parallel steps (gzip, body masks) "
-        "[default: all cores]. Use fewer on a machine shared with other jobs: oversubscribed cores "
+        "\\[default: all cores]. Use fewer on a machine shared with other jobs: oversubscribed cores "
         "can slow CPU training many times over.",
     ),
 ) -> None:
@@ -116,7 +116,7 @@ def train(
     tgt: Path | None = typer.Option(
         None, "--tgt", help="Folder (or file) of target-domain volumes (domain B)."
     ),
-    out: Path | None = typer.Option(None, "--out", "-o", help="Run folder [default: runs/<date-time>]."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Run folder \\[default: runs/<date-time>]."),
     config: str | None = typer.Option(
         None,
         "--config",
@@ -303,13 +303,13 @@ def convert(
         None,
         "-o",
         "--output",
-        help="Output file (or folder for a folder input) [default: <case>_synth<to>.nii.gz].",
+        help="Output file (or folder for a folder input) \\[default: <case>_synth<to>.nii.gz].",
     ),
     model: Path | None = typer.Option(
-        None, "--model", "-m", help="Run folder or checkpoint [default: newest under ./runs]."
+        None, "--model", "-m", help="Run folder or checkpoint \\[default: newest under ./runs]."
     ),
     to: str | None = typer.Option(
-        None, "--to", help="Target modality ct or mr [default: the training target]."
+        None, "--to", help="Target modality ct or mr \\[default: the training target]."
     ),
     batch_size: int = typer.Option(16, "--batch-size", help="Slices per forward pass."),
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
@@ -472,14 +472,14 @@ def augment(
         None, "--labels", help="Folder of label maps, paired with --images by case name."
     ),
     model: Path | None = typer.Option(
-        None, "--model", "-m", help="Run folder or checkpoint [default: newest under ./runs]."
+        None, "--model", "-m", help="Run folder or checkpoint \\[default: newest under ./runs]."
     ),
     out: Path | None = typer.Option(
         None, "--out", "-o", help="Parent folder of the dataset (e.g. $nnUNet_raw)."
     ),
     fmt: str = typer.Option("nnunetv2", "--format", help="nnunetv2 or msd."),
     to: str | None = typer.Option(
-        None, "--to", help="Target modality ct or mr [default: the training target]."
+        None, "--to", help="Target modality ct or mr \\[default: the training target]."
     ),
     include_originals: bool = typer.Option(
         False, "--include-originals", help="Also add the original images (channel declared zscore)."
@@ -487,7 +487,7 @@ def augment(
     dataset_id: int | None = typer.Option(
         None, "--dataset-id", help="nnU-Net dataset id (1-999) or MSD task number."
     ),
-    name: str | None = typer.Option(None, "--name", help="Dataset name [default: SynthCT or SynthMR]."),
+    name: str | None = typer.Option(None, "--name", help="Dataset name \\[default: SynthCT or SynthMR]."),
     labels_json: Path | None = typer.Option(
         None, "--labels-json", help='Label names: {"background": 0, "liver": 1}.'
     ),

@@ -211,3 +211,19 @@ def test_convert_gpus_is_validated_before_any_work(cli, tmp_path: Path) -> None:
     if not torch.cuda.is_available():
         line = one_error_line(cli("convert", tmp_path, "-o", tmp_path / "o", "--gpus", "2"))
         assert "more GPUs than this machine has" in line and "-m medcyclegan convert --device cpu" in line
+
+
+@pytest.mark.parametrize(
+    ("verb", "default"),
+    [
+        ((), "[default: all cores]"),
+        (("train",), "[default: runs/<date-time>]"),
+        (("convert",), "[default: newest under ./runs]"),
+        (("convert",), "[default: <case>_synth<to>.nii.gz]"),
+        (("augment",), "[default: SynthCT or SynthMR]"),
+    ],
+)
+def test_help_texts_show_their_defaults(cli, verb: tuple[str, ...], default: str) -> None:
+    # Rich reads an unescaped "[default: ...]" as markup and drops it: the help said "Run folder ."
+    result = cli(*verb, "--help")
+    assert result.code == 0 and default in " ".join(result.out.replace("│", " ").split())
