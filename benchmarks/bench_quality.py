@@ -516,6 +516,16 @@ def machine() -> dict[str, Any]:
     }
 
 
+def write_json(path: Path, report: dict[str, Any]) -> None:
+    from medcyclegan.io.atomic import atomic_write_text
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise BenchError(f"{path.parent}: cannot create the --out-json folder ({exc.strerror})") from None
+    atomic_write_text(path, json.dumps(report, indent=2) + "\n")
+
+
 def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     from medcyclegan.metrics import BODY_MASK_METHOD, TISSUE_CLASSES
 
@@ -537,6 +547,7 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         "tissue_classes": list(TISSUE_CLASSES),
         "datasets": {},
     }
+    write_json(args.out_json, report)  # an unwritable --out-json is found now, not after the training
     tables = []
     for name in args.dataset_list:
         if name == "phantom":
@@ -554,6 +565,10 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                 trained = train_one(args, data, recipe, seed, run_dir)
                 scores = score_one(args, data, run_dir, work / name / "pred" / label)
                 rows.append({"recipe": recipe.name, "seed": seed, **trained, **scores})
+                report["datasets"][name] = {"description": data.description, "runs": rows, "partial": True}
+                write_json(
+                    args.out_json, report
+                )  # after every run: a long benchmark stopped keeps its numbers
                 print(
                     f"[bench_quality] {name}: {label}: MAE {scores['mae']:.1f} HU, {trained['steps']} steps "
                     f"in {trained['train_seconds']:.0f} s",
@@ -581,8 +596,7 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             if args.work_dir is None and not args.keep_work:
                 shutil.rmtree(work, ignore_errors=True)
-        args.out_json.parent.mkdir(parents=True, exist_ok=True)
-        args.out_json.write_text(json.dumps(report, indent=2) + "\n")
+        write_json(args.out_json, report)
     except (BenchError, MedCycleGANError) as exc:
         print(f"bench_quality: {exc}", file=sys.stderr)
         return 2

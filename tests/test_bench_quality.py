@@ -164,3 +164,13 @@ def test_bad_arguments_are_one_line_and_exit_2(
     assert bench.main(["--tiny", *args]) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_an_unwritable_json_is_refused_before_any_training(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    assert bench.main(["--tiny", "--datasets", "phantom", "--out-json", str(blocker / "q.json")]) == 2
+    err = capsys.readouterr().err
+    assert "--out-json" in err and "training" not in err and len(err.strip().splitlines()) == 1
