@@ -55,6 +55,7 @@ import numpy as np
 
 from medcyclegan.errors import ConfigError
 from medcyclegan.io.volume import Volume
+from medcyclegan.sample_data import _check_seed as check_seed  # the phantom's own seed rule
 from medcyclegan.sample_data import bias_field, rician_magnitude
 
 # (HU, intensity) points of the T1-like contrast map; see the module docstring for the tissues.
@@ -95,8 +96,7 @@ def t1_like_contrast(ct_hu: np.ndarray) -> np.ndarray:
 
 
 def _check_parameters(seed: int, bias_strength: float, bias_scale_mm: float, noise_fraction: float) -> None:
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ConfigError(f"must be a non-negative integer; got {seed!r}", "pseudo-MR seed")
+    check_seed(seed, "pseudo-MR seed")
     for name, value, positive in (
         ("bias_strength", bias_strength, False),
         ("bias_scale_mm", bias_scale_mm, True),
