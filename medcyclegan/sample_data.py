@@ -219,6 +219,34 @@ def _unit_field(
     return values
 
 
+def bias_field(
+    rng: np.random.Generator,
+    shape: Sequence[int],
+    spacing: Sequence[float],
+    strength: float,
+    *,
+    scale_mm: float = 60.0,
+) -> np.ndarray:
+    """Smooth multiplicative MR bias field (receive-coil sensitivity): ``exp(strength * field)``, float32.
+
+    ``field`` is a smooth Gaussian random field of unit variance with features about ``2 * scale_mm``
+    mm across, so ``strength`` is the standard deviation of the log gain (0.1: about +-10 %).
+    """
+    return np.exp(np.float32(strength) * _unit_field(rng, shape, spacing, scale_mm))
+
+
+def rician_magnitude(rng: np.random.Generator, signal: np.ndarray, sigma: float) -> np.ndarray:
+    """Magnitude image of ``signal`` with complex Gaussian noise of ``sigma`` (Rician), rounded, float32.
+
+    Real and imaginary channels get independent noise of standard deviation ``sigma``; the
+    magnitude is rounded to integers, like a reconstructed MR magnitude image.
+    """
+    sigma_32 = np.float32(sigma)
+    real = signal + sigma_32 * rng.standard_normal(signal.shape, dtype=np.float32)
+    imag = sigma_32 * rng.standard_normal(signal.shape, dtype=np.float32)
+    return np.rint(np.sqrt(real**2 + imag**2)).astype(np.float32)
+
+
 def _rotation(yaw_deg: float, pitch_deg: float, roll_deg: float) -> np.ndarray:
     """Rotation matrix: roll about A (y), then pitch about R (x), then yaw about S (z); angles in degrees."""
     yaw, pitch, roll = (math.radians(v) for v in (yaw_deg, pitch_deg, roll_deg))
@@ -582,13 +610,11 @@ def _form_images(
     ct = ndimage.gaussian_filter(ct, _BLUR_SIGMA_VOXELS, mode="nearest")
 
     # Smooth multiplicative bias field (receive-coil sensitivity), global gain, then Rician noise.
-    bias = np.exp(rng.uniform(0.06, 0.12) * _unit_field(rng, shape, spacing, 60.0))
+    bias = bias_field(rng, shape, spacing, rng.uniform(0.06, 0.12), scale_mm=60.0)
     gain = rng.uniform(0.85, 1.15)
     mr *= bias * np.float32(gain)
-    sigma_mr = np.float32(rng.uniform(0.015, 0.025) * TISSUE_VALUES[WHITE_MATTER].mr * gain)
-    real = mr + sigma_mr * rng.standard_normal(shape, dtype=np.float32)
-    imag = sigma_mr * rng.standard_normal(shape, dtype=np.float32)
-    mr = np.rint(np.sqrt(real**2 + imag**2)).astype(np.float32)
+    sigma_mr = rng.uniform(0.015, 0.025) * TISSUE_VALUES[WHITE_MATTER].mr * gain
+    mr = rician_magnitude(rng, mr, sigma_mr)
 
     sigma_ct = np.float32(rng.uniform(10.0, 20.0))
     ct += sigma_ct * rng.standard_normal(shape, dtype=np.float32)

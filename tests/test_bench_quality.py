@@ -1,0 +1,176 @@
+"""The translation-quality benchmark (benchmarks/bench_quality.py) as a test: a --tiny run end to end."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+from medcyclegan.metrics import TISSUE_CLASSES
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "benchmarks" / "bench_quality.py"
+METRIC_KEYS = ("mae", "psnr", "ssim", *(f"mae_{name}" for name in TISSUE_CLASSES))
+
+
+def load_bench() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("bench_quality", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+bench = load_bench()
+
+
+def run_bench(*args: object) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), *map(str, args)], capture_output=True, text=True, env=env, timeout=120
+    )
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.CompletedProcess, dict[str, Any]]:
+    """One --tiny run: both datasets (lung1 when the real scan is here), two recipes, two seeds."""
+    out = tmp_path_factory.mktemp("bench") / "quality.json"
+    datasets = "phantom,lung1" if bench.DEFAULT_LUNG1.is_file() else "phantom"
+    result = run_bench(
+        "--tiny", "--seeds", "0,1", "--datasets", datasets, "--recipe", "wide=model.ngf=6", "--out-json", out
+    )
+    assert result.returncode == 0, result.stderr
+    return result, json.loads(out.read_text())
+
+
+def test_prints_one_table_per_dataset_with_every_recipe_and_seed(tiny_run: tuple) -> None:
+    result, report = tiny_run
+    for name in report["datasets"]:
+        assert f"### {name}" in result.stdout
+    header = next(line for line in result.stdout.splitlines() if line.startswith("| recipe"))
+    for title in (
+        "MAE [HU]",
+        "PSNR [dB]",
+        "SSIM",
+        "MAE air/lung",
+        "MAE soft",
+        "MAE bone",
+        "train [s]",
+        "steps",
+    ):
+        assert title in header
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| baseline | 0 ")]
+    assert len(rows) == len(report["datasets"])
+    assert result.stdout.count("| **wide** | mean ± std |") == len(report["datasets"])
+    assert report["command"] in result.stdout
+
+
+def test_json_holds_every_run_with_metrics_per_tissue_and_the_settings(tiny_run: tuple) -> None:
+    _, report = tiny_run
+    assert report["command"].startswith("python ") and "--tiny" in report["command"]
+    assert report["seeds"] == [0, 1] and report["budget"] == {"steps": bench.TINY_STEPS, "minutes": None}
+    assert report["recipes"] == {"baseline": {}, "wide": {"model.ngf": 6}}
+    assert report["tissue_edges_hu"] == [-400.0, 250.0] and "synthrad_body_mask" in report["body_mask"]
+    assert report["machine"]["torch_threads"] == 1
+    for data in report["datasets"].values():
+        runs = data["runs"]
+        assert [(r["recipe"], r["seed"]) for r in runs] == [
+            ("baseline", 0),
+            ("baseline", 1),
+            ("wide", 0),
+            ("wide", 1),
+        ]
+        for run in runs:
+            assert run["steps"] == bench.TINY_STEPS and run["stopped_by"] == "steps"  # the budget, exactly
+            assert all(isinstance(run[key], float) for key in METRIC_KEYS)
+            assert run["train_seconds"] > 0 and run["cases"]
+            for case in run["cases"].values():
+                assert set(METRIC_KEYS) <= set(case)
+        for recipe in ("baseline", "wide"):
+            stats = data["summary"][recipe]["mae"]
+            values = [r["mae"] for r in runs if r["recipe"] == recipe]
+            assert stats["mean"] == pytest.approx(sum(values) / 2)
+            assert stats["std"] == pytest.approx(abs(values[0] - values[1]) / 2**0.5)
+        # The seed is the training's: two seeds, two different models.
+        assert runs[0]["mae"] != runs[1]["mae"]
+
+
+def test_lung1_blocks_are_disjoint_and_the_test_block_is_held_out(tiny_run: tuple) -> None:
+    _, report = tiny_run
+    if "lung1" not in report["datasets"]:
+        pytest.skip("the real scan lung1_image.nrrd is not here")
+    split = report["datasets"]["lung1"]["description"]
+    slices = [
+        set(range(*block))
+        for block in (split["test_block"], *split["mr_train_blocks"], *split["ct_train_blocks"])
+    ]
+    assert sum(map(len, slices)) == len(set().union(*slices))  # disjoint
+    assert split["mr_train_blocks"] and split["ct_train_blocks"]
+
+
+@pytest.mark.parametrize(("n_slices", "block"), [(48, 6), (24, 4), (10, 1), (30, 7)])
+def test_block_split_covers_every_slice_once(n_slices: int, block: int) -> None:
+    test, mr, ct = bench.lung1_blocks(n_slices, block)
+    covered = [z for z0, z1 in (test, *mr, *ct) for z in range(z0, z1)]
+    assert sorted(covered) == list(range(n_slices))
+    assert test[1] - test[0] >= bench.MIN_TEST_SLICES and mr and ct
+
+
+def test_budget_minutes_stops_a_run_early(tmp_path: Path) -> None:
+    out = tmp_path / "quality.json"
+    result = run_bench(
+        "--tiny", "--datasets", "phantom", "--seeds", "0", "--budget-steps", "100000", "--budget-minutes", "0.001",
+        "--out-json", out,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    (run,) = json.loads(out.read_text())["datasets"]["phantom"]["runs"]
+    assert run["stopped_by"] == "minutes" and 1 <= run["steps"] < 100000
+
+
+def test_recipes_parse_with_commas_inside_values() -> None:
+    recipe = bench.parse_recipe("win=data.ct_window=[-1000,2000],model.ngf=32, loss.mask_loss=true")
+    assert recipe.name == "win"
+    assert recipe.overrides == {"data.ct_window": [-1000, 2000], "model.ngf": 32, "loss.mask_loss": True}
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--recipe", "nokeys"], "expected NAME="),
+        (["--recipe", "baseline=model.ngf=8"], "built in"),
+        (["--recipe", "a=optim.n_steps=5"], "set by the benchmark"),
+        (["--recipe", "a=model.ngf=8", "--recipe", "a=model.ngf=4"], "share a name"),
+        (["--seeds", "0,0"], "distinct"),
+        (["--tissue-edges", "300,100"], "increasing"),
+        (["--datasets", "brain"], "unknown brain"),
+        (["--budget-steps", "0"], "budget-steps"),
+        (["--datasets", "lung1", "--lung1", "/nonexistent/ct.nrrd"], "not found"),
+        (["--recipe", "x=model.no_such_key=1"], "model.no_such_key"),
+        (["--recipe", "x=model.ngf=-3"], "model.ngf"),
+        (["--config", "no-such-config"], "no-such-config"),
+    ],
+)
+def test_bad_arguments_are_one_line_and_exit_2(
+    args: list[str], message: str, capsys: pytest.CaptureFixture
+) -> None:
+    assert bench.main(["--tiny", *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_an_unwritable_json_is_refused_before_any_training(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    assert bench.main(["--tiny", "--datasets", "phantom", "--out-json", str(blocker / "q.json")]) == 2
+    err = capsys.readouterr().err
+    assert "--out-json" in err and "training" not in err and len(err.strip().splitlines()) == 1
