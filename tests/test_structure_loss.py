@@ -7,12 +7,13 @@ tested against their definitions; the CycleGAN adds them as ``struct_A`` / ``str
 from __future__ import annotations
 
 import csv
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from tiny import TrainedRun, files, one_error_line, tiny_config
+from tiny import SESSION_RUN, TrainedRun, files, one_error_line, tiny_config
 
 from medcyclegan.config import STRUCTURE_LOSSES, load_config
 from medcyclegan.errors import ConfigError
@@ -232,3 +233,38 @@ def test_the_structure_columns_are_zero_when_off(trained_run: TrainedRun) -> Non
     with open(trained_run.run / "metrics.csv") as handle:
         rows = list(csv.DictReader(handle))
     assert rows and all(float(r["struct_A"]) == 0.0 == float(r["struct_B"]) for r in rows)
+
+
+def test_gradient_correlation_is_sign_sensitive_and_mind_is_not() -> None:
+    # Why MIND is the default: with the ring's edges inverted (bone dark in MR, bright in CT), GC
+    # cannot tell the right structure from a moved one, while MIND can.
+    labels = regions()
+    mr_like = paint(labels, (-1.0, 0.6, -0.8, 0.2))
+    ct_like = paint(labels, (-1.0, 0.1, 0.9, -0.3))
+    shifted = torch.roll(ct_like, shifts=(3, 2), dims=(-2, -1))
+    assert gradient_correlation_loss(mr_like, ct_like) > 0.8 * gradient_correlation_loss(mr_like, shifted)
+    assert mind_loss(mr_like, ct_like) < 0.2 * mind_loss(mr_like, shifted)
+
+
+def test_resuming_a_run_logged_without_the_structure_columns(trained_run: TrainedRun, tmp_path: Path) -> None:
+    # A run folder of an earlier version: metrics.csv without struct_A / struct_B.
+    run = tmp_path / "run"
+    shutil.copytree(trained_run.run, run)
+    log = run / "metrics.csv"
+    with open(log) as handle:
+        old = [{k: v for k, v in r.items() if not k.startswith("struct_")} for r in csv.DictReader(handle)]
+    log.write_text(",".join(old[0]) + "\n" + "".join(",".join(r.values()) + "\n" for r in old))
+    cfg = load_config(None, {**SESSION_RUN, "train.max_steps": 2})
+    resumed = Trainer(
+        cfg,
+        run,
+        files(trained_run.mr),
+        files(trained_run.ct),
+        resume=run / "checkpoints" / "last.pt",
+        show_progress=False,
+    )
+    assert resumed.fit().step == 2
+    with open(log) as handle:
+        rows = list(csv.DictReader(handle))
+    assert [int(r["step"]) for r in rows] == [1, 2]
+    assert rows[0]["struct_A"] == "" and float(rows[1]["struct_A"]) == 0.0
