@@ -367,7 +367,11 @@ def mind_descriptor(
         )
     if patch not in MIND_PATCHES:
         raise ValueError(f"mind_descriptor: patch must be one of {', '.join(MIND_PATCHES)}; got {patch!r}")
-    if patch == "gaussian" and not (isinstance(sigma, (int, float)) and math.isfinite(sigma) and sigma > 0):
+    if patch == "gaussian" and (
+        isinstance(sigma, bool)
+        or not isinstance(sigma, (int, float))
+        or not (math.isfinite(sigma) and sigma > 0)
+    ):
         raise ValueError(f"mind_descriptor: sigma must be a number > 0 pixels; got {sigma!r}")
     if patch == "box" and (
         isinstance(patch_size, bool)
@@ -443,9 +447,10 @@ def gradient_correlation_loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
     It is sign-sensitive, as the paper defines it: an edge whose contrast is inverted between MR and
     CT (cortical bone is dark in T1 MR and bright in CT while air is dark in both) costs, and a
-    global absolute value of NCC would not help, since one slice holds edges of both kinds. For such
-    contrasts MIND (:func:`mind_loss`, sign-invariant at every pixel) is the structure loss to use;
-    this one suits contrasts whose edges keep their sign (Hiasa et al.: MR to CT of the thigh muscles).
+    global absolute value of NCC would not help, since one slice holds edges of both kinds (hence no
+    such option). MIND (:func:`mind_loss`) is sign-invariant at every pixel but sees the MR's noise
+    in flat regions as structure; which of the two helps a given contrast is for the quality
+    benchmark to say.
 
     Args:
         x: (N, C, H, W) image.
