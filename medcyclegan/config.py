@@ -35,6 +35,8 @@ MODEL_KINDS = ("cyclegan",)
 GENERATORS = ("resnet", "resnet-attention")  # the classes: medcyclegan.nets, in this order
 UPSAMPLE_MODES = ("transpose", "resize")
 GAN_MODES = ("lsgan", "vanilla", "hinge")
+# Structure-consistency losses between a generator's input and its translation (losses.structure_loss).
+STRUCTURE_LOSSES = ("mind", "gradient-correlation")
 MASK_METHODS = ("auto", "otsu", "threshold")
 AMP_MODES = ("auto", "bf16", "off")
 BEST_MODES = ("max", "min")
@@ -234,6 +236,10 @@ class LossConfig:
         background_weight: weight of background voxels in the masked L1 (0 ignores air entirely).
         lambda_mask: weight of the background / outline preservation loss (0 switches it off).
         lambda_attention: weight of the sparsity / smoothness regulariser of the attention mask.
+        structure: structure-consistency loss between each generator's input and its translation:
+            ``"mind"`` (MIND descriptors, Heinrich et al. 2012, as in Yang et al. 2018; invariant to
+            inverted contrast) or ``"gradient-correlation"`` (Hiasa et al. 2018; sign-sensitive).
+        lambda_structure: weight of that loss in each direction (0 switches it off).
     """
 
     gan_mode: str = "lsgan"
@@ -243,16 +249,20 @@ class LossConfig:
     background_weight: float = 0.1
     lambda_mask: float = 0.0
     lambda_attention: float = 0.01
+    structure: str = "mind"
+    lambda_structure: float = 0.0
 
     def validate(self) -> None:
         _check_finite("loss", self)
         _check_choice("loss", "gan_mode", self.gan_mode, GAN_MODES)
+        _check_choice("loss", "structure", self.structure, STRUCTURE_LOSSES)
         for name in (
             "lambda_cycle",
             "lambda_identity",
             "background_weight",
             "lambda_mask",
             "lambda_attention",
+            "lambda_structure",
         ):
             _check_positive("loss", name, getattr(self, name), allow_zero=True)
 

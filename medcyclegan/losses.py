@@ -1,4 +1,4 @@
-"""Loss functions of CycleGAN training: adversarial, L1 (plain and masked), outline, attention.
+"""Loss functions of CycleGAN training: adversarial, L1 (plain and masked), outline, attention, structure.
 
 All losses return 0-d float32 tensors and compute in float32 even inside a bf16 autocast region
 (the inputs are cast up and autocast is switched off for the reduction), so that small differences
@@ -11,11 +11,14 @@ the image shows; they broadcast over the image's channels.
 from __future__ import annotations
 
 import contextlib
+import math
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from medcyclegan.config import GAN_MODES
+from medcyclegan.config import GAN_MODES, STRUCTURE_LOSSES
 from medcyclegan.data.normalise import AIR_NORMALISED
 from medcyclegan.errors import ConfigError
 
@@ -259,3 +262,226 @@ def attention_regulariser(attention: torch.Tensor) -> torch.Tensor:
         if m.shape[-1] > 1:
             total_variation = total_variation + (m[..., :, 1:] - m[..., :, :-1]).abs().mean()
         return sparsity + total_variation
+
+
+# ------------------------------------------------------------------ structure consistency
+# Unit offsets of the 2D neighbourhoods of MIND, (dy, dx), scaled by the radius.
+_FOUR_NEIGHBOURS = ((0, 1), (1, 0), (0, -1), (-1, 0))
+_EIGHT_NEIGHBOURS = (*_FOUR_NEIGHBOURS, (1, 1), (1, -1), (-1, 1), (-1, -1))
+MIND_NEIGHBOURHOODS = ("four", "eight")
+MIND_PATCHES = ("gaussian", "box")
+# Heinrich's bounds on the local variance V, relative to its image mean, so that flat regions (V
+# near 0) and very strong edges (V huge) do not dominate: V is clamped to [1e-3, 1e3] * mean(V).
+_MIND_VARIANCE_RANGE = (1e-3, 1e3)
+# Floor of V for a constant image (mean(V) = 0): MIND is then 1 everywhere, not 0/0.
+_MIND_VARIANCE_FLOOR = 1e-12
+
+
+def _check_images(x: torch.Tensor, y: torch.Tensor, what: str) -> None:
+    if x.ndim != 4 or x.shape != y.shape:
+        raise ValueError(
+            f"{what}: expected two (N, C, H, W) images of one shape; got {tuple(x.shape)} and {tuple(y.shape)}"
+        )
+
+
+def _patch_kernel(patch: str, sigma: float, patch_size: int, device: torch.device) -> torch.Tensor:
+    """The (k, k) patch weights C(p), summing to 1: a Gaussian truncated at 3 sigma, or a box."""
+    if patch == "gaussian":
+        half = max(1, math.ceil(3.0 * sigma))
+        offsets = torch.arange(-half, half + 1, dtype=torch.float32, device=device)
+        line = torch.exp(-(offsets**2) / (2.0 * sigma**2))
+        kernel = line[:, None] * line[None, :]
+    else:
+        kernel = torch.ones(patch_size, patch_size, dtype=torch.float32, device=device)
+    return kernel / kernel.sum()
+
+
+def _shift(image: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
+    """``out[y, x] = image[y + dy, x + dx]``, the border replicated beyond the image."""
+    pad = max(abs(dy), abs(dx))
+    padded = F.pad(image, (pad, pad, pad, pad), mode="replicate")
+    h, w = image.shape[-2:]
+    return padded[..., pad + dy : pad + dy + h, pad + dx : pad + dx + w]
+
+
+def mind_descriptor(
+    image: torch.Tensor,
+    *,
+    radius: int = 1,
+    neighbourhood: str = "four",
+    patch: str = "gaussian",
+    sigma: float = 0.5,
+    patch_size: int = 3,
+) -> torch.Tensor:
+    """MIND, the modality independent neighbourhood descriptor (Heinrich et al. 2012), in 2D.
+
+    For every pixel x and every offset r of the neighbourhood R (the 4-neighbourhood ``(0, ±d)``,
+    ``(±d, 0)`` at distance ``d = radius``; ``"eight"`` adds the diagonals ``(±d, ±d)``, as the 2D
+    slice form of Yang et al. 2018, "Unpaired brain MR-to-CT synthesis using a structure-constrained
+    CycleGAN"):
+
+    - ``D_p(I, x, r) = sum_p C(p) * (I(x + p) - I(x + r + p))^2``, the patch distance: the squared
+      difference image of I and I shifted by r, filtered by the patch weights C (a Gaussian of
+      standard deviation ``sigma`` truncated at ``ceil(3 sigma)`` pixels, or a ``patch_size`` box;
+      both sum to 1);
+    - ``V(I, x) = mean_{r in R} D_p(I, x, r)``, the local variance estimate, clamped to
+      ``[1e-3, 1e3] * mean_x V`` (the mean over the pixels of that image and channel; Heinrich's
+      reference implementation), then to at least 1e-12 (a constant image);
+    - ``MIND(I, x, r) = exp(-D_p(I, x, r) / V(I, x)) / n(x)`` with ``n(x) = max_r exp(-D_p / V)``, so
+      that the largest entry of every pixel's descriptor is 1 (computed as
+      ``exp(-(D_p - min_r D_p) / V)``, the same value without underflow).
+
+    Pixels beyond the border are the border's (replicate padding), for the shifts and the patch
+    filter. Every channel (each slice of a 2.5D context stack) is described on its own.
+
+    Since ``D_p`` and ``V`` both scale with ``a^2``, MIND of ``a * I + b`` equals MIND of ``I`` for
+    every ``a != 0``: it describes where the edges are, not their sign or contrast, which is what
+    makes it a structure loss between MR and CT (bone is dark in T1 MR and bright in CT).
+
+    Defaults: ``radius`` 1 with the 4-neighbourhood (the 2D counterpart of Heinrich's
+    six-neighbourhood) and a Gaussian patch of ``sigma`` 0.5 (Heinrich et al. 2012's choice; a 5 x 5
+    kernel whose outer ring weighs 3e-4 of its centre); MONAI 1.6 has no MIND or structure-descriptor loss
+    (``monai.losses`` has local NCC and mutual information only), hence this implementation.
+
+    Args:
+        image: (N, C, H, W) image (any intensity range; computed in float32).
+        radius: distance d of the neighbours, pixels, >= 1.
+        neighbourhood: ``"four"`` or ``"eight"``.
+        patch: ``"gaussian"`` (weights of ``sigma``) or ``"box"`` (a ``patch_size`` square).
+        sigma: standard deviation of the Gaussian patch, pixels, > 0.
+        patch_size: side of the box patch, an odd number of pixels >= 1.
+
+    Returns:
+        (N, C, |R|, H, W) float32 descriptor in (0, 1], max 1 over the ``|R|`` axis.
+
+    Raises:
+        ValueError: for a non-4D image or a bad parameter.
+    """
+    if image.ndim != 4:
+        raise ValueError(f"mind_descriptor: expected an (N, C, H, W) image; got shape {tuple(image.shape)}")
+    if isinstance(radius, bool) or not isinstance(radius, int) or radius < 1:
+        raise ValueError(f"mind_descriptor: radius must be an integer >= 1 pixels; got {radius!r}")
+    if neighbourhood not in MIND_NEIGHBOURHOODS:
+        raise ValueError(
+            f"mind_descriptor: neighbourhood must be one of {', '.join(MIND_NEIGHBOURHOODS)}; got {neighbourhood!r}"
+        )
+    if patch not in MIND_PATCHES:
+        raise ValueError(f"mind_descriptor: patch must be one of {', '.join(MIND_PATCHES)}; got {patch!r}")
+    if patch == "gaussian" and (
+        isinstance(sigma, bool)
+        or not isinstance(sigma, (int, float))
+        or not (math.isfinite(sigma) and sigma > 0)
+    ):
+        raise ValueError(f"mind_descriptor: sigma must be a number > 0 pixels; got {sigma!r}")
+    if patch == "box" and (
+        isinstance(patch_size, bool)
+        or not isinstance(patch_size, int)
+        or patch_size < 1
+        or patch_size % 2 == 0
+    ):
+        raise ValueError(f"mind_descriptor: patch_size must be an odd integer >= 1; got {patch_size!r}")
+    offsets = _FOUR_NEIGHBOURS if neighbourhood == "four" else _EIGHT_NEIGHBOURS
+    with _no_autocast(image.device):
+        img = image.float()
+        n, c, h, w = img.shape
+        kernel = _patch_kernel(patch, float(sigma), patch_size, img.device)
+        half = kernel.shape[-1] // 2
+        # Channels and neighbours folded into the batch, so that one 1-channel filter serves them all.
+        squared = torch.stack(
+            [(img - _shift(img, dy * radius, dx * radius)) ** 2 for dy, dx in offsets], dim=2
+        )
+        flat = squared.reshape(-1, 1, h, w)
+        flat = F.pad(flat, (half, half, half, half), mode="replicate")
+        distance = F.conv2d(flat, kernel[None, None]).reshape(n, c, len(offsets), h, w)
+        variance = distance.mean(dim=2, keepdim=True)
+        mean_variance = variance.mean(dim=(-2, -1), keepdim=True)
+        low, high = _MIND_VARIANCE_RANGE
+        variance = torch.minimum(torch.maximum(variance, low * mean_variance), high * mean_variance)
+        variance = variance.clamp_min(_MIND_VARIANCE_FLOOR)
+        nearest = distance.min(dim=2, keepdim=True).values
+        return torch.exp(-(distance - nearest) / variance)
+
+
+def mind_loss(x: torch.Tensor, y: torch.Tensor, **descriptor: Any) -> torch.Tensor:
+    """Structure loss of Yang et al. 2018: ``mean |MIND(x) - MIND(y)|`` over pixels, neighbours, channels.
+
+    0 for images with the same edges whatever their contrast (``y = a * x + b``, ``a != 0``); used
+    between a generator's input and its translation (``loss.structure: mind``).
+
+    Args:
+        x: (N, C, H, W) image.
+        y: (N, C, H, W) image of the same shape (every channel compared with its own).
+        **descriptor: parameters of :func:`mind_descriptor` (``radius``, ``neighbourhood``, ...).
+
+    Returns:
+        0-d float32 tensor in [0, 1).
+    """
+    _check_images(x, y, "mind_loss")
+    with _no_autocast(x.device):
+        return (mind_descriptor(x, **descriptor) - mind_descriptor(y, **descriptor)).abs().mean()
+
+
+# Sobel derivative filters (d/dx along W, d/dy along H), as in Hiasa et al.'s gradient correlation.
+_SOBEL_X = ((-1.0, 0.0, 1.0), (-2.0, 0.0, 2.0), (-1.0, 0.0, 1.0))
+# NCC's denominator floor: a flat gradient image (no edges at all) has NCC 0, not 0/0.
+_NCC_FLOOR = 1e-12
+
+
+def _normalised_cross_correlation(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """NCC over H, W of every (n, c): ``sum(a' b') / sqrt(sum a'^2 * sum b'^2)``, a' = a - mean a."""
+    a = a - a.mean(dim=(-2, -1), keepdim=True)
+    b = b - b.mean(dim=(-2, -1), keepdim=True)
+    numerator = (a * b).sum(dim=(-2, -1))
+    denominator = ((a * a).sum(dim=(-2, -1)) * (b * b).sum(dim=(-2, -1))).clamp_min(_NCC_FLOOR).sqrt()
+    return numerator / denominator
+
+
+def gradient_correlation_loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Gradient consistency loss of Hiasa et al. 2018: ``1 - GC(x, y)``, averaged over images and channels.
+
+    ``GC = 0.5 * (NCC(dx/du, dy/du) + NCC(dx/dv, dy/dv))`` per image and channel, with the
+    derivatives along W (u) and H (v) from Sobel filters on the replicate-padded image and NCC the
+    plain normalised cross-correlation over the slice (Penney et al. 1998, as Hiasa et al. use it).
+    The loss is 0 for ``y = a * x + b`` with ``a > 0``, 2 for ``a < 0``, and 1 when either image has
+    no edges at all.
+
+    It is sign-sensitive, as the paper defines it: an edge whose contrast is inverted between MR and
+    CT (cortical bone is dark in T1 MR and bright in CT while air is dark in both) costs, and a
+    global absolute value of NCC would not help, since one slice holds edges of both kinds (hence no
+    such option). MIND (:func:`mind_loss`) is sign-invariant at every pixel but sees the MR's noise
+    in flat regions as structure; which of the two helps a given contrast is for the quality
+    benchmark to say.
+
+    Args:
+        x: (N, C, H, W) image.
+        y: (N, C, H, W) image of the same shape (every channel compared with its own).
+
+    Returns:
+        0-d float32 tensor in [0, 2].
+    """
+    _check_images(x, y, "gradient_correlation_loss")
+    with _no_autocast(x.device):
+        sobel_x = torch.tensor(_SOBEL_X, dtype=torch.float32, device=x.device)
+        kernels = torch.stack([sobel_x, sobel_x.T])[:, None]  # (2, 1, 3, 3): d/du, d/dv
+
+        def gradients(image: torch.Tensor) -> torch.Tensor:
+            n, c, h, w = image.shape
+            flat = F.pad(image.float().reshape(n * c, 1, h, w), (1, 1, 1, 1), mode="replicate")
+            return F.conv2d(flat, kernels).reshape(n, c, 2, h, w)
+
+        correlation = _normalised_cross_correlation(gradients(x), gradients(y))  # (N, C, 2)
+        return 1.0 - correlation.mean()
+
+
+STRUCTURE_LOSS_FUNCTIONS = {"mind": mind_loss, "gradient-correlation": gradient_correlation_loss}
+
+
+def structure_loss(name: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The structure-consistency loss ``loss.structure`` names (one of ``STRUCTURE_LOSSES``).
+
+    Raises:
+        ConfigError: for an unknown name.
+    """
+    if name not in STRUCTURE_LOSSES:
+        raise ConfigError(f"loss.structure must be one of {', '.join(STRUCTURE_LOSSES)}; got {name!r}")
+    return STRUCTURE_LOSS_FUNCTIONS[name]

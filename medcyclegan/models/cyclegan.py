@@ -27,7 +27,14 @@ from torch import nn
 from medcyclegan.checkpoint import load_state_strict
 from medcyclegan.config import Config
 from medcyclegan.inference import forward_with_attention
-from medcyclegan.losses import AdversarialLoss, attention_regulariser, l1_loss, masked_l1, outline_loss
+from medcyclegan.losses import (
+    AdversarialLoss,
+    attention_regulariser,
+    l1_loss,
+    masked_l1,
+    outline_loss,
+    structure_loss,
+)
 from medcyclegan.models.base import Batch, Direction, LrRule, TranslationModel
 from medcyclegan.models.pool import ImagePool
 from medcyclegan.models.registry import register_model
@@ -50,6 +57,8 @@ LOSS_COLUMNS = (
     "mask_A",
     "mask_B",
     "attention",
+    "struct_A",
+    "struct_B",
 )
 
 
@@ -255,6 +264,13 @@ class CycleGAN(TranslationModel):
                 ) * cfg.lambda_attention
             else:
                 losses["attention"] = zero
+            if cfg.lambda_structure > 0:
+                # Each translation keeps its input's structure (edges where the input has edges).
+                structure = structure_loss(cfg.structure)
+                losses["struct_A"] = structure(real_a, fake_b) * cfg.lambda_structure
+                losses["struct_B"] = structure(real_b, fake_a) * cfg.lambda_structure
+            else:
+                losses["struct_A"] = losses["struct_B"] = zero
             loss_g = sum(losses[k] for k in LOSS_COLUMNS if k in losses)
         losses["loss_G"] = loss_g
         self.opt_G.zero_grad(set_to_none=True)
