@@ -2,9 +2,10 @@
 
 A checkpoint is a plain dictionary of tensors, numbers, strings, lists and dicts written with
 ``torch.save`` to a temporary file and renamed, and read back with ``torch.load(weights_only=True)``
-so that a malicious or foreign file can never execute code. It holds the four networks, both
-optimisers and schedulers, the AMP scaler state, both image pools, the random generator states, the
-epoch and step counters, the best validation value and the fully resolved config (YAML text).
+so that a malicious or foreign file can never execute code. It holds the four networks (and the
+generators' weight averages with ``model.ema_decay``), both optimisers and schedulers, the AMP
+scaler state, both image pools, the random generator states, the epoch and step counters, the best
+validation value and the fully resolved config (YAML text).
 """
 
 from __future__ import annotations

@@ -442,11 +442,15 @@ def info(
         ),
         (
             "generator",
-            f"{gen['type']} ngf {gen['ngf']}, {gen['n_blocks']} blocks, {gen['upsample']}: {gen['parameters']:,} parameters",
+            f"{gen['type']} ngf {gen['ngf']}, {gen['n_blocks']} blocks, {gen['upsample']}: {gen['parameters']:,} parameters"
+            + (f", EMA {gen['ema_decay']}" if gen["ema_decay"] else ", no EMA"),
         ),
         (
             "discriminator",
-            f"PatchGAN ndf {disc['ndf']}, {disc['n_layers']} layers: {disc['parameters']:,} parameters",
+            f"PatchGAN ndf {disc['ndf']}, {disc['n_layers']} layers"
+            + (", spectral norm" if disc["spectral_norm"] else "")
+            + (f", {disc['n_scales']} scales" if disc["n_scales"] > 1 else "")
+            + f": {disc['parameters']:,} parameters",
         ),
         ("input channels", str(nets["in_channels"])),
         (

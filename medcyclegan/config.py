@@ -50,6 +50,7 @@ MAX_FILTERS = 1024
 MAX_BLOCKS = 64
 MAX_WORKERS = 256
 MAX_STEPS_PER_EPOCH = 1_000_000  # an epoch's batch list is built up front
+MAX_DISCRIMINATOR_SCALES = 8  # pix2pixHD uses 2 or 3; each scale halves the side
 
 
 def _check_choice(section: str, name: str, value: Any, choices: tuple[str, ...]) -> None:
@@ -198,6 +199,15 @@ class ModelConfig:
         ndf: filters of the discriminator's first layer (C64 at ndf 64).
         n_layers_d: strided layers of the PatchGAN (3 gives the 70x70 PatchGAN).
         init_gain: standard deviation of the normal(0, gain) weight initialisation.
+        ema_decay: decay of an exponential moving average of the generator weights, updated after
+            every generator step (:mod:`medcyclegan.models.ema`, with TensorFlow's warm-up
+            ``min(decay, (1 + n) / (10 + n))``); validation, samples and conversion then use the
+            average. 0 (the default) keeps no average; e.g. 0.999.
+        spectral_norm_d: spectral normalisation on every convolution of the discriminators (Miyato
+            et al. 2018), which then have no InstanceNorm layers.
+        n_scales_d: discriminators per domain at 1, 1/2, 1/4 ... of the resolution (pix2pixHD's
+            multi-scale PatchGAN, Wang et al. 2018); the adversarial loss is their mean. 1 is the
+            single PatchGAN of the reference.
     """
 
     kind: str = "cyclegan"
@@ -208,6 +218,9 @@ class ModelConfig:
     ndf: int = 64
     n_layers_d: int = 3
     init_gain: float = 0.02
+    ema_decay: float = 0.0
+    spectral_norm_d: bool = False
+    n_scales_d: int = 1
 
     def validate(self) -> None:
         _check_finite("model", self)
@@ -221,6 +234,10 @@ class ModelConfig:
         _check_positive("model", "n_blocks", self.n_blocks, allow_zero=True)
         _check_at_most("model", "n_blocks", self.n_blocks, MAX_BLOCKS)
         _check_positive("model", "init_gain", self.init_gain)
+        if not 0 <= self.ema_decay < 1:
+            raise ConfigError(f"model.ema_decay must be in [0, 1) (0 keeps no average); got {self.ema_decay}")
+        _check_positive("model", "n_scales_d", self.n_scales_d)
+        _check_at_most("model", "n_scales_d", self.n_scales_d, MAX_DISCRIMINATOR_SCALES)
 
 
 @dataclass
@@ -272,7 +289,9 @@ class OptimConfig:
     """Optimisation, as in the reference unless changed.
 
     Attributes:
-        lr: Adam learning rate of G and D.
+        lr: Adam learning rate of G (and of D unless ``lr_d`` is given).
+        lr_d: Adam learning rate of the discriminators; ``None`` uses ``lr`` (the reference). The
+            schedule scales both alike.
         beta1: Adam beta1.
         beta2: Adam beta2.
         batch_size: slices per step.
@@ -289,6 +308,7 @@ class OptimConfig:
     """
 
     lr: float = 2e-4
+    lr_d: float | None = None
     beta1: float = 0.5
     beta2: float = 0.999
     batch_size: int = 1
@@ -301,6 +321,8 @@ class OptimConfig:
     def validate(self) -> None:
         _check_finite("optim", self)
         _check_positive("optim", "lr", self.lr)
+        if self.lr_d is not None:
+            _check_positive("optim", "lr_d", self.lr_d)
         for name in ("beta1", "beta2"):
             value = getattr(self, name)
             if not 0 <= value < 1:
@@ -597,7 +619,8 @@ class Config:
 
         size = self.data.image_size
         multiple = generator_stride_multiple(self.model.generator)
-        smallest = discriminator_min_size(self.model.n_layers_d)
+        n_layers, n_scales = self.model.n_layers_d, self.model.n_scales_d
+        smallest = discriminator_min_size(n_layers, n_scales)
         if size % multiple:
             lower, upper = size - size % multiple, size - size % multiple + multiple
             options = f"{lower} or {upper}" if lower >= max(16, smallest) else str(upper)
@@ -606,9 +629,11 @@ class Config:
                 f"got {size}, use {options}"
             )
         if size < smallest:
+            scales = f" at model.n_scales_d {n_scales}" if n_scales > 1 else ""
+            lower = "n_layers_d or n_scales_d" if n_scales > 1 else "n_layers_d"
             raise ConfigError(
-                f"data.image_size {size} is too small for model.n_layers_d {self.model.n_layers_d}: "
-                f"the discriminator needs at least {smallest} pixels (raise the size or lower n_layers_d)"
+                f"data.image_size {size} is too small for model.n_layers_d {n_layers}{scales}: "
+                f"the discriminator needs at least {smallest} pixels (raise the size or lower {lower})"
             )
 
     def to_dict(self) -> dict[str, Any]:

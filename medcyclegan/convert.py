@@ -137,7 +137,8 @@ def load_model(model: str | Path | None, *, to: str | None = None, device: str =
         raise CheckpointError(
             f"this {cfg.model.kind} model translates only {src} -> {tgt}; it cannot produce {to!r}", path
         )
-    key = model_type.translator_key(direction)
+    # The translator's own weights, or their average when the run kept one (model.ema_decay).
+    key = model_type.translator_state_key(cfg, direction)
     source = src if direction == "AB" else tgt
     state = data.get(key)
     if not isinstance(state, dict):

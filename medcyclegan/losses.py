@@ -43,7 +43,8 @@ class AdversarialLoss:
         - ``"hinge"``: ``D: 0.5 * (mean(relu(1 - real)) + mean(relu(1 + fake)))``, ``G: -mean(fake)``.
 
     The discriminator loss is halved in every mode, as the reference does, so that D learns at half
-    the rate of G.
+    the rate of G. A multi-scale discriminator (:class:`~medcyclegan.nets.MultiScalePatchGAN`) gives
+    a list of logits, one per scale: the loss is then the mean of the per-scale losses (pix2pixHD).
 
     Args:
         mode: ``"lsgan"``, ``"vanilla"`` or ``"hinge"``.
@@ -65,15 +66,17 @@ class AdversarialLoss:
     def __repr__(self) -> str:
         return f"AdversarialLoss(mode={self.mode!r})"
 
-    def generator_loss(self, fake_logits: torch.Tensor) -> torch.Tensor:
+    def generator_loss(self, fake_logits: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
         """Loss of the generator: the discriminator should call its outputs real.
 
         Args:
-            fake_logits: discriminator logits on generated images.
+            fake_logits: discriminator logits on generated images (or a list of them, one per scale).
 
         Returns:
             0-d float32 tensor.
         """
+        if isinstance(fake_logits, list):
+            return torch.stack([self.generator_loss(fake) for fake in fake_logits]).mean()
         with _no_autocast(fake_logits.device):
             fake = fake_logits.float()
             if self.mode == "lsgan":
@@ -82,16 +85,21 @@ class AdversarialLoss:
                 return F.binary_cross_entropy_with_logits(fake, torch.ones_like(fake))
             return -fake.mean()
 
-    def discriminator_loss(self, real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
+    def discriminator_loss(
+        self, real_logits: torch.Tensor | list[torch.Tensor], fake_logits: torch.Tensor | list[torch.Tensor]
+    ) -> torch.Tensor:
         """Loss of the discriminator, already multiplied by 0.5.
 
         Args:
-            real_logits: discriminator logits on real images.
-            fake_logits: discriminator logits on generated (pooled, detached) images.
+            real_logits: discriminator logits on real images (or a list of them, one per scale).
+            fake_logits: discriminator logits on generated (pooled, detached) images, alike.
 
         Returns:
             0-d float32 tensor.
         """
+        if isinstance(real_logits, list) and isinstance(fake_logits, list):
+            per_scale = [self.discriminator_loss(r, f) for r, f in zip(real_logits, fake_logits, strict=True)]
+            return torch.stack(per_scale).mean()
         with _no_autocast(real_logits.device):
             real = real_logits.float()
             fake = fake_logits.float()

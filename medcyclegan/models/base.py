@@ -104,6 +104,15 @@ class TranslationModel(abc.ABC):
         """The state key holding the weights of the translator for ``direction``."""
 
     @classmethod
+    def translator_state_key(cls, cfg: Config, direction: Direction) -> str:
+        """The checkpoint key conversion loads the translator for ``direction`` from.
+
+        :meth:`translator_key` unless the run's config (``cfg``, the checkpoint's) has the model keep
+        an average of the translator's weights (CycleGAN's ``model.ema_decay``): then the average's.
+        """
+        return cls.translator_key(direction)
+
+    @classmethod
     @abc.abstractmethod
     def build_networks(cls, cfg: Config) -> dict[str, nn.Module]:
         """Every network, by state key, untrained (``info`` checks a checkpoint's weights with them)."""
@@ -158,7 +167,11 @@ class TranslationModel(abc.ABC):
 
     # ------------------------------------------------------------ translating
     def translator(self, direction: Direction) -> nn.Module:
-        """The plain network translating ``direction`` (validation, samples, export)."""
+        """The plain network translating ``direction`` (validation, samples, export).
+
+        A model that keeps an average of the translator's weights returns the average (the weights
+        of :meth:`translator_state_key`, which conversion loads).
+        """
         if direction not in self.directions:
             raise ValueError(f"{self.kind} translates only {', '.join(self.directions)}; not {direction}")
         return self.networks()[self.translator_key(direction)]

@@ -13,6 +13,12 @@ One step, in the reference's order (its ``forward``, ``backward_G``, ``backward_
        :meth:`CycleGAN.backward_D_basic` for both.
 
 The image pools draw from their own generators, so a resumed run continues exactly.
+
+Options (off by default): ``model.ema_decay`` keeps an exponential moving average of each generator
+(:mod:`medcyclegan.models.ema`), updated after every generator step, stored as ``G_AB_ema`` and
+``G_BA_ema`` (plain generator state dicts) with ``ema_updates``, and used by :meth:`translator` and
+by conversion; ``optim.lr_d`` gives the discriminators their own learning rate;
+``model.spectral_norm_d`` and ``model.n_scales_d`` choose the discriminator (:mod:`medcyclegan.nets`).
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ from medcyclegan.losses import (
     structure_loss,
 )
 from medcyclegan.models.base import Batch, Direction, LrRule, TranslationModel
+from medcyclegan.models.ema import WeightAverage
 from medcyclegan.models.pool import ImagePool
 from medcyclegan.models.registry import register_model
 from medcyclegan.nets import build_discriminator_from_config, build_generator
@@ -60,6 +67,11 @@ LOSS_COLUMNS = (
     "struct_A",
     "struct_B",
 )
+# The checkpoint key of a generator's weight average is the generator's key with this suffix; the
+# average's update count (the same for both generators) is stored under EMA_UPDATES_KEY.
+EMA_SUFFIX = "_ema"
+EMA_UPDATES_KEY = "ema_updates"
+GENERATOR_NAMES = ("G_AB", "G_BA")
 
 
 def set_requires_grad(modules: list[nn.Module], flag: bool) -> None:
@@ -127,8 +139,9 @@ class CycleGAN(TranslationModel):
         self.opt_G = torch.optim.Adam(
             [*self.G_AB.parameters(), *self.G_BA.parameters()], lr=cfg.optim.lr, betas=betas, fused=fused
         )
+        lr_d = cfg.optim.lr if cfg.optim.lr_d is None else cfg.optim.lr_d
         self.opt_D = torch.optim.Adam(
-            [*self.D_A.parameters(), *self.D_B.parameters()], lr=cfg.optim.lr, betas=betas, fused=fused
+            [*self.D_A.parameters(), *self.D_B.parameters()], lr=lr_d, betas=betas, fused=fused
         )
         self.sched_G = torch.optim.lr_scheduler.LambdaLR(self.opt_G, lr_rule)
         self.sched_D = torch.optim.lr_scheduler.LambdaLR(self.opt_D, lr_rule)
@@ -137,6 +150,13 @@ class CycleGAN(TranslationModel):
         self.pool_A = ImagePool(cfg.optim.pool_size, seed=derived_seed(cfg.train.seed, 10, *rank))
         self.pool_B = ImagePool(cfg.optim.pool_size, seed=derived_seed(cfg.train.seed, 11, *rank))
         self.adversarial = AdversarialLoss(cfg.loss.gan_mode)
+        # Copies of the generators as built (same device and layout): no random draw, so the runs
+        # with and without an average start from the same weights.
+        self.averages: dict[str, WeightAverage] = (
+            {name: WeightAverage(self.networks()[name], cfg.model.ema_decay) for name in GENERATOR_NAMES}
+            if cfg.model.ema_decay > 0
+            else {}
+        )
         # Plain until the loop wraps them (after a resume has loaded the weights).
         self._step_G_AB: nn.Module = _GeneratorStep(self.G_AB)
         self._step_G_BA: nn.Module = _GeneratorStep(self.G_BA)
@@ -156,6 +176,11 @@ class CycleGAN(TranslationModel):
         return "G_AB" if direction == "AB" else "G_BA"
 
     @classmethod
+    def translator_state_key(cls, cfg: Config, direction: Direction) -> str:
+        key = cls.translator_key(direction)
+        return key + EMA_SUFFIX if cfg.model.ema_decay > 0 else key
+
+    @classmethod
     def build_networks(cls, cfg: Config) -> dict[str, nn.Module]:
         channels = cfg.data.in_channels
         return {
@@ -167,6 +192,12 @@ class CycleGAN(TranslationModel):
 
     def networks(self) -> dict[str, nn.Module]:
         return {"G_AB": self.G_AB, "G_BA": self.G_BA, "D_A": self.D_A, "D_B": self.D_B}
+
+    def translator(self, direction: Direction) -> nn.Module:
+        """The generator for ``direction``, or its weight average with ``model.ema_decay``."""
+        network = super().translator(direction)
+        average = self.averages.get(self.translator_key(direction))
+        return network if average is None else average.network
 
     def wrap_for_training(self, compile_: bool) -> None:
         """The networks as the step calls them: DDP-wrapped and/or compiled when asked.
@@ -208,6 +239,8 @@ class CycleGAN(TranslationModel):
         """One reference CycleGAN step (forward, backward_G, backward_D_A, backward_D_B)."""
         real_a, real_b, mask_a, mask_b = self._to_device(batch)
         fake_a, fake_b, losses = self.backward_G(real_a, real_b, mask_a, mask_b)
+        for name, average in self.averages.items():
+            average.update(self.networks()[name])
         set_requires_grad([self.D_A, self.D_B], True)
         self.opt_D.zero_grad(set_to_none=True)
         with autocast_context(self.device, self.amp):
@@ -304,7 +337,18 @@ class CycleGAN(TranslationModel):
             "sched_D": self.sched_D.state_dict(),
             "pool_A": self.pool_A.state_dict(),
             "pool_B": self.pool_B.state_dict(),
+            **self._average_state(),
         }
+
+    def _average_state(self) -> dict[str, Any]:
+        """The weight averages' entries of the checkpoint (none without ``model.ema_decay``)."""
+        if not self.averages:
+            return {}
+        state: dict[str, Any] = {
+            name + EMA_SUFFIX: a.network.state_dict() for name, a in self.averages.items()
+        }
+        state[EMA_UPDATES_KEY] = next(iter(self.averages.values())).updates
+        return state
 
     def load_state_dict(self, state: Mapping[str, Any], source: str | Path = "checkpoint") -> None:
         for name, net in self.networks().items():
@@ -315,6 +359,9 @@ class CycleGAN(TranslationModel):
         self.sched_D.load_state_dict(state["sched_D"])
         self.pool_A.load_state_dict(state["pool_A"])
         self.pool_B.load_state_dict(state["pool_B"])
+        for name, average in self.averages.items():
+            load_state_strict(average.network, state[name + EMA_SUFFIX], name + EMA_SUFFIX, source)
+            average.updates = int(state[EMA_UPDATES_KEY])
         for optimizer in (self.opt_G, self.opt_D):
             _match_state_layout(optimizer)
 

@@ -1,4 +1,5 @@
-"""The CycleGAN networks: ResNet generators (plain and attention) and the 70x70 PatchGAN.
+"""The CycleGAN networks: ResNet generators (plain and attention) and the 70x70 PatchGAN (single or
+multi-scale, optionally spectrally normalised).
 
 Build them from a :class:`~medcyclegan.config.ModelConfig`::
 
@@ -23,10 +24,11 @@ from medcyclegan.nets.generator import AttentionResnetGenerator, ResnetGenerator
 from medcyclegan.nets.init import init_weights
 
 if TYPE_CHECKING:
-    from medcyclegan.nets.discriminator import PatchGAN, build_discriminator
+    from medcyclegan.nets.discriminator import MultiScalePatchGAN, PatchGAN, build_discriminator
 
 __all__ = [
     "AttentionResnetGenerator",
+    "MultiScalePatchGAN",
     "PatchGAN",
     "ResnetGenerator",
     "build_discriminator",
@@ -66,15 +68,19 @@ def generator_stride_multiple(name: str) -> int:
     return generator_class(name).stride_multiple
 
 
-def discriminator_min_size(n_layers: int) -> int:
+def discriminator_min_size(n_layers: int, n_scales: int = 1) -> int:
     """Smallest square input (pixels) for which the PatchGAN with ``n_layers`` gives any logits.
 
     Its ``n_layers`` stride-2 4x4 convolutions (padding 1) floor-halve the side, then two stride-1
     4x4 convolutions take 1 pixel each: at least 1 pixel is left when ``side // 2**n_layers >= 3``.
+    With ``n_scales`` (the multi-scale PatchGAN) the coarsest discriminator sees the input after
+    ``n_scales - 1`` average poolings (3x3, stride 2, padding 1), each of which takes the side to
+    ``ceil(side / 2)``: the side must reach ``3 * 2**n_layers`` after them.
     Computed here rather than in :mod:`medcyclegan.nets.discriminator` so that config validation does
     not import MONAI (tested against the real network in ``tests/test_nets.py``).
     """
-    return 3 * 2**n_layers
+    coarsest = 3 * 2**n_layers
+    return (coarsest - 1) * 2 ** (n_scales - 1) + 1
 
 
 def build_generator(model_cfg: ModelConfig, in_channels: int, out_channels: int) -> ResnetGenerator:
@@ -100,12 +106,18 @@ def build_generator(model_cfg: ModelConfig, in_channels: int, out_channels: int)
 
 
 def build_discriminator_from_config(model_cfg: ModelConfig, in_channels: int) -> nn.Module:
-    """The PatchGAN of ``model_cfg`` (ndf, n_layers_d), initialised with ``model_cfg.init_gain``."""
+    """The PatchGAN of ``model_cfg`` (ndf, n_layers_d, spectral_norm_d, n_scales_d), initialised with
+    ``model_cfg.init_gain``."""
     # lazy: the discriminator imports MONAI (about 1.4 s), which conversion does not need
     from medcyclegan.nets.discriminator import build_discriminator  # noqa: PLC0415 (see the comment above)
 
     return build_discriminator(
-        in_channels, ndf=model_cfg.ndf, n_layers=model_cfg.n_layers_d, init_gain=model_cfg.init_gain
+        in_channels,
+        ndf=model_cfg.ndf,
+        n_layers=model_cfg.n_layers_d,
+        init_gain=model_cfg.init_gain,
+        spectral_norm=model_cfg.spectral_norm_d,
+        n_scales=model_cfg.n_scales_d,
     )
 
 
@@ -116,7 +128,7 @@ def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
 
 def __getattr__(name: str) -> Any:
     # Lazy re-export of the discriminator names (PEP 562), see the module docstring.
-    if name in ("PatchGAN", "build_discriminator"):
+    if name in ("MultiScalePatchGAN", "PatchGAN", "build_discriminator"):
         from medcyclegan.nets import discriminator  # noqa: PLC0415 - lazy: MONAI, as above
 
         return getattr(discriminator, name)

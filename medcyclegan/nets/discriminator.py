@@ -21,6 +21,19 @@ nothing is rebuilt.
 
 MONAI returns the list of every layer's output; :class:`PatchGAN` returns only the logits
 (the last element), which is what the adversarial losses take.
+
+Two variants (off by default, see :func:`build_discriminator`):
+
+- **spectral normalisation** (Miyato et al. 2018) of every convolution, through
+  ``torch.nn.utils.parametrizations.spectral_norm``. The InstanceNorm layers are then left out, as
+  SN-GAN and SN-PatchGAN do: spectral norm bounds each layer's Lipschitz constant, and a per-image
+  renormalisation after it would undo that bound. A convolution's weight is then stored as
+  ``...conv.parametrizations.weight.original`` with the power iteration's vectors ``..._u`` and
+  ``..._v`` beside it (buffers, so a resumed run continues the same iteration).
+- **multi-scale** (pix2pixHD, Wang et al. 2018): :class:`MultiScalePatchGAN`, ``n_scales``
+  PatchGANs of the same layout judging the image at 1, 1/2, 1/4 ... of its resolution (average
+  pooling 3x3, stride 2, padding 1, padding not counted); it returns the list of their logits, and
+  :class:`~medcyclegan.losses.AdversarialLoss` averages its loss over the list.
 """
 
 from __future__ import annotations
@@ -29,6 +42,7 @@ import torch
 from monai.networks.blocks import Convolution
 from monai.networks.nets import PatchDiscriminator
 from torch import nn
+from torch.nn.utils.parametrizations import spectral_norm as spectral_norm_parametrization
 
 from medcyclegan.errors import ConfigError
 from medcyclegan.nets.init import init_weights
@@ -45,16 +59,21 @@ class PatchGAN(nn.Module):
         in_channels: image channels (1, or 2k+1 for 2.5D inputs).
         ndf: filters of the first layer (C64 at ndf 64).
         n_layers: strided layers after the first (3 gives the 70x70 PatchGAN).
+        instance_norm: InstanceNorm after C128 ... C512 (the reference); False leaves it out (the
+            spectrally normalised variant).
 
     Raises:
         ConfigError: if a size is not a positive integer.
     """
 
-    def __init__(self, in_channels: int, ndf: int = 64, n_layers: int = 3) -> None:
+    def __init__(
+        self, in_channels: int, ndf: int = 64, n_layers: int = 3, *, instance_norm: bool = True
+    ) -> None:
         super().__init__()
         for name, value in (("in_channels", in_channels), ("ndf", ndf), ("n_layers", n_layers)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"discriminator {name} must be an integer >= 1; got {value!r}")
+        self._norm = "INSTANCE" if instance_norm else None
         self.model = PatchDiscriminator(
             spatial_dims=2,
             channels=ndf,
@@ -63,7 +82,7 @@ class PatchGAN(nn.Module):
             num_layers_d=n_layers,
             kernel_size=4,
             activation=_LEAKY_RELU,
-            norm="INSTANCE",
+            norm=self._norm,  # type: ignore[arg-type]  (None: no norm layer, as MONAI's ADN reads it)
             bias=True,
             padding=1,
             # None instead of 0.0 builds no Dropout(p=0) layers at all (ADN skips them): same network,
@@ -86,7 +105,7 @@ class PatchGAN(nn.Module):
                 strides=1 if index == n_layers - 1 else 2,
                 padding=1,
                 act=_LEAKY_RELU,
-                norm="INSTANCE",
+                norm=self._norm,
                 bias=True,
             )
             setattr(self.model, str(index), layer)  # same name, same position in the Sequential
@@ -106,8 +125,52 @@ class PatchGAN(nn.Module):
         return self.model(x)[-1]
 
 
+class MultiScalePatchGAN(nn.Module):
+    """pix2pixHD's multi-scale discriminator: PatchGANs at 1, 1/2, 1/4 ... of the input resolution.
+
+    Args:
+        discriminators: one network per scale, finest first (built by :func:`build_discriminator`).
+
+    State-dict keys: ``scales.<i>.`` then the PatchGAN's own.
+    """
+
+    def __init__(self, discriminators: list[nn.Module]) -> None:
+        super().__init__()
+        self.scales = nn.ModuleList(discriminators)
+        # pix2pixHD's downsampling between scales; the padding is not counted so that the border
+        # of the coarse images keeps the mean of the pixels it covers.
+        self.downsample = nn.AvgPool2d(3, stride=2, padding=1, count_include_pad=False)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The logits (N, 1, h_i, w_i) of every scale, finest first."""
+        logits = []
+        for index, discriminator in enumerate(self.scales):
+            if index:
+                x = self.downsample(x)
+            logits.append(discriminator(x))
+        return logits
+
+
+def add_spectral_norm(module: nn.Module) -> nn.Module:
+    """Spectral normalisation on every convolution of ``module`` (in place); returns ``module``.
+
+    Apply after the weight initialisation: the parametrisation keeps the initialised weight as its
+    ``original`` (``init_weights`` on a parametrised layer would write into a computed tensor).
+    """
+    for layer in list(module.modules()):
+        if isinstance(layer, nn.modules.conv._ConvNd):
+            spectral_norm_parametrization(layer)
+    return module
+
+
 def build_discriminator(
-    in_channels: int, ndf: int = 64, n_layers: int = 3, init_gain: float = 0.02
+    in_channels: int,
+    ndf: int = 64,
+    n_layers: int = 3,
+    init_gain: float = 0.02,
+    *,
+    spectral_norm: bool = False,
+    n_scales: int = 1,
 ) -> nn.Module:
     """A PatchGAN (see :class:`PatchGAN`) with the reference normal(0, ``init_gain``) initialisation.
 
@@ -116,8 +179,21 @@ def build_discriminator(
         ndf: filters of the first layer.
         n_layers: strided layers (3: the 70x70 PatchGAN).
         init_gain: standard deviation of the weight initialisation.
+        spectral_norm: spectral normalisation on every convolution, without InstanceNorm.
+        n_scales: 1 for one PatchGAN; more for a :class:`MultiScalePatchGAN` of that many.
 
     Returns:
-        A module mapping (N, C, H, W) images to (N, 1, h, w) logits.
+        A module mapping (N, C, H, W) images to (N, 1, h, w) logits, or with ``n_scales > 1`` to the
+        list of each scale's logits.
+
+    Raises:
+        ConfigError: if a size is not a positive integer.
     """
-    return init_weights(PatchGAN(in_channels, ndf=ndf, n_layers=n_layers), gain=init_gain)
+    if isinstance(n_scales, bool) or not isinstance(n_scales, int) or n_scales < 1:
+        raise ConfigError(f"discriminator n_scales must be an integer >= 1; got {n_scales!r}")
+    discriminators = []
+    for _ in range(n_scales):
+        discriminator = PatchGAN(in_channels, ndf=ndf, n_layers=n_layers, instance_norm=not spectral_norm)
+        init_weights(discriminator, gain=init_gain)
+        discriminators.append(add_spectral_norm(discriminator) if spectral_norm else discriminator)
+    return discriminators[0] if n_scales == 1 else MultiScalePatchGAN(discriminators)

@@ -18,8 +18,17 @@ from medcyclegan.models import model_class
 
 
 def _check_architecture(data: dict[str, Any], cfg: Config, path: Path) -> None:
-    """Builds the networks of the stored config's model and loads the stored weights into them."""
-    for name, net in model_class(cfg.model.kind).build_networks(cfg).items():
+    """Builds the networks of the stored config's model and loads the stored weights into them.
+
+    The translators conversion would load (a weight average, with ``model.ema_decay``) too.
+    """
+    model_type = model_class(cfg.model.kind)
+    networks = model_type.build_networks(cfg)
+    for direction in model_type.directions:
+        key = model_type.translator_state_key(cfg, direction)
+        if key not in networks:
+            networks[key] = model_type.build_translator(cfg, direction)
+    for name, net in networks.items():
         if name not in data:
             raise CheckpointError(f"checkpoint has no {name} weights", path)
         load_state_strict(net, data[name], name, path)
@@ -54,12 +63,15 @@ def describe(path: str | Path) -> dict[str, Any]:
                 "ngf": cfg.model.ngf,
                 "n_blocks": cfg.model.n_blocks,
                 "upsample": cfg.model.upsample,
+                "ema_decay": cfg.model.ema_decay,  # 0: no average of its weights
                 "parameters": int(data.get("parameters", {}).get("G_AB", 0)),
             },
             "discriminator": {
                 "type": "PatchGAN",
                 "ndf": cfg.model.ndf,
                 "n_layers": cfg.model.n_layers_d,
+                "spectral_norm": cfg.model.spectral_norm_d,
+                "n_scales": cfg.model.n_scales_d,
                 "parameters": int(data.get("parameters", {}).get("D_A", 0)),
             },
             "in_channels": cfg.data.in_channels,
