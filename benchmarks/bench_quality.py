@@ -189,7 +189,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="append",
         default=[],
         metavar="NAME=KEY=VALUE,...",
-        help="a recipe: config overrides on --config (repeatable); 'baseline' (no override) always runs first",
+        help="a recipe: config overrides on --config (repeatable); 'baseline' (no override) runs first",
+    )
+    parser.add_argument(
+        "--skip-baseline",
+        action="store_true",
+        help="do not run 'baseline' (a screening run whose baseline was measured before with the same settings)",
     )
     parser.add_argument(
         "--config", default="quick-cpu", help="base config of every recipe (built-in name or YAML)"
@@ -220,7 +225,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--tiny", action="store_true", help="tiny model, small data, 3 steps: seconds (tests)"
     )
     args = parser.parse_args(argv)
-    args.recipes = [Recipe(BASELINE, {})] + [parse_recipe(text) for text in args.recipe]
+    args.recipes = ([] if args.skip_baseline else [Recipe(BASELINE, {})]) + [
+        parse_recipe(text) for text in args.recipe
+    ]
+    if not args.recipes:
+        raise BenchError("--skip-baseline needs at least one --recipe")
     names = [r.name for r in args.recipes]
     if len(set(names)) != len(names):
         raise BenchError(f"--recipe: two recipes share a name ({', '.join(names)})")
