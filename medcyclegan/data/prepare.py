@@ -95,6 +95,13 @@ def prepared_inplane_shape(
     return tuple(max(1, round(n * s / target_mm)) for n, s in zip(shape[:2], spacing[:2], strict=True))  # type: ignore[return-value]
 
 
+def prepared_spacing(
+    shape: tuple[int, int, int], spacing: tuple[float, float, float], size_xy: tuple[int, int]
+) -> tuple[float, float, float]:
+    """Voxel size (mm) of the prepared grid: the same field of view over ``size_xy`` voxels in-plane, Z kept."""
+    return (shape[0] * spacing[0] / size_xy[0], shape[1] * spacing[1] / size_xy[1], spacing[2])
+
+
 def fit_volume(
     volume: Volume,
     modality: str,
@@ -216,11 +223,7 @@ def prepare_volume(
     mask_zxy = np.ascontiguousarray(np.moveaxis(body, 2, 0))
     if new_xy != original_shape[:2]:
         mask_zxy = resample_slices(mask_zxy, new_xy, "nearest")
-    spacing = (
-        original_shape[0] * original_spacing[0] / new_xy[0],
-        original_shape[1] * original_spacing[1] / new_xy[1],
-        original_spacing[2],
-    )
+    spacing = prepared_spacing(original_shape, original_spacing, new_xy)  # type: ignore[arg-type]
     return PreparedVolume(
         image=np.moveaxis(image_zxy, 0, 2),
         mask=np.moveaxis(mask_zxy, 0, 2),
