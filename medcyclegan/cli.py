@@ -16,7 +16,7 @@ from typing import Any
 import typer
 
 from medcyclegan import __version__
-from medcyclegan.config import MODEL_KINDS
+from medcyclegan.config import MODEL_KINDS, check_planes
 from medcyclegan.errors import MedCycleGANError
 from medcyclegan.runtime import DEVICE_HELP
 
@@ -345,7 +345,6 @@ def convert(
     if gpus is not None:
         _relaunch_with_torchrun(gpus)
     from medcyclegan.convert import convert_paths, load_model
-    from medcyclegan.inference import check_planes
 
     if to is not None and to not in ("ct", "mr"):
         raise MedCycleGANError(f"--to must be ct or mr; got {to!r}")

@@ -19,6 +19,7 @@ import math
 import os
 import types
 import typing
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,8 @@ AMP_MODES = ("auto", "bf16", "off")
 BEST_MODES = ("max", "min")
 # Segmentation dataset layouts of ``medcyclegan augment`` (nnU-Net v2, Medical Segmentation Decathlon).
 DATASET_FORMATS = ("nnunetv2", "msd")
+# Slice planes a 2D (axial) translator can run along (convert --planes: medcyclegan.inference.translate_planes).
+PLANES = ("axial", "coronal", "sagittal")
 # Upper bounds that catch typos (an image_size of 100000, ngf 64000) with one line, before any
 # allocation fails with a traceback; far above every sensible value.
 MAX_IMAGE_SIZE = 4096
@@ -48,6 +51,33 @@ MAX_FILTERS = 1024
 MAX_BLOCKS = 64
 MAX_WORKERS = 256
 MAX_STEPS_PER_EPOCH = 1_000_000  # an epoch's batch list is built up front
+
+
+def check_planes(planes: str | Sequence[str], option: str = "planes") -> tuple[str, ...]:
+    """The slice planes to translate along, checked: a non-empty subset of :data:`PLANES`, no repeats.
+
+    Args:
+        planes: names, or one comma-separated string (``"axial,coronal"``).
+        option: how the caller names the setting in the error (e.g. ``"--planes"``).
+
+    Raises:
+        ConfigError: empty, an unknown name, or a name given twice.
+    """
+    names = [p.strip() for p in planes.split(",")] if isinstance(planes, str) else [str(p) for p in planes]
+    unknown = [name for name in names if name not in PLANES]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if not names or unknown or repeated:
+        problem = (
+            "is empty"
+            if not names or names == [""]
+            else f"has an unknown plane {unknown[0]!r}"
+            if unknown
+            else f"names {repeated[0]!r} twice"
+        )
+        raise ConfigError(
+            f"{option} {problem}: give one or more of {', '.join(PLANES)}, comma-separated, without repeats"
+        )
+    return tuple(names)
 
 
 def _check_choice(section: str, name: str, value: Any, choices: tuple[str, ...]) -> None:

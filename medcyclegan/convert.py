@@ -36,7 +36,7 @@ from medcyclegan.checkpoint import (
     load_state_strict,
     newest_run,
 )
-from medcyclegan.config import Config
+from medcyclegan.config import Config, check_planes
 from medcyclegan.data.normalise import denormalise, output_params
 from medcyclegan.data.prepare import (
     fit_volume,
@@ -46,7 +46,7 @@ from medcyclegan.data.prepare import (
     resample_slices,
 )
 from medcyclegan.errors import CheckpointError, InputError, OutputError
-from medcyclegan.inference import check_planes, isotropic_depth, translate_planes, translate_slices
+from medcyclegan.inference import isotropic_depth, translate_planes, translate_slices
 
 # readers by module: its functions are looked up at call time (tests count the reads through it).
 from medcyclegan.io import readers
@@ -590,7 +590,7 @@ def plan_conversion(
 ) -> list[ConversionJob]:
     """The conversions a :func:`convert_paths` call makes, every output checked, nothing read or written.
 
-    ``planes`` is checked too (:func:`~medcyclegan.inference.check_planes`), so a bad value fails
+    ``planes`` is checked too (:func:`~medcyclegan.config.check_planes`), so a bad value fails
     before any input is looked at.
 
     Raises:

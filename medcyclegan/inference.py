@@ -31,18 +31,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from medcyclegan.config import check_planes
 from medcyclegan.data.normalise import AIR_NORMALISED
 from medcyclegan.data.prepare import resample_slices
-from medcyclegan.errors import ConfigError
 from medcyclegan.runtime.precision import autocast_context
 
 # What a translator returns: the translation, or the translation and an attention mask (N, 1, H, W).
 TranslatorOutput: TypeAlias = "torch.Tensor | tuple[torch.Tensor, torch.Tensor | None]"
 # Any callable from a batch (N, C, H, W) to a TranslatorOutput: a torch generator, an ONNX session wrapper.
 Translator: TypeAlias = Callable[[torch.Tensor], TranslatorOutput]
-
-# Slice planes a 2D (axial) translator can be run along (test-time plane averaging, translate_planes).
-PLANES = ("axial", "coronal", "sagittal")
 
 
 def context_stack(volume: np.ndarray, z_indices: np.ndarray, context_slices: int) -> np.ndarray:
@@ -246,33 +243,6 @@ def translate_array(
     return out
 
 
-def check_planes(planes: str | Sequence[str], option: str = "planes") -> tuple[str, ...]:
-    """The slice planes to translate along, checked: a non-empty subset of :data:`PLANES`, no repeats.
-
-    Args:
-        planes: names, or one comma-separated string (``"axial,coronal"``).
-        option: how the caller names the setting in the error (e.g. ``"--planes"``).
-
-    Raises:
-        ConfigError: empty, an unknown name, or a name given twice.
-    """
-    names = [p.strip() for p in planes.split(",")] if isinstance(planes, str) else [str(p) for p in planes]
-    unknown = [name for name in names if name not in PLANES]
-    repeated = sorted({name for name in names if names.count(name) > 1})
-    if not names or unknown or repeated:
-        problem = (
-            "is empty"
-            if not names or names == [""]
-            else f"has an unknown plane {unknown[0]!r}"
-            if unknown
-            else f"names {repeated[0]!r} twice"
-        )
-        raise ConfigError(
-            f"{option} {problem}: give one or more of {', '.join(PLANES)}, comma-separated, without repeats"
-        )
-    return tuple(names)
-
-
 def isotropic_depth(shape: tuple[int, int, int], spacing: tuple[float, float, float]) -> int:
     """Slices along Z once Z is resampled to the in-plane spacing (the mean of X and Y): at least 1."""
     inplane_mm = 0.5 * (float(spacing[0]) + float(spacing[1]))
@@ -311,7 +281,8 @@ def translate_planes(
         translator: see :func:`translate_slices`.
         volume: normalised array (X, Y, Z), RAS voxel order.
         spacing: voxel size (mm) of ``volume`` along X, Y, Z.
-        planes: a non-empty subset of :data:`PLANES` (checked by :func:`check_planes`).
+        planes: a non-empty subset of :data:`~medcyclegan.config.PLANES` (checked by
+            :func:`~medcyclegan.config.check_planes`).
         context_slices, batch_size, device, amp, pad_value, stride_multiple, return_attention: see
             :func:`translate_array`.
         flip_average: see above.

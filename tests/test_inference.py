@@ -7,11 +7,10 @@ import pytest
 import torch
 from torch import nn
 
-from medcyclegan.config import ModelConfig
+from medcyclegan.config import ModelConfig, check_planes
 from medcyclegan.data.normalise import AIR_NORMALISED
 from medcyclegan.errors import ConfigError
 from medcyclegan.inference import (
-    check_planes,
     context_stack,
     isotropic_depth,
     stride_multiple_of,
