@@ -63,7 +63,12 @@ def check_planes(planes: str | Sequence[str], option: str = "planes") -> tuple[s
     Raises:
         ConfigError: empty, an unknown name, or a name given twice.
     """
-    names = [p.strip() for p in planes.split(",")] if isinstance(planes, str) else [str(p) for p in planes]
+    if isinstance(planes, str):
+        names = [p.strip() for p in planes.split(",")]
+    elif isinstance(planes, (list, tuple)) and all(isinstance(p, str) for p in planes):
+        names = list(planes)
+    else:
+        raise ConfigError(f"{option} must be a list of plane names ({', '.join(PLANES)}); got {planes!r}")
     unknown = [name for name in names if name not in PLANES]
     repeated = sorted({name for name in names if names.count(name) > 1})
     if not names or unknown or repeated:
@@ -148,6 +153,9 @@ class DataConfig:
         val_fraction: share of the training volumes held out for validation when no validation
             folders are given (0 disables).
         num_workers: DataLoader worker processes (0 loads in the main process).
+        planes: slice planes training slices are taken along (:data:`PLANES`): ``["axial"]``, or
+            with ``coronal`` / ``sagittal`` also those slices of each volume resampled along Z to
+            its in-plane spacing (:func:`~medcyclegan.data.prepare.plane_volume`).
     """
 
     src_modality: str = "mr"
@@ -167,9 +175,12 @@ class DataConfig:
     cache_dir: str | None = None
     val_fraction: float = 0.0
     num_workers: int = 0
+    planes: list[str] = field(default_factory=lambda: ["axial"])
 
     def validate(self) -> None:
         _check_finite("data", self)
+        # Checked and kept as a list ("axial,coronal" from --set becomes ["axial", "coronal"]).
+        self.planes = list(check_planes(self.planes, "data.planes"))
         _check_choice("data", "src_modality", self.src_modality, MODALITIES)
         _check_choice("data", "tgt_modality", self.tgt_modality, MODALITIES)
         _check_choice("data", "mask_method", self.mask_method, MASK_METHODS)

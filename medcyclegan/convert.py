@@ -40,13 +40,14 @@ from medcyclegan.config import Config, check_planes
 from medcyclegan.data.normalise import denormalise, output_params
 from medcyclegan.data.prepare import (
     fit_volume,
+    isotropic_depth,
     normalise_slices,
     prepared_inplane_shape,
     prepared_spacing,
     resample_slices,
 )
 from medcyclegan.errors import CheckpointError, InputError, OutputError
-from medcyclegan.inference import isotropic_depth, translate_planes, translate_slices
+from medcyclegan.inference import translate_planes, translate_slices
 
 # readers by module: its functions are looked up at call time (tests count the reads through it).
 from medcyclegan.io import readers

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 from medcyclegan.config import check_planes
 from medcyclegan.data.normalise import AIR_NORMALISED
-from medcyclegan.data.prepare import resample_slices
+from medcyclegan.data.prepare import isotropic_depth, resample_depth
 from medcyclegan.runtime.precision import autocast_context
 
 # What a translator returns: the translation, or the translation and an attention mask (N, 1, H, W).
@@ -243,12 +243,6 @@ def translate_array(
     return out
 
 
-def isotropic_depth(shape: tuple[int, int, int], spacing: tuple[float, float, float]) -> int:
-    """Slices along Z once Z is resampled to the in-plane spacing (the mean of X and Y): at least 1."""
-    inplane_mm = 0.5 * (float(spacing[0]) + float(spacing[1]))
-    return max(1, round(int(shape[2]) * float(spacing[2]) / inplane_mm))
-
-
 def translate_planes(
     translator: Translator,
     volume: np.ndarray,
@@ -268,7 +262,7 @@ def translate_planes(
 
     Axial slices are translated on the volume's own grid (exactly :func:`translate_array`). For
     coronal (X, Z) and sagittal (Y, Z) slices the volume is first resampled along Z to its in-plane
-    spacing (:func:`isotropic_depth`; a coarse Z would give those slices the wrong pixel aspect), the
+    spacing (:func:`~medcyclegan.data.prepare.isotropic_depth`; a coarse Z would give those slices the wrong pixel aspect), the
     slices are translated (2.5D context then runs along Y, resp. X) and the result is resampled back
     along Z. The mean of the planes is taken in the normalised output space.
 
@@ -308,12 +302,12 @@ def translate_planes(
             out, attention = _translate_both(translator, volume, flip_average, return_attention, options)
         else:
             if isotropic is None:
-                isotropic = _resample_depth(volume, isotropic_depth(volume.shape, spacing))
+                isotropic = resample_depth(volume, isotropic_depth(volume.shape, spacing))
             out, attention = _translate_across(
                 translator, isotropic, plane, flip_average, return_attention, options
             )
-            out = _resample_depth(out, nz)
-            attention = None if attention is None else _resample_depth(attention, nz)
+            out = resample_depth(out, nz)
+            attention = None if attention is None else resample_depth(attention, nz)
         total += out
         if attention_total is not None and attention is not None:
             attention_total += attention
@@ -361,14 +355,3 @@ def _translate_across(
             attention = (attention + mirrored_attention[:, :, ::-1]) * np.float32(0.5)
     out = np.ascontiguousarray(out.transpose(back))
     return out, None if attention is None else np.ascontiguousarray(attention.transpose(back))
-
-
-def _resample_depth(volume: np.ndarray, depth: int) -> np.ndarray:
-    """An (X, Y, Z) volume resampled along Z to ``depth`` slices (same field of view), float32.
-
-    The package's in-plane resampling (:func:`~medcyclegan.data.prepare.resample_slices`, bilinear,
-    ``align_corners=False``) applied to the (Y, Z) planes: Y keeps its size, so only Z is interpolated.
-    """
-    if volume.shape[2] == depth:
-        return np.asarray(volume, dtype=np.float32)
-    return resample_slices(volume, (volume.shape[1], depth), "bilinear")

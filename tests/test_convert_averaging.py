@@ -1,7 +1,7 @@
 """convert's test-time averaging: ``--flip-average`` (R-L mirror) and ``--planes`` (axial, coronal, sagittal).
 
 The default conversion is unchanged bit for bit; each option is checked against the mean it promises,
-computed by hand from plain conversions.
+computed by hand from plain conversions. Last, training on the three planes (``data.planes``).
 """
 
 from __future__ import annotations
@@ -203,3 +203,18 @@ def test_a_scan_too_thin_for_coronal_slices_is_refused_naming_it(
     with pytest.raises(InputError, match="planes axial"):
         convert_file(load_model(trained_run.run, device="cpu"), path, out, planes=["sagittal"])
     assert cli("convert", path, "-o", out, "-m", trained_run.run, "--device", "cpu").code == 0
+
+
+def test_a_model_trained_on_three_planes_converts_along_them(
+    trained_run: TrainedRun, tmp_path: Path, cli
+) -> None:
+    run = tmp_path / "run"
+    result = cli("train", "--src", trained_run.mr, "--tgt", trained_run.ct, "--out", run, "-c", trained_run.config,
+                 "--set", f"data.planes={ALL_PLANES}", "--max-steps", 1, "--no-progress")  # fmt: skip
+    assert result.code == 0, result.err
+    assert load_model(run, device="cpu").cfg.data.planes == ["axial", "coronal", "sagittal"]
+    scan = sorted(trained_run.mr.iterdir())[0]
+    out = tmp_path / "sct.nii.gz"
+    result = cli("convert", scan, "-o", out, "-m", run, "--device", "cpu", "--planes", ALL_PLANES)
+    assert result.code == 0, result.err
+    assert nib.load(out).shape == nib.load(scan).shape

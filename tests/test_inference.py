@@ -9,10 +9,10 @@ from torch import nn
 
 from medcyclegan.config import ModelConfig, check_planes
 from medcyclegan.data.normalise import AIR_NORMALISED
+from medcyclegan.data.prepare import isotropic_depth
 from medcyclegan.errors import ConfigError
 from medcyclegan.inference import (
     context_stack,
-    isotropic_depth,
     stride_multiple_of,
     translate_array,
     translate_planes,
