@@ -407,7 +407,7 @@ def _check_plane_depth(depth: int, isotropic: int, minimum: int, where: str) -> 
         return
     raise InputError(
         f"its {depth} axial slices are {isotropic} voxels deep at the in-plane spacing; coronal and "
-        f"sagittal slices need at least {minimum}: translate only axial slices (planes axial)",
+        f"sagittal slices need at least {minimum}: translate only axial slices (--planes axial)",
         where,
     )
 

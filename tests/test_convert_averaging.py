@@ -200,7 +200,7 @@ def test_a_scan_too_thin_for_coronal_slices_is_refused_naming_it(
     line = assert_clean_error(result, path, notices_allowed=True)
     assert "2 axial slices are 4 voxels deep" in line and "at least 5" in line and result.code == 2
     assert not out.exists()
-    with pytest.raises(InputError, match="planes axial"):
+    with pytest.raises(InputError, match="--planes axial"):
         convert_file(load_model(trained_run.run, device="cpu"), path, out, planes=["sagittal"])
     assert cli("convert", path, "-o", out, "-m", trained_run.run, "--device", "cpu").code == 0
 
