@@ -28,6 +28,11 @@ Scores, per test case and then averaged over the cases of a dataset: SynthRAD202
 is ``medcyclegan.metrics.synthrad_body_mask`` of the reference CT (the SynthRAD preprocessing),
 for both datasets. Conversion runs without ``--mask-background``.
 
+Conversion options (every recipe and seed alike; they change no training): ``--flip-average`` and
+``--planes axial,coronal,sagittal`` are convert's test-time averaging (``medcyclegan.convert.convert_file``
+``flip_average`` / ``planes``). To compare them, run the benchmark once per setting with the same
+recipes, seeds and budget.
+
 Output: a markdown table per dataset (one row per recipe and seed, then mean +- sample standard
 deviation over the seeds per recipe) and a JSON file with every number, the exact command, the
 machine and the settings.
@@ -36,6 +41,7 @@ Usage:
     OMP_NUM_THREADS=1 python benchmarks/bench_quality.py --budget-steps 300 --seeds 0,1
     python benchmarks/bench_quality.py --budget-minutes 10 --budget-steps 3000 \\
         --recipe ema=model.ngf=32,model.n_blocks=6 --datasets lung1
+    python benchmarks/bench_quality.py --budget-steps 300 --flip-average --planes axial,coronal,sagittal
     python benchmarks/bench_quality.py --tiny   # a few steps of a tiny model, seconds (the test)
 """
 
@@ -181,6 +187,8 @@ def parse_edges(text: str) -> tuple[float, float]:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    from medcyclegan.config import check_planes
+
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -216,6 +224,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--tissue-edges", default="-400,250", help="HU edges air/lung | soft tissue | bone (default -400,250)"
     )
     parser.add_argument("--device", default="cpu", help="training and conversion device (default cpu)")
+    parser.add_argument(
+        "--flip-average",
+        action="store_true",
+        help="convert with test-time flip averaging (convert --flip-average)",
+    )
+    parser.add_argument(
+        "--planes",
+        default="axial",
+        help="slice planes convert averages over (convert --planes; default axial)",
+    )
     parser.add_argument("--out-json", type=Path, default=Path("/tmp/bench_quality.json"))
     parser.add_argument(
         "--work-dir", type=Path, default=None, help="data, runs, synthetic CTs (default: temporary)"
@@ -235,6 +253,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         raise BenchError(f"--recipe: two recipes share a name ({', '.join(names)})")
     args.seed_list = parse_seeds(args.seeds)
     args.edges = parse_edges(args.tissue_edges)
+    args.plane_list = check_planes(args.planes, "--planes")  # a ConfigError: one line, exit 2
     args.dataset_list = [d.strip() for d in args.datasets.split(",") if d.strip()]
     unknown = sorted(set(args.dataset_list) - set(DATASETS)) or (["(none)"] if not args.dataset_list else [])
     if unknown:
@@ -457,7 +476,9 @@ def score_one(args: argparse.Namespace, data: Dataset, run_dir: Path, pred_dir: 
     cases: dict[str, dict[str, float]] = {}
     start = time.perf_counter()
     for mr_path, ct_path in data.test_pairs:
-        pred_path = convert_file(model, mr_path, pred_dir / mr_path.name)
+        pred_path = convert_file(
+            model, mr_path, pred_dir / mr_path.name, flip_average=args.flip_average, planes=args.plane_list
+        )
         pred, ref = read_volume(pred_path), read_volume(ct_path)
         if not pred.geometry.same_grid(ref.geometry):
             raise BenchError(f"{pred_path}: the synthetic CT is not on the grid of {ct_path}")
@@ -547,6 +568,7 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         "budget": {"steps": args.budget_steps, "minutes": args.budget_minutes},
         "seeds": args.seed_list,
         "device": args.device,
+        "convert": {"flip_average": args.flip_average, "planes": list(args.plane_list)},
         "recipes": {r.name: r.overrides for r in args.recipes},
         "run_control": RUN_CONTROL,
         "tiny_model": TINY_MODEL if args.tiny else None,
@@ -613,7 +635,10 @@ def main(argv: list[str] | None = None) -> int:
         f"Translation quality ({args.config}; budget {args.budget_steps} steps"
         + (f" or {args.budget_minutes:g} min" if args.budget_minutes else "")
         + f"; seeds {args.seeds}; {report['machine']['torch_threads']} torch thread(s); body mask: SynthRAD "
-        f"mask of the reference CT; tissue edges {args.edges[0]:g}, {args.edges[1]:g} HU)"
+        f"mask of the reference CT; tissue edges {args.edges[0]:g}, {args.edges[1]:g} HU"
+        + ("; convert --flip-average" if args.flip_average else "")
+        + (f"; convert --planes {','.join(args.plane_list)}" if args.plane_list != ("axial",) else "")
+        + ")"
     )
     print(header + "\n\n" + "\n\n".join(report["tables"]))
     print(

@@ -16,7 +16,7 @@ from typing import Any
 import typer
 
 from medcyclegan import __version__
-from medcyclegan.config import MODEL_KINDS
+from medcyclegan.config import MODEL_KINDS, check_planes
 from medcyclegan.errors import MedCycleGANError
 from medcyclegan.runtime import DEVICE_HELP
 
@@ -321,6 +321,19 @@ def convert(
         "--save-attention",
         help="Also write the attention mask (resnet-attention models) as <name>_attention.",
     ),
+    flip_average: bool = typer.Option(
+        False,
+        "--flip-average",
+        help="Test-time flip averaging: average each slice's translation with the mirrored translation "
+        "of its left-right mirror image (twice the generator time).",
+    ),
+    planes: str = typer.Option(
+        "axial",
+        "--planes",
+        help="Slice planes to translate along and average, comma-separated: axial, coronal, sagittal "
+        "(one generator pass each; coronal and sagittal slices are taken from the volume resampled "
+        "to isotropic voxels, and need the whole volume in memory).",
+    ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs."),
     gpus: int | None = typer.Option(
         None,
@@ -337,6 +350,7 @@ def convert(
         raise MedCycleGANError(f"--to must be ct or mr; got {to!r}")
     if batch_size < 1:
         raise MedCycleGANError(f"--batch-size must be >= 1; got {batch_size}")
+    chosen_planes = check_planes(planes, "--planes")
     translation = load_model(model, to=to, device=device)
     written = convert_paths(
         translation,
@@ -346,6 +360,8 @@ def convert(
         mask_background=mask_background,
         save_attention=save_attention,
         overwrite=overwrite,
+        flip_average=flip_average,
+        planes=chosen_planes,
     )
     for path in written:
         typer.echo(str(path))

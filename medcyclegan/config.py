@@ -19,6 +19,7 @@ import math
 import os
 import types
 import typing
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,8 @@ AMP_MODES = ("auto", "bf16", "off")
 BEST_MODES = ("max", "min")
 # Segmentation dataset layouts of ``medcyclegan augment`` (nnU-Net v2, Medical Segmentation Decathlon).
 DATASET_FORMATS = ("nnunetv2", "msd")
+# Slice planes a 2D (axial) translator can run along (convert --planes: medcyclegan.inference.translate_planes).
+PLANES = ("axial", "coronal", "sagittal")
 # Upper bounds that catch typos (an image_size of 100000, ngf 64000) with one line, before any
 # allocation fails with a traceback; far above every sensible value.
 MAX_IMAGE_SIZE = 4096
@@ -51,6 +54,38 @@ MAX_BLOCKS = 64
 MAX_WORKERS = 256
 MAX_STEPS_PER_EPOCH = 1_000_000  # an epoch's batch list is built up front
 MAX_DISCRIMINATOR_SCALES = 8  # pix2pixHD uses 2 or 3; each scale halves the side
+
+
+def check_planes(planes: str | Sequence[str], option: str = "planes") -> tuple[str, ...]:
+    """The slice planes to translate along, checked: a non-empty subset of :data:`PLANES`, no repeats.
+
+    Args:
+        planes: names, or one comma-separated string (``"axial,coronal"``).
+        option: how the caller names the setting in the error (e.g. ``"--planes"``).
+
+    Raises:
+        ConfigError: empty, an unknown name, or a name given twice.
+    """
+    if isinstance(planes, str):
+        names = [p.strip() for p in planes.split(",")]
+    elif isinstance(planes, (list, tuple)) and all(isinstance(p, str) for p in planes):
+        names = list(planes)
+    else:
+        raise ConfigError(f"{option} must be a list of plane names ({', '.join(PLANES)}); got {planes!r}")
+    unknown = [name for name in names if name not in PLANES]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if not names or unknown or repeated:
+        problem = (
+            "is empty"
+            if not names or names == [""]
+            else f"has an unknown plane {unknown[0]!r}"
+            if unknown
+            else f"names {repeated[0]!r} twice"
+        )
+        raise ConfigError(
+            f"{option} {problem}: give one or more of {', '.join(PLANES)}, comma-separated, without repeats"
+        )
+    return tuple(names)
 
 
 def _check_choice(section: str, name: str, value: Any, choices: tuple[str, ...]) -> None:
@@ -121,6 +156,9 @@ class DataConfig:
         val_fraction: share of the training volumes held out for validation when no validation
             folders are given (0 disables).
         num_workers: DataLoader worker processes (0 loads in the main process).
+        planes: slice planes training slices are taken along (:data:`PLANES`): ``["axial"]``, or
+            with ``coronal`` / ``sagittal`` also those slices of each volume resampled along Z to
+            its in-plane spacing (:func:`~medcyclegan.data.prepare.plane_volume`).
     """
 
     src_modality: str = "mr"
@@ -140,9 +178,12 @@ class DataConfig:
     cache_dir: str | None = None
     val_fraction: float = 0.0
     num_workers: int = 0
+    planes: list[str] = field(default_factory=lambda: ["axial"])
 
     def validate(self) -> None:
         _check_finite("data", self)
+        # Checked and kept as a list ("axial,coronal" from --set becomes ["axial", "coronal"]).
+        self.planes = list(check_planes(self.planes, "data.planes"))
         _check_choice("data", "src_modality", self.src_modality, MODALITIES)
         _check_choice("data", "tgt_modality", self.tgt_modality, MODALITIES)
         _check_choice("data", "mask_method", self.mask_method, MASK_METHODS)

@@ -6,14 +6,16 @@ read (any format) -> RAS -> body mask + normalisation with the checkpoint's reco
 -> the generator over every whole axial slice (the one slice-wise path, :mod:`medcyclegan.inference`:
 padded to its stride multiple, cropped back, slices batched) -> in-plane resampling back onto the original grid -> denormalisation (CT in HU) ->
 original voxel order -> written with the input's shape, affine, orientation and spacing.
-CT is written as int16 HU, MR as float32.
+CT is written as int16 HU, MR as float32. Optional test-time averaging (``flip_average``, ``planes``,
+see :func:`translate_loaded`) is recorded in the output's description.
 
 Memory: the input is read once and the whole-volume statistics (MR percentiles, body mask as bool)
 are computed once; then every step after them runs slab by slab (``batch_size`` axial slices plus
 their 2.5D context) and writes straight into one preallocated output array of the output dtype. The
 peak is therefore about the input array + the output array (+ the bool mask when one is needed),
 not several float32 copies of the volume. Each step acts on every slice on its own, so the result
-equals a whole-volume pass (see ``tests/test_reliability.py``).
+equals a whole-volume pass (see ``tests/test_reliability.py``). Planes other than axial are the
+exception: their slices cross every slab, so the whole prepared volume is translated at once.
 """
 
 from __future__ import annotations
@@ -34,11 +36,18 @@ from medcyclegan.checkpoint import (
     load_state_strict,
     newest_run,
 )
-from medcyclegan.config import Config
+from medcyclegan.config import Config, check_planes
 from medcyclegan.data.normalise import denormalise, output_params
-from medcyclegan.data.prepare import fit_volume, normalise_slices, prepared_inplane_shape, resample_slices
+from medcyclegan.data.prepare import (
+    fit_volume,
+    isotropic_depth,
+    normalise_slices,
+    prepared_inplane_shape,
+    prepared_spacing,
+    resample_slices,
+)
 from medcyclegan.errors import CheckpointError, InputError, OutputError
-from medcyclegan.inference import translate_slices
+from medcyclegan.inference import translate_planes, translate_slices
 
 # readers by module: its functions are looked up at call time (tests count the reads through it).
 from medcyclegan.io import readers
@@ -65,6 +74,8 @@ AIR_VALUE = {"ct": -1000.0, "mr": 0.0}
 OUTPUT_DTYPE = {"ct": "int16", "mr": "float32"}
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 OUTPUT_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+# Slice planes translated by default: the axial ones the model was trained on (see translate_planes).
+DEFAULT_PLANES = ("axial",)
 
 
 @dataclass
@@ -162,19 +173,26 @@ def load_model(model: str | Path | None, *, to: str | None = None, device: str =
     return ConversionModel(generator, cfg, source, to, path, torch_device)
 
 
-def synthetic_description(model: ConversionModel) -> str:
+def synthetic_description(
+    model: ConversionModel, *, flip_average: bool = False, planes: Sequence[str] = DEFAULT_PLANES
+) -> str:
     """The description a translated volume carries in its header instead of its input's.
 
     E.g. ``"synthetic CT from MR by medcyclegan 0.4.0, model 20250101-1200/best.pt"``: what it is,
     what made it, and which checkpoint (run folder and file), most important first because NIfTI
-    keeps only 79 characters.
+    keeps only 79 characters. Test-time averaging, when used, follows (``", flip-avg"``,
+    ``", planes axial+coronal"``; NIfTI may cut it, NRRD and MHA keep it); the default conversion
+    adds nothing.
     """
     checkpoint = model.checkpoint
     run = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
     model_name = f"{run.name}/{checkpoint.name}" if run.name else checkpoint.name
+    settings = (", flip-avg" if flip_average else "") + (
+        f", planes {'+'.join(planes)}" if tuple(planes) != DEFAULT_PLANES else ""
+    )
     return (
         f"synthetic {model.target_modality.upper()} from {model.source_modality.upper()} "
-        f"by medcyclegan {__version__}, model {model_name}"
+        f"by medcyclegan {__version__}, model {model_name}{settings}"
     )
 
 
@@ -193,6 +211,8 @@ def translate_volume(
     mask_path: str | Path | None = None,
     mask_background: bool = False,
     return_attention: bool = False,
+    flip_average: bool = False,
+    planes: Sequence[str] = DEFAULT_PLANES,
 ) -> tuple[np.ndarray, Geometry, np.ndarray | None]:
     """Reads one volume (once) and translates it slab by slab (see :func:`translate_loaded`).
 
@@ -203,6 +223,8 @@ def translate_volume(
         mask_path: a body mask file on the input's grid (default: the automatic body mask).
         mask_background: set voxels outside the body mask to air (-1000 HU for CT, 0 for MR).
         return_attention: also return the attention mask of an attention generator.
+        flip_average: average with the R-L mirrored translation (see :func:`translate_loaded`).
+        planes: slice planes to translate along and average (see :func:`translate_loaded`).
 
     Returns:
         (translated array in RAS voxel order, in the output dtype: int16 HU for CT, float32 for MR;
@@ -220,6 +242,8 @@ def translate_volume(
         mask=mask,
         mask_background=mask_background,
         return_attention=return_attention,
+        flip_average=flip_average,
+        planes=planes,
     )
     return out, volume.geometry, attention
 
@@ -233,6 +257,8 @@ def translate_loaded(
     mask_background: bool = False,
     return_attention: bool = False,
     dtype: str | np.dtype | None = None,
+    flip_average: bool = False,
+    planes: Sequence[str] = DEFAULT_PLANES,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Translates a volume in memory, ``batch_size`` axial slices at a time.
 
@@ -251,16 +277,27 @@ def translate_loaded(
         mask_background: set voxels outside the body mask to air.
         return_attention: also return the attention mask (zeros for a plain generator).
         dtype: output dtype; default ``OUTPUT_DTYPE`` of the target modality.
+        flip_average: test-time flip averaging: each slice's translation is averaged with the R-L
+            mirrored translation of its mirror image (the flip training augments with), in the
+            network's normalised output space (:func:`~medcyclegan.inference.translate_slices`).
+            Twice the generator time; the attention mask is averaged alike.
+        planes: slice planes to translate along and average, a non-empty subset of
+            ``axial, coronal, sagittal`` (:func:`~medcyclegan.inference.translate_planes`). The
+            default, axial only, runs slab by slab; any other plane needs the whole prepared volume
+            (resampled along Z to the in-plane spacing for the coronal and sagittal slices, then
+            back) in memory, a few float32 copies of it, and one generator pass per plane.
 
     Returns:
         (translated array (X, Y, Z) in RAS voxel order and output units, attention or None).
 
     Raises:
-        InputError: a constant input, or a mask on another grid.
+        ConfigError: unknown or repeated ``planes``.
+        InputError: a constant input, a mask on another grid, or a volume too thin for ``planes``.
         CheckpointError: the network produced NaN or Inf values.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1; got {batch_size}")
+    planes = check_planes(planes)
     cfg = model.cfg
     where = str(volume.geometry.source_path or "") or "volume"
     records = cfg.normalisation  # never None: load_model refuses a checkpoint without it
@@ -277,6 +314,11 @@ def translate_loaded(
         cfg.data.spacing,
         volume.geometry.source_path or None,
     )
+    inplane_spacing = prepared_spacing((nx, ny, nz), volume.spacing, size_xy)
+    if planes != DEFAULT_PLANES:
+        _check_plane_depth(
+            nz, isotropic_depth((*size_xy, nz), inplane_spacing), model.min_slice_voxels, where
+        )
     # Whole-volume statistics, once. CT parameters do not depend on the mask: skip it unless needed.
     params, body = fit_volume(volume, model.source_modality, cfg.data, mask=mask, need_mask=mask_background)
     if not mask_background:
@@ -290,23 +332,48 @@ def translate_loaded(
     # Fortran-ordered like a NIfTI file, so the writer stores it without reordering the volume.
     out_zyx = np.empty((nz, ny, nx), dtype=out_dtype)
     attention_zyx = np.zeros((nz, ny, nx), dtype=np.float32) if return_attention else None
-    for z0 in range(0, nz, batch_size):
-        z1 = min(nz, z0 + batch_size)
-        # Context slices beyond the slab come along; at the volume's ends they are clipped, exactly
-        # as a whole-volume pass clips them.
-        lo, hi = max(0, z0 - k), min(nz, z1 + k)
-        prepared_zxy = normalise_slices(array[:, :, lo:hi], params, size_xy)
-        # The slab holds every context slice its centre slices need, so clipping at its ends is
-        # clipping at the volume's ends.
-        translated_zxy, slab_attention = translate_slices(
+    across: tuple[np.ndarray, np.ndarray | None] | None = None
+    if planes != DEFAULT_PLANES:
+        # Coronal and sagittal slices cross every slab: the whole prepared volume, translated at once.
+        whole, whole_attention = translate_planes(
             model.generator,
-            np.moveaxis(prepared_zxy, 0, 2),
-            np.arange(z0, z1) - lo,
+            np.moveaxis(normalise_slices(array, params, size_xy), 0, 2),
+            inplane_spacing,
+            planes,
             context_slices=k,
+            batch_size=batch_size,
             device=model.device,
             amp=model.amp,
             stride_multiple=model.stride_multiple,
+            flip_average=flip_average,
+            return_attention=return_attention,
         )
+        across = (
+            np.moveaxis(whole, 2, 0),
+            None if whole_attention is None else np.moveaxis(whole_attention, 2, 0),
+        )
+    for z0 in range(0, nz, batch_size):
+        z1 = min(nz, z0 + batch_size)
+        if across is None:
+            # Context slices beyond the slab come along; at the volume's ends they are clipped, exactly
+            # as a whole-volume pass clips them.
+            lo, hi = max(0, z0 - k), min(nz, z1 + k)
+            prepared_zxy = normalise_slices(array[:, :, lo:hi], params, size_xy)
+            # The slab holds every context slice its centre slices need, so clipping at its ends is
+            # clipping at the volume's ends.
+            translated_zxy, slab_attention = translate_slices(
+                model.generator,
+                np.moveaxis(prepared_zxy, 0, 2),
+                np.arange(z0, z1) - lo,
+                context_slices=k,
+                device=model.device,
+                amp=model.amp,
+                stride_multiple=model.stride_multiple,
+                flip_average=flip_average,
+            )
+        else:
+            translated_zxy = np.ascontiguousarray(across[0][z0:z1])
+            slab_attention = None if across[1] is None else np.ascontiguousarray(across[1][z0:z1])
         if not np.isfinite(translated_zxy).all():
             raise CheckpointError(
                 f"the network produced NaN or Inf values on slices {z0}-{z1 - 1} of {where}; "
@@ -329,6 +396,21 @@ def translate_loaded(
             attention_zyx[z0:z1] = slab_attention.transpose(0, 2, 1)
     attention = None if attention_zyx is None else attention_zyx.T
     return out_zyx.T, attention
+
+
+def _check_plane_depth(depth: int, isotropic: int, minimum: int, where: str) -> None:
+    """Refuses coronal and sagittal planes of a volume with too few slices for the generator.
+
+    Those slices are ``isotropic`` voxels tall (the ``depth`` axial slices resampled to the in-plane
+    spacing); below ``minimum`` (the generator's ``min_input_size``) the generator cannot run.
+    """
+    if isotropic >= minimum:
+        return
+    raise InputError(
+        f"its {depth} axial slices are {isotropic} voxels deep at the in-plane spacing; coronal and "
+        f"sagittal slices need at least {minimum}: translate only axial slices (--planes axial)",
+        where,
+    )
 
 
 def _check_slice_size(
@@ -365,12 +447,17 @@ def convert_file(
     mask_background: bool = False,
     attention_path: str | Path | None = None,
     overwrite: bool = False,
+    flip_average: bool = False,
+    planes: Sequence[str] = DEFAULT_PLANES,
 ) -> Path:
     """Translates ``input_path`` and writes it to ``output_path`` on the input's exact grid.
 
     The outputs are checked before the input is read; each is written to a temporary name and
     renamed, so a failure never leaves a partial file nor damages an existing one.
+    ``flip_average`` and ``planes``: test-time averaging (see :func:`translate_loaded`), recorded
+    in the output's description.
     """
+    planes = check_planes(planes)
     output_path = check_can_write(output_path, overwrite)
     if attention_path is not None:
         check_can_write(attention_path, overwrite)
@@ -381,9 +468,11 @@ def convert_file(
         mask_path=mask_path,
         mask_background=mask_background,
         return_attention=attention_path is not None,
+        flip_average=flip_average,
+        planes=planes,
     )
     # ``out`` already has the output dtype: the writer stores it without another copy.
-    description = synthetic_description(model)
+    description = synthetic_description(model, flip_average=flip_average, planes=planes)
     written = write_volume(
         out,
         geometry,
@@ -499,15 +588,21 @@ def plan_conversion(
     *,
     save_attention: bool = False,
     overwrite: bool = False,
+    planes: Sequence[str] = DEFAULT_PLANES,
 ) -> list[ConversionJob]:
     """The conversions a :func:`convert_paths` call makes, every output checked, nothing read or written.
 
+    ``planes`` is checked too (:func:`~medcyclegan.config.check_planes`), so a bad value fails
+    before any input is looked at.
+
     Raises:
+        ConfigError: unknown or repeated ``planes``.
         InputError: a missing input, no volumes in a folder, or ``save_attention`` for a model
             without attention.
         OutputError: an existing output without ``overwrite``, an unwritable place, two inputs with
             one output name, or an output that would replace its own input.
     """
+    check_planes(planes)
     input_path = Path(input_path)
     folder, series_uid = split_series(input_path)
     if not folder.exists():
@@ -554,6 +649,8 @@ def convert_paths(
     mask_background: bool = False,
     save_attention: bool = False,
     overwrite: bool = False,
+    flip_average: bool = False,
+    planes: Sequence[str] = DEFAULT_PLANES,
 ) -> list[Path]:
     """Converts a file, a DICOM series (``FOLDER`` or ``FOLDER::SERIES_UID``) or every volume of a folder.
 
@@ -569,10 +666,14 @@ def convert_paths(
     (every world_size-th one, :func:`~medcyclegan.runtime.distributed.shard`); each file is converted by
     exactly one process, and a single input by rank 0.
 
+    ``flip_average`` and ``planes``: test-time averaging of every conversion (see :func:`translate_loaded`).
+
     Returns:
         The outputs this process wrote.
     """
-    jobs = plan_conversion(model, input_path, output, save_attention=save_attention, overwrite=overwrite)
+    jobs = plan_conversion(
+        model, input_path, output, save_attention=save_attention, overwrite=overwrite, planes=planes
+    )
     context = distributed.detect()
     if context.is_distributed:
         # No process may write before all have checked: one's output would be another's "exists".
@@ -582,7 +683,13 @@ def convert_paths(
             "process %d of %d converts %d of %d volume(s)", context.rank, context.world_size, len(jobs), total
         )
     return convert_jobs(
-        model, jobs, batch_size=batch_size, mask_background=mask_background, overwrite=overwrite
+        model,
+        jobs,
+        batch_size=batch_size,
+        mask_background=mask_background,
+        overwrite=overwrite,
+        flip_average=flip_average,
+        planes=planes,
     )
 
 
@@ -593,6 +700,8 @@ def convert_jobs(
     batch_size: int = 16,
     mask_background: bool = False,
     overwrite: bool = False,
+    flip_average: bool = False,
+    planes: Sequence[str] = DEFAULT_PLANES,
 ) -> list[Path]:
     """Runs planned conversions in order (see :func:`convert_file`); returns the outputs written."""
     written = []
@@ -606,6 +715,8 @@ def convert_jobs(
                 mask_background=mask_background,
                 attention_path=job.attention,
                 overwrite=overwrite,
+                flip_average=flip_average,
+                planes=planes,
             )
         )
         logger.info("%s -> %s", job.input, job.output)

@@ -10,6 +10,12 @@ end of X and Y to the translator's stride multiple with air (``AIR_NORMALISED``)
 cropped back; the centre channel is kept. Slices are never cropped to the training patch size, never
 resized.
 
+Test-time averaging, off by default: ``flip_average`` also translates every slice mirrored along X
+(R-L, the flip training augments with) and averages the mirrored-back result with the plain one;
+:func:`translate_planes` runs the same 2D translator along the coronal and sagittal slices too (of the
+volume resampled along Z to isotropic voxels) and averages the planes. Both average in the
+network's normalised output space, before denormalisation.
+
 The translator is any callable ``(N, C, H, W) tensor -> tensor`` or ``-> (tensor, attention)``; a
 torch generator with ``forward_with_attention`` (the attention generator) gives its mask through
 it. Its ``stride_multiple`` attribute says what H and W must be multiples of (a wrapper, e.g. around
@@ -18,14 +24,16 @@ an ONNX session, sets one too, or the caller passes ``stride_multiple``).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TypeAlias
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from medcyclegan.config import check_planes
 from medcyclegan.data.normalise import AIR_NORMALISED
+from medcyclegan.data.prepare import isotropic_depth, resample_depth
 from medcyclegan.runtime.precision import autocast_context
 
 # What a translator returns: the translation, or the translation and an attention mask (N, 1, H, W).
@@ -91,8 +99,9 @@ def translate_slices(
     amp: bool = False,
     pad_value: float = AIR_NORMALISED,
     stride_multiple: int | None = None,
+    flip_average: bool = False,
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """The translator over slices ``z_indices`` of ``volume``, in one forward pass.
+    """The translator over slices ``z_indices`` of ``volume``, in one forward pass (two with ``flip_average``).
 
     Args:
         translator: a generator (put in eval mode for the call) or any callable, see the module
@@ -106,26 +115,73 @@ def translate_slices(
         amp: bf16 autocast on CUDA (see :func:`~medcyclegan.runtime.precision.use_bf16`).
         pad_value: value X and Y are padded with up to the stride multiple (default: air).
         stride_multiple: default: the translator's own (:func:`stride_multiple_of`).
+        flip_average: test-time flip averaging: also translate the slices mirrored along X (axis 0,
+            R-L: the flip training augments with; every context channel is mirrored alike), mirror
+            that translation back and return the mean of the two, in the network's normalised output
+            space (see :func:`flip_averaged`). Costs a second forward pass of the same batch size.
 
     Returns:
         (translated centre slices (n, X, Y) float32, attention masks (n, X, Y) float32 or None for a
-        translator without one).
+        translator without one; with ``flip_average`` both are the means of the two passes).
     """
     device = torch.device(device)
     multiple = stride_multiple_of(translator) if stride_multiple is None else stride_multiple
-    nx, ny = volume.shape[0], volume.shape[1]
-    pad_x, pad_y = (-nx) % multiple, (-ny) % multiple
-    batch = torch.from_numpy(context_stack(volume, z_indices, context_slices)).to(device, non_blocking=True)
-    batch = F.pad(batch.float(), (0, pad_y, 0, pad_x), mode="constant", value=pad_value)
+    stack = context_stack(volume, z_indices, context_slices)
     was_training = translator.training if isinstance(translator, torch.nn.Module) else None
     if was_training:
         translator.eval()  # type: ignore[union-attr]
     try:
-        with autocast_context(device, amp):
-            result, attention = forward_with_attention(translator, batch)
+        translated, attention = _translate_stack(
+            translator, stack, context_slices, multiple, device=device, amp=amp, pad_value=pad_value
+        )
+        if flip_average:
+            # Mirrored before padding, so that the padding stays at the high end as for any slice.
+            mirrored, mirrored_attention = _translate_stack(
+                translator,
+                np.ascontiguousarray(stack[:, :, ::-1]),
+                context_slices,
+                multiple,
+                device=device,
+                amp=amp,
+                pad_value=pad_value,
+            )
+            translated = flip_averaged(translated, mirrored)
+            if attention is not None and mirrored_attention is not None:
+                attention = flip_averaged(attention, mirrored_attention)
     finally:
         if was_training:
             translator.train()  # type: ignore[union-attr]
+    return translated, attention
+
+
+def flip_averaged(translated: np.ndarray, mirrored: np.ndarray) -> np.ndarray:
+    """The mean of slices ``translated`` (n, X, Y) and of ``mirrored``, the translation of the X-mirrored
+    slices, mirrored back.
+
+    Averaged in the network's normalised output space: denormalisation and the resampling back onto
+    the input grid are affine (the generator's tanh keeps values inside the clip range), so this is
+    the mean in HU too, taken once before rounding to the output dtype rather than after.
+    """
+    return np.ascontiguousarray((translated + mirrored[:, ::-1]) * np.float32(0.5))
+
+
+def _translate_stack(
+    translator: Translator,
+    stack: np.ndarray,
+    context_slices: int,
+    multiple: int,
+    *,
+    device: torch.device,
+    amp: bool,
+    pad_value: float,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """One forward pass over a context stack (N, C, X, Y): padded to ``multiple``, translated, cropped."""
+    nx, ny = stack.shape[2], stack.shape[3]
+    pad_x, pad_y = (-nx) % multiple, (-ny) % multiple
+    batch = torch.from_numpy(stack).to(device, non_blocking=True)
+    batch = F.pad(batch.float(), (0, pad_y, 0, pad_x), mode="constant", value=pad_value)
+    with autocast_context(device, amp):
+        result, attention = forward_with_attention(translator, batch)
     translated = np.ascontiguousarray(result[:, context_slices, :nx, :ny].float().cpu().numpy())
     if attention is not None:
         attention = np.ascontiguousarray(attention[:, 0, :nx, :ny].float().cpu().numpy())
@@ -143,6 +199,7 @@ def translate_array(
     pad_value: float = AIR_NORMALISED,
     stride_multiple: int | None = None,
     return_attention: bool = False,
+    flip_average: bool = False,
 ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Translates a whole normalised volume, ``batch_size`` slices at a time (:func:`translate_slices`).
 
@@ -156,6 +213,8 @@ def translate_array(
         pad_value: value X and Y are padded with up to the stride multiple (default: air).
         stride_multiple: default: the translator's own.
         return_attention: also return the attention mask of an attention generator (zeros otherwise).
+        flip_average: average each slice's translation with the mirrored translation of its
+            mirror image (:func:`translate_slices`).
 
     Returns:
         The translated volume (X, Y, Z) as float32, and the attention volume when asked.
@@ -174,6 +233,7 @@ def translate_array(
             amp=amp,
             pad_value=pad_value,
             stride_multiple=stride_multiple,
+            flip_average=flip_average,
         )
         out[:, :, z] = np.moveaxis(result, 0, -1)
         if attention is not None and mask is not None:
@@ -181,3 +241,117 @@ def translate_array(
     if return_attention:
         return out, attention  # type: ignore[return-value]
     return out
+
+
+def translate_planes(
+    translator: Translator,
+    volume: np.ndarray,
+    spacing: tuple[float, float, float],
+    planes: Sequence[str] = ("axial",),
+    *,
+    context_slices: int = 0,
+    batch_size: int = 16,
+    device: torch.device | str = "cpu",
+    amp: bool = False,
+    pad_value: float = AIR_NORMALISED,
+    stride_multiple: int | None = None,
+    flip_average: bool = False,
+    return_attention: bool = False,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """A 2D (axial) translator run along each of ``planes`` of a volume, the translations averaged.
+
+    Axial slices are translated on the volume's own grid (exactly :func:`translate_array`). For
+    coronal (X, Z) and sagittal (Y, Z) slices the volume is first resampled along Z to its in-plane
+    spacing (:func:`~medcyclegan.data.prepare.isotropic_depth`; a coarse Z would give those slices the wrong pixel aspect), the
+    slices are translated (2.5D context then runs along Y, resp. X) and the result is resampled back
+    along Z. The mean of the planes is taken in the normalised output space.
+
+    With ``flip_average`` every plane is averaged with its R-L mirror (see :func:`translate_slices`):
+    for axial and coronal slices X is their first axis; for sagittal slices the R-L axis is the one
+    the slices are stacked along, so mirroring it only reverses the context channels (without context
+    a 2D translator gives exactly the mirrored result and the second pass is skipped).
+
+    Args:
+        translator: see :func:`translate_slices`.
+        volume: normalised array (X, Y, Z), RAS voxel order.
+        spacing: voxel size (mm) of ``volume`` along X, Y, Z.
+        planes: a non-empty subset of :data:`~medcyclegan.config.PLANES` (checked by
+            :func:`~medcyclegan.config.check_planes`).
+        context_slices, batch_size, device, amp, pad_value, stride_multiple, return_attention: see
+            :func:`translate_array`.
+        flip_average: see above.
+
+    Returns:
+        (translated volume (X, Y, Z) float32, attention volume (mean over the planes) or None).
+    """
+    chosen = check_planes(planes)
+    options = {
+        "context_slices": context_slices,
+        "batch_size": batch_size,
+        "device": device,
+        "amp": amp,
+        "pad_value": pad_value,
+        "stride_multiple": stride_multiple,
+    }
+    nz = volume.shape[2]
+    isotropic: np.ndarray | None = None
+    total = np.zeros(volume.shape, dtype=np.float32)
+    attention_total = np.zeros(volume.shape, dtype=np.float32) if return_attention else None
+    for plane in chosen:
+        if plane == "axial":
+            out, attention = _translate_both(translator, volume, flip_average, return_attention, options)
+        else:
+            if isotropic is None:
+                isotropic = resample_depth(volume, isotropic_depth(volume.shape, spacing))
+            out, attention = _translate_across(
+                translator, isotropic, plane, flip_average, return_attention, options
+            )
+            out = resample_depth(out, nz)
+            attention = None if attention is None else resample_depth(attention, nz)
+        total += out
+        if attention_total is not None and attention is not None:
+            attention_total += attention
+    scale = np.float32(1.0 / len(chosen))
+    total *= scale
+    if attention_total is not None:
+        attention_total *= scale
+    return total, attention_total
+
+
+def _translate_both(
+    translator: Translator, volume: np.ndarray, flip_average: bool, return_attention: bool, options: dict
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """:func:`translate_array` as ``(translation, attention or None)`` whether or not attention is asked."""
+    if return_attention:
+        return translate_array(
+            translator, volume, flip_average=flip_average, return_attention=True, **options
+        )  # type: ignore[return-value]
+    return translate_array(translator, volume, flip_average=flip_average, **options), None  # type: ignore[return-value]
+
+
+def _translate_across(
+    translator: Translator,
+    volume: np.ndarray,
+    plane: str,
+    flip_average: bool,
+    return_attention: bool,
+    options: dict,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """The coronal or sagittal slices of an (X, Y, Z) volume translated, back in (X, Y, Z) order."""
+    # Axis order that makes the plane's slices the (first, second) axes and its normal the third.
+    order = (0, 2, 1) if plane == "coronal" else (1, 2, 0)
+    back = tuple(int(i) for i in np.argsort(order))
+    stack = volume.transpose(order)
+    # Coronal slices have X (R-L) first: translate_slices mirrors it. Sagittal slices are stacked along X.
+    out, attention = _translate_both(
+        translator, stack, flip_average and plane == "coronal", return_attention, options
+    )
+    if flip_average and plane == "sagittal" and options["context_slices"]:
+        mirrored, mirrored_attention = _translate_both(
+            translator, stack[:, :, ::-1], False, return_attention, options
+        )
+        out = (out + mirrored[:, :, ::-1]) * np.float32(0.5)
+        if attention is not None and mirrored_attention is not None:
+            attention = (attention + mirrored_attention[:, :, ::-1]) * np.float32(0.5)
+    out = np.ascontiguousarray(out.transpose(back))
+    return out, None if attention is None else np.ascontiguousarray(attention.transpose(back))

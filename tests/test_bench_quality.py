@@ -11,6 +11,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import nibabel as nib
 import pytest
 
 from medcyclegan.metrics import TISSUE_CLASSES
@@ -135,6 +136,21 @@ def test_budget_minutes_stops_a_run_early(tmp_path: Path) -> None:
     assert run["stopped_by"] == "minutes" and 1 <= run["steps"] < 100000
 
 
+def test_convert_options_reach_every_conversion(tmp_path: Path) -> None:
+    out = tmp_path / "quality.json"
+    result = run_bench(
+        "--tiny", "--datasets", "phantom", "--seeds", "0", "--flip-average", "--planes", "axial,coronal",
+        "--out-json", out, "--keep-work", "--work-dir", tmp_path / "work",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "convert --flip-average; convert --planes axial,coronal" in result.stdout
+    report = json.loads(out.read_text())
+    assert report["convert"] == {"flip_average": True, "planes": ["axial", "coronal"]}
+    (pred,) = (tmp_path / "work").rglob("pred/*/*.nii.gz")
+    description = nib.load(pred).header["descrip"].item().decode()
+    assert "last.pt, flip" in description  # convert's record of it (NIfTI keeps 79 characters)
+
+
 def test_recipes_parse_with_commas_inside_values() -> None:
     recipe = bench.parse_recipe("win=data.ct_window=[-1000,2000],model.ngf=32, loss.mask_loss=true")
     assert recipe.name == "win"
@@ -156,6 +172,8 @@ def test_recipes_parse_with_commas_inside_values() -> None:
         (["--recipe", "x=model.no_such_key=1"], "model.no_such_key"),
         (["--recipe", "x=model.ngf=-3"], "model.ngf"),
         (["--config", "no-such-config"], "no-such-config"),
+        (["--planes", "axial,axial"], "--planes names 'axial' twice"),
+        (["--planes", "foo"], "--planes has an unknown plane 'foo'"),
     ],
 )
 def test_bad_arguments_are_one_line_and_exit_2(

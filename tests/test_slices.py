@@ -14,9 +14,15 @@ from torch.utils.data import DataLoader
 
 from medcyclegan.config import DataConfig
 from medcyclegan.data.normalise import NormParams
-from medcyclegan.data.prepare import PreparedVolume, prepare_volume, restore_inplane
+from medcyclegan.data.prepare import (
+    PreparedVolume,
+    plane_volume,
+    prepare_volume,
+    resample_depth,
+    restore_inplane,
+)
 from medcyclegan.data.slices import SliceDataset, pad_or_crop, select_slices, slice_with_context
-from medcyclegan.errors import InputError
+from medcyclegan.errors import ConfigError, InputError
 from medcyclegan.io.volume import Geometry, Volume
 
 
@@ -294,3 +300,55 @@ def test_dataloader_workers_give_the_same_items() -> None:
     loader = DataLoader(dataset, batch_size=4, shuffle=False, num_workers=2)
     got = torch.cat([batch["image"] for batch in loader])
     assert torch.equal(got, expected)
+
+
+# ----------------------------------------------------------------------------- data.planes
+
+
+def test_plane_volumes_hold_the_coronal_and_sagittal_slices_at_isotropic_voxels() -> None:
+    rng = np.random.default_rng(0)
+    image = rng.uniform(-1, 1, (12, 9, 5)).astype(np.float32)
+    mask = np.zeros(image.shape, dtype=bool)
+    mask[2:10, 1:8, 1:4] = True
+    prepared = PreparedVolume(
+        image=image, mask=mask, params=NormParams("ct", -1024, 3000), source="case.nii.gz",
+        original_shape=image.shape, original_spacing=(2.0, 2.0, 4.0), spacing=(2.0, 2.0, 4.0),
+    )  # fmt: skip
+    assert plane_volume(prepared, "axial") is prepared
+    coronal, sagittal = plane_volume(prepared, "coronal"), plane_volume(prepared, "sagittal")
+    # 5 slices of 4 mm become 10 of 2 mm; coronal slices (X, Z) at each Y, sagittal (Y, Z) at each X.
+    assert coronal.shape == (12, 10, 9) and coronal.spacing == (2.0, 2.0, 2.0)
+    assert sagittal.shape == (9, 10, 12) and sagittal.spacing == (2.0, 2.0, 2.0)
+    isotropic = resample_depth(image, 10)
+    np.testing.assert_array_equal(coronal.image[:, :, 4], isotropic[:, 4, :])
+    np.testing.assert_array_equal(sagittal.image[:, :, 3], isotropic[3, :, :])
+    assert coronal.mask.dtype == bool and coronal.mask.shape == coronal.image.shape
+    assert not coronal.mask[:, :, 0].any() and coronal.mask[5, 5, 4]  # y = 0 outside, the centre inside
+    assert np.moveaxis(coronal.image, 2, 0).flags.c_contiguous  # slices contiguous, as for axial ones
+    assert coronal.source == "case.nii.gz (coronal)" and coronal.params == prepared.params
+
+
+def test_data_planes_add_the_slices_of_each_plane_to_the_dataset() -> None:
+    image = np.random.default_rng(1).uniform(-1, 1, (20, 18, 6)).astype(np.float32)
+    prepared = _prepared(image)  # 1 mm isotropic: no resampling
+    axial = SliceDataset([prepared], DataConfig(image_size=32), train=False)
+    assert len(axial) == 6 and axial.volumes == [prepared]
+    every = SliceDataset(
+        [prepared, prepared], DataConfig(image_size=32, planes=["axial", "coronal", "sagittal"]), train=False
+    )
+    assert len(every.volumes) == 6 and len(every) == 2 * (6 + 18 + 20)
+    v, y = every.item_location(6 + 7)  # the 8th coronal slice of the first volume
+    assert (v, y) == (1, 7)
+    item = every[6 + 7]["image"][0]
+    # Centred on the 32 x 32 canvas: the (X, Z) slice at y = 7, padded with air.
+    np.testing.assert_array_equal(item[6:26, 13:19].numpy(), image[:, 7, :])
+    assert (item[:6] == -1).all()
+
+
+def test_data_planes_are_checked_and_kept_as_a_list() -> None:
+    cfg = DataConfig(planes="axial,sagittal")  # type: ignore[arg-type]
+    cfg.validate()
+    assert cfg.planes == ["axial", "sagittal"] and DataConfig().planes == ["axial"]
+    for bad in (["axial", "axial"], ["foo"], [], 3):
+        with pytest.raises(ConfigError, match=r"data\.planes"):
+            DataConfig(planes=bad).validate()  # type: ignore[arg-type]

@@ -95,6 +95,13 @@ def prepared_inplane_shape(
     return tuple(max(1, round(n * s / target_mm)) for n, s in zip(shape[:2], spacing[:2], strict=True))  # type: ignore[return-value]
 
 
+def prepared_spacing(
+    shape: tuple[int, int, int], spacing: tuple[float, float, float], size_xy: tuple[int, int]
+) -> tuple[float, float, float]:
+    """Voxel size (mm) of the prepared grid: the same field of view over ``size_xy`` voxels in-plane, Z kept."""
+    return (shape[0] * spacing[0] / size_xy[0], shape[1] * spacing[1] / size_xy[1], spacing[2])
+
+
 def fit_volume(
     volume: Volume,
     modality: str,
@@ -216,11 +223,7 @@ def prepare_volume(
     mask_zxy = np.ascontiguousarray(np.moveaxis(body, 2, 0))
     if new_xy != original_shape[:2]:
         mask_zxy = resample_slices(mask_zxy, new_xy, "nearest")
-    spacing = (
-        original_shape[0] * original_spacing[0] / new_xy[0],
-        original_shape[1] * original_spacing[1] / new_xy[1],
-        original_spacing[2],
-    )
+    spacing = prepared_spacing(original_shape, original_spacing, new_xy)  # type: ignore[arg-type]
     return PreparedVolume(
         image=np.moveaxis(image_zxy, 0, 2),
         mask=np.moveaxis(mask_zxy, 0, 2),
@@ -287,6 +290,56 @@ def resample_slices(array_zxy: np.ndarray, size_xy: tuple[int, int], mode: str) 
         values = result[:, 0].numpy()
         out[start : start + _SLICES_PER_CALL] = values > 0.5 if out_dtype == np.bool_ else values
     return out
+
+
+def isotropic_depth(shape: tuple[int, int, int], spacing: tuple[float, float, float]) -> int:
+    """Slices along Z once Z is resampled to the in-plane spacing (the mean of X and Y): at least 1."""
+    inplane_mm = 0.5 * (float(spacing[0]) + float(spacing[1]))
+    return max(1, round(int(shape[2]) * float(spacing[2]) / inplane_mm))
+
+
+def resample_depth(volume_xyz: np.ndarray, depth: int, mode: str = "bilinear") -> np.ndarray:
+    """An (X, Y, Z) volume resampled along Z to ``depth`` slices (same field of view), C-contiguous.
+
+    :func:`resample_slices` applied to the (Y, Z) planes: Y keeps its size, so only Z is
+    interpolated (the module's convention; ``nearest`` for masks). The z axis of a prepared volume is
+    never resampled; this is for the coronal and sagittal planes (:func:`plane_volume`, and
+    :func:`medcyclegan.inference.translate_planes` at conversion).
+    """
+    if volume_xyz.shape[2] == depth:
+        return np.ascontiguousarray(volume_xyz, dtype=np.float32 if mode == "bilinear" else volume_xyz.dtype)
+    return resample_slices(volume_xyz, (volume_xyz.shape[1], depth), mode)
+
+
+def plane_volume(prepared: PreparedVolume, plane: str) -> PreparedVolume:
+    """The coronal or sagittal slices of a prepared volume, as a prepared volume of their own.
+
+    Z is first resampled to the in-plane spacing (:func:`isotropic_depth`: a coarse Z would give
+    those slices the wrong pixel aspect). The slices then lie in ``image[:, :, i]`` as for axial ones:
+    coronal slices (X, Z) at each Y, sagittal slices (Y, Z) at each X, in the usual slice-contiguous
+    layout; their mask comes along (nearest). ``"axial"`` returns ``prepared`` itself.
+    """
+    if plane == "axial":
+        return prepared
+    if plane not in ("coronal", "sagittal"):
+        raise ValueError(f"plane must be axial, coronal or sagittal; got {plane!r}")
+    depth = isotropic_depth(prepared.shape, prepared.spacing)
+    sx, sy, sz = prepared.spacing
+    iso_mm = prepared.shape[2] * sz / depth
+    # (stack axis, slice axis 0, slice axis 1) of the isotropic (X, Y, Z) volume.
+    order, spacing = ((1, 0, 2), (sx, iso_mm, sy)) if plane == "coronal" else ((0, 1, 2), (sy, iso_mm, sx))
+    image_zxy = np.ascontiguousarray(resample_depth(prepared.image, depth).transpose(order))
+    mask_zxy = np.ascontiguousarray(resample_depth(prepared.mask, depth, "nearest").transpose(order))
+    n_slices, rows, columns = (int(n) for n in image_zxy.shape)
+    return PreparedVolume(
+        image=np.moveaxis(image_zxy, 0, 2),
+        mask=np.moveaxis(mask_zxy, 0, 2),
+        params=prepared.params,
+        source=f"{prepared.source} ({plane})" if prepared.source else plane,
+        original_shape=(rows, columns, n_slices),
+        original_spacing=spacing,  # type: ignore[arg-type]
+        spacing=spacing,  # type: ignore[arg-type]
+    )
 
 
 def _user_mask(mask: np.ndarray | Volume, volume: Volume, where: str) -> np.ndarray:

@@ -29,7 +29,7 @@ from torch.utils.data import Dataset
 
 from medcyclegan.config import DataConfig
 from medcyclegan.data.normalise import AIR_NORMALISED
-from medcyclegan.data.prepare import PreparedVolume
+from medcyclegan.data.prepare import PreparedVolume, plane_volume
 
 logger = logging.getLogger("medcyclegan")
 
@@ -146,7 +146,7 @@ def warn_if_cropped(volume: PreparedVolume, size: int, *, train: bool = True) ->
 
 
 class SliceDataset(Dataset):
-    """Map-style dataset of the selected axial slices of prepared volumes.
+    """Map-style dataset of the selected axial (or ``data.planes``) slices of prepared volumes.
 
     Items are ``{"image": FloatTensor (2k+1, S, S), "mask": FloatTensor (1, S, S) (body mask of the
     centre slice, 0/1), "volume_index": int, "slice_index": int}`` with ``S = data_cfg.image_size``.
@@ -161,9 +161,15 @@ class SliceDataset(Dataset):
     epoch's DataLoader (workers get a copy of the dataset when the loader starts iterating; with
     ``persistent_workers`` they would keep the old epoch). Not safe to share between threads.
 
+    With ``data_cfg.planes`` beyond ``["axial"]``, each volume also gives its coronal and/or sagittal
+    slices (:func:`~medcyclegan.data.prepare.plane_volume`: Z resampled to the in-plane spacing,
+    held in memory beside the volume); :attr:`volumes` then holds one volume per (volume, plane), in
+    that order, and ``volume_index`` counts those. The flip mirrors the first slice axis: R-L for
+    axial and coronal slices, A-P for sagittal ones (which have no R-L axis).
+
     Args:
         volumes: the prepared volumes.
-        data_cfg: image_size, context_slices, min_body_fraction, augment, flip_prob, max_shift.
+        data_cfg: image_size, context_slices, min_body_fraction, augment, flip_prob, max_shift, planes.
         train: training mode (random crops and augmentation) or evaluation (centred, deterministic).
         seed: base seed of the augmentation.
     """
@@ -171,7 +177,7 @@ class SliceDataset(Dataset):
     def __init__(
         self, volumes: Sequence[PreparedVolume], data_cfg: DataConfig, *, train: bool, seed: int = 0
     ) -> None:
-        self.volumes = list(volumes)
+        self.volumes = [plane_volume(volume, plane) for volume in volumes for plane in data_cfg.planes]
         self.size = int(data_cfg.image_size)
         self.context_slices = int(data_cfg.context_slices)
         self.train = bool(train)
