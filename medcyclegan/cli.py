@@ -289,7 +289,7 @@ def train(
         show_progress=progress and sys.stderr.isatty(),
     )
     best = (
-        f"; best {cfg.train.best_metric} = {result.best_value:.4f}" if result.best_value is not None else ""
+        f"; best {result.best_metric} = {result.best_value:.4f}" if result.best_value is not None else ""
     )
     typer.echo(
         f"trained to step {result.step} (epoch {result.epoch}); checkpoint {result.last_checkpoint}{best}"
@@ -541,6 +541,9 @@ def sample_data(
     out: Path = typer.Argument(..., help="Folder to write the phantom dataset into."),
     n_train: int = typer.Option(6, "--n-train", help="Training subjects per domain (disjoint subjects)."),
     n_test: int = typer.Option(3, "--n-test", help="Held-out subjects with paired MR and CT."),
+    n_val: int = typer.Option(
+        0, "--n-val", help="Validation subjects with paired MR and CT in val/ (for --val-src/--val-tgt)."
+    ),
     seed: int = typer.Option(0, "--seed", help="Random seed of the anatomy."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Write into a non-empty folder."),
 ) -> None:
@@ -548,7 +551,13 @@ def sample_data(
     from medcyclegan.sample_data import write_sample_dataset
 
     dataset = write_sample_dataset(
-        out, n_train_mr=n_train, n_train_ct=n_train, n_test=n_test, seed=seed, overwrite=overwrite
+        out,
+        n_train_mr=n_train,
+        n_train_ct=n_train,
+        n_test=n_test,
+        n_val=n_val,
+        seed=seed,
+        overwrite=overwrite,
     )
     typer.echo(f"sample dataset written to {out}")
     del dataset
