@@ -288,9 +288,7 @@ def train(
         overwrite=overwrite,
         show_progress=progress and sys.stderr.isatty(),
     )
-    best = (
-        f"; best {result.best_metric} = {result.best_value:.4f}" if result.best_value is not None else ""
-    )
+    best = f"; best {result.best_metric} = {result.best_value:.4f}" if result.best_value is not None else ""
     typer.echo(
         f"trained to step {result.step} (epoch {result.epoch}); checkpoint {result.last_checkpoint}{best}"
     )
