@@ -452,13 +452,27 @@ def info(
             f"{summary['data']['image_size']} px, spacing {summary['data']['spacing_mm'] or 'native'} mm",
         ),
         ("normalisation", json.dumps(summary["normalisation"])),
-        ("best", json.dumps(summary.get("best"))),
+        ("best", _best_text(summary.get("best"))),
+        (
+            "training time",
+            "not recorded" if summary.get("train_seconds") is None else f"{summary['train_seconds']:.0f} s",
+        ),
         ("checkpoints", ", ".join(summary.get("checkpoints", [summary["checkpoint"]]))),
         ("version", str(summary["medcyclegan_version"])),
     ]
     for key, value in rows:
         table.add_row(key, value)
     Console().print(table)
+
+
+def _best_text(best: dict[str, Any] | None) -> str:
+    """``info``'s best row, e.g. ``val/mae = 118.7 (min) at epoch 12, step 708``."""
+    if not best or best.get("value") is None:
+        return "none (no validation yet)"
+    where = f"epoch {best['epoch'] + 1}" if best.get("epoch") is not None else "epoch ?"
+    if best.get("step") is not None:
+        where += f", step {best['step']}"
+    return f"{best['metric']} = {best['value']:.4g} ({best['mode']}) at {where}"
 
 
 @app.command()

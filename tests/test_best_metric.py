@@ -28,7 +28,7 @@ def _val_rows(run: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(handle))
 
 
-def test_auto_picks_validation_mae_on_pairs_and_times_each_validation(domains, tmp_path: Path) -> None:
+def test_auto_picks_validation_mae_on_pairs_and_times_each_validation(domains, cli, tmp_path: Path) -> None:
     mr, ct = domains
     run = tmp_path / "run"
     # case00 in both domains: a pair, so the translation is scored against its CT (MAE in HU).
@@ -52,6 +52,10 @@ def test_auto_picks_validation_mae_on_pairs_and_times_each_validation(domains, t
     best = load_checkpoint(run / "checkpoints" / "best.pt")["best"]
     assert best["metric"] == "val/mae" and best["mode"] == "min"
     assert best["step"] == int(rows[maes.index(min(maes))]["step"])
+    # `medcyclegan info` names the best validation and the training time.
+    shown = cli("info", run)
+    assert shown.code == 0, shown.err
+    assert f"val/mae = {result.best_value:.4g} (min) at epoch" in shown.out and "training time" in shown.out
     # The names validate() returned are the names the trainer knew before training.
     from_validation = set(trainer.val_history[0]) - {"step", "epoch", "train_seconds"}
     assert from_validation == set(trainer.val_metric_names)
