@@ -863,6 +863,7 @@ def _readme_text(
         if n_val
         else "Training MR subjects, training CT subjects and test subjects are disjoint."
     )
+    ct_grid_files = "test and validation masks, labels" if n_val else "test masks and labels"
     seed_rows = "\n".join(
         f"  {name}  {group:<6s} seed {seeds[name]}" for group, names in groups.items() for name in names
     )
@@ -903,7 +904,7 @@ Orientation (on purpose, to exercise orientation handling)
 -----------------------------------------------------------
   MR files (and MR masks) are stored in RAS voxel order, affine diag(+{spacing[0]:g}, +{spacing[1]:g}, \
 +{spacing[2]:g}).
-  CT files (CT masks, test and validation masks, labels) are stored in LPS voxel order, affine
+  CT files (CT masks, {ct_grid_files}) are stored in LPS voxel order, affine
   diag(-{spacing[0]:g}, -{spacing[1]:g}, +{spacing[2]:g}) with the origin at the opposite corner: the
   arrays are flipped accordingly, so the same anatomy lands at the same world (RAS, mm) coordinates.
   Reorient both to RAS (e.g. nibabel.as_closest_canonical) and MR, CT, masks and labels of a test

@@ -11,7 +11,7 @@ from PIL import Image
 
 from medcyclegan.checkpoint import load_checkpoint
 from medcyclegan.demo import BASELINES, run_demo
-from medcyclegan.errors import OutputError
+from medcyclegan.errors import ConfigError, OutputError
 
 
 @pytest.mark.slow
@@ -66,3 +66,9 @@ def test_demo_refuses_a_non_empty_folder(tmp_path: Path) -> None:
     with pytest.raises(OutputError, match="--overwrite"):
         run_demo(tmp_path)
     assert (tmp_path / "keep.txt").read_text() == "user data"
+
+
+def test_demo_needs_a_validation_subject(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"^n_val: must be an integer >= 1"):
+        run_demo(tmp_path / "demo", n_val=0)
+    assert not (tmp_path / "demo").exists()

@@ -354,6 +354,7 @@ def test_validation_subjects_are_paired_disjoint_and_leave_the_others_unchanged(
     counts = {"n_train_mr": 1, "n_train_ct": 1, "n_test": 1, "seed": 3, **TINY_GRID}
     without = write_sample_dataset(tmp_path / "without", **counts)
     assert not (without.root / "val").exists() and without.val_mr == without.val_ct == ()
+    assert "val/" not in without.readme.read_text()  # the README of a dataset without them is as before
     assert _train_test_digest(without.root) == _TRAIN_TEST_DIGEST
     data = write_sample_dataset(tmp_path / "with", n_val=2, **counts)
     assert _train_test_digest(data.root) == _TRAIN_TEST_DIGEST  # appended after test: nothing moved
@@ -403,3 +404,14 @@ def test_example_script_writes_dataset_and_reports_errors(
         assert script.main(args + grid) == 2
     assert "--overwrite" in caplog.text
     assert script.main([*args, *grid, "--overwrite"]) == 0
+
+
+def test_the_cli_writes_validation_subjects_and_refuses_a_negative_count(cli, tmp_path: Path) -> None:
+    out = tmp_path / "data"
+    bad = cli("sample-data", out, "--n-val", "-1")
+    assert bad.code == 2 and bad.err.strip() == "error: n_val: must be an integer >= 0; got -1", bad.err
+    assert not out.exists()
+    done = cli("sample-data", out, "--n-train", "1", "--n-test", "0", "--n-val", "1")
+    assert done.code == 0, done.err
+    assert sorted(p.name for p in (out / "val").iterdir()) == ["ct", "masks", "mr"]
+    assert [p.name for p in (out / "val" / "mr").iterdir()] == ["subj_002.nii.gz"]

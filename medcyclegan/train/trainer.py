@@ -16,6 +16,11 @@ decay; the schedulers step at epoch ends), or with ``optim.n_steps`` the same ru
 (the schedulers step after every step) while epochs continue as needed. ``train.max_steps`` only
 stops a run early; asking for more steps than the schedule has is refused before training.
 
+Validation (at epoch ends, ``train.val_every``) writes a row of ``val_metrics.csv`` with the training
+wall time so far (``train_seconds``: validation and sample grids excluded, continued on resume) and
+selects ``best.pt`` by ``train.best_metric`` (``"auto"``: validation MAE where the validation data has
+pairs, else cycle SSIM); an explicit metric this run cannot compute is refused before training.
+
 Every checkpoint records the input files (:mod:`medcyclegan.train.data_record`); a resume on other
 data is refused before the data is prepared.
 
