@@ -288,9 +288,7 @@ def train(
         overwrite=overwrite,
         show_progress=progress and sys.stderr.isatty(),
     )
-    best = (
-        f"; best {cfg.train.best_metric} = {result.best_value:.4f}" if result.best_value is not None else ""
-    )
+    best = f"; best {result.best_metric} = {result.best_value:.4f}" if result.best_value is not None else ""
     typer.echo(
         f"trained to step {result.step} (epoch {result.epoch}); checkpoint {result.last_checkpoint}{best}"
     )
@@ -474,13 +472,27 @@ def info(
             f"{summary['data']['image_size']} px, spacing {summary['data']['spacing_mm'] or 'native'} mm",
         ),
         ("normalisation", json.dumps(summary["normalisation"])),
-        ("best", json.dumps(summary.get("best"))),
+        ("best", _best_text(summary.get("best"))),
+        (
+            "training time",
+            "not recorded" if summary.get("train_seconds") is None else f"{summary['train_seconds']:.0f} s",
+        ),
         ("checkpoints", ", ".join(summary.get("checkpoints", [summary["checkpoint"]]))),
         ("version", str(summary["medcyclegan_version"])),
     ]
     for key, value in rows:
         table.add_row(key, value)
     Console().print(table)
+
+
+def _best_text(best: dict[str, Any] | None) -> str:
+    """``info``'s best row, e.g. ``val/mae = 118.7 (min) at epoch 12, step 708``."""
+    if not best or best.get("value") is None:
+        return "none (no validation yet)"
+    where = f"epoch {best['epoch'] + 1}" if best.get("epoch") is not None else "epoch ?"
+    if best.get("step") is not None:
+        where += f", step {best['step']}"
+    return f"{best['metric']} = {best['value']:.4g} ({best['mode']}) at {where}"
 
 
 @app.command()
@@ -561,6 +573,9 @@ def sample_data(
     out: Path = typer.Argument(..., help="Folder to write the phantom dataset into."),
     n_train: int = typer.Option(6, "--n-train", help="Training subjects per domain (disjoint subjects)."),
     n_test: int = typer.Option(3, "--n-test", help="Held-out subjects with paired MR and CT."),
+    n_val: int = typer.Option(
+        0, "--n-val", help="Validation subjects with paired MR and CT in val/ (for --val-src/--val-tgt)."
+    ),
     seed: int = typer.Option(0, "--seed", help="Random seed of the anatomy."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Write into a non-empty folder."),
 ) -> None:
@@ -568,7 +583,13 @@ def sample_data(
     from medcyclegan.sample_data import write_sample_dataset
 
     dataset = write_sample_dataset(
-        out, n_train_mr=n_train, n_train_ct=n_train, n_test=n_test, seed=seed, overwrite=overwrite
+        out,
+        n_train_mr=n_train,
+        n_train_ct=n_train,
+        n_test=n_test,
+        n_val=n_val,
+        seed=seed,
+        overwrite=overwrite,
     )
     typer.echo(f"sample dataset written to {out}")
     del dataset

@@ -40,7 +40,9 @@ GAN_MODES = ("lsgan", "vanilla", "hinge")
 STRUCTURE_LOSSES = ("mind", "gradient-correlation")
 MASK_METHODS = ("auto", "otsu", "threshold")
 AMP_MODES = ("auto", "bf16", "off")
-BEST_MODES = ("max", "min")
+BEST_MODES = ("auto", "max", "min")
+# train.best_metric "auto": val/mae (min) where validation has MR/CT pairs, else val/cycle_ssim (max).
+AUTO = "auto"
 # Segmentation dataset layouts of ``medcyclegan augment`` (nnU-Net v2, Medical Segmentation Decathlon).
 DATASET_FORMATS = ("nnunetv2", "msd")
 # Slice planes a 2D (axial) translator can run along (convert --planes: medcyclegan.inference.translate_planes).
@@ -410,8 +412,13 @@ class TrainConfig:
         save_every_steps: steps between refreshes of ``last.pt`` inside an epoch, so a killed run
             loses at most this many steps (0: only at epoch ends, interrupts and the end).
         val_every: epochs between validations.
-        best_metric: validation metric that selects ``best.pt`` (e.g. ``"val/cycle_ssim"``).
-        best_mode: ``"max"`` or ``"min"`` for ``best_metric``.
+        best_metric: validation metric that selects ``best.pt`` (e.g. ``"val/cycle_ssim"``);
+            ``"auto"`` (default): ``val/mae`` when the validation data has pairs (same case name and
+            grid: the translation is scored against its true target, SynthRAD2023 MAE in HU for
+            CT), else ``val/cycle_ssim``. A name the run does not compute is refused before
+            training (:func:`medcyclegan.train.validation.validation_metric_names`).
+        best_mode: ``"max"`` or ``"min"`` for ``best_metric``; ``"auto"`` (default): ``"min"`` for
+            an error (a name with ``mae``), ``"max"`` for PSNR and SSIM.
         amp: mixed precision: ``"auto"`` (bf16 on CUDA, fp32 on CPU), ``"bf16"`` or ``"off"``.
         deterministic: force ``torch.use_deterministic_algorithms``. Off by default: CPU training is
             already bit-reproducible for a fixed thread count (tested), and the forced mode makes CPU
@@ -434,8 +441,8 @@ class TrainConfig:
     keep_epoch_checkpoints: int = 3
     save_every_steps: int = 500
     val_every: int = 1
-    best_metric: str = "val/cycle_ssim"
-    best_mode: str = "max"
+    best_metric: str = AUTO
+    best_mode: str = AUTO
     amp: str = "auto"
     deterministic: bool = False
     channels_last: bool | None = None
@@ -451,6 +458,8 @@ class TrainConfig:
             if not (isinstance(value, bool) or (value is None and name == "channels_last")):
                 raise ConfigError(f"train.{name} must be true or false; got {value!r}")
         _check_choice("train", "best_mode", self.best_mode, BEST_MODES)
+        if not isinstance(self.best_metric, str) or not self.best_metric:
+            raise ConfigError(f"train.best_metric must be a metric name or auto; got {self.best_metric!r}")
         _check_choice("train", "amp", self.amp, AMP_MODES)
         if self.max_steps is not None:
             _check_positive("train", "max_steps", self.max_steps)

@@ -1,8 +1,9 @@
 """The built-in demo: phantom -> train -> convert -> evaluate, against two baselines.
 
 ``medcyclegan demo`` needs no data and no GPU: it writes the head phantom (unpaired MR and CT of
-disjoint subjects for training, paired MR/CT of held-out subjects for testing), trains the
-``quick-cpu`` CycleGAN, converts the held-out MR volumes to synthetic CT, and scores them with the
+disjoint subjects for training, paired MR/CT of other subjects for validation and of held-out
+subjects for testing), trains the ``quick-cpu`` CycleGAN (``best.pt`` is the checkpoint of the
+lowest validation MAE: the test subjects are never looked at while training), converts the held-out MR volumes to synthetic CT, and scores them with the
 SynthRAD2023 metrics against their CT, next to two baselines computed and scored the same way:
 
 * **linear rescale**: the MR's robust range inside the body ([p0.5, p99.5]) mapped linearly onto the
@@ -11,7 +12,9 @@ SynthRAD2023 metrics against their CT, next to two baselines computed and scored
   the pooled body voxels of the training CTs; air outside the body.
 
 For every held-out subject it draws a panel (``figures/<case>.png``: MR | synthetic CT | CT | error,
-three planes, soft-tissue and bone windows; :mod:`medcyclegan.figures`) of the CycleGAN's synthetic CT.
+three planes, soft-tissue and bone windows; :mod:`medcyclegan.figures`) of the CycleGAN's synthetic CT,
+and ``figures/val_mae.png``: the validation MAE [HU] against the training time, where the curve
+flattening shows when more training stops helping.
 """
 
 from __future__ import annotations
@@ -28,15 +31,18 @@ from skimage.exposure import match_histograms
 from medcyclegan.config import builtin_config_path, load_config
 from medcyclegan.convert import convert_paths, load_model
 from medcyclegan.data.mask import body_mask
-from medcyclegan.errors import OutputError
+from medcyclegan.errors import ConfigError, OutputError
 from medcyclegan.evaluate import evaluate
+from medcyclegan.figures import ValidationCurve, write_validation_curve
 from medcyclegan.io.discovery import find_volumes
 from medcyclegan.io.readers import read_mask, read_volume
 from medcyclegan.io.writers import write_volume
 from medcyclegan.sample_data import write_sample_dataset
 from medcyclegan.train.api import train_from_folders
+from medcyclegan.train.run_log import VALIDATION_LOG
 
 BASELINES = ("linear rescale", "histogram matching")
+VALIDATION_CURVE = "val_mae.png"  # in figures/: the validation MAE against the training time
 
 
 @dataclass
@@ -48,6 +54,9 @@ class DemoResult:
     seconds: dict[str, float] = field(default_factory=dict)
     steps: int = 0
     figures: list[Path] = field(default_factory=list)
+    # figures/val_mae.png and what it shows (None when the run never validated).
+    curve_path: Path | None = None
+    curve: ValidationCurve | None = None
 
     def summary_rows(self) -> list[tuple[str, dict[str, float]]]:
         return [(name, report.summary) for name, report in self.reports.items()]
@@ -88,6 +97,16 @@ class DemoResult:
             f"demo finished in {total:.0f} s ({parts}); {self.steps} training steps; synthetic CT {verdict}. "
             f"Results in {self.out_dir}"
             + (f"; panels of the synthetic CT in {self.figures[0].parent}" if self.figures else "")
+            + self._curve_summary()
+        )
+
+    def _curve_summary(self) -> str:
+        if self.curve is None or self.curve_path is None:
+            return ""
+        seconds, step, mae = self.curve.best
+        return (
+            f"; validation MAE against training time in {self.curve_path}: best {mae:.1f} HU at step {step} "
+            f"({seconds:.0f} s of training), the checkpoint convert used (best.pt)"
         )
 
 
@@ -141,6 +160,7 @@ def run_demo(
     config: str = "quick-cpu",
     n_train: int = 6,
     n_test: int = 3,
+    n_val: int = 2,
     seed: int = 0,
     phantom_shape: tuple[int, int, int] | None = None,
     phantom_spacing: tuple[float, float, float] | None = None,
@@ -148,8 +168,11 @@ def run_demo(
     """Runs the whole demo in ``out`` and returns the scores (see the module docstring).
 
     ``phantom_shape``/``phantom_spacing`` change the phantom grid (same field of view at a coarser
-    grid makes a quick version for tests); the default is the sample-data default.
+    grid makes a quick version for tests); the default is the sample-data default. ``n_val`` paired
+    validation subjects (at least 1) select ``best.pt`` by validation MAE.
     """
+    if isinstance(n_val, bool) or not isinstance(n_val, int) or n_val < 1:
+        raise ConfigError(f"must be an integer >= 1 (validation picks best.pt); got {n_val!r}", "n_val")
 
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -165,7 +188,14 @@ def run_demo(
     if phantom_spacing is not None:
         grid["spacing"] = phantom_spacing
     write_sample_dataset(
-        data, n_train_mr=n_train, n_train_ct=n_train, n_test=n_test, seed=seed, overwrite=True, **grid
+        data,
+        n_train_mr=n_train,
+        n_train_ct=n_train,
+        n_test=n_test,
+        n_val=n_val,
+        seed=seed,
+        overwrite=True,
+        **grid,
     )
     seconds["data"] = time.perf_counter() - start
 
@@ -180,6 +210,8 @@ def run_demo(
         run_dir,
         src=data / "train" / "mr",
         tgt=data / "train" / "ct",
+        val_src=data / "val" / "mr",
+        val_tgt=data / "val" / "ct",
         overwrite=True,
         show_progress=show_progress,
     )
@@ -209,4 +241,18 @@ def run_demo(
     reports["synthetic CT (CycleGAN)"].write(out / "report.json", overwrite=True)
     seconds["evaluate"] = time.perf_counter() - start
     figures = [Path(path) for path in reports["synthetic CT (CycleGAN)"].figures]
-    return DemoResult(out_dir=out, reports=reports, seconds=seconds, steps=result.step, figures=figures)
+    curve_path, curve = None, None
+    if (run_dir / VALIDATION_LOG).is_file():  # validation runs at epoch ends: a short run may have none
+        curve_path = out / "figures" / VALIDATION_CURVE
+        curve = write_validation_curve(
+            curve_path, run_dir / VALIDATION_LOG, metric="val/mae", unit="HU", overwrite=True
+        )
+    return DemoResult(
+        out_dir=out,
+        reports=reports,
+        seconds=seconds,
+        steps=result.step,
+        figures=figures,
+        curve_path=curve_path,
+        curve=curve,
+    )

@@ -11,17 +11,24 @@ anatomy keeps its proportions whatever the slice thickness. Slices are displayed
 way (:func:`display_slice`): axial anterior up and the patient's right on the image's left; coronal
 superior up, right on the left; sagittal superior up, anterior on the left. Labels are drawn with
 Pillow's default font; no plotting library is needed.
+
+:func:`validation_curve` draws a validation metric of a training run (``val_metrics.csv``) against
+the training time, marking the validation that selected ``best.pt``: where the curve flattens, more
+training stops helping.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import csv
+import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from medcyclegan.errors import InputError
 from medcyclegan.io.atomic import atomic_path, check_can_write
 
 # (lowest, highest) HU shown, black to white.
@@ -312,3 +319,210 @@ def write_case_panel(path: str | Path, panel: CasePanel, *, overwrite: bool = Fa
     with atomic_path(path, overwrite=overwrite) as tmp:
         Image.fromarray(panel.image).save(tmp, format="PNG")
     return path
+
+
+# ---------------------------------------------------------------------------------------------------
+# Validation curve
+# ---------------------------------------------------------------------------------------------------
+
+CURVE_SIZE = (800, 480)  # pixels (width, height) of a validation curve
+CURVE_COLOUR = (249, 142, 9)
+BEST_COLOUR = (120, 220, 120)
+GRID_COLOUR = (60, 60, 60)
+# The val_metrics.csv column of the training time at each validation (seconds, validation excluded).
+TIME_COLUMN = "train_seconds"
+
+
+@dataclass
+class ValidationCurve:
+    """A drawn validation curve and what it shows.
+
+    Attributes:
+        image: RGB uint8 array (H, W, 3).
+        metric: the plotted column of ``val_metrics.csv`` (e.g. ``"val/mae"``).
+        x_column: ``"train_seconds"``, or ``"step"`` for a run logged before the training clock.
+        points: ``(x, step, value)`` of every validation with a finite value, in log order.
+        best: the point marked as the best (lowest, or highest with ``mode="max"``).
+    """
+
+    image: np.ndarray
+    metric: str
+    x_column: str
+    points: list[tuple[float, int, float]]
+    best: tuple[float, int, float]
+
+
+def read_validation_rows(path: str | Path) -> list[dict[str, str]]:
+    """The rows of a ``val_metrics.csv``.
+
+    Raises:
+        InputError: the file cannot be read or holds no validation row.
+    """
+    try:
+        with open(path, newline="") as handle:
+            rows = list(csv.DictReader(handle))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise InputError(f"cannot read the validation log ({exc})", path) from None
+    if not rows:
+        raise InputError("holds no validation row (did the run validate? it needs validation data)", path)
+    return rows
+
+
+def _nice_ticks(low: float, high: float, count: int = 5) -> list[float]:
+    """About ``count`` round tick values (1, 2 or 5 times a power of ten apart) covering [low, high]."""
+    span = max(high - low, 1e-9)
+    raw = span / max(count, 1)
+    power = 10 ** math.floor(math.log10(raw))
+    step = next(m * power for m in (1, 2, 5, 10) if m * power >= raw)
+    first = math.ceil(low / step - 1e-9) * step
+    return [first + i * step for i in range(int((high - first) / step + 1e-9) + 1)]
+
+
+def _tick_label(value: float) -> str:
+    return f"{value:.0f}" if abs(value) >= 100 or value == int(value) else f"{value:.3g}"
+
+
+def validation_curve(
+    rows: Sequence[Mapping[str, str | float]],
+    *,
+    metric: str = "val/mae",
+    unit: str | None = None,
+    mode: str = "min",
+    size: tuple[int, int] = CURVE_SIZE,
+    source: str | Path | None = None,
+) -> ValidationCurve:
+    """Draws ``metric`` against the training time (``train_seconds``; ``step`` in older logs).
+
+    The steps label the validations along the top axis; the best validation (the lowest value, or the
+    highest with ``mode="max"``: what selected ``best.pt`` when the metric was ``train.best_metric``)
+    is ringed and named.
+
+    Args:
+        rows: validation rows (``val_metrics.csv``: ``step``, ``train_seconds``, the metrics).
+        metric: the column to plot.
+        unit: shown with the metric on the vertical axis (e.g. ``"HU"``).
+        mode: ``"min"`` or ``"max"``: which value is the best.
+        size: the image's (width, height) in pixels.
+        source: the file the rows came from, named in errors.
+
+    Raises:
+        InputError: no row has a finite value of ``metric`` (the message lists the columns).
+    """
+    if mode not in ("min", "max"):
+        raise ValueError(f"mode must be min or max; got {mode!r}")
+    columns = list(rows[0]) if rows else []
+    x_column = TIME_COLUMN if TIME_COLUMN in columns else "step"
+    points: list[tuple[float, int, float]] = []
+    for row in rows:
+        try:
+            value, x, step = float(row[metric]), float(row[x_column]), int(float(row["step"]))
+        except (KeyError, TypeError, ValueError):
+            continue  # a row before the metric existed (column added later), or a blank value
+        if math.isfinite(value) and math.isfinite(x):
+            points.append((x, step, value))
+    if not points:
+        raise InputError(
+            f"no validation row has a value of {metric}; the columns are {', '.join(columns) or 'none'}",
+            source,
+        )
+    pick = min if mode == "min" else max
+    best = pick(points, key=lambda p: p[2])  # the first of equal values, as the trainer keeps it
+    width, height = size
+    image = Image.new("RGB", (width, height), BACKGROUND)
+    draw = ImageDraw.Draw(image)
+    font = _font(13)
+    _, text_h = _text_size(draw, "0", font)
+    left, right = 70, width - 20
+    top, bottom = 3 * text_h + 30, height - 2 * text_h - 24
+    xs = [p[0] for p in points]
+    values = [p[2] for p in points]
+    x_low, x_high = 0.0, max(max(xs), 1e-9)
+    v_low, v_high = min(values), max(values)
+    pad = (v_high - v_low) * 0.08 or max(abs(v_high) * 0.05, 1e-6)
+    v_low, v_high = v_low - pad, v_high + pad
+
+    def px(x: float, value: float) -> tuple[float, float]:
+        return (
+            left + (x - x_low) / (x_high - x_low) * (right - left),
+            bottom - (value - v_low) / (v_high - v_low) * (bottom - top),
+        )
+
+    for tick in _nice_ticks(v_low, v_high, 8):
+        _, y = px(x_low, tick)
+        draw.line([(left, y), (right, y)], fill=GRID_COLOUR)
+        label = _tick_label(tick)
+        w, h = _text_size(draw, label, font)
+        draw.text((left - w - 6, y - h / 2), label, fill=TEXT_COLOUR, font=font)
+    for tick in _nice_ticks(x_low, x_high, 6):
+        x, _ = px(tick, v_low)
+        draw.line([(x, bottom), (x, bottom + 4)], fill=TEXT_COLOUR)
+        label = _tick_label(tick)
+        w, _ = _text_size(draw, label, font)
+        draw.text((x - w / 2, bottom + 6), label, fill=TEXT_COLOUR, font=font)
+    # The steps along the top, at (at most about 8 of) the validations themselves.
+    every = max(1, math.ceil(len(points) / 8))
+    for x_value, step, _ in points[::every]:
+        x, _ = px(x_value, v_low)
+        draw.line([(x, top - 4), (x, top)], fill=TEXT_COLOUR)
+        label = str(step)
+        w, h = _text_size(draw, label, font)
+        draw.text((x - w / 2, top - h - 8), label, fill=TEXT_COLOUR, font=font)
+    _, step_h = _text_size(draw, "step", font)
+    draw.text((8, top - step_h - 8), "step", fill=TEXT_COLOUR, font=font)
+    draw.rectangle([left, top, right, bottom], outline=FRAME_COLOUR)
+    line = [px(x, v) for x, _, v in points]
+    if len(line) > 1:
+        draw.line(line, fill=CURVE_COLOUR, width=2)
+    for x, y in line:
+        draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill=CURVE_COLOUR)
+    bx, by = px(best[0], best[2])
+    draw.ellipse([bx - 7, by - 7, bx + 7, by + 7], outline=BEST_COLOUR, width=2)
+    x_name = "training time [s]" if x_column == TIME_COLUMN else "step"
+    value_name = metric + (f" [{unit}]" if unit else "")
+    best_text = f"best: {best[2]:.4g}{' ' + unit if unit else ''} at step {best[1]}" + (
+        f", {best[0]:.0f} s" if x_column == TIME_COLUMN else ""
+    )
+    title = f"validation {value_name} vs {x_name} (top: step); {best_text}"
+    draw.text((left, 6), title, fill=TEXT_COLOUR, font=font)
+    w, _ = _text_size(draw, x_name, font)
+    draw.text(((left + right - w) / 2, height - text_h - 8), x_name, fill=TEXT_COLOUR, font=font)
+    label_w, label_h = _text_size(draw, best_text, font)
+    label_x = min(max(left + 4, bx - label_w / 2), right - label_w - 4)
+    label_y = by + 12 if by + 12 + label_h < bottom else by - 12 - label_h
+    draw.text((label_x, label_y), best_text, fill=BEST_COLOUR, font=font)
+    return ValidationCurve(
+        image=np.asarray(image), metric=metric, x_column=x_column, points=points, best=best
+    )
+
+
+def write_validation_curve(
+    path: str | Path,
+    source: str | Path | Sequence[Mapping[str, str | float]],
+    *,
+    metric: str = "val/mae",
+    unit: str | None = None,
+    mode: str = "min",
+    size: tuple[int, int] = CURVE_SIZE,
+    overwrite: bool = False,
+) -> ValidationCurve:
+    """Writes :func:`validation_curve` of a ``val_metrics.csv`` (or its rows) as PNG atomically.
+
+    Args:
+        path: the PNG to write; an existing file only with ``overwrite``.
+        source: a run's ``val_metrics.csv`` or its rows.
+        metric, unit, mode, size: see :func:`validation_curve`.
+
+    Raises:
+        InputError: the log cannot be read or has no value of ``metric``.
+        OutputError: ``path`` exists (without ``overwrite``) or cannot be written.
+    """
+    path = check_can_write(path, overwrite)
+    if isinstance(source, (str, Path)):
+        rows: Sequence[Mapping[str, str | float]] = read_validation_rows(source)
+        where: str | Path | None = source
+    else:
+        rows, where = source, None
+    curve = validation_curve(rows, metric=metric, unit=unit, mode=mode, size=size, source=where)
+    with atomic_path(path, overwrite=overwrite) as tmp:
+        Image.fromarray(curve.image).save(tmp, format="PNG")
+    return curve

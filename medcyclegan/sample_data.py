@@ -698,7 +698,12 @@ _FOLDERS = (
     "test/ct",
     "test/masks",
     "test/labels",
+    "val/mr",
+    "val/ct",
+    "val/masks",
 )
+# Created only for a dataset with validation subjects (n_val > 0); cleaned of stale files always.
+_VALIDATION_FOLDERS = ("val/mr", "val/ct", "val/masks")
 
 
 @dataclass(frozen=True, eq=False)
@@ -712,6 +717,8 @@ class SampleDataset:
         test_mr: test MR images (RAS voxel order).
         test_ct: paired ground-truth CT of the same test subjects (LPS voxel order).
         test_masks, test_labels: body masks and tissue labels of the test subjects, on the CT grid.
+        val_mr, val_ct, val_masks: paired MR, CT and body masks (CT grid) of the validation
+            subjects, for ``train --val-src/--val-tgt`` (empty without ``n_val``).
         readme: the README.txt describing the data.
         subject_seeds: subject name (e.g. ``"subj_003"``) -> the seed of :func:`make_head_phantom`.
     """
@@ -727,6 +734,9 @@ class SampleDataset:
     test_labels: tuple[Path, ...]
     readme: Path
     subject_seeds: dict[str, int] = field(default_factory=dict)
+    val_mr: tuple[Path, ...] = ()
+    val_ct: tuple[Path, ...] = ()
+    val_masks: tuple[Path, ...] = ()
 
     @property
     def train_mr_dir(self) -> Path:
@@ -752,6 +762,18 @@ class SampleDataset:
     def test_labels_dir(self) -> Path:
         return self.root / "test" / "labels"
 
+    @property
+    def val_mr_dir(self) -> Path:
+        return self.root / "val" / "mr"
+
+    @property
+    def val_ct_dir(self) -> Path:
+        return self.root / "val" / "ct"
+
+    @property
+    def val_masks_dir(self) -> Path:
+        return self.root / "val" / "masks"
+
 
 def subject_seed(dataset_seed: int, subject_index: int) -> int:
     """Seed of subject ``subject_index`` in a dataset drawn with ``dataset_seed`` (independent streams)."""
@@ -772,11 +794,12 @@ def _save_nifti(array: np.ndarray, affine: np.ndarray, path: Path, description: 
         nib.save(image, tmp)
 
 
-def _check_counts(n_train_mr: int, n_train_ct: int, n_test: int) -> None:
+def _check_counts(n_train_mr: int, n_train_ct: int, n_test: int, n_val: int) -> None:
     for name, value, minimum in (
         ("n_train_mr", n_train_mr, 1),
         ("n_train_ct", n_train_ct, 1),
         ("n_test", n_test, 0),
+        ("n_val", n_val, 0),
     ):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
             raise ConfigError(f"must be an integer >= {minimum}; got {value!r}", name)
@@ -790,11 +813,17 @@ def _check_empty(root: Path, overwrite: bool) -> None:
         raise OutputError("folder is not empty; pass --overwrite to write the sample dataset into it", root)
 
 
-def _prepare_folder(root: Path, overwrite: bool) -> None:
-    """Refuses a non-empty folder unless ``overwrite`` (checked again, under the lock); creates the layout."""
+def _prepare_folder(root: Path, overwrite: bool, n_val: int) -> None:
+    """Refuses a non-empty folder unless ``overwrite`` (checked again, under the lock); creates the layout.
+
+    The ``val/`` folders are made only for validation subjects: a dataset without them is laid out
+    as before they existed.
+    """
     _check_empty(root, overwrite)
     try:
         for folder in _FOLDERS:
+            if folder in _VALIDATION_FOLDERS and n_val == 0:
+                continue
             (root / folder).mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise OutputError(f"cannot create the dataset folders ({exc.strerror})", root) from None
@@ -804,6 +833,7 @@ def _readme_text(
     n_train_mr: int,
     n_train_ct: int,
     n_test: int,
+    n_val: int,
     seed: int,
     shape: tuple[int, int, int],
     spacing: tuple[float, ...],
@@ -820,6 +850,20 @@ def _readme_text(
         )
         for name, value in TISSUE_LABELS.items()
     )
+    val_rows = (
+        f"  val/mr/subj_*.nii.gz           {n_val} MR images of validation subjects (train --val-src)\n"
+        "  val/ct/subj_*.nii.gz           the paired CT of the same subjects (train --val-tgt)\n"
+        "  val/masks/subj_*.nii.gz        body masks of the validation subjects (on the CT grid)\n"
+        if n_val
+        else ""
+    )
+    disjoint = (
+        "Training MR subjects, training CT subjects, test subjects and validation subjects are disjoint.\n"
+        "The validation pairs pick best.pt (validation MAE); the test subjects stay unseen for evaluate."
+        if n_val
+        else "Training MR subjects, training CT subjects and test subjects are disjoint."
+    )
+    ct_grid_files = "test and validation masks, labels" if n_val else "test masks and labels"
     seed_rows = "\n".join(
         f"  {name}  {group:<6s} seed {seeds[name]}" for group, names in groups.items() for name in names
     )
@@ -847,7 +891,7 @@ Layout
   test/ct/subj_*.nii.gz          the paired ground-truth CT of the same subjects
   test/masks/subj_*.nii.gz       body masks of the test subjects (on the CT grid)
   test/labels/subj_*.nii.gz      tissue label maps of the test subjects (on the CT grid)
-Training MR subjects, training CT subjects and test subjects are disjoint.
+{val_rows}{disjoint}
 
 Values
 ------
@@ -860,7 +904,7 @@ Orientation (on purpose, to exercise orientation handling)
 -----------------------------------------------------------
   MR files (and MR masks) are stored in RAS voxel order, affine diag(+{spacing[0]:g}, +{spacing[1]:g}, \
 +{spacing[2]:g}).
-  CT files (CT masks, test masks and labels) are stored in LPS voxel order, affine
+  CT files (CT masks, {ct_grid_files}) are stored in LPS voxel order, affine
   diag(-{spacing[0]:g}, -{spacing[1]:g}, +{spacing[2]:g}) with the origin at the opposite corner: the
   arrays are flipped accordingly, so the same anatomy lands at the same world (RAS, mm) coordinates.
   Reorient both to RAS (e.g. nibabel.as_closest_canonical) and MR, CT, masks and labels of a test
@@ -885,6 +929,7 @@ def write_sample_dataset(
     n_train_ct: int = 6,
     n_test: int = 3,
     seed: int = 0,
+    n_val: int = 0,
     overwrite: bool = False,
     shape: Sequence[int] = DEFAULT_SHAPE,
     spacing: Sequence[float] = DEFAULT_SPACING,
@@ -902,6 +947,9 @@ def write_sample_dataset(
         n_train_ct: number of CT training subjects (at least 1).
         n_test: number of paired test subjects (0 or more).
         seed: dataset seed (non-negative); subject seeds are derived from it.
+        n_val: number of paired validation subjects (0 or more) in ``val/``, disjoint from the
+            others and numbered after the test subjects: the training and test subjects (names,
+            seeds, files) are the same whatever ``n_val`` is.
         overwrite: write into a non-empty folder, replacing files of the same names and removing
             ``subj_*.nii.gz`` files of an earlier dataset from the layout's folders.
         shape: grid size in voxels (X, Y, Z) of every subject.
@@ -914,7 +962,7 @@ def write_sample_dataset(
         ConfigError: for invalid counts, seed, shape or spacing.
         OutputError: if ``out_dir`` is not empty (without ``overwrite``), is a file, or is unwritable.
     """
-    _check_counts(n_train_mr, n_train_ct, n_test)
+    _check_counts(n_train_mr, n_train_ct, n_test, n_val)
     seed = _check_seed(seed)
     shape_t, spacing_t = _check_grid(shape, spacing)
     root = Path(out_dir)
@@ -923,7 +971,9 @@ def write_sample_dataset(
     # emptiness check and mixed their subjects into one dataset.
     with FolderLock(root, holder="sample-data process", place="dataset folder"):
         try:
-            return _write_dataset(root, n_train_mr, n_train_ct, n_test, seed, overwrite, shape_t, spacing_t)
+            return _write_dataset(
+                root, n_train_mr, n_train_ct, n_test, n_val, seed, overwrite, shape_t, spacing_t
+            )
         finally:
             # The dataset is meant to be shared: no lock file is left in it. Removed while held: a
             # process that opens a new one now finds the folder written (and, without --overwrite,
@@ -936,18 +986,21 @@ def _write_dataset(
     n_train_mr: int,
     n_train_ct: int,
     n_test: int,
+    n_val: int,
     seed: int,
     overwrite: bool,
     shape_t: tuple[int, int, int],
     spacing_t: tuple[float, ...],
 ) -> SampleDataset:
     """:func:`write_sample_dataset` once its arguments are checked, under the folder's lock."""
-    _prepare_folder(root, overwrite)
-
+    _prepare_folder(root, overwrite, n_val)
+    n_before_val = n_train_mr + n_train_ct + n_test
+    # The validation group comes last, so the other subjects keep their indices (and seeds).
     groups = {
         "trainMR": [f"subj_{i:03d}" for i in range(n_train_mr)],
         "trainCT": [f"subj_{i:03d}" for i in range(n_train_mr, n_train_mr + n_train_ct)],
-        "test": [f"subj_{i:03d}" for i in range(n_train_mr + n_train_ct, n_train_mr + n_train_ct + n_test)],
+        "test": [f"subj_{i:03d}" for i in range(n_train_mr + n_train_ct, n_before_val)],
+        "val": [f"subj_{i:03d}" for i in range(n_before_val, n_before_val + n_val)],
     }
     names = [name for group in groups.values() for name in group]
     seeds = {name: subject_seed(seed, index) for index, name in enumerate(names)}
@@ -971,6 +1024,10 @@ def _write_dataset(
             elif group == "trainCT":
                 save("train/ct", name, ct_lps, ct_affine, "CT HU")
                 save("train/ct_masks", name, mask_lps, ct_affine, "body mask")
+            elif group == "val":
+                save("val/mr", name, subject.mr, subject.affine, "MR T1w")
+                save("val/ct", name, ct_lps, ct_affine, "CT HU")
+                save("val/masks", name, mask_lps, ct_affine, "body mask")
             else:
                 labels_lps, _ = lps_order(subject.labels, subject.affine)
                 save("test/mr", name, subject.mr, subject.affine, "MR T1w")
@@ -980,6 +1037,8 @@ def _write_dataset(
 
     # Files of an earlier, larger dataset would silently join this one: remove them (ours only).
     for folder in _FOLDERS:
+        if not (root / folder).is_dir():  # val/ of a dataset without validation subjects
+            continue
         for stale in sorted((root / folder).iterdir()):
             if _SUBJECT_FILE.match(stale.name) and stale.name not in wanted[folder] and stale.is_file():
                 logger.warning("%s: removed, not part of the new sample dataset", stale)
@@ -987,7 +1046,7 @@ def _write_dataset(
 
     readme = root / "README.txt"
     atomic_write_text(
-        readme, _readme_text(n_train_mr, n_train_ct, n_test, seed, shape_t, spacing_t, seeds, groups)
+        readme, _readme_text(n_train_mr, n_train_ct, n_test, n_val, seed, shape_t, spacing_t, seeds, groups)
     )
     return SampleDataset(
         root=root,
@@ -1001,4 +1060,7 @@ def _write_dataset(
         test_labels=tuple(written["test/labels"]),
         readme=readme,
         subject_seeds=seeds,
+        val_mr=tuple(written["val/mr"]),
+        val_ct=tuple(written["val/ct"]),
+        val_masks=tuple(written["val/masks"]),
     )

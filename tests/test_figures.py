@@ -9,14 +9,18 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from medcyclegan.errors import InputError, OutputError
 from medcyclegan.figures import (
+    BEST_COLOUR,
     BONE_WINDOW_HU,
+    CURVE_COLOUR,
     PLANES,
     SOFT_TISSUE_WINDOW_HU,
     case_panel,
     display_slice,
     pixel_size_mm,
     window,
+    write_validation_curve,
 )
 
 SHAPE = (40, 44, 12)  # R, A, S voxels
@@ -263,3 +267,52 @@ def test_a_long_title_widens_the_panel_instead_of_being_cut() -> None:
     short = case_panel(ct, ct, mask, SPACING, title="t").image
     long = case_panel(ct, ct, mask, SPACING, title="a very long title " * 40).image
     assert long.shape[1] > short.shape[1] > 1000
+
+
+# ---------------------------------------------------------------------------------------------------
+# Validation curve (val_metrics.csv against training time)
+# ---------------------------------------------------------------------------------------------------
+
+VAL_LOG = """step,epoch,train_seconds,val/cycle_ssim,val/mae
+10,0,4.5,0.61,310.5
+20,1,9.1,0.70,240.25
+30,2,13.8,0.74,201.0
+40,3,18.2,0.75,205.75
+"""
+
+
+def test_the_validation_curve_marks_the_best_validation(tmp_path: Path) -> None:
+    log = tmp_path / "val_metrics.csv"
+    log.write_text(VAL_LOG)
+    curve = write_validation_curve(tmp_path / "figures" / "val_mae.png", log, unit="HU", size=(640, 400))
+    assert curve.x_column == "train_seconds" and curve.best == (13.8, 30, 201.0)
+    assert [p[1] for p in curve.points] == [10, 20, 30, 40]
+    with Image.open(tmp_path / "figures" / "val_mae.png") as image:
+        assert image.format == "PNG" and image.size == (640, 400)
+        pixels = np.asarray(image.convert("RGB")).reshape(-1, 3)
+    colours = {tuple(int(c) for c in p) for p in pixels}
+    assert CURVE_COLOUR in colours and BEST_COLOUR in colours
+    # The higher-is-better metric of the same log: its best is the last validation.
+    ssim = write_validation_curve(tmp_path / "ssim.png", log, metric="val/cycle_ssim", mode="max")
+    assert ssim.best[1] == 40
+    with pytest.raises(OutputError, match="--overwrite"):
+        write_validation_curve(tmp_path / "ssim.png", log, metric="val/cycle_ssim")
+
+
+def test_a_log_before_the_training_clock_is_drawn_against_steps(tmp_path: Path) -> None:
+    rows = [{"step": "5", "epoch": "0", "val/mae": "300"}, {"step": "10", "epoch": "1", "val/mae": "nan"}]
+    curve = write_validation_curve(tmp_path / "old.png", rows)
+    assert curve.x_column == "step" and curve.points == [(5.0, 5, 300.0)]
+
+
+def test_a_log_without_the_metric_is_one_clear_line(tmp_path: Path) -> None:
+    log = tmp_path / "val_metrics.csv"
+    log.write_text("step,epoch,train_seconds,val/cycle_ssim\n10,0,4.5,0.61\n")
+    with pytest.raises(
+        InputError, match=r"val_metrics\.csv: no validation row has a value of val/mae; the columns"
+    ):
+        write_validation_curve(tmp_path / "c.png", log)
+    log.write_text("")
+    with pytest.raises(InputError, match="holds no validation row"):
+        write_validation_curve(tmp_path / "c.png", log)
+    assert not (tmp_path / "c.png").exists()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import logging
 from pathlib import Path
@@ -321,6 +322,7 @@ def test_overwrite_replaces_and_removes_stale_subjects(
         ({"n_train_mr": 0}, "n_train_mr"),
         ({"n_train_ct": 0}, "n_train_ct"),
         ({"n_test": -1}, "n_test"),
+        ({"n_val": -1}, "n_val"),
         ({"seed": -3}, "seed"),
     ],
 )
@@ -328,6 +330,50 @@ def test_invalid_dataset_arguments(tmp_path: Path, kwargs: dict, name: str) -> N
     with pytest.raises(ConfigError, match=f"^{name}: "):
         write_sample_dataset(tmp_path / "data", **TINY_GRID, **kwargs)
     assert not (tmp_path / "data").exists()  # validated before anything is written
+
+
+# The training and test subjects of write_sample_dataset(n 1/1/1, seed 3, TINY_GRID): headers and
+# voxels, computed with the code before validation subjects existed (medcyclegan 50c9d8d).
+_TRAIN_TEST_DIGEST = "291db350d4c90b3a65dbfac468b1c5165892c212c450888c5bc59c3f75fa3362"
+
+
+def _train_test_digest(root: Path) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*.nii.gz")):
+        relative = path.relative_to(root).as_posix()
+        if relative.startswith("val/"):
+            continue
+        image = nib.load(path)
+        digest.update(relative.encode())
+        digest.update(image.header.binaryblock)
+        digest.update(np.asarray(image.dataobj).tobytes())
+    return digest.hexdigest()
+
+
+def test_validation_subjects_are_paired_disjoint_and_leave_the_others_unchanged(tmp_path: Path) -> None:
+    counts = {"n_train_mr": 1, "n_train_ct": 1, "n_test": 1, "seed": 3, **TINY_GRID}
+    without = write_sample_dataset(tmp_path / "without", **counts)
+    assert not (without.root / "val").exists() and without.val_mr == without.val_ct == ()
+    assert "val/" not in without.readme.read_text()  # the README of a dataset without them is as before
+    assert _train_test_digest(without.root) == _TRAIN_TEST_DIGEST
+    data = write_sample_dataset(tmp_path / "with", n_val=2, **counts)
+    assert _train_test_digest(data.root) == _TRAIN_TEST_DIGEST  # appended after test: nothing moved
+    val_ids = _ids(data.val_mr)
+    assert val_ids == _ids(data.val_ct) == _ids(data.val_masks) == {"subj_003.nii.gz", "subj_004.nii.gz"}
+    assert not val_ids & (_ids(data.train_mr) | _ids(data.train_ct) | _ids(data.test_mr))
+    assert data.val_mr_dir == data.root / "val" / "mr" and data.val_masks_dir == data.root / "val" / "masks"
+    # Paired: the MR and the CT of a validation subject are the same head, in world coordinates.
+    seed = data.subject_seeds["subj_003"]
+    ct = np.asarray(_canonical(data.val_ct_dir / "subj_003.nii.gz").dataobj)
+    np.testing.assert_array_equal(ct, make_head_phantom(seed, **TINY_GRID).ct)
+    np.testing.assert_array_equal(
+        np.asarray(_canonical(data.val_mr_dir / "subj_003.nii.gz").dataobj),
+        make_head_phantom(seed, **TINY_GRID).mr,
+    )
+    assert "val/ct/subj_*.nii.gz" in data.readme.read_text() and "val    seed" in data.readme.read_text()
+    # Rewritten without validation subjects: the old ones go (they would join a later run).
+    again = write_sample_dataset(data.root, overwrite=True, **counts)
+    assert not list((again.root / "val").rglob("*.nii.gz"))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -358,3 +404,14 @@ def test_example_script_writes_dataset_and_reports_errors(
         assert script.main(args + grid) == 2
     assert "--overwrite" in caplog.text
     assert script.main([*args, *grid, "--overwrite"]) == 0
+
+
+def test_the_cli_writes_validation_subjects_and_refuses_a_negative_count(cli, tmp_path: Path) -> None:
+    out = tmp_path / "data"
+    bad = cli("sample-data", out, "--n-val", "-1")
+    assert bad.code == 2 and bad.err.strip() == "error: n_val: must be an integer >= 0; got -1", bad.err
+    assert not out.exists()
+    done = cli("sample-data", out, "--n-train", "1", "--n-test", "0", "--n-val", "1")
+    assert done.code == 0, done.err
+    assert sorted(p.name for p in (out / "val").iterdir()) == ["ct", "masks", "mr"]
+    assert [p.name for p in (out / "val" / "mr").iterdir()] == ["subj_002.nii.gz"]

@@ -39,7 +39,7 @@ def describe(path: str | Path) -> dict[str, Any]:
 
     Returns:
         A JSON-ready dict: checkpoint, version, modalities, networks with parameter counts, epoch and
-        step, normalisation, best validation metric, and the list of checkpoints of a run folder.
+        step, training time, normalisation, best validation metric, and the list of checkpoints of a run folder.
     """
     path = Path(path)
     ckpt_path = find_checkpoint(path, prefer=("last.pt", "best.pt"))
@@ -83,6 +83,8 @@ def describe(path: str | Path) -> dict[str, Any]:
         },
         "normalisation": cfg.to_dict()["normalisation"],  # as stored: {src: ..., tgt: ...}
         "best": data.get("best"),
+        # Training wall time to this checkpoint, validation excluded (None: written before 0.x kept it).
+        "train_seconds": data.get("train_seconds"),
     }
     folder = ckpt_path.parent
     if path.is_dir():

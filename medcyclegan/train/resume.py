@@ -13,7 +13,7 @@ import logging
 from collections.abc import Iterable
 from typing import Any
 
-from medcyclegan.config import Config, apply_overrides
+from medcyclegan.config import AUTO, Config, apply_overrides
 from medcyclegan.errors import ConfigError
 
 logger = logging.getLogger("medcyclegan")
@@ -35,6 +35,9 @@ RESUMABLE_OVERRIDES = {
     "train.compile",
 }
 _SECTIONS = ("data", "model", "loss", "optim", "train")
+# "auto" (the default) asks for no particular choice: a run that stored an explicit value (every run
+# before "auto" existed stored val/cycle_ssim, max) keeps it.
+_AUTO_KEEPS_STORED = {"train.best_metric", "train.best_mode"}
 
 
 def _flat(cfg: Config) -> dict[str, Any]:
@@ -65,7 +68,7 @@ def merge_resume_config(
     changes: dict[str, Any] = {}
     refused: list[str] = []
     for name in names:
-        if new[name] == old[name]:
+        if new[name] == old[name] or (name in _AUTO_KEEPS_STORED and new[name] == AUTO):
             continue
         if name in RESUMABLE_OVERRIDES:
             changes[name] = new[name]

@@ -1,7 +1,7 @@
 """Run logging: the CSV logs, TensorBoard and the progress bar of a training run.
 
 ``metrics.csv`` gets a row per logged step (``step, epoch, lr`` and the model's loss columns),
-``val_metrics.csv`` a row per validation; both are cut back to a checkpoint's step on resume, so a
+``val_metrics.csv`` a row per validation (``step, epoch, train_seconds`` and the metrics); both are cut back to a checkpoint's step on resume, so a
 resumed run's logs read as an uninterrupted run's. Only rank 0 writes; the others log nothing.
 """
 

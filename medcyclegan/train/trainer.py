@@ -16,6 +16,11 @@ decay; the schedulers step at epoch ends), or with ``optim.n_steps`` the same ru
 (the schedulers step after every step) while epochs continue as needed. ``train.max_steps`` only
 stops a run early; asking for more steps than the schedule has is refused before training.
 
+Validation (at epoch ends, ``train.val_every``) writes a row of ``val_metrics.csv`` with the training
+wall time so far (``train_seconds``: validation and sample grids excluded, continued on resume) and
+selects ``best.pt`` by ``train.best_metric`` (``"auto"``: validation MAE where the validation data has
+pairs, else cycle SSIM); an explicit metric this run cannot compute is refused before training.
+
 Every checkpoint records the input files (:mod:`medcyclegan.train.data_record`); a resume on other
 data is refused before the data is prepared.
 
@@ -72,7 +77,12 @@ from medcyclegan.train.data_record import DATA_FILE, ROLES, check_same_data, rec
 from medcyclegan.train.run_folder import RUN_ARTEFACTS, TEMPORARY_FOLDERS, TRASH_PREFIX, RunFolder
 from medcyclegan.train.run_log import ProgressBar, RunLog
 from medcyclegan.train.schedule import lr_rule, schedule_steps
-from medcyclegan.train.validation import validate, write_samples
+from medcyclegan.train.validation import (
+    choose_best_metric,
+    validate,
+    validation_metric_names,
+    write_samples,
+)
 
 __all__ = ["RUN_ARTEFACTS", "TEMPORARY_FOLDERS", "TRASH_PREFIX", "TrainResult", "Trainer"]
 
@@ -91,6 +101,8 @@ class TrainResult:
     best_value: float | None
     history: list[dict[str, float]] = field(default_factory=list)
     val_history: list[dict[str, float]] = field(default_factory=list)
+    # The metric that selected best.pt (train.best_metric, "auto" resolved), e.g. "val/mae".
+    best_metric: str | None = None
 
 
 class Trainer:
@@ -169,11 +181,19 @@ class Trainer:
             channels_last=self.channels_last,
             dist=self.dist,
         )
+        # Refused here, before any step, when the run cannot compute an explicit train.best_metric.
+        self.val_metric_names = validation_metric_names(self.model, self.data)
+        self.best_metric, self.best_mode = choose_best_metric(cfg.train, self.val_metric_names)
         self.epoch = 0
         self.step_in_epoch = 0
         self.global_step = 0
         self.best_value: float | None = None
         self.best_epoch: int | None = None
+        self.best_step: int | None = None
+        # Wall time spent training (validation and sample grids excluded), over resumes:
+        # val_metrics.csv's train_seconds, for plotting validation against training time.
+        self.train_seconds = 0.0
+        self._clock_start = time.perf_counter()
         # Drawn at a fresh start, kept on resume: tells this run's checkpoints from an earlier run's.
         self.run_id = uuid.uuid4().hex
         self.log = RunLog(self.run_dir, enabled=self.dist.is_main)
@@ -257,11 +277,13 @@ class Trainer:
             "rng": rng_state(),
             "run_id": self.run_id,
             "best": {
-                "metric": self.cfg.train.best_metric,
-                "mode": self.cfg.train.best_mode,
+                "metric": self.best_metric,
+                "mode": self.best_mode,
                 "value": self.best_value,
                 "epoch": self.best_epoch,
+                "step": self.best_step,
             },
+            "train_seconds": self.train_seconds,
             "parameters": {
                 name: sum(p.numel() for p in net.parameters()) for name, net in self.model.networks().items()
             },
@@ -296,6 +318,9 @@ class Trainer:
         best = data.get("best") or {}
         self.best_value = best.get("value")
         self.best_epoch = best.get("epoch")
+        self.best_step = best.get("step")
+        # Checkpoints from before the clock count from 0 here.
+        self.train_seconds = float(data.get("train_seconds", 0.0))
         if self.dist.is_main:
             self.log.truncate(self.global_step)
             logger.info("resumed from %s at epoch %d, step %d", path, self.epoch, self.global_step)
@@ -360,6 +385,7 @@ class Trainer:
         log_every = self.cfg.train.log_every
         # Reading a loss back waits for the GPU: on CUDA only at logging steps. On the CPU it is free.
         check_every = 1 if self.device.type == "cpu" else log_every
+        self._clock_start = time.perf_counter()
         try:
             while self.global_step < self.total_steps and (
                 self.step_schedule or self.epoch < self.cfg.optim.total_epochs
@@ -395,10 +421,12 @@ class Trainer:
                     if not self.dist.is_distributed:
                         stop = self._stop_signal
                     if stop is not None:
+                        self._count_training_time()
                         path = self.save("last.pt")
                         raise TrainingInterrupted(self.global_step, path, stop)
                     every = self.cfg.train.save_every_steps
                     if every and self.global_step % every == 0:
+                        self._count_training_time()
                         self.save("last.pt")
                     if self.global_step >= self.total_steps:
                         break
@@ -406,6 +434,7 @@ class Trainer:
                     self._end_epoch(time.perf_counter() - epoch_start)
                 else:
                     break  # max_steps reached inside the epoch
+            self._count_training_time()
             last = self.save("last.pt")
         finally:
             progress.close()
@@ -423,7 +452,14 @@ class Trainer:
             best_value=self.best_value,
             history=self.history,
             val_history=self.val_history,
+            best_metric=self.best_metric,
         )
+
+    def _count_training_time(self) -> None:
+        """Adds the wall time since the last count to :attr:`train_seconds`."""
+        now = time.perf_counter()
+        self.train_seconds += now - self._clock_start
+        self._clock_start = now
 
     def _read_back(self, losses: dict[str, torch.Tensor]) -> tuple[dict[str, float], str | None]:
         """The loss terms as floats (averaged over the processes) and whether to stop: one host sync.
@@ -475,6 +511,7 @@ class Trainer:
         self.epoch += 1
         self.step_in_epoch = 0
         improved = False
+        self._count_training_time()
         if self.dist.is_main:
             # Rank 0 alone draws samples and validates (on the plain networks); the others wait in save().
             self.log.scalar("time/epoch_seconds", seconds, self.global_step)
@@ -482,11 +519,18 @@ class Trainer:
                 self.write_samples(epoch)
             if (self.data.val_src or self.data.val_tgt) and (epoch + 1) % self.cfg.train.val_every == 0:
                 metrics = self.validate()
-                row = {"step": self.global_step, "epoch": epoch, **metrics}
+                row = {
+                    "step": self.global_step,
+                    "epoch": epoch,
+                    "train_seconds": round(self.train_seconds, 3),
+                    **metrics,
+                }
                 self.val_history.append(row)
                 self.log.validation_row(row, metrics)
                 improved = self._maybe_best(metrics)
         improved = distributed.broadcast_object(improved, self.dist)
+        # Validation and sample grids are not training time (nor the other ranks' wait for them).
+        self._clock_start = time.perf_counter()
         names = ["best.pt"] if improved else []
         keep = self.cfg.train.keep_epoch_checkpoints
         if keep > 0 and (epoch + 1) % self.cfg.train.checkpoint_every == 0:
@@ -498,7 +542,7 @@ class Trainer:
 
     def _maybe_best(self, metrics: dict[str, float]) -> bool:
         """Records a new best validation value; True when the caller should write ``best.pt``."""
-        name = self.cfg.train.best_metric
+        name = self.best_metric
         if name not in metrics:
             if self.best_epoch is None:
                 logger.warning(
@@ -508,12 +552,13 @@ class Trainer:
         value = metrics[name]
         better = (
             self.best_value is None
-            or (self.cfg.train.best_mode == "max" and value > self.best_value)
-            or (self.cfg.train.best_mode == "min" and value < self.best_value)
+            or (self.best_mode == "max" and value > self.best_value)
+            or (self.best_mode == "min" and value < self.best_value)
         )
         if better and math.isfinite(value):
             self.best_value = value
             self.best_epoch = self.epoch - 1
+            self.best_step = self.global_step
             return True
         return False
 

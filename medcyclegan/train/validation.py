@@ -11,9 +11,11 @@ from pathlib import Path
 import numpy as np
 from skimage.metrics import structural_similarity
 
+from medcyclegan.config import AUTO, TrainConfig
 from medcyclegan.data.normalise import denormalise, output_params
+from medcyclegan.errors import ConfigError
 from medcyclegan.inference import translate_array
-from medcyclegan.metrics import synthrad2023
+from medcyclegan.metrics import metric_names, synthrad2023
 from medcyclegan.models.base import TranslationModel
 from medcyclegan.train.data_module import TrainingData
 from medcyclegan.train.samples import render_grid
@@ -76,6 +78,60 @@ def validate(model: TranslationModel, data: TrainingData) -> dict[str, float]:
         if parts:
             metrics[f"val/cycle_{stat}"] = float(np.mean(parts))
     return metrics
+
+
+# Every name validate() can return, for any model and data (checked against train.best_metric).
+ALL_VALIDATION_METRICS = (
+    *(f"val/cycle_{stat}{part}" for stat in ("mae", "ssim") for part in ("", "_A", "_B")),
+    *(f"val/{key}" for key in metric_names("synthrad2023")),
+)
+# Metrics where lower is better (errors); the others (PSNR, SSIM) are better higher.
+_ERROR_METRICS = ("mae",)
+
+
+def validation_metric_names(model: TranslationModel, data: TrainingData) -> list[str]:
+    """The names :func:`validate` returns for this model and data, known before any validation runs.
+
+    Empty when the run has no validation data. Follows :func:`validate`: cycle metrics of a domain
+    need both directions, translation metrics (``val/mae``, ...) need validation pairs.
+    """
+    names: list[str] = []
+    both_ways = "AB" in model.directions and "BA" in model.directions
+    for label, volumes in (("A", data.val_src), ("B", data.val_tgt)):
+        if volumes and both_ways:
+            names += [f"val/cycle_mae_{label}", f"val/cycle_ssim_{label}"]
+    if names:
+        names += ["val/cycle_mae", "val/cycle_ssim"]
+    if data.val_pairs and "AB" in model.directions:
+        keys = metric_names("synthrad2023") if model.cfg.data.tgt_modality == "ct" else ("mae", "ssim")
+        names += [f"val/{key}" for key in keys]
+    return names
+
+
+def choose_best_metric(train: TrainConfig, available: list[str]) -> tuple[str, str]:
+    """The metric and mode (``"max"``/``"min"``) that select ``best.pt``, from ``train.best_metric``.
+
+    ``"auto"``: ``val/mae`` where the run computes it (validation pairs), else ``val/cycle_ssim``.
+    An explicit name must be a validation metric, and one this run computes when it validates
+    (``available`` not empty); a run without validation data writes no ``best.pt`` anyway.
+
+    Raises:
+        ConfigError: an explicit ``train.best_metric`` the run cannot compute (one line naming the
+            metric and the available ones).
+    """
+    metric = train.best_metric
+    if metric == AUTO:
+        metric = "val/mae" if "val/mae" in available else "val/cycle_ssim"
+    elif metric not in ALL_VALIDATION_METRICS or (available and metric not in available):
+        have = available or list(ALL_VALIDATION_METRICS)
+        raise ConfigError(
+            f"train.best_metric {metric!r} is not computed by this run; it computes {', '.join(have)}"
+            + ("" if available else " (when it has validation data)")
+        )
+    mode = train.best_mode
+    if mode == AUTO:
+        mode = "min" if any(key in metric.rsplit("/", 1)[-1] for key in _ERROR_METRICS) else "max"
+    return metric, mode
 
 
 def write_samples(model: TranslationModel, data: TrainingData, path: str | Path) -> np.ndarray:
