@@ -101,6 +101,23 @@ def test_an_unknown_best_metric_is_one_line_exit_2_before_training(
     assert not (out / "checkpoints").exists()
 
 
+def test_a_misspelt_best_metric_with_overwrite_keeps_the_old_run(
+    trained_run: TrainedRun, cli, tmp_path
+) -> None:
+    # --overwrite empties the run folder: a config error found after that would lose the old run.
+    out = tmp_path / "run"
+    (out / "checkpoints").mkdir(parents=True)
+    kept = out / "checkpoints" / "last.pt"
+    kept.write_bytes(b"an earlier run")
+    result = cli(
+        "train", "--src", trained_run.mr, "--tgt", trained_run.ct, "-c", trained_run.config,
+        "--out", out, "--no-progress", "--overwrite", "--set", "train.best_metric=val/maee",
+    )  # fmt: skip
+    assert result.code == 2, result.err
+    assert "train.best_metric 'val/maee'" in result.err
+    assert kept.read_bytes() == b"an earlier run"
+
+
 def test_the_training_clock_continues_on_resume(domains, tmp_path: Path) -> None:
     mr, ct = domains
     run = tmp_path / "run"

@@ -157,6 +157,8 @@ class Trainer:
             self.resume_data = self._load_resume(self.resume_path)
             cfg = resume_rules.merge_resume_config(checkpoint_config(self.resume_data, self.resume_path), cfg)
         else:
+            # A misspelt train.best_metric is refused before --overwrite empties the run folder.
+            choose_best_metric(cfg.train, [])
             self.folder.start_fresh(overwrite)
         self.cfg = cfg = copy.deepcopy(cfg)
         self.device = distributed.setup(self.dist, resolve_device(cfg.train.device))
