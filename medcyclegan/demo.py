@@ -187,7 +187,7 @@ def run_demo(
         grid["shape"] = phantom_shape
     if phantom_spacing is not None:
         grid["spacing"] = phantom_spacing
-    write_sample_dataset(
+    dataset = write_sample_dataset(
         data,
         n_train_mr=n_train,
         n_train_ct=n_train,
@@ -208,10 +208,10 @@ def run_demo(
     result = train_from_folders(
         cfg,
         run_dir,
-        src=data / "train" / "mr",
-        tgt=data / "train" / "ct",
-        val_src=data / "val" / "mr",
-        val_tgt=data / "val" / "ct",
+        src=dataset.train_mr_dir,
+        tgt=dataset.train_ct_dir,
+        val_src=dataset.val_mr_dir,
+        val_tgt=dataset.val_ct_dir,
         overwrite=True,
         show_progress=show_progress,
     )
@@ -219,25 +219,25 @@ def run_demo(
 
     start = time.perf_counter()
     model = load_model(run_dir, to="ct", device="auto")
-    convert_paths(model, data / "test" / "mr", out / "synth_ct", overwrite=True, mask_background=True)
+    convert_paths(model, dataset.test_mr_dir, out / "synth_ct", overwrite=True, mask_background=True)
     seconds["convert"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    test_mr = find_volumes(data / "test" / "mr")
-    test_masks = find_volumes(data / "test" / "masks")
-    baselines = write_baselines(test_mr, test_masks, find_volumes(data / "train" / "ct"), out)
+    test_mr = find_volumes(dataset.test_mr_dir)
+    test_masks = find_volumes(dataset.test_masks_dir)
+    baselines = write_baselines(test_mr, test_masks, find_volumes(dataset.train_ct_dir), out)
     reports = {
         "synthetic CT (CycleGAN)": evaluate(
             out / "synth_ct",
-            data / "test" / "ct",
-            data / "test" / "masks",
+            dataset.test_ct_dir,
+            dataset.test_masks_dir,
             figures=out / "figures",
-            source=data / "test" / "mr",
+            source=dataset.test_mr_dir,
             overwrite=True,
         ),
     }
     for name, folder in baselines.items():
-        reports[name] = evaluate(folder, data / "test" / "ct", data / "test" / "masks")
+        reports[name] = evaluate(folder, dataset.test_ct_dir, dataset.test_masks_dir)
     reports["synthetic CT (CycleGAN)"].write(out / "report.json", overwrite=True)
     seconds["evaluate"] = time.perf_counter() - start
     figures = [Path(path) for path in reports["synthetic CT (CycleGAN)"].figures]
