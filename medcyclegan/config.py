@@ -668,7 +668,7 @@ class Config:
         from medcyclegan.nets import discriminator_min_size, generator_stride_multiple  # noqa: PLC0415 (see the comment above)
 
         size = self.data.image_size
-        multiple = generator_stride_multiple(self.model.generator)
+        multiple = generator_stride_multiple(self.model)
         n_layers, n_scales = self.model.n_layers_d, self.model.n_scales_d
         smallest = discriminator_min_size(n_layers, n_scales)
         if size % multiple:

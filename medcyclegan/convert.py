@@ -64,7 +64,7 @@ from medcyclegan.io.discovery import (
 from medcyclegan.io.volume import Geometry, Volume
 from medcyclegan.io.writers import cast_values, files_written_by, write_volume
 from medcyclegan.models import Direction, model_class
-from medcyclegan.nets import generator_class
+from medcyclegan.nets import generator_min_input_size, generator_stride_multiple
 from medcyclegan.runtime import distributed, resolve_device
 from medcyclegan.runtime.precision import use_bf16
 
@@ -106,12 +106,12 @@ class ConversionModel:
     @property
     def stride_multiple(self) -> int:
         """The generator's input H and W are padded to multiples of this (its architecture's)."""
-        return generator_class(self.cfg.model.generator).stride_multiple
+        return generator_stride_multiple(self.cfg.model)
 
     @property
     def min_slice_voxels(self) -> int:
         """The smallest in-plane size (voxels per axis, at the model's spacing) the generator takes."""
-        return generator_class(self.cfg.model.generator).min_input_size
+        return generator_min_input_size(self.cfg.model)
 
 
 def load_model(model: str | Path | None, *, to: str | None = None, device: str = "auto") -> ConversionModel:

@@ -68,7 +68,7 @@ def test_unusable_config_values_are_one_line(
 
 
 def test_the_image_size_rule_uses_the_generators_own_stride() -> None:
-    assert generator_stride_multiple("resnet") == ResnetGenerator.stride_multiple
+    assert generator_stride_multiple(load_config(None).model) == ResnetGenerator.stride_multiple
     size = 8 * ResnetGenerator.stride_multiple
     load_config(None, {"data.image_size": size})
     with pytest.raises(ConfigError, match=f"multiple of {ResnetGenerator.stride_multiple}"):

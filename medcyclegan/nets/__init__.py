@@ -14,7 +14,7 @@ so that conversion, which needs only a generator, starts faster.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from torch import nn
 
@@ -37,18 +37,32 @@ __all__ = [
     "count_parameters",
     "discriminator_min_size",
     "generator_class",
+    "generator_min_input_size",
     "generator_stride_multiple",
     "init_weights",
 ]
 
+
 # The class of each name of config.GENERATORS, in its order (the names are written there only).
-_GENERATORS: dict[str, type[ResnetGenerator]] = dict(
+# Every class builds itself from the model config (``from_config``) and says, from the config alone,
+# what its input's H and W must be multiples of (``config_stride_multiple``) and the smallest slice
+# it takes (``config_min_input_size``): config validation and conversion ask before building one.
+class GeneratorClass(Protocol):
+    """What :data:`_GENERATORS` holds: a generator class that builds itself from the model config."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> nn.Module: ...
+    def from_config(self, model_cfg: ModelConfig, in_channels: int, out_channels: int) -> nn.Module: ...
+    def config_stride_multiple(self, model_cfg: ModelConfig) -> int: ...
+    def config_min_input_size(self, model_cfg: ModelConfig) -> int: ...
+
+
+_GENERATORS: dict[str, GeneratorClass] = dict(
     zip(GENERATORS, (ResnetGenerator, AttentionResnetGenerator), strict=True)
 )
 
 
-def generator_class(name: str) -> type[ResnetGenerator]:
-    """The generator class ``model.generator`` names (its ``stride_multiple``, ``min_input_size``).
+def generator_class(name: str) -> GeneratorClass:
+    """The generator class ``model.generator`` names.
 
     Raises:
         ConfigError: for an unknown generator.
@@ -59,13 +73,24 @@ def generator_class(name: str) -> type[ResnetGenerator]:
     return cls
 
 
-def generator_stride_multiple(name: str) -> int:
-    """H and W of an input of generator ``name`` must be multiples of this (its ``stride_multiple``).
+def generator_stride_multiple(model_cfg: ModelConfig) -> int:
+    """H and W of an input of the generator of ``model_cfg`` must be multiples of this.
+
+    The built network's ``stride_multiple``; it may depend on the config (a U-Net's depth).
 
     Raises:
         ConfigError: for an unknown generator.
     """
-    return generator_class(name).stride_multiple
+    return int(generator_class(model_cfg.generator).config_stride_multiple(model_cfg))
+
+
+def generator_min_input_size(model_cfg: ModelConfig) -> int:
+    """Smallest H and W (before padding) the generator of ``model_cfg`` can translate.
+
+    Raises:
+        ConfigError: for an unknown generator.
+    """
+    return int(generator_class(model_cfg.generator).config_min_input_size(model_cfg))
 
 
 def discriminator_min_size(n_layers: int, n_scales: int = 1) -> int:
@@ -83,7 +108,7 @@ def discriminator_min_size(n_layers: int, n_scales: int = 1) -> int:
     return (coarsest - 1) * 2 ** (n_scales - 1) + 1
 
 
-def build_generator(model_cfg: ModelConfig, in_channels: int, out_channels: int) -> ResnetGenerator:
+def build_generator(model_cfg: ModelConfig, in_channels: int, out_channels: int) -> nn.Module:
     """The generator named by ``model_cfg.generator``, initialised with ``model_cfg.init_gain``.
 
     Args:
@@ -98,9 +123,7 @@ def build_generator(model_cfg: ModelConfig, in_channels: int, out_channels: int)
     Raises:
         ConfigError: for an unknown generator or invalid sizes.
     """
-    generator = generator_class(model_cfg.generator)(
-        in_channels, out_channels, ngf=model_cfg.ngf, n_blocks=model_cfg.n_blocks, upsample=model_cfg.upsample
-    )
+    generator = generator_class(model_cfg.generator).from_config(model_cfg, in_channels, out_channels)
     init_weights(generator, gain=model_cfg.init_gain)
     return generator
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from medcyclegan.config import UPSAMPLE_MODES
+from medcyclegan.config import UPSAMPLE_MODES, ModelConfig
 from medcyclegan.errors import ConfigError
 
 
@@ -160,6 +160,27 @@ class ResnetGenerator(nn.Module):
         self.blocks = nn.Sequential(*(R(k * 2**n) for _ in range(n_blocks)))
         self.decoder = nn.Sequential(*(u(k * 2 ** (i + 1), k * 2**i, upsample) for i in reversed(range(n))))
         self.head = c7s1(k, self._head_channels(out_channels), norm_act=False)
+
+    @classmethod
+    def from_config(cls, model_cfg: ModelConfig, in_channels: int, out_channels: int) -> ResnetGenerator:
+        """The generator of ``model_cfg`` (ngf, n_blocks, upsample), not yet initialised."""
+        return cls(
+            in_channels,
+            out_channels,
+            ngf=model_cfg.ngf,
+            n_blocks=model_cfg.n_blocks,
+            upsample=model_cfg.upsample,
+        )
+
+    @classmethod
+    def config_stride_multiple(cls, model_cfg: ModelConfig) -> int:
+        """:attr:`stride_multiple` of the generator ``model_cfg`` builds (fixed for this class)."""
+        return cls.stride_multiple
+
+    @classmethod
+    def config_min_input_size(cls, model_cfg: ModelConfig) -> int:
+        """:attr:`min_input_size` of the generator ``model_cfg`` builds (fixed for this class)."""
+        return cls.min_input_size
 
     def _head_channels(self, out_channels: int) -> int:
         """Channels predicted by the final c7s1 layer (subclasses add attention channels)."""
