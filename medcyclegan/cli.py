@@ -444,7 +444,12 @@ def info(
         title=f"medcyclegan run: {summary.get('run_dir', summary['checkpoint'])}", show_header=False
     )
     nets = summary["networks"]
-    gen, disc = nets["generator"], nets["discriminator"]
+    # One row per network entry the model describes (medcyclegan.models.base.describe_networks).
+    network_rows = [
+        (name, entry["summary"])
+        for name, entry in nets.items()
+        if isinstance(entry, dict) and "summary" in entry
+    ]
     rows = [
         ("model", str(summary["model"])),
         ("direction", summary["direction"]),
@@ -454,18 +459,7 @@ def info(
             if summary["total_steps"] is not None
             else f"epoch {summary['epoch']} of {summary['total_epochs']}, step {summary['step']}",
         ),
-        (
-            "generator",
-            f"{gen['type']} ngf {gen['ngf']}, {gen['n_blocks']} blocks, {gen['upsample']}: {gen['parameters']:,} parameters"
-            + (f", EMA {gen['ema_decay']}" if gen["ema_decay"] else ", no EMA"),
-        ),
-        (
-            "discriminator",
-            f"PatchGAN ndf {disc['ndf']}, {disc['n_layers']} layers"
-            + (", spectral norm" if disc["spectral_norm"] else "")
-            + (f", {disc['n_scales']} scales" if disc["n_scales"] > 1 else "")
-            + f": {disc['parameters']:,} parameters",
-        ),
+        *network_rows,
         ("input channels", str(nets["in_channels"])),
         (
             "slices",

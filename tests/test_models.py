@@ -26,6 +26,7 @@ from medcyclegan.config import MODEL_KINDS, load_config
 from medcyclegan.errors import ConfigError
 from medcyclegan.models import CycleGAN, TranslationModel, model_class, register_model, registered_models
 from medcyclegan.models.base import Batch, Direction
+from medcyclegan.train.info import describe
 from medcyclegan.train.schedule import lr_rule
 from medcyclegan.train.trainer import Trainer
 
@@ -167,6 +168,13 @@ def test_the_loop_trains_checkpoints_and_resumes_a_model_it_does_not_know(
     assert grid.shape == (2 * 44 + 2, 2 * 40 + 2)
     header = (tmp_path / "a" / "metrics.csv").read_text().splitlines()[0]
     assert header == "step,epoch,lr,loss_G,l1"
+    # info describes the networks the model has (no CycleGAN generator/discriminator entries).
+    networks = describe(tmp_path / "a")["networks"]
+    assert networks["G"] == {
+        "parameters": data["parameters"]["G"],
+        "summary": f"{data['parameters']['G']:,} parameters",
+    }
+    assert "generator" not in networks and networks["parameters"] == data["parameters"]
 
     first = Trainer(
         tiny_config(**{**overrides, "train.max_steps": 3}), tmp_path / "b", mr, ct, show_progress=False

@@ -117,6 +117,26 @@ class TranslationModel(abc.ABC):
     def build_networks(cls, cfg: Config) -> dict[str, nn.Module]:
         """Every network, by state key, untrained (``info`` checks a checkpoint's weights with them)."""
 
+    @classmethod
+    def describe_networks(cls, cfg: Config, parameters: Mapping[str, int]) -> dict[str, dict[str, Any]]:
+        """What ``medcyclegan info`` says of the networks: entries by name, each JSON-ready with a
+        one-line ``summary`` for the table.
+
+        Args:
+            cfg: the run's config.
+            parameters: the parameter count of each network, by state key (as the checkpoint stores them).
+
+        The default lists every network of :attr:`network_names` with its parameter count; a model
+        overrides it to name its architecture (CycleGAN: ``generator`` and ``discriminator``).
+        """
+        return {
+            name: {
+                "parameters": int(parameters.get(name, 0)),
+                "summary": f"{int(parameters.get(name, 0)):,} parameters",
+            }
+            for name in cls.network_names
+        }
+
     # ------------------------------------------------------------- training
     @abc.abstractmethod
     def train_step(self, batch: Batch) -> dict[str, torch.Tensor]:

@@ -190,6 +190,39 @@ class CycleGAN(TranslationModel):
             "D_B": build_discriminator_from_config(cfg.model, channels),
         }
 
+    @classmethod
+    def describe_networks(cls, cfg: Config, parameters: Mapping[str, int]) -> dict[str, dict[str, Any]]:
+        """The generator and the discriminator (each of the pair), with their options."""
+        model = cfg.model
+        generator: dict[str, Any] = {
+            "type": model.generator,
+            "ngf": model.ngf,
+            "n_blocks": model.n_blocks,
+            "upsample": model.upsample,
+            "ema_decay": model.ema_decay,  # 0: no average of its weights
+            "parameters": int(parameters.get("G_AB", 0)),
+        }
+        generator["summary"] = (
+            f"{model.generator} ngf {model.ngf}, {model.n_blocks} blocks, {model.upsample}: "
+            f"{generator['parameters']:,} parameters"
+            + (f", EMA {model.ema_decay}" if model.ema_decay else ", no EMA")
+        )
+        discriminator: dict[str, Any] = {
+            "type": "PatchGAN",
+            "ndf": model.ndf,
+            "n_layers": model.n_layers_d,
+            "spectral_norm": model.spectral_norm_d,
+            "n_scales": model.n_scales_d,
+            "parameters": int(parameters.get("D_A", 0)),
+        }
+        discriminator["summary"] = (
+            f"PatchGAN ndf {model.ndf}, {model.n_layers_d} layers"
+            + (", spectral norm" if model.spectral_norm_d else "")
+            + (f", {model.n_scales_d} scales" if model.n_scales_d > 1 else "")
+            + f": {discriminator['parameters']:,} parameters"
+        )
+        return {"generator": generator, "discriminator": discriminator}
+
     def networks(self) -> dict[str, nn.Module]:
         return {"G_AB": self.G_AB, "G_BA": self.G_BA, "D_A": self.D_A, "D_B": self.D_B}
 

@@ -46,6 +46,9 @@ def describe(path: str | Path) -> dict[str, Any]:
     data = load_checkpoint(ckpt_path)
     cfg = checkpoint_config(data, ckpt_path)
     _check_architecture(data, cfg, ckpt_path)
+    # Per network, as training counted them (state key -> parameters).
+    stored = data.get("parameters")
+    parameters = {str(k): int(v) for k, v in stored.items()} if isinstance(stored, dict) else {}
     info: dict[str, Any] = {
         "checkpoint": str(ckpt_path),
         "medcyclegan_version": data.get("version"),
@@ -58,22 +61,8 @@ def describe(path: str | Path) -> dict[str, Any]:
         "total_steps": cfg.optim.n_steps,
         "max_steps": cfg.train.max_steps,
         "networks": {
-            "generator": {
-                "type": cfg.model.generator,
-                "ngf": cfg.model.ngf,
-                "n_blocks": cfg.model.n_blocks,
-                "upsample": cfg.model.upsample,
-                "ema_decay": cfg.model.ema_decay,  # 0: no average of its weights
-                "parameters": int(data.get("parameters", {}).get("G_AB", 0)),
-            },
-            "discriminator": {
-                "type": "PatchGAN",
-                "ndf": cfg.model.ndf,
-                "n_layers": cfg.model.n_layers_d,
-                "spectral_norm": cfg.model.spectral_norm_d,
-                "n_scales": cfg.model.n_scales_d,
-                "parameters": int(data.get("parameters", {}).get("D_A", 0)),
-            },
+            **model_class(cfg.model.kind).describe_networks(cfg, parameters),
+            "parameters": parameters,
             "in_channels": cfg.data.in_channels,
         },
         "data": {
