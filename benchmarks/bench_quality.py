@@ -18,6 +18,10 @@ Datasets:
              against its CT), and the rest in blocks of ``--block-slices`` given in turn to MR and
              to CT training (unpaired: no training slice is in both domains, none is in the test).
 
+A paired model (``TranslationModel.paired``: pix2pix) trains on the same MR as the unpaired ones,
+each with its own CT on its grid (phantom: the true CT of each MR training subject; lung1: the CT of
+each MR training block): the upper bound an unpaired model can approach.
+
 Budget: the learning-rate schedule spans ``--budget-steps`` steps (``optim.n_steps``: constant, then
 linear decay over the last half); ``--budget-minutes`` stops a run earlier if its wall time (data
 preparation included) runs out first; the table says how many steps each run made.
@@ -32,6 +36,10 @@ Conversion options (every recipe and seed alike; they change no training): ``--f
 ``--planes axial,coronal,sagittal`` are convert's test-time averaging (``medcyclegan.convert.convert_file``
 ``flip_average`` / ``planes``). To compare them, run the benchmark once per setting with the same
 recipes, seeds and budget.
+
+Cost, per run: seconds per training step (the trainer's own training time over its steps), the
+translator's parameters (the network ``convert`` runs), and memory: the peak resident size of the
+process during the run over its size at the start (CPU; Linux).
 
 Output: a markdown table per dataset (one row per recipe and seed, then mean +- sample standard
 deviation over the seeds per recipe) and a JSON file with every number, the exact command, the
@@ -48,6 +56,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import math
@@ -116,6 +125,9 @@ METRIC_COLUMNS = (
     ("mae_bone", "MAE bone", "{:.1f}"),
     ("train_seconds", "train [s]", "{:.0f}"),
     ("steps", "steps", "{:.0f}"),
+    ("seconds_per_step", "s/step", "{:.3f}"),
+    ("translator_parameters", "params G", "{:,.0f}"),
+    ("memory_mib", "memory [MiB]", "{:.0f}"),
 )
 
 
@@ -137,6 +149,9 @@ class Dataset:
     train_mr: Path
     train_ct: Path
     test_pairs: list[tuple[Path, Path]]  # (MR, reference CT) per test case
+    # The CT of each training MR, on the MR's grid, with the MR's file name: what a paired model
+    # (pix2pix) trains on instead of train_ct. Same MR input as the unpaired models get.
+    paired_ct: Path
     description: dict[str, Any] = field(default_factory=dict)
 
 
@@ -282,12 +297,37 @@ def make_phantom(root: Path, tiny: bool) -> Dataset:
     settings = TINY_PHANTOM if tiny else FULL_PHANTOM
     data = write_sample_dataset(root, seed=0, **settings)
     pairs = list(zip(data.test_mr, data.test_ct))
+    paired_ct = root / "paired_ct"
+    for mr_path in data.train_mr:
+        write_phantom_ct(
+            mr_path, data.subject_seeds[mr_path.name.removesuffix(".nii.gz")], paired_ct, settings
+        )
     description = {
         "source": "medcyclegan.sample_data.write_sample_dataset(seed=0)",
         **{k: list(v) if isinstance(v, tuple) else v for k, v in settings.items()},
         "grid": "native (the phantom's own grid; the model's data.spacing resamples inside training/convert)",
+        "paired": "paired models train on the training MR subjects and their own CT (same grid)",
     }
-    return Dataset("phantom", data.train_mr_dir, data.train_ct_dir, pairs, description)
+    return Dataset("phantom", data.train_mr_dir, data.train_ct_dir, pairs, paired_ct, description)
+
+
+def write_phantom_ct(mr_path: Path, subject_seed: int, folder: Path, settings: dict[str, Any]) -> Path:
+    """The true CT of a phantom MR training subject, on the MR's grid, as ``folder/<MR file name>``."""
+    from medcyclegan.io.readers import read_volume
+    from medcyclegan.io.writers import write_volume
+    from medcyclegan.sample_data import DEFAULT_SHAPE, DEFAULT_SPACING, make_head_phantom
+
+    shape = settings.get("shape", DEFAULT_SHAPE)
+    spacing = settings.get("spacing", DEFAULT_SPACING)
+    subject = make_head_phantom(subject_seed, shape=shape, spacing=spacing)
+    mr = read_volume(mr_path)
+    if not np.allclose(mr.affine, subject.affine) or mr.shape != subject.ct.shape:
+        raise BenchError(f"{mr_path}: the phantom MR is not on the grid of its subject's CT")
+    folder.mkdir(parents=True, exist_ok=True)
+    out = folder / mr_path.name
+    geometry = dataclasses.replace(mr.geometry, dtype="int16")
+    write_volume(subject.ct.astype(np.int16), geometry, out, description="phantom CT HU (paired)")
+    return out
 
 
 def lung1_blocks(
@@ -362,6 +402,7 @@ def make_lung1(root: Path, ct_path: Path, block_slices: int, pseudo_mr_seed: int
 
     for block in map(shift, mr_blocks):
         write(mr.array, mr.affine, block, "train_mr", "float32")
+        write(ct.array, ct.affine, block, "paired_ct", "int16")  # the same block's CT (paired models)
     for block in map(shift, ct_blocks):
         write(ct.array, ct.affine, block, "train_ct", "int16")
     pairs = [
@@ -387,7 +428,8 @@ def make_lung1(root: Path, ct_path: Path, block_slices: int, pseudo_mr_seed: int
             "noise_fraction": DEFAULT_NOISE_FRACTION,
         },
     }
-    return Dataset("lung1", root / "train_mr", root / "train_ct", pairs, description)
+    description["paired"] = "paired models train on the MR training blocks and the same blocks' CT"
+    return Dataset("lung1", root / "train_mr", root / "train_ct", pairs, root / "paired_ct", description)
 
 
 # ------------------------------------------------------------------------------------ train and score
@@ -445,26 +487,99 @@ def run_config(args: argparse.Namespace, recipe: Recipe, seed: int) -> Any:
     return load_config(resolve_config_path(args.config), overrides)
 
 
+def is_paired(cfg: Any) -> bool:
+    """Whether the recipe's model trains on registered pairs (``TranslationModel.paired``: pix2pix)."""
+    from medcyclegan.models import model_class
+
+    return bool(getattr(model_class(cfg.model.kind), "paired", False))
+
+
+def memory_status(field_name: str) -> int | None:
+    """A ``/proc/self/status`` field in KiB (``VmRSS``, ``VmHWM``: the peak), None where there is none."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field_name + ":"):
+                return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return None
+
+
 def train_one(
     args: argparse.Namespace, data: Dataset, recipe: Recipe, seed: int, run_dir: Path
 ) -> dict[str, Any]:
+    """Trains one recipe and seed; returns wall time, steps, seconds per step and memory.
+
+    ``seconds_per_step`` is the trainer's own training time (``train_seconds`` of ``last.pt``: no data
+    preparation, no validation) over the steps. ``memory_mib`` is the peak resident size of this
+    process (``VmHWM``; NaN off Linux): meant for a fresh process per run (:func:`train_isolated`),
+    with ``imports_mib``, its size before the training began.
+    """
+    from medcyclegan.checkpoint import load_checkpoint
     from medcyclegan.errors import TrainingInterrupted
     from medcyclegan.train.api import train_from_folders
 
     cfg = run_config(args, recipe, seed)
+    tgt = data.paired_ct if is_paired(cfg) else data.train_ct
     deadline_s = None if args.budget_minutes is None else 60.0 * args.budget_minutes
+    start_rss = memory_status("VmRSS")
     start = time.perf_counter()
     with Deadline(deadline_s) as deadline:
         try:
-            result = train_from_folders(
-                cfg, run_dir, src=data.train_mr, tgt=data.train_ct, show_progress=False
-            )
+            result = train_from_folders(cfg, run_dir, src=data.train_mr, tgt=tgt, show_progress=False)
             steps, stopped_by = result.step, "steps"
         except TrainingInterrupted as stop:
             if not deadline.fired:
                 raise
             steps, stopped_by = stop.step, "minutes"
-    return {"train_seconds": time.perf_counter() - start, "steps": steps, "stopped_by": stopped_by}
+    wall = time.perf_counter() - start
+    peak = memory_status("VmHWM")
+    state = load_checkpoint(run_dir / "checkpoints" / "last.pt")
+    train_seconds = state.get("train_seconds")
+    per_step = float(train_seconds) / steps if train_seconds is not None and steps else float("nan")
+    return {
+        "train_seconds": wall,
+        "steps": steps,
+        "stopped_by": stopped_by,
+        "seconds_per_step": per_step,
+        "memory_mib": float("nan") if peak is None else peak / 1024,
+        "imports_mib": float("nan") if start_rss is None else start_rss / 1024,
+        "paired": tgt == data.paired_ct,
+        "network_parameters": {str(k): int(v) for k, v in state.get("parameters", {}).items()},
+    }
+
+
+def _train_child(queue: Any, *arguments: Any) -> None:
+    """:func:`train_one` in a child process; its result (or its error as one line) goes to ``queue``."""
+    from medcyclegan.errors import MedCycleGANError
+
+    try:
+        queue.put(("ok", train_one(*arguments)))
+    except (BenchError, MedCycleGANError) as exc:
+        queue.put(("error", str(exc)))
+    except BaseException as exc:
+        queue.put(("error", f"{type(exc).__name__}: {exc}"))
+        raise
+
+
+def train_isolated(
+    args: argparse.Namespace, data: Dataset, recipe: Recipe, seed: int, run_dir: Path
+) -> dict[str, Any]:
+    """:func:`train_one` in a fresh process (spawned, so no state of an earlier run is shared), for a
+    peak memory of this run alone; the runs still go one after the other."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    child = context.Process(target=_train_child, args=(queue, args, data, recipe, seed, run_dir))
+    child.start()
+    try:
+        status, value = queue.get()
+    finally:
+        child.join()
+    if status != "ok":
+        raise BenchError(f"{recipe.name} seed {seed}: {value}")
+    return value
 
 
 def score_one(args: argparse.Namespace, data: Dataset, run_dir: Path, pred_dir: Path) -> dict[str, Any]:
@@ -473,6 +588,7 @@ def score_one(args: argparse.Namespace, data: Dataset, run_dir: Path, pred_dir: 
     from medcyclegan.metrics import synthrad2023, synthrad_body_mask, tissue_mae
 
     model = load_model(run_dir, to="ct", device=args.device)
+    translator_parameters = sum(p.numel() for p in model.generator.parameters())
     cases: dict[str, dict[str, float]] = {}
     start = time.perf_counter()
     for mr_path, ct_path in data.test_pairs:
@@ -488,7 +604,12 @@ def score_one(args: argparse.Namespace, data: Dataset, run_dir: Path, pred_dir: 
             **tissue_mae(pred.array, ref.array, mask, args.edges),
         }
     mean = {key: float(np.mean([case[key] for case in cases.values()])) for key in next(iter(cases.values()))}
-    return {**mean, "convert_seconds": time.perf_counter() - start, "cases": cases}
+    return {
+        **mean,
+        "convert_seconds": time.perf_counter() - start,
+        "translator_parameters": translator_parameters,
+        "cases": cases,
+    }
 
 
 def summarise(rows: list[dict[str, Any]], recipes: list[Recipe]) -> dict[str, dict[str, dict[str, float]]]:
@@ -593,7 +714,7 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                 label = f"{recipe.name}_seed{seed}"
                 print(f"[bench_quality] {name}: training {label} ...", file=sys.stderr, flush=True)
                 run_dir = work / name / "runs" / label
-                trained = train_one(args, data, recipe, seed, run_dir)
+                trained = train_isolated(args, data, recipe, seed, run_dir)
                 scores = score_one(args, data, run_dir, work / name / "pred" / label)
                 rows.append({"recipe": recipe.name, "seed": seed, **trained, **scores})
                 report["datasets"][name] = {"description": data.description, "runs": rows, "partial": True}
