@@ -14,7 +14,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from tiny import TrainedRun, files, one_error_line, tiny_config
+from tiny import TrainedRun, files, one_error_line, save_volume, tiny_config
 
 from medcyclegan.checkpoint import checkpoint_config, load_checkpoint
 from medcyclegan.config import ModelConfig, load_config
@@ -245,6 +245,20 @@ def test_train_convert_and_info_from_the_cli(trained_run: TrainedRun, cli, tmp_p
     assert generator["parameters"] == count_parameters(tiny_generator())
     path = run / "checkpoints" / "last.pt"
     assert checkpoint_config(load_checkpoint(path), path).vit_unet.unet_features == [4, 8]
+    # augment: a synthetic-CT segmentation dataset from the labelled MR, through the same translator.
+    labels = tmp_path / "labels"
+    for image in files(trained_run.mr):
+        label = (np.asarray(nib.load(image).dataobj) > 0).astype(np.uint8)
+        save_volume(labels / image.name, label)
+    dataset = tmp_path / "raw"
+    result = cli(
+        "augment", "--images", trained_run.mr, "--labels", labels, "--out", dataset, "--dataset-id", 5,
+        "-m", run, "--device", "cpu",
+    )  # fmt: skip
+    assert result.code == 0, result.err
+    written = sorted((dataset / "Dataset005_SynthCT" / "imagesTr").iterdir())
+    assert len(written) == len(files(trained_run.mr))
+    assert nib.load(written[0]).shape == given.shape
 
 
 def test_conversion_refuses_nothing_a_slice_of_another_size_is_translated_whole() -> None:
@@ -265,3 +279,13 @@ def test_a_bad_vit_unet_value_in_a_config_file_names_the_file(tmp_path: Path) ->
     ) as exc:
         load_config(path)
     assert str(path) in str(exc.value)
+
+
+def test_channels_last_changes_nothing_beyond_rounding() -> None:
+    generator = tiny_generator()
+    x = torch.rand(2, 1, 16, 16) * 2 - 1
+    with torch.no_grad():
+        plain = generator(x)
+        generator.to(memory_format=torch.channels_last)
+        nhwc = generator(x.contiguous(memory_format=torch.channels_last))
+    assert torch.allclose(plain, nhwc, atol=1e-6)
