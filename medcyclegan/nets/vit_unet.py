@@ -34,9 +34,10 @@ Where it differs from the reference, and why:
   embedding is evaluated at the new tokens' relative positions (a slice twice as large puts its
   tokens twice as close in that coordinate). The only size rule is the U-Net's: H and W multiples
   of ``2**depth``. Conversion thus translates whole slices, as with the ResNet generators.
-- The reference's coordinate grid swaps its x and y roles (``torch.meshgrid`` in ``ij`` order over
-  (width, height)); here (row, column) go to the projection in that order. The projection is
-  learned, so on square slices the two are the same network up to the order of its two inputs.
+- The reference builds its coordinates with ``torch.meshgrid`` in ``ij`` order over (width,
+  height), so its "x" is the token's row and its "y" the column: on a square grid it feeds (row,
+  column), normalised, to the projection, exactly as here; on a non-square grid it would normalise
+  the rows by the width (here each axis by its own length).
 - Weight initialisation is the package's (:func:`~medcyclegan.nets.init.init_weights`: convolutions
   and linear layers ~ N(0, gain) as the reference does; layer-norm weights ~ N(1, gain), where the
   reference leaves them at 1). The attention's input projection keeps torch's Xavier initialisation,
