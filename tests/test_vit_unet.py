@@ -261,7 +261,7 @@ def test_train_convert_and_info_from_the_cli(trained_run: TrainedRun, cli, tmp_p
     assert nib.load(written[0]).shape == given.shape
 
 
-def test_conversion_refuses_nothing_a_slice_of_another_size_is_translated_whole() -> None:
+def test_a_slice_larger_than_the_training_crops_is_translated_whole_and_deterministically() -> None:
     # Trained on 32 px crops, a 44 x 40 slice goes through at its own size (its tokens' positions
     # normalised across it), deterministic in eval mode.
     generator = tiny_generator()
