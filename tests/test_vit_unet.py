@@ -17,7 +17,7 @@ import torch
 from tiny import TrainedRun, files, one_error_line, save_volume, tiny_config
 
 from medcyclegan.checkpoint import checkpoint_config, load_checkpoint
-from medcyclegan.config import ModelConfig, load_config
+from medcyclegan.config import ModelConfig, apply_overrides, load_config
 from medcyclegan.errors import ConfigError
 from medcyclegan.inference import translate_array
 from medcyclegan.models import CycleGAN
@@ -29,6 +29,7 @@ from medcyclegan.nets import (
     generator_stride_multiple,
 )
 from medcyclegan.nets.vit_unet import token_coordinates
+from medcyclegan.train.resume import merge_resume_config
 from medcyclegan.train.trainer import Trainer
 
 # The tiny ViT-UNet of these tests: 2 levels (stride 4), a one-block transformer of width 8.
@@ -289,3 +290,10 @@ def test_channels_last_changes_nothing_beyond_rounding() -> None:
         generator.to(memory_format=torch.channels_last)
         nhwc = generator(x.contiguous(memory_format=torch.channels_last))
     assert torch.allclose(plain, nhwc, atol=1e-6)
+
+
+def test_resuming_refuses_another_vit_unet_size() -> None:
+    stored = load_config(None, TINY_VIT_UNET)
+    asked = apply_overrides(stored, {"vit_unet.n_blocks": 2})
+    with pytest.raises(ConfigError, match=r"cannot change vit_unet\.n_blocks \(stored 1, given 2\)"):
+        merge_resume_config(stored, asked, keys=["vit_unet.n_blocks"], announce=False)
