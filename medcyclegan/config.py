@@ -714,8 +714,8 @@ class Config:
     version: str = ""
 
     def validate(self) -> Config:
-        for section in (self.data, self.model, self.loss, self.optim, self.train, self.vit_unet):
-            section.validate()
+        for name in _SECTIONS:  # every section, the models' and generators' own too
+            getattr(self, name).validate()
         self._check_image_size()
         n_steps, max_steps = self.optim.n_steps, self.train.max_steps
         if n_steps is not None and max_steps is not None and max_steps > n_steps:
