@@ -16,7 +16,7 @@ from typing import Any
 import typer
 
 from medcyclegan import __version__
-from medcyclegan.config import MODEL_KINDS, check_planes
+from medcyclegan.config import GENERATORS, MODEL_KINDS, check_planes
 from medcyclegan.errors import MedCycleGANError
 from medcyclegan.runtime import DEVICE_HELP
 
@@ -150,7 +150,11 @@ def train(
     model: str | None = typer.Option(
         None, "--model", "-m", help=f"Translation model (model.kind): {', '.join(MODEL_KINDS)}."
     ),
-    generator: str | None = typer.Option(None, "--generator", help="resnet or resnet-attention."),
+    generator: str | None = typer.Option(
+        None,
+        "--generator",
+        help=f"Generator (model.generator): {', '.join(GENERATORS)} (sized by the vit_unet section).",
+    ),
     upsample: str | None = typer.Option(
         None, "--upsample", help="transpose (reference) or resize (no checkerboard)."
     ),

@@ -33,7 +33,7 @@ from medcyclegan.runtime import check_device_name
 MODALITIES = ("mr", "ct")
 # Translation models (medcyclegan.models registers one class under each name).
 MODEL_KINDS = ("cyclegan",)
-GENERATORS = ("resnet", "resnet-attention")  # the classes: medcyclegan.nets, in this order
+GENERATORS = ("resnet", "resnet-attention", "vit-unet")  # the classes: medcyclegan.nets, in this order
 UPSAMPLE_MODES = ("transpose", "resize")
 GAN_MODES = ("lsgan", "vanilla", "hinge")
 # Structure-consistency losses between a generator's input and its translation (losses.structure_loss).
@@ -234,7 +234,9 @@ class ModelConfig:
     Attributes:
         kind: the translation model (:data:`MODEL_KINDS`; ``"cyclegan"``, which configs of
             medcyclegan 0.1.0 meant without saying).
-        generator: ``"resnet"`` (reference) or ``"resnet-attention"`` (Mask CycleGAN variant).
+        generator: ``"resnet"`` (reference), ``"resnet-attention"`` (Mask CycleGAN variant) or
+            ``"vit-unet"`` (UVCGAN's U-Net with a transformer bottleneck, sized by the ``vit_unet``
+            section; ``ngf``, ``n_blocks`` and ``upsample`` are the ResNet generators').
         ngf: filters of the generator's first layer (c7s1-ngf).
         n_blocks: residual blocks (9 for 256 px, 6 for 128 px in the reference).
         upsample: ``"transpose"`` (reference, uk layers) or ``"resize"`` (nearest upsample + conv,
@@ -472,6 +474,72 @@ class TrainConfig:
         _check_positive("train", "keep_epoch_checkpoints", self.keep_epoch_checkpoints, allow_zero=True)
 
 
+# The largest U-Net of the ViT-UNet: each level halves the slice (2**8 = 256).
+MAX_VIT_UNET_DEPTH = 8
+MAX_TRANSFORMER_FEATURES = 8192
+
+
+@dataclass
+class ViTUNetConfig:
+    """The ViT-UNet generator of UVCGAN (``model.generator: vit-unet``; :mod:`medcyclegan.nets.vit_unet`).
+
+    The defaults are the reference's ``vit-unet-12`` preset, the generator of every UVCGAN training
+    script (LS4GAN/uvcgan, ``scripts/train/selfie2anime/cyclegan_selfie2anime-256.py`` and
+    ``scripts/train/celeba/cyclegan_celeba_preproc-256.py``, ``GEN_PRESETS``): 31,359,277 parameters
+    with 1 channel. Its fixed choices are kept and not options: GELU and layer norm in the
+    transformer, leaky ReLU and InstanceNorm in the U-Net, 2x2 stride-2 convolutions down
+    (``unet_downsample: conv``), nearest upsampling + 3x3 convolution up (``upsample-conv``). The
+    output ends in tanh for our [-1, 1] slices (the reference: sigmoid, for [0, 1] images).
+
+    Attributes:
+        unet_features: channels of the U-Net levels, outermost first (``unet_features_list``);
+            their number is the depth: H and W must be multiples of ``2**depth`` (16 by default).
+        features: width of the transformer (``features``).
+        n_heads: attention heads; must divide ``features`` (``n_heads``).
+        n_blocks: transformer blocks (``n_blocks``; the ``vit-unet-6`` preset has 6).
+        ffn_features: hidden width of each block's feed-forward network (``ffn_features``).
+        embed_features: width of the Fourier positional embedding (``embed_features``).
+        rezero: ReZero weights (starting at 0) on the transformer blocks' residual branches
+            (``rezero``).
+        unet_rezero: ReZero weights on the U-Net decoder's upsampled branches (``unet_rezero``; off
+            in the reference presets).
+    """
+
+    unet_features: list[int] = field(default_factory=lambda: [48, 96, 192, 384])  # GEN_PRESETS
+    features: int = 384  # GEN_PRESETS['vit-unet-12']
+    n_heads: int = 6  # GEN_PRESETS['vit-unet-12']
+    n_blocks: int = 12  # GEN_PRESETS['vit-unet-12']
+    ffn_features: int = 1536  # GEN_PRESETS['vit-unet-12']
+    embed_features: int = 384  # GEN_PRESETS['vit-unet-12']
+    rezero: bool = True  # GEN_PRESETS['vit-unet-12']
+    unet_rezero: bool = False  # ViTUNetGenerator's default (the presets do not set it)
+
+    def validate(self) -> None:
+        widths = self.unet_features
+        if (
+            not isinstance(widths, (list, tuple))
+            or not 1 <= len(widths) <= MAX_VIT_UNET_DEPTH
+            or any(isinstance(w, bool) or not isinstance(w, int) or not 1 <= w <= MAX_FILTERS for w in widths)
+        ):
+            raise ConfigError(
+                f"vit_unet.unet_features must be a list of 1 to {MAX_VIT_UNET_DEPTH} channel counts "
+                f"from 1 to {MAX_FILTERS}; got {widths!r}"
+            )
+        self.unet_features = list(widths)
+        for name in ("features", "n_heads", "ffn_features", "embed_features"):
+            _check_positive("vit_unet", name, getattr(self, name))
+            _check_at_most("vit_unet", name, getattr(self, name), MAX_TRANSFORMER_FEATURES)
+        _check_positive("vit_unet", "n_blocks", self.n_blocks, allow_zero=True)
+        _check_at_most("vit_unet", "n_blocks", self.n_blocks, MAX_BLOCKS)
+        if self.features % self.n_heads:
+            raise ConfigError(
+                f"vit_unet.features {self.features} must be a multiple of vit_unet.n_heads {self.n_heads}"
+            )
+        for name in ("rezero", "unet_rezero"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"vit_unet.{name} must be true or false; got {getattr(self, name)!r}")
+
+
 # How each modality is normalised (see medcyclegan.data.normalise): CT through the fixed HU window
 # data.ct_window, MR through percentiles measured per volume (data.mr_percentiles).
 NORMALISATION_METHODS = {"ct": "window", "mr": "percentiles"}
@@ -641,12 +709,13 @@ class Config:
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    vit_unet: ViTUNetConfig = field(default_factory=ViTUNetConfig)
     normalisation: Normalisation | None = None
     version: str = ""
 
     def validate(self) -> Config:
-        for section in (self.data, self.model, self.loss, self.optim, self.train):
-            section.validate()
+        for name in _SECTIONS:  # every section, the models' and generators' own too
+            getattr(self, name).validate()
         self._check_image_size()
         n_steps, max_steps = self.optim.n_steps, self.train.max_steps
         if n_steps is not None and max_steps is not None and max_steps > n_steps:
@@ -668,7 +737,7 @@ class Config:
         from medcyclegan.nets import discriminator_min_size, generator_stride_multiple  # noqa: PLC0415 (see the comment above)
 
         size = self.data.image_size
-        multiple = generator_stride_multiple(self.model)
+        multiple = generator_stride_multiple(self)
         n_layers, n_scales = self.model.n_layers_d, self.model.n_scales_d
         smallest = discriminator_min_size(n_layers, n_scales)
         if size % multiple:
@@ -699,6 +768,7 @@ _SECTIONS = {
     "loss": LossConfig,
     "optim": OptimConfig,
     "train": TrainConfig,
+    "vit_unet": ViTUNetConfig,
 }
 
 

@@ -106,12 +106,12 @@ class ConversionModel:
     @property
     def stride_multiple(self) -> int:
         """The generator's input H and W are padded to multiples of this (its architecture's)."""
-        return generator_stride_multiple(self.cfg.model)
+        return generator_stride_multiple(self.cfg)
 
     @property
     def min_slice_voxels(self) -> int:
         """The smallest in-plane size (voxels per axis, at the model's spacing) the generator takes."""
-        return generator_min_input_size(self.cfg.model)
+        return generator_min_input_size(self.cfg)
 
 
 def load_model(model: str | Path | None, *, to: str | None = None, device: str = "auto") -> ConversionModel:

@@ -169,7 +169,7 @@ class CycleGAN(TranslationModel):
     @classmethod
     def build_translator(cls, cfg: Config, direction: Direction) -> nn.Module:
         channels = cfg.data.in_channels
-        return build_generator(cfg.model, channels, channels)
+        return build_generator(cfg, channels, channels)
 
     @classmethod
     def translator_key(cls, direction: Direction) -> str:
@@ -184,8 +184,8 @@ class CycleGAN(TranslationModel):
     def build_networks(cls, cfg: Config) -> dict[str, nn.Module]:
         channels = cfg.data.in_channels
         return {
-            "G_AB": build_generator(cfg.model, channels, channels),
-            "G_BA": build_generator(cfg.model, channels, channels),
+            "G_AB": build_generator(cfg, channels, channels),
+            "G_BA": build_generator(cfg, channels, channels),
             "D_A": build_discriminator_from_config(cfg.model, channels),
             "D_B": build_discriminator_from_config(cfg.model, channels),
         }

@@ -1,10 +1,14 @@
-"""The CycleGAN networks: ResNet generators (plain and attention) and the 70x70 PatchGAN (single or
-multi-scale, optionally spectrally normalised).
+"""The networks: ResNet generators (plain and attention), UVCGAN's ViT-UNet generator and the 70x70
+PatchGAN (single or multi-scale, optionally spectrally normalised).
 
-Build them from a :class:`~medcyclegan.config.ModelConfig`::
+Build them from the run config (:class:`~medcyclegan.config.Config`)::
 
-    generator = build_generator(cfg.model, in_channels=1, out_channels=1)
+    generator = build_generator(cfg, in_channels=1, out_channels=1)
     discriminator = build_discriminator_from_config(cfg.model, in_channels=1)
+
+The generator functions also take the ``model`` section alone (a
+:class:`~medcyclegan.config.ModelConfig`) for the generators that read nothing else (the ResNet
+ones); the ViT-UNet reads the ``vit_unet`` section as well, so it needs the whole config.
 
 Both come initialised as the reference does (normal(0, ``cfg.model.init_gain``)).
 
@@ -18,10 +22,11 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from torch import nn
 
-from medcyclegan.config import GENERATORS, ModelConfig
+from medcyclegan.config import GENERATORS, Config, ModelConfig
 from medcyclegan.errors import ConfigError
 from medcyclegan.nets.generator import AttentionResnetGenerator, ResnetGenerator
 from medcyclegan.nets.init import init_weights
+from medcyclegan.nets.vit_unet import ViTUNetGenerator
 
 if TYPE_CHECKING:
     from medcyclegan.nets.discriminator import MultiScalePatchGAN, PatchGAN, build_discriminator
@@ -31,6 +36,7 @@ __all__ = [
     "MultiScalePatchGAN",
     "PatchGAN",
     "ResnetGenerator",
+    "ViTUNetGenerator",
     "build_discriminator",
     "build_discriminator_from_config",
     "build_generator",
@@ -44,21 +50,41 @@ __all__ = [
 
 
 # The class of each name of config.GENERATORS, in its order (the names are written there only).
-# Every class builds itself from the model config (``from_config``) and says, from the config alone,
+# Every class builds itself from the run config (``from_config``) and says, from the config alone,
 # what its input's H and W must be multiples of (``config_stride_multiple``) and the smallest slice
 # it takes (``config_min_input_size``): config validation and conversion ask before building one.
 class GeneratorClass(Protocol):
-    """What :data:`_GENERATORS` holds: a generator class that builds itself from the model config."""
+    """What :data:`_GENERATORS` holds: a generator class that builds itself from the run config."""
 
     def __call__(self, *args: Any, **kwargs: Any) -> nn.Module: ...
-    def from_config(self, model_cfg: ModelConfig, in_channels: int, out_channels: int) -> nn.Module: ...
-    def config_stride_multiple(self, model_cfg: ModelConfig) -> int: ...
-    def config_min_input_size(self, model_cfg: ModelConfig) -> int: ...
+    def from_config(self, cfg: Config, in_channels: int, out_channels: int) -> nn.Module: ...
+    def config_stride_multiple(self, cfg: Config) -> int: ...
+    def config_min_input_size(self, cfg: Config) -> int: ...
 
 
 _GENERATORS: dict[str, GeneratorClass] = dict(
-    zip(GENERATORS, (ResnetGenerator, AttentionResnetGenerator), strict=True)
+    zip(GENERATORS, (ResnetGenerator, AttentionResnetGenerator, ViTUNetGenerator), strict=True)
 )
+# Generators configured by more than the ``model`` section (which section): they need the run config.
+_SECTIONS_READ = {"vit-unet": "vit_unet"}
+
+
+def _run_config(cfg: Config | ModelConfig) -> Config:
+    """``cfg``, or a bare ``model`` section as a config whose other sections are unused defaults.
+
+    Raises:
+        TypeError: a bare ``model`` section for a generator that reads another section (its
+            defaults would silently stand in for the run's values).
+    """
+    if isinstance(cfg, Config):
+        return cfg
+    section = _SECTIONS_READ.get(cfg.generator)
+    if section is not None:
+        raise TypeError(
+            f"the {cfg.generator} generator is configured by the {section} section too: pass the "
+            "whole run config (cfg), not cfg.model"
+        )
+    return Config(model=cfg)
 
 
 def generator_class(name: str) -> GeneratorClass:
@@ -73,24 +99,26 @@ def generator_class(name: str) -> GeneratorClass:
     return cls
 
 
-def generator_stride_multiple(model_cfg: ModelConfig) -> int:
-    """H and W of an input of the generator of ``model_cfg`` must be multiples of this.
+def generator_stride_multiple(cfg: Config | ModelConfig) -> int:
+    """H and W of an input of the generator of ``cfg`` (``model.generator``) must be multiples of this.
 
     The built network's ``stride_multiple``; it may depend on the config (a U-Net's depth).
 
     Raises:
         ConfigError: for an unknown generator.
     """
-    return int(generator_class(model_cfg.generator).config_stride_multiple(model_cfg))
+    run = _run_config(cfg)
+    return int(generator_class(run.model.generator).config_stride_multiple(run))
 
 
-def generator_min_input_size(model_cfg: ModelConfig) -> int:
-    """Smallest H and W (before padding) the generator of ``model_cfg`` can translate.
+def generator_min_input_size(cfg: Config | ModelConfig) -> int:
+    """Smallest H and W (before padding) the generator of ``cfg`` can translate.
 
     Raises:
         ConfigError: for an unknown generator.
     """
-    return int(generator_class(model_cfg.generator).config_min_input_size(model_cfg))
+    run = _run_config(cfg)
+    return int(generator_class(run.model.generator).config_min_input_size(run))
 
 
 def discriminator_min_size(n_layers: int, n_scales: int = 1) -> int:
@@ -108,23 +136,27 @@ def discriminator_min_size(n_layers: int, n_scales: int = 1) -> int:
     return (coarsest - 1) * 2 ** (n_scales - 1) + 1
 
 
-def build_generator(model_cfg: ModelConfig, in_channels: int, out_channels: int) -> nn.Module:
-    """The generator named by ``model_cfg.generator``, initialised with ``model_cfg.init_gain``.
+def build_generator(cfg: Config | ModelConfig, in_channels: int, out_channels: int) -> nn.Module:
+    """The generator named by ``model.generator``, initialised with ``model.init_gain``.
 
     Args:
-        model_cfg: model section of the run config (generator, ngf, n_blocks, upsample, init_gain).
+        cfg: the run config (model: generator, ngf, n_blocks, upsample, init_gain; vit_unet), or
+            its model section alone for the ResNet generators.
         in_channels: input channels (2k+1 with k context slices).
         out_channels: output channels.
 
     Returns:
         A :class:`ResnetGenerator` or :class:`AttentionResnetGenerator` (which also has
-        ``forward_with_attention``); both have ``stride_multiple`` (4) and ``min_input_size`` (5).
+        ``forward_with_attention``; both have ``stride_multiple`` 4 and ``min_input_size`` 5) or a
+        :class:`ViTUNetGenerator` (``stride_multiple`` ``2**len(vit_unet.unet_features)``).
 
     Raises:
         ConfigError: for an unknown generator or invalid sizes.
+        TypeError: the model section alone for the ViT-UNet.
     """
-    generator = generator_class(model_cfg.generator).from_config(model_cfg, in_channels, out_channels)
-    init_weights(generator, gain=model_cfg.init_gain)
+    run = _run_config(cfg)
+    generator = generator_class(run.model.generator).from_config(run, in_channels, out_channels)
+    init_weights(generator, gain=run.model.init_gain)
     return generator
 
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from medcyclegan.config import UPSAMPLE_MODES, ModelConfig
+from medcyclegan.config import UPSAMPLE_MODES, Config
 from medcyclegan.errors import ConfigError
 
 
@@ -162,8 +162,9 @@ class ResnetGenerator(nn.Module):
         self.head = c7s1(k, self._head_channels(out_channels), norm_act=False)
 
     @classmethod
-    def from_config(cls, model_cfg: ModelConfig, in_channels: int, out_channels: int) -> ResnetGenerator:
-        """The generator of ``model_cfg`` (ngf, n_blocks, upsample), not yet initialised."""
+    def from_config(cls, cfg: Config, in_channels: int, out_channels: int) -> ResnetGenerator:
+        """The generator of ``cfg.model`` (ngf, n_blocks, upsample), not yet initialised."""
+        model_cfg = cfg.model
         return cls(
             in_channels,
             out_channels,
@@ -173,13 +174,13 @@ class ResnetGenerator(nn.Module):
         )
 
     @classmethod
-    def config_stride_multiple(cls, model_cfg: ModelConfig) -> int:
-        """:attr:`stride_multiple` of the generator ``model_cfg`` builds (fixed for this class)."""
+    def config_stride_multiple(cls, cfg: Config) -> int:
+        """:attr:`stride_multiple` of the generator ``cfg`` builds (fixed for this class)."""
         return cls.stride_multiple
 
     @classmethod
-    def config_min_input_size(cls, model_cfg: ModelConfig) -> int:
-        """:attr:`min_input_size` of the generator ``model_cfg`` builds (fixed for this class)."""
+    def config_min_input_size(cls, cfg: Config) -> int:
+        """:attr:`min_input_size` of the generator ``cfg`` builds (fixed for this class)."""
         return cls.min_input_size
 
     def _head_channels(self, out_channels: int) -> int:
