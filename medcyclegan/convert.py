@@ -47,7 +47,7 @@ from medcyclegan.data.prepare import (
     resample_slices,
 )
 from medcyclegan.errors import CheckpointError, InputError, OutputError
-from medcyclegan.inference import stride_multiple_of, translate_planes, translate_slices
+from medcyclegan.inference import translate_planes, translate_slices
 
 # readers by module: its functions are looked up at call time (tests count the reads through it).
 from medcyclegan.io import readers
@@ -64,7 +64,7 @@ from medcyclegan.io.discovery import (
 from medcyclegan.io.volume import Geometry, Volume
 from medcyclegan.io.writers import cast_values, files_written_by, write_volume
 from medcyclegan.models import Direction, model_class
-from medcyclegan.nets import generator_min_input_size
+from medcyclegan.nets import generator_min_input_size, generator_stride_multiple
 from medcyclegan.runtime import distributed, resolve_device
 from medcyclegan.runtime.precision import use_bf16
 
@@ -105,8 +105,13 @@ class ConversionModel:
 
     @property
     def stride_multiple(self) -> int:
-        """The generator's input H and W are padded to multiples of this (the translator's own)."""
-        return stride_multiple_of(self.generator)
+        """The generator's input H and W are padded to multiples of this.
+
+        The translator's own ``stride_multiple`` where it has one (a model's own networks), else
+        that of the config's generator.
+        """
+        own = getattr(self.generator, "stride_multiple", None)
+        return int(own) if own is not None else generator_stride_multiple(self.cfg.model)
 
     @property
     def min_slice_voxels(self) -> int:

@@ -257,6 +257,18 @@ def test_the_optimisers_are_the_references() -> None:
     assert sum(p.numel() for p in model.opt_G.param_groups[0]["params"]) == n_gen
 
 
+def test_a_channels_last_step_gives_the_plain_steps_losses() -> None:
+    torch.manual_seed(0)
+    plain = tiny_unit()
+    torch.manual_seed(0)
+    cfg = tiny_config(**TINY_UNIT)
+    nhwc = Unit(cfg, CPU, lr_rule(cfg.optim), channels_last=True)
+    assert next(nhwc.gen_A.parameters()).is_contiguous(memory_format=torch.channels_last)
+    ours, theirs = nhwc.train_step(batch(4)), plain.train_step(batch(4))
+    for name, value in theirs.items():
+        torch.testing.assert_close(ours[name], value, rtol=1e-4, atol=1e-5, msg=name)
+
+
 # ------------------------------------------------------------------ training, resume, conversion
 
 
