@@ -800,6 +800,9 @@ class Config:
     def _check_image_size(self) -> None:
         """The slice size against the networks: a multiple of the generator's stride, big enough for D.
 
+        UNIT builds its own networks from the ``unit`` section, which checks the size (and what it
+        needs of the model section) itself (:meth:`UnitConfig.check_run`).
+
         The networks know their own limits; imported here, not at the top, because the config is
         the bottom layer (and most of its users never validate a whole run config).
         """

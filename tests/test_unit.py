@@ -16,7 +16,7 @@ import torch
 from tiny import TINY_RUN, files, one_error_line, tiny_config, write_config_yaml, write_domain
 
 from medcyclegan.augment import augment_dataset
-from medcyclegan.checkpoint import load_checkpoint
+from medcyclegan.checkpoint import checkpoint_config, load_checkpoint
 from medcyclegan.config import load_config
 from medcyclegan.convert import load_model
 from medcyclegan.errors import ConfigError
@@ -285,6 +285,10 @@ def test_an_interrupted_run_resumes_to_the_same_weights(domains, tmp_path: Path)
     )
     assert resumed.global_step == 2
     resumed.fit()
+    # The unit section is part of the stored experiment: a resume may not change it.
+    with pytest.raises(ConfigError, match=r"cannot change unit\.shared_blocks \(stored 1, given 0\)"):
+        changed = tiny_config(**{**settings, "unit.shared_blocks": 0})
+        Trainer(changed, tmp_path / "b", mr, ct, resume=tmp_path / "b", show_progress=False)
     ours, theirs = (load_checkpoint(p / "checkpoints" / "last.pt") for p in (tmp_path / "b", tmp_path / "a"))
     for name in (*Unit.network_names, "translator_AB"):
         for key, value in theirs[name].items():
@@ -322,6 +326,20 @@ def test_a_unit_run_validates_converts_onto_the_input_grid_and_describes_itself(
     assert shown.code == 0, shown.err
     summary = json.loads(shown.out)
     assert summary["model"] == "unit" and summary["step"] == 4
+
+
+def test_train_model_unit_from_the_command_line(domains, cli, tmp_path: Path) -> None:
+    mr, ct = domains
+    sizes = {k: v for k, v in TINY_UNIT.items() if k != "model.kind"}
+    config = write_config_yaml(tmp_path / "unit.yaml", {**TINY_RUN, **sizes, "data.val_fraction": 0.0})
+    out = tmp_path / "run"
+    result = cli("train", "--model", "unit", "--src", mr, "--tgt", ct, "--out", out, "-c", config,
+                 "--max-steps", 1, "--no-progress")  # fmt: skip
+    assert result.code == 0, result.err
+    path = out / "checkpoints" / "last.pt"
+    data = load_checkpoint(path)
+    assert checkpoint_config(data, path).model.kind == "unit" and data["step"] == 1
+    assert set(data["parameters"]) == set(Unit.network_names)
 
 
 def test_augment_translates_a_labelled_dataset_with_a_unit_model(unit_run, tmp_path: Path) -> None:
