@@ -32,7 +32,7 @@ from medcyclegan.runtime import check_device_name
 # The option lists, each written once here; the modules that act on an option import its list.
 MODALITIES = ("mr", "ct")
 # Translation models (medcyclegan.models registers one class under each name).
-MODEL_KINDS = ("cyclegan",)
+MODEL_KINDS = ("cyclegan", "unit")
 GENERATORS = ("resnet", "resnet-attention", "vit-unet")  # the classes: medcyclegan.nets, in this order
 UPSAMPLE_MODES = ("transpose", "resize")
 GAN_MODES = ("lsgan", "vanilla", "hinge")
@@ -540,6 +540,144 @@ class ViTUNetConfig:
                 raise ConfigError(f"vit_unet.{name} must be true or false; got {getattr(self, name)!r}")
 
 
+# ------------------------------------------------------------------ UNIT (issue 15)
+# UNIT's encoders and each scale of its discriminators have at most this many stride-2 layers (2 and 4
+# in its reference).
+MAX_UNIT_DIS_LAYERS = 8
+
+
+@dataclass
+class UnitConfig:
+    """UNIT (Liu et al. 2017), ``model.kind: unit``: its networks, loss weights and optimiser.
+
+    Defaults are the published configuration of the reference (mingyuliutw/UNIT, master, file
+    ``configs/unit_summer2winter_yosemite256_folder.yaml``; the same values in every
+    ``configs/unit_*.yaml`` and in NVlabs/MUNIT's UNIT configs). UNIT builds its own networks from
+    this section: ``model.ngf``, ``n_blocks``, ``ndf``, ``n_layers_d``, ``n_scales_d``, the ``loss``
+    section and ``optim.lr``/``beta1``/``beta2``/``lr_d``/``pool_size`` are CycleGAN's and unused.
+    Kept from the loop instead of the reference: the learning-rate schedule (``optim.n_epochs`` +
+    ``n_epochs_decay`` or ``optim.n_steps``; the reference halves the rate every 100000 steps,
+    ``lr_policy: step``) and the batch size (``optim.batch_size``; the reference's is 1).
+
+    Attributes:
+        dim: filters of the encoders' first layer (reference ``gen.dim`` 64).
+        n_downsample: stride-2 layers of each encoder, upsamplings of each decoder (``gen.n_downsample`` 2).
+        n_res: residual blocks of each encoder and of each decoder (``gen.n_res`` 4), shared ones included.
+        shared_blocks: of those, the last of each encoder and the first of each decoder are one
+            module for both domains (the shared high-level layers of the paper's shared latent space;
+            1 as the paper's code, UNIT ``version_02`` ``exps/unit/*.yaml``: ``n_enc_shared_blk: 1``,
+            ``n_gen_shared_blk: 1``). 0 gives the networks of the master branch, which shares no
+            weights and ties the latent spaces through the losses alone.
+        dis_dim: filters of the discriminators' first layer (``dis.dim`` 64).
+        dis_n_layer: stride-2 layers of each scale of the discriminators (``dis.n_layer`` 4).
+        dis_num_scales: scales of the multi-scale discriminators (``dis.num_scales`` 3).
+        gan_w: weight of the adversarial terms (``gan_w`` 1).
+        recon_x_w: weight of the within-domain reconstruction L1 (``recon_x_w`` 10).
+        recon_kl_w: weight of the KL term of the latent codes, mean(mu^2) (``recon_kl_w`` 0.01).
+        recon_x_cyc_w: weight of the cycle reconstruction L1 (``recon_x_cyc_w`` 10).
+        recon_kl_cyc_w: weight of the KL term of the cycle's latent codes (``recon_kl_cyc_w`` 0.01).
+        lr: Adam learning rate of the generators and the discriminators (``lr`` 0.0001).
+        beta1: Adam beta1 (``beta1`` 0.5).
+        beta2: Adam beta2 (``beta2`` 0.999).
+        weight_decay: Adam weight decay (L2 added to the gradients; ``weight_decay`` 0.0001).
+    """
+
+    dim: int = 64
+    n_downsample: int = 2
+    n_res: int = 4
+    shared_blocks: int = 1
+    dis_dim: int = 64
+    dis_n_layer: int = 4
+    dis_num_scales: int = 3
+    gan_w: float = 1.0
+    recon_x_w: float = 10.0
+    recon_kl_w: float = 0.01
+    recon_x_cyc_w: float = 10.0
+    recon_kl_cyc_w: float = 0.01
+    lr: float = 1e-4
+    beta1: float = 0.5
+    beta2: float = 0.999
+    weight_decay: float = 1e-4
+
+    def validate(self) -> None:
+        _check_finite("unit", self)
+        for name in ("dim", "dis_dim", "dis_n_layer", "dis_num_scales", "n_downsample"):
+            _check_positive("unit", name, getattr(self, name))
+        _check_at_most("unit", "n_downsample", self.n_downsample, MAX_UNIT_DIS_LAYERS)
+        _check_at_most("unit", "dis_n_layer", self.dis_n_layer, MAX_UNIT_DIS_LAYERS)
+        # The widest layers: dim * 2**n_downsample and dis_dim * 2**(dis_n_layer - 1) filters.
+        for name, widest in (
+            ("dim", self.dim * 2**self.n_downsample),
+            ("dis_dim", self.dis_dim * 2 ** (self.dis_n_layer - 1)),
+        ):
+            if widest > MAX_FILTERS:
+                raise ConfigError(
+                    f"unit.{name} {getattr(self, name)} gives {widest} filters in the widest layer; "
+                    f"at most {MAX_FILTERS}"
+                )
+        _check_at_most("unit", "dis_num_scales", self.dis_num_scales, MAX_DISCRIMINATOR_SCALES)
+        _check_positive("unit", "n_res", self.n_res, allow_zero=True)
+        _check_at_most("unit", "n_res", self.n_res, MAX_BLOCKS)
+        _check_positive("unit", "shared_blocks", self.shared_blocks, allow_zero=True)
+        if self.shared_blocks > self.n_res:
+            raise ConfigError(
+                f"unit.shared_blocks {self.shared_blocks} is more than the unit.n_res {self.n_res} residual "
+                "blocks of each encoder and decoder: lower unit.shared_blocks or raise unit.n_res"
+            )
+        for name in ("gan_w", "recon_x_w", "recon_kl_w", "recon_x_cyc_w", "recon_kl_cyc_w", "weight_decay"):
+            _check_positive("unit", name, getattr(self, name), allow_zero=True)
+        _check_positive("unit", "lr", self.lr)
+        for name in ("beta1", "beta2"):
+            value = getattr(self, name)
+            if not 0 <= value < 1:
+                raise ConfigError(f"unit.{name} must be in [0, 1); got {value}")
+
+    @property
+    def stride_multiple(self) -> int:
+        """H and W of a translator's input must be multiples of this (the encoders' stride-2 layers)."""
+        return 2**self.n_downsample
+
+    @property
+    def dis_min_size(self) -> int:
+        """Smallest square input of the multi-scale discriminator.
+
+        Each scale's 4x4 stride-2 convolutions with reflection padding 1 floor-halve the side and need
+        2 pixels, so a scale needs ``2**dis_n_layer``; its coarsest scale sees the input after
+        ``dis_num_scales - 1`` average poolings (3x3, stride 2, padding 1), ``ceil(side / 2)`` each.
+        """
+        return (2**self.dis_n_layer - 1) * 2 ** (self.dis_num_scales - 1) + 1
+
+    def check_run(self, model: ModelConfig, image_size: int) -> None:
+        """What a UNIT run needs of the other sections (the slice size, no CycleGAN-only option).
+
+        Raises:
+            ConfigError: one line naming the option.
+        """
+        if model.generator != "resnet":
+            raise ConfigError(
+                f"model.generator {model.generator!r} does not apply to model.kind unit, which has its own "
+                "VAE encoders and decoders (the unit section); leave --generator out"
+            )
+        if model.ema_decay > 0:
+            raise ConfigError("model.ema_decay (a weight average) is CycleGAN's; model.kind unit keeps none")
+        multiple, smallest = self.stride_multiple, self.dis_min_size
+        if image_size % multiple:
+            lower = image_size - image_size % multiple
+            options = (
+                f"{lower} or {lower + multiple}" if lower >= max(16, smallest) else str(lower + multiple)
+            )
+            raise ConfigError(
+                f"data.image_size must be a multiple of {multiple} (the {self.n_downsample} stride-2 layers "
+                f"of unit.n_downsample); got {image_size}, use {options}"
+            )
+        if image_size < smallest:
+            raise ConfigError(
+                f"data.image_size {image_size} is too small for UNIT's discriminator (unit.dis_n_layer "
+                f"{self.dis_n_layer}, unit.dis_num_scales {self.dis_num_scales}): it needs at least "
+                f"{smallest} pixels (raise the size or lower those)"
+            )
+
+
 # How each modality is normalised (see medcyclegan.data.normalise): CT through the fixed HU window
 # data.ct_window, MR through percentiles measured per volume (data.mr_percentiles).
 NORMALISATION_METHODS = {"ct": "window", "mr": "percentiles"}
@@ -710,6 +848,7 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     vit_unet: ViTUNetConfig = field(default_factory=ViTUNetConfig)
+    unit: UnitConfig = field(default_factory=UnitConfig)
     normalisation: Normalisation | None = None
     version: str = ""
 
@@ -730,6 +869,9 @@ class Config:
     def _check_image_size(self) -> None:
         """The slice size against the networks: a multiple of the generator's stride, big enough for D.
 
+        UNIT builds its own networks from the ``unit`` section, which checks the size (and what it
+        needs of the model section) itself (:meth:`UnitConfig.check_run`).
+
         The networks know their own limits; imported here, not at the top, because the config is
         the bottom layer (and most of its users never validate a whole run config).
         """
@@ -737,6 +879,9 @@ class Config:
         from medcyclegan.nets import discriminator_min_size, generator_stride_multiple  # noqa: PLC0415 (see the comment above)
 
         size = self.data.image_size
+        if self.model.kind == "unit":  # its own networks, sized by the unit section
+            self.unit.check_run(self.model, size)
+            return
         multiple = generator_stride_multiple(self)
         n_layers, n_scales = self.model.n_layers_d, self.model.n_scales_d
         smallest = discriminator_min_size(n_layers, n_scales)
@@ -769,6 +914,7 @@ _SECTIONS = {
     "optim": OptimConfig,
     "train": TrainConfig,
     "vit_unet": ViTUNetConfig,
+    "unit": UnitConfig,
 }
 
 

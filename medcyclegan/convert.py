@@ -105,13 +105,23 @@ class ConversionModel:
 
     @property
     def stride_multiple(self) -> int:
-        """The generator's input H and W are padded to multiples of this (its architecture's)."""
-        return generator_stride_multiple(self.cfg)
+        """The generator's input H and W are padded to multiples of this.
+
+        The translator's own ``stride_multiple`` where it has one (a model's own networks), else
+        that of the config's generator.
+        """
+        own = getattr(self.generator, "stride_multiple", None)
+        return int(own) if own is not None else generator_stride_multiple(self.cfg)
 
     @property
     def min_slice_voxels(self) -> int:
-        """The smallest in-plane size (voxels per axis, at the model's spacing) the generator takes."""
-        return generator_min_input_size(self.cfg)
+        """The smallest in-plane size (voxels per axis, at the model's spacing) the generator takes.
+
+        The translator's ``min_input_size`` where it has one (a model's own networks), else that of
+        the config's generator.
+        """
+        own = getattr(self.generator, "min_input_size", None)
+        return int(own) if own is not None else generator_min_input_size(self.cfg)
 
 
 def load_model(model: str | Path | None, *, to: str | None = None, device: str = "auto") -> ConversionModel:

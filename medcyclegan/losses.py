@@ -1,4 +1,5 @@
-"""Loss functions of CycleGAN training: adversarial, L1 (plain and masked), outline, attention, structure.
+"""Loss functions of training: adversarial, L1 (plain and masked), outline, attention, structure, and
+UNIT's multi-scale LSGAN and latent KL terms.
 
 All losses return 0-d float32 tensors and compute in float32 even inside a bf16 autocast region
 (the inputs are cast up and autocast is switched off for the reduction), so that small differences
@@ -115,11 +116,49 @@ class AdversarialLoss:
             return 0.5 * (loss_real + loss_fake)
 
 
+def multiscale_lsgan_discriminator_loss(
+    real_logits: list[torch.Tensor], fake_logits: list[torch.Tensor]
+) -> torch.Tensor:
+    """UNIT's and MUNIT's discriminator loss (``MsImageDis.calc_dis_loss``, ``gan_type: lsgan``).
+
+    ``sum over scales of mean(fake^2) + mean((real - 1)^2)``: summed over the scales and not halved,
+    unlike :class:`AdversarialLoss` (CycleGAN's halved loss, averaged over pix2pixHD's scales).
+
+    Returns:
+        0-d float32 tensor.
+    """
+    with _no_autocast(real_logits[0].device):
+        terms = [
+            (fake.float() ** 2).mean() + ((real.float() - 1.0) ** 2).mean()
+            for real, fake in zip(real_logits, fake_logits, strict=True)
+        ]
+        return torch.stack(terms).sum()
+
+
+def multiscale_lsgan_generator_loss(fake_logits: list[torch.Tensor]) -> torch.Tensor:
+    """UNIT's and MUNIT's generator loss (``MsImageDis.calc_gen_loss``, ``gan_type: lsgan``).
+
+    ``sum over scales of mean((fake - 1)^2)``. Returns a 0-d float32 tensor.
+    """
+    with _no_autocast(fake_logits[0].device):
+        return torch.stack([((fake.float() - 1.0) ** 2).mean() for fake in fake_logits]).sum()
+
+
 # ------------------------------------------------------------------ reconstruction
 def l1_loss(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Mean absolute difference over every element, in float32 (the reference cycle/identity loss)."""
     with _no_autocast(a.device):
         return F.l1_loss(a.float(), b.float())
+
+
+def latent_kl_loss(mu: torch.Tensor) -> torch.Tensor:
+    """UNIT's KL term of a latent code of unit variance (``UNIT_Trainer.__compute_kl``): ``mean(mu^2)``.
+
+    The KL divergence of N(mu, 1) from N(0, 1) is ``sum(mu^2) / 2``; the reference takes the mean
+    of ``mu^2`` instead (its weight ``recon_kl_w`` is set for that). Returns a 0-d float32 tensor.
+    """
+    with _no_autocast(mu.device):
+        return (mu.float() ** 2).mean()
 
 
 def _check_mask(image: torch.Tensor, mask: torch.Tensor, what: str) -> torch.Tensor:
