@@ -36,6 +36,7 @@ __all__ = [
     "build_generator",
     "count_parameters",
     "discriminator_min_size",
+    "encoder_layer_count",
     "generator_class",
     "generator_min_input_size",
     "generator_stride_multiple",
@@ -93,6 +94,26 @@ def generator_min_input_size(model_cfg: ModelConfig) -> int:
     return int(generator_class(model_cfg.generator).config_min_input_size(model_cfg))
 
 
+def encoder_layer_count(model_cfg: ModelConfig) -> int:
+    """How many encoder layers the generator of ``model_cfg`` exposes to CUT's PatchNCE.
+
+    The generator contract of :mod:`medcyclegan.models.cut`: a generator class with
+    ``encoder_features(x, layers) -> list[Tensor]`` (the outputs of its encoder layers ``layers``,
+    indices in increasing order) and the classmethod ``config_encoder_layer_count(model_cfg)``.
+
+    Raises:
+        ConfigError: for an unknown generator, or one without ``encoder_features``.
+    """
+    cls = generator_class(model_cfg.generator)
+    count = getattr(cls, "config_encoder_layer_count", None)
+    if count is None or not hasattr(cls, "encoder_features"):
+        raise ConfigError(
+            f"model.generator {model_cfg.generator!r} has no encoder_features (the feature maps CUT's "
+            "PatchNCE compares); use it with another model.kind"
+        )
+    return int(count(model_cfg))
+
+
 def discriminator_min_size(n_layers: int, n_scales: int = 1) -> int:
     """Smallest square input (pixels) for which the PatchGAN with ``n_layers`` gives any logits.
 
@@ -108,13 +129,16 @@ def discriminator_min_size(n_layers: int, n_scales: int = 1) -> int:
     return (coarsest - 1) * 2 ** (n_scales - 1) + 1
 
 
-def build_generator(model_cfg: ModelConfig, in_channels: int, out_channels: int) -> nn.Module:
+def build_generator(
+    model_cfg: ModelConfig, in_channels: int, out_channels: int, *, init_method: str = "normal"
+) -> nn.Module:
     """The generator named by ``model_cfg.generator``, initialised with ``model_cfg.init_gain``.
 
     Args:
         model_cfg: model section of the run config (generator, ngf, n_blocks, upsample, init_gain).
         in_channels: input channels (2k+1 with k context slices).
         out_channels: output channels.
+        init_method: ``"normal"`` (the reference CycleGAN's) or ``"xavier"`` (see :func:`init_weights`).
 
     Returns:
         A :class:`ResnetGenerator` or :class:`AttentionResnetGenerator` (which also has
@@ -124,13 +148,15 @@ def build_generator(model_cfg: ModelConfig, in_channels: int, out_channels: int)
         ConfigError: for an unknown generator or invalid sizes.
     """
     generator = generator_class(model_cfg.generator).from_config(model_cfg, in_channels, out_channels)
-    init_weights(generator, gain=model_cfg.init_gain)
+    init_weights(generator, gain=model_cfg.init_gain, method=init_method)
     return generator
 
 
-def build_discriminator_from_config(model_cfg: ModelConfig, in_channels: int) -> nn.Module:
+def build_discriminator_from_config(
+    model_cfg: ModelConfig, in_channels: int, *, init_method: str = "normal"
+) -> nn.Module:
     """The PatchGAN of ``model_cfg`` (ndf, n_layers_d, spectral_norm_d, n_scales_d), initialised with
-    ``model_cfg.init_gain``."""
+    ``model_cfg.init_gain`` (and ``init_method``, see :func:`init_weights`)."""
     # lazy: the discriminator imports MONAI (about 1.4 s), which conversion does not need
     from medcyclegan.nets.discriminator import build_discriminator  # noqa: PLC0415 (see the comment above)
 
@@ -141,6 +167,7 @@ def build_discriminator_from_config(model_cfg: ModelConfig, in_channels: int) ->
         init_gain=model_cfg.init_gain,
         spectral_norm=model_cfg.spectral_norm_d,
         n_scales=model_cfg.n_scales_d,
+        init_method=init_method,
     )
 
 
