@@ -333,8 +333,26 @@ def test_an_interrupted_run_resumes_exactly(domains, tmp_path: Path) -> None:
         for key, value in expected[name].items():
             assert torch.equal(got[name][key], value), f"{name}.{key}"
     assert torch.equal(got["sampling"], expected["sampling"])
-    # Without validation pairs nothing is scored: no best.pt, last.pt is the model.
-    assert not (tmp_path / "b" / "checkpoints" / "best.pt").exists()
+
+
+def test_without_validation_pairs_nothing_is_scored_and_no_best_is_written(
+    domains, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    mr, ct = domains
+    # case00 against case01: validation volumes of both domains, but no pair (other case names).
+    trainer = Trainer(
+        tiny_cut(**{"train.max_steps": 4}),
+        tmp_path,
+        mr,
+        ct,
+        val_src_paths=mr[:1],
+        val_tgt_paths=ct[1:],
+        show_progress=False,
+    )
+    trainer.fit()
+    assert "validation skipped: a cut model is scored on validation pairs only" in caplog.text
+    assert trainer.val_history == [] and trainer.epoch == 1
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["epoch_0001.pt", "last.pt"]
 
 
 # ---------------------------------------------------------------------------------------------- CLI

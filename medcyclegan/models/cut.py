@@ -38,6 +38,7 @@ nothing is scored and no ``best.pt`` is written: ``last.pt`` is the model.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -51,7 +52,13 @@ from medcyclegan.losses import AdversarialLoss, PatchNCELoss
 from medcyclegan.models.base import Batch, Direction, LrRule, TranslationModel
 from medcyclegan.models.cyclegan import _match_state_layout, set_requires_grad
 from medcyclegan.models.registry import register_model
-from medcyclegan.nets import build_discriminator_from_config, build_generator, init_weights
+from medcyclegan.nets import (
+    build_discriminator_from_config,
+    build_generator,
+    generator_min_input_size,
+    generator_stride_multiple,
+    init_weights,
+)
 from medcyclegan.nets.patch_sample import PatchSampleF, sample_patch_ids
 from medcyclegan.runtime import distributed
 from medcyclegan.runtime.distributed import DistributedContext
@@ -81,8 +88,14 @@ class _EncoderStep(nn.Module):
 
 
 def _encoder_channels(generator: nn.Module, cfg: Config) -> list[int]:
-    """Channels of the generator's NCE layers, from one forward of an empty slice (no random draw)."""
-    size = cfg.data.image_size
+    """Channels of the generator's NCE layers, from one forward of an empty slice (no random draw).
+
+    The slice is the smallest the generator translates (every generator takes any multiple of its
+    stride from its minimum size on, as the slice-wise inference path needs): channels do not
+    depend on the size.
+    """
+    multiple = generator_stride_multiple(cfg.model)
+    size = math.ceil(generator_min_input_size(cfg.model) / multiple) * multiple
     was_training = generator.training
     generator.eval()
     with torch.no_grad():
