@@ -34,7 +34,7 @@ import medcyclegan.nets
 from medcyclegan.checkpoint import load_checkpoint
 from medcyclegan.config import CUT_MODES, load_config
 from medcyclegan.errors import ConfigError
-from medcyclegan.losses import NCE_SELF_LOGIT, PatchNCELoss
+from medcyclegan.losses import NCE_SELF_LOGIT, PatchNCELoss, outline_loss
 from medcyclegan.models import model_class
 from medcyclegan.models.cut import CUT
 from medcyclegan.nets import AttentionResnetGenerator, ResnetGenerator, count_parameters, encoder_layer_count
@@ -245,18 +245,19 @@ def test_resume_refuses_another_mode() -> None:
 # --------------------------------------------------------------------------------------------- step
 def tiny_batch(seed: int) -> dict[str, dict[str, torch.Tensor]]:
     generator = torch.Generator().manual_seed(seed)
+    body = torch.zeros(2, 1, 32, 32)
+    body[..., 6:26, 4:24] = 1  # off-centre: a left-right flip moves it
     return {
-        domain: {
-            "image": torch.rand(2, 1, 32, 32, generator=generator) * 2 - 1,
-            "mask": torch.ones(2, 1, 32, 32),
-        }
+        domain: {"image": torch.rand(2, 1, 32, 32, generator=generator) * 2 - 1, "mask": body}
         for domain in ("A", "B")
     }
 
 
 @pytest.mark.parametrize("mode", CUT_MODES)
 def test_a_step_on_a_tiny_batch_updates_g_d_and_f(mode: str) -> None:
-    cfg = tiny_cut(**{"cut.mode": mode})
+    # FastCUT with this package's optional outline and structure terms as well.
+    extras = {"loss.lambda_mask": 1.0, "loss.lambda_structure": 1.0} if mode == "fastcut" else {}
+    cfg = tiny_cut(**{"cut.mode": mode, **extras})
     torch.manual_seed(0)
     model = CUT(cfg, torch.device("cpu"), lr_rule(cfg.optim))
     before = {name: [p.detach().clone() for p in net.parameters()] for name, net in model.networks().items()}
@@ -270,9 +271,11 @@ def test_a_step_on_a_tiny_batch_updates_g_d_and_f(mode: str) -> None:
         assert float(losses["loss_G"]) == pytest.approx(
             float(losses["G_GAN"] + (losses["NCE"] + losses["NCE_Y"]) / 2), rel=1e-6
         )
+        assert float(losses["mask_A"]) == float(losses["struct_A"]) == 0
     else:  # no identity NCE, lambda_NCE 10, flip equivariance
-        assert float(losses["NCE_Y"]) == 0
-        assert float(losses["loss_G"]) == pytest.approx(float(losses["G_GAN"] + losses["NCE"]), rel=1e-6)
+        assert float(losses["NCE_Y"]) == 0 and float(losses["mask_A"]) > 0 and float(losses["struct_A"]) > 0
+        total = losses["G_GAN"] + losses["NCE"] + losses["mask_A"] + losses["struct_A"]
+        assert float(losses["loss_G"]) == pytest.approx(float(total), rel=1e-6)
     assert set(model.state_dict()) == {
         "G_AB",
         "D_B",
@@ -417,3 +420,20 @@ def test_the_cli_refuses_nce_layers_beyond_the_generator_in_one_line(cli, domain
     assert result.code == 2
     assert_clean_error(result, "cut.nce_layers 12 is beyond the generator's encoder")
     assert not (tmp_path / "run").exists()
+
+
+def test_the_optional_terms_compare_a_flipped_batch_with_its_flipped_input() -> None:
+    cfg = tiny_cut(**{"cut.mode": "fastcut", "loss.lambda_mask": 1.0})
+    model = CUT(cfg, torch.device("cpu"), lr_rule(cfg.optim))
+    batch = tiny_batch(1)
+    real_a, mask_a = batch["A"]["image"], batch["A"]["mask"]
+    fake_b = real_a.clone()
+    with torch.no_grad():
+        model.flipped_for_equivariance = True
+        flipped = model.compute_G_loss(real_a, batch["B"]["image"], fake_b, None, mask_a)["mask_A"]
+        model.flipped_for_equivariance = False
+        plain = model.compute_G_loss(real_a, batch["B"]["image"], fake_b, None, mask_a)["mask_A"]
+    assert float(flipped) == pytest.approx(float(outline_loss(fake_b, torch.flip(mask_a, [3]))))
+    assert float(plain) == pytest.approx(float(outline_loss(fake_b, mask_a))) and float(plain) != float(
+        flipped
+    )

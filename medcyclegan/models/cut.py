@@ -31,6 +31,11 @@ Differences from the reference, none of which changes what a step computes:
     - The loop's schedule (``optim``) replaces the reference's 200 + 200 (CUT) or 150 + 50
       (FastCUT) epochs.
 
+Of the ``loss`` section CUT reads ``gan_mode`` and two optional terms this package adds, both 0 by
+default (the reference's CUT): ``lambda_mask`` (the outline loss of fake_B against A's body mask,
+``mask_A``) and ``lambda_structure`` (``loss.structure`` between A and fake_B, ``struct_A``). The
+cycle, identity-L1 and attention weights are CycleGAN's and unused here.
+
 Validation: CUT translates A -> B only, so it has no cycle metrics; with validation pairs it is
 scored on them (``val/mae`` ...) and ``train.best_metric auto`` picks ``val/mae``. Without pairs
 nothing is scored and no ``best.pt`` is written: ``last.pt`` is the model.
@@ -48,7 +53,7 @@ from torch import nn
 
 from medcyclegan.checkpoint import load_state_strict
 from medcyclegan.config import Config
-from medcyclegan.losses import AdversarialLoss, PatchNCELoss
+from medcyclegan.losses import AdversarialLoss, PatchNCELoss, outline_loss, structure_loss
 from medcyclegan.models.base import Batch, Direction, LrRule, TranslationModel
 from medcyclegan.models.cyclegan import _match_state_layout, set_requires_grad
 from medcyclegan.models.registry import register_model
@@ -65,7 +70,8 @@ from medcyclegan.runtime.distributed import DistributedContext
 from medcyclegan.runtime.precision import autocast_context
 from medcyclegan.runtime.seeds import derived_seed
 
-LOSS_COLUMNS = ("loss_G", "loss_D", "G_GAN", "NCE", "NCE_Y")
+# G_GAN, NCE, NCE_Y: the reference's; mask_A, struct_A: this package's optional terms (loss section).
+LOSS_COLUMNS = ("loss_G", "loss_D", "G_GAN", "NCE", "NCE_Y", "mask_A", "struct_A")
 # The stream of patch locations and flip coins (derived_seed(train.seed, SAMPLING_STREAM[, rank])).
 SAMPLING_STREAM = 20
 
@@ -218,17 +224,17 @@ class CUT(TranslationModel):
         self._frozen_D = compiled(self.D_B) if self.dist.is_distributed else self._step_D
 
     # ------------------------------------------------------------- training
-    def _to_device(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    def _to_device(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         real_a = batch["A"]["image"].to(self.device, non_blocking=True)
         real_b = batch["B"]["image"].to(self.device, non_blocking=True)
         if self.channels_last:
             real_a = real_a.contiguous(memory_format=torch.channels_last)
             real_b = real_b.contiguous(memory_format=torch.channels_last)
-        return real_a, real_b
+        return real_a, real_b, batch["A"]["mask"].to(self.device, non_blocking=True)
 
     def train_step(self, batch: Batch) -> dict[str, torch.Tensor]:
         """One reference CUT step (``optimize_parameters``): forward, D update, G and F update."""
-        real_a, real_b = self._to_device(batch)
+        real_a, real_b, mask_a = self._to_device(batch)
         with autocast_context(self.device, self.amp):
             fake_b, idt_b = self.forward(real_a, real_b)
         set_requires_grad([self.D_B], True)
@@ -240,7 +246,7 @@ class CUT(TranslationModel):
         set_requires_grad([self.D_B], False)
         self.opt_G.zero_grad(set_to_none=True)
         self.opt_F.zero_grad(set_to_none=True)
-        losses = self.compute_G_loss(real_a, real_b, fake_b, idt_b)
+        losses = self.compute_G_loss(real_a, real_b, fake_b, idt_b, mask_a)
         losses["loss_G"].backward()
         self.opt_G.step()
         self.opt_F.step()
@@ -266,11 +272,22 @@ class CUT(TranslationModel):
             return self.adversarial.discriminator_loss(self._step_D(real_b), self._step_D(fake_b.detach()))
 
     def compute_G_loss(
-        self, real_a: torch.Tensor, real_b: torch.Tensor, fake_b: torch.Tensor, idt_b: torch.Tensor | None
+        self,
+        real_a: torch.Tensor,
+        real_b: torch.Tensor,
+        fake_b: torch.Tensor,
+        idt_b: torch.Tensor | None,
+        mask_a: torch.Tensor,
     ) -> dict[str, torch.Tensor]:
-        """The terms of G's loss: ``G_GAN``, ``NCE``, ``NCE_Y`` (0 without identity NCE) and ``loss_G``."""
+        """The terms of G's loss: ``G_GAN``, ``NCE``, ``NCE_Y`` (0 without identity NCE), the optional
+        ``mask_A`` and ``struct_A`` (0 unless ``loss.lambda_mask`` / ``loss.lambda_structure``), and
+        their sum ``loss_G``."""
         s = self.settings
         zero = torch.zeros((), device=self.device)
+        # The optional terms compare fake_B with the input as G saw it (flipped with the batch).
+        seen_a, seen_mask = real_a, mask_a
+        if self.flipped_for_equivariance:
+            seen_a, seen_mask = torch.flip(real_a, [3]), torch.flip(mask_a, [3])
         with autocast_context(self.device, self.amp):
             gan = (
                 self.adversarial.generator_loss(self._frozen_D(fake_b)) * s.lambda_gan
@@ -283,7 +300,22 @@ class CUT(TranslationModel):
                 nce_both = (nce + nce_y) * 0.5
             else:
                 nce_y, nce_both = zero, nce
-        return {"loss_G": gan + nce_both, "G_GAN": gan, "NCE": nce, "NCE_Y": nce_y}
+            loss = self.cfg.loss
+            # The translation keeps the input's body outline, and its structure (as in CycleGAN).
+            mask = outline_loss(fake_b, seen_mask) * loss.lambda_mask if loss.lambda_mask > 0 else zero
+            struct = (
+                structure_loss(loss.structure)(seen_a, fake_b) * loss.lambda_structure
+                if loss.lambda_structure > 0
+                else zero
+            )
+        return {
+            "loss_G": gan + nce_both + mask + struct,
+            "G_GAN": gan,
+            "NCE": nce,
+            "NCE_Y": nce_y,
+            "mask_A": mask,
+            "struct_A": struct,
+        }
 
     def calculate_NCE_loss(self, src: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
         """lambda_NCE * PatchNCE between ``tgt``'s and ``src``'s encoder features, averaged over layers."""
