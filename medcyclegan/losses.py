@@ -1,4 +1,5 @@
-"""Loss functions of CycleGAN training: adversarial, L1 (plain and masked), outline, attention, structure.
+"""Loss functions of training: adversarial, L1 (plain and masked), outline, attention, structure, and
+CUT's contrastive PatchNCE.
 
 All losses return 0-d float32 tensors and compute in float32 even inside a bf16 autocast region
 (the inputs are cast up and autocast is switched off for the reduction), so that small differences

@@ -14,20 +14,21 @@ One step, in the reference's order and with its names (``optimize_parameters``):
     2. D update: :meth:`CUT.compute_D_loss` = 0.5 * (loss(D(B)) + loss(D(fake_B.detach()))).
     3. G and F update (D frozen): :meth:`CUT.compute_G_loss` = lambda_GAN * GAN(D(fake_B)) + NCE, where
        NCE = :meth:`CUT.calculate_NCE_loss` (A, fake_B), averaged with (B, idt_B) under identity NCE:
-       per NCE layer, the mean PatchNCE of F's projections of 256 locations, times lambda_NCE,
-       averaged over the layers.
+       per NCE layer, the mean PatchNCE of F's projections of ``cut.num_patches`` (256) locations,
+       times lambda_NCE, averaged over the layers.
 
-Differences from the reference, none of which changes what a step computes:
+Differences from the reference; the first three change nothing a step computes:
     - F's MLPs are built with G in ``__init__`` (their input channels measured by one forward of the
       encoder on an empty slice) instead of on the first batch, and F's optimiser with them, so that
       checkpoints hold F from the start and resume exactly.
     - Patch locations and the flip coin come from the model's own ``torch.Generator`` (seeded from
       ``train.seed``, stored in checkpoints) instead of NumPy's global one.
     - The source's features (PatchNCE's keys, which get no gradient) are computed without a graph.
-    - The generator is ours (the reference's ``--no_antialias --no_antialias_up`` layout, same
-      parameter count; its default blurs before each stride-2 layer): the NCE layers are mapped as
-      :meth:`medcyclegan.nets.ResnetGenerator.encoder_features` documents. The discriminator
-      likewise is our PatchGAN (same parameters, stride-2 convolutions instead of blur pooling).
+    - The generator is ours: the reference's ``--no_antialias --no_antialias_up`` layout, module
+      for module (its default instead blurs at each down- and upsampling, with the same parameter
+      count), and the NCE layer indices are that layout's (mapped as
+      :meth:`medcyclegan.nets.ResnetGenerator.encoder_features` documents). The discriminator
+      likewise is our PatchGAN (the same parameters, stride-2 convolutions instead of blur pooling).
     - The loop's schedule (``optim``) replaces the reference's 200 + 200 (CUT) or 150 + 50
       (FastCUT) epochs.
 

@@ -6,7 +6,9 @@ Build them from a :class:`~medcyclegan.config.ModelConfig`::
     generator = build_generator(cfg.model, in_channels=1, out_channels=1)
     discriminator = build_discriminator_from_config(cfg.model, in_channels=1)
 
-Both come initialised as the reference does (normal(0, ``cfg.model.init_gain``)).
+Both come initialised as the reference does (normal(0, ``cfg.model.init_gain``)). CUT's projection
+head is :class:`medcyclegan.nets.patch_sample.PatchSampleF`; the generators CUT can use expose their
+encoder layers (``encoder_features``, see :func:`encoder_layer_count`).
 
 The discriminator module (and with it MONAI, about 1.4 s to import) is loaded only when first used,
 so that conversion, which needs only a generator, starts faster.
