@@ -15,6 +15,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 import os
 import types
@@ -32,7 +33,7 @@ from medcyclegan.runtime import check_device_name
 # The option lists, each written once here; the modules that act on an option import its list.
 MODALITIES = ("mr", "ct")
 # Translation models (medcyclegan.models registers one class under each name).
-MODEL_KINDS = ("cyclegan", "unit")
+MODEL_KINDS = ("cyclegan", "unit", "cut")
 GENERATORS = ("resnet", "resnet-attention", "vit-unet")  # the classes: medcyclegan.nets, in this order
 UPSAMPLE_MODES = ("transpose", "resize")
 GAN_MODES = ("lsgan", "vanilla", "hinge")
@@ -678,6 +679,157 @@ class UnitConfig:
             )
 
 
+# ------------------------------------------------------------------ CUT / FastCUT (model.kind: cut)
+# Park et al. 2020; reference: taesungp/contrastive-unpaired-translation (models/cut_model.py).
+CUT_MODES = ("cut", "fastcut")
+# What the fields left at None take in each mode (models/cut_model.py, modify_commandline_options).
+CUT_MODE_DEFAULTS: dict[str, dict[str, Any]] = {
+    "cut": {"lambda_nce": 1.0, "nce_idt": True, "flip_equivariance": False},
+    "fastcut": {"lambda_nce": 10.0, "nce_idt": False, "flip_equivariance": True},
+}
+# Weight initialisations of the CUT networks (the reference's init_type; xavier is its default).
+INIT_TYPES = ("normal", "xavier")
+
+
+@dataclass(frozen=True)
+class CUTSettings:
+    """The CUT settings of a run with the mode's defaults filled in (:meth:`CUTConfig.resolved`)."""
+
+    mode: str
+    lambda_gan: float
+    lambda_nce: float
+    nce_idt: bool
+    flip_equivariance: bool
+    nce_layers: tuple[int, ...]
+    num_patches: int
+    netf_nc: int
+    nce_temperature: float
+    nce_includes_all_negatives_from_minibatch: bool
+    init_type: str
+
+
+@dataclass
+class CUTConfig:
+    """CUT and FastCUT (``model.kind: cut``), with the reference's defaults.
+
+    The sources: ``options/base_options.py``, ``options/train_options.py`` and ``models/cut_model.py``
+    of taesungp/contrastive-unpaired-translation. Three fields depend on the mode and default to
+    ``None``, meaning "the mode's value" (:data:`CUT_MODE_DEFAULTS`), so that ``cut.mode=fastcut``
+    alone gives FastCUT; a value given explicitly wins, as on the reference's command line.
+
+    Taken from the other sections, where their defaults already are the reference's values:
+    ``optim.lr`` 2e-4, ``optim.beta1`` 0.5, ``optim.beta2`` 0.999 (G, D and F alike), ``loss.gan_mode``
+    lsgan, ``model.init_gain`` 0.02, the generator (``model.generator``, ``ngf`` 64, ``n_blocks`` 9 =
+    resnet_9blocks) and the PatchGAN (``ndf`` 64, ``n_layers_d`` 3 = basic). Not kept: the reference
+    trains 200 + 200 epochs (CUT) or 150 + 50 (FastCUT) with its own epoch counting; here the loop's
+    schedule applies (``optim.n_epochs`` / ``n_epochs_decay`` or ``optim.n_steps``). CUT has no
+    image pool (the reference sets pool_size 0; ``optim.pool_size`` is unused).
+
+    Attributes:
+        mode: ``"cut"`` or ``"fastcut"`` (``--CUT_mode``).
+        lambda_gan: weight of the adversarial term of G (``--lambda_GAN`` 1).
+        lambda_nce: weight of PatchNCE (``--lambda_NCE``); None: 1 (CUT) or 10 (FastCUT).
+        nce_idt: identity PatchNCE on target images, NCE(G(B), B) (``--nce_idt``); None: on for CUT,
+            off for FastCUT.
+        flip_equivariance: translate a horizontally flipped batch half the time and flip the
+            features back (``--flip_equivariance``); None: off for CUT, on for FastCUT.
+        nce_layers: generator layers PatchNCE compares, indices of the generator's encoder layers
+            as the reference numbers its ResnetGenerator's ``nn.Sequential`` (``--nce_layers``
+            0,4,8,12,16; see :meth:`medcyclegan.nets.ResnetGenerator.encoder_features`).
+        num_patches: patches sampled per layer and image (``--num_patches`` 256).
+        netf_nc: features of the projection head's 2-layer MLP (``--netF_nc`` 256).
+        nce_temperature: temperature tau of PatchNCE (``--nce_T`` 0.07).
+        nce_includes_all_negatives_from_minibatch: negatives from every image of the batch, not
+            only the patch's own image (``--nce_includes_all_negatives_from_minibatch`` False).
+        init_type: weight initialisation of G, D and F: ``"xavier"`` (the reference's
+            ``--init_type`` default: Xavier normal with gain ``model.init_gain``) or ``"normal"``
+            (normal(0, ``model.init_gain``), as CycleGAN).
+    """
+
+    mode: str = "cut"
+    lambda_gan: float = 1.0
+    lambda_nce: float | None = None
+    nce_idt: bool | None = None
+    flip_equivariance: bool | None = None
+    nce_layers: list[int] = field(default_factory=lambda: [0, 4, 8, 12, 16])
+    num_patches: int = 256
+    netf_nc: int = 256
+    nce_temperature: float = 0.07
+    nce_includes_all_negatives_from_minibatch: bool = False
+    init_type: str = "xavier"
+
+    def validate(self) -> None:
+        _check_finite("cut", self)
+        _check_choice("cut", "mode", self.mode, CUT_MODES)
+        _check_choice("cut", "init_type", self.init_type, INIT_TYPES)
+        _check_positive("cut", "lambda_gan", self.lambda_gan, allow_zero=True)
+        if self.lambda_nce is not None:
+            _check_positive("cut", "lambda_nce", self.lambda_nce, allow_zero=True)
+        for name in ("nce_idt", "flip_equivariance"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, bool):
+                raise ConfigError(
+                    f"cut.{name} must be true, false or null (the mode's default); got {value!r}"
+                )
+        self.nce_layers = _check_layer_list("cut.nce_layers", self.nce_layers)
+        for name in ("num_patches", "netf_nc"):
+            _check_positive("cut", name, getattr(self, name))
+        _check_at_most("cut", "netf_nc", self.netf_nc, MAX_FILTERS)
+        _check_positive("cut", "nce_temperature", self.nce_temperature)
+
+    def resolved(self) -> CUTSettings:
+        """The settings with the mode's defaults in place of the fields left at None."""
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        for name, default in CUT_MODE_DEFAULTS[self.mode].items():
+            if values[name] is None:
+                values[name] = default
+        values["nce_layers"] = tuple(values["nce_layers"])
+        return CUTSettings(**values)
+
+    def check_model(self, cfg: Config) -> None:
+        """The model section suits CUT: its generator has the encoder layers :attr:`nce_layers` names.
+
+        Raises:
+            ConfigError: a generator without ``encoder_features``, an index beyond its layers, or
+                ``model.ema_decay`` (CUT keeps no weight average).
+        """
+        # lazy: circular (medcyclegan.nets imports this module for its option lists) and torch
+        from medcyclegan.nets import encoder_layer_count  # noqa: PLC0415 (see the comment above)
+
+        model_cfg = cfg.model
+        if model_cfg.ema_decay > 0:
+            raise ConfigError(
+                "model.ema_decay is CycleGAN's generator weight average; CUT keeps none (set it to 0)"
+            )
+        count = encoder_layer_count(cfg)
+        beyond = [i for i in self.nce_layers if i >= count]
+        if beyond:
+            blocks = (
+                f" (model.n_blocks {model_cfg.n_blocks})" if model_cfg.generator.startswith("resnet") else ""
+            )
+            raise ConfigError(
+                f"cut.nce_layers {beyond[0]} is beyond the generator's encoder: model.generator "
+                f"{model_cfg.generator!r}{blocks} has encoder layers 0 to {count - 1}"
+            )
+
+
+def _check_layer_list(where: str, value: Any) -> list[int]:
+    """A non-empty, strictly increasing list of layer indices >= 0 (a list, or ``"0,4,8"`` from --set)."""
+    items = [v.strip() for v in value.split(",")] if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)) or not items:
+        raise ConfigError(f"{where} must be a non-empty list of layer indices; got {value!r}")
+    layers = []
+    for item in items:
+        if isinstance(item, str) and item.isdigit():
+            item = int(item)
+        if isinstance(item, bool) or not isinstance(item, int) or item < 0:
+            raise ConfigError(f"{where} must hold integers >= 0; got {value!r}")
+        layers.append(item)
+    if any(b <= a for a, b in itertools.pairwise(layers)):
+        raise ConfigError(f"{where} must be in increasing order without repeats; got {layers}")
+    return layers
+
+
 # How each modality is normalised (see medcyclegan.data.normalise): CT through the fixed HU window
 # data.ct_window, MR through percentiles measured per volume (data.mr_percentiles).
 NORMALISATION_METHODS = {"ct": "window", "mr": "percentiles"}
@@ -849,6 +1001,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     vit_unet: ViTUNetConfig = field(default_factory=ViTUNetConfig)
     unit: UnitConfig = field(default_factory=UnitConfig)
+    cut: CUTConfig = field(default_factory=CUTConfig)
     normalisation: Normalisation | None = None
     version: str = ""
 
@@ -856,6 +1009,8 @@ class Config:
         for name in _SECTIONS:  # every section, the models' and generators' own too
             getattr(self, name).validate()
         self._check_image_size()
+        if self.model.kind == "cut":
+            self.cut.check_model(self)
         n_steps, max_steps = self.optim.n_steps, self.train.max_steps
         if n_steps is not None and max_steps is not None and max_steps > n_steps:
             # Checked here, before any data is read; the epoch schedule's length needs the data
@@ -915,7 +1070,13 @@ _SECTIONS = {
     "train": TrainConfig,
     "vit_unet": ViTUNetConfig,
     "unit": UnitConfig,
+    "cut": CUTConfig,
 }
+
+
+def section_names() -> tuple[str, ...]:
+    """The sections of a config, in the order of its YAML (normalisation and version aside)."""
+    return tuple(_SECTIONS)
 
 
 def _plain(value: Any) -> Any:

@@ -1,5 +1,5 @@
 """Loss functions of training: adversarial, L1 (plain and masked), outline, attention, structure, and
-UNIT's multi-scale LSGAN and latent KL terms.
+UNIT's multi-scale LSGAN and latent KL terms; CUT's contrastive PatchNCE.
 
 All losses return 0-d float32 tensors and compute in float32 even inside a bf16 autocast region
 (the inputs are cast up and autocast is switched off for the reduction), so that small differences
@@ -532,3 +532,71 @@ def structure_loss(name: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Te
     if name not in STRUCTURE_LOSSES:
         raise ConfigError(f"loss.structure must be one of {', '.join(STRUCTURE_LOSSES)}; got {name!r}")
     return STRUCTURE_LOSS_FUNCTIONS[name]
+
+
+# ------------------------------------------------------------------ contrastive (CUT)
+# The logit given to a patch's similarity with itself among its negatives: exp(-10 / tau) is about
+# zero (the reference fills the diagonal with this, models/patchnce.py).
+NCE_SELF_LOGIT = -10.0
+
+
+class PatchNCELoss:
+    """PatchNCE (Park et al. 2020, eq. 5): each query patch should pick its own key among the keys.
+
+    For image n and patch i, with unit feature vectors q (of the translation) and k (of the source,
+    no gradient), the loss is the cross-entropy of picking k_i::
+
+        -log( exp(q_i . k_i / tau) / (exp(q_i . k_i / tau) + sum_{j != i} exp(q_i . k_j / tau)
+                                      + exp(-10 / tau)) )
+
+    where j runs over the other patches of the same image (or, with
+    ``include_all_negatives_from_minibatch``, of every image of the batch), and the last term is the
+    reference's filled diagonal (:data:`NCE_SELF_LOGIT`). The value is the mean over all patches and
+    images, as the reference's ``PatchNCELoss(...).mean()`` (taesungp/contrastive-unpaired-translation,
+    models/patchnce.py), computed in float32.
+
+    Args:
+        temperature: tau (``--nce_T``, 0.07).
+        include_all_negatives_from_minibatch: the reference's option of that name (False for CUT and
+            FastCUT; True for its single-image model).
+
+    Raises:
+        ConfigError: a temperature that is not > 0.
+    """
+
+    def __init__(self, temperature: float = 0.07, include_all_negatives_from_minibatch: bool = False) -> None:
+        if not temperature > 0:
+            raise ConfigError(f"PatchNCE temperature must be > 0; got {temperature!r}")
+        self.temperature = temperature
+        self.include_all_negatives_from_minibatch = include_all_negatives_from_minibatch
+
+    def __repr__(self) -> str:
+        return (
+            f"PatchNCELoss(temperature={self.temperature}, "
+            f"include_all_negatives_from_minibatch={self.include_all_negatives_from_minibatch})"
+        )
+
+    def __call__(self, feat_q: torch.Tensor, feat_k: torch.Tensor) -> torch.Tensor:
+        """The loss of queries ``feat_q`` against keys ``feat_k``, both (N, P, D) unit vectors.
+
+        Returns:
+            0-d float32 tensor; no gradient flows into ``feat_k``.
+        """
+        if feat_q.ndim != 3 or feat_q.shape != feat_k.shape:
+            raise ValueError(
+                f"PatchNCE takes queries and keys of one shape (N, P, D); got {tuple(feat_q.shape)} "
+                f"and {tuple(feat_k.shape)}"
+            )
+        with _no_autocast(feat_q.device):
+            q = feat_q.float()
+            k = feat_k.detach().float()
+            positive = (q * k).sum(-1).reshape(-1, 1)
+            if self.include_all_negatives_from_minibatch:
+                q, k = q.reshape(1, -1, q.shape[-1]), k.reshape(1, -1, k.shape[-1])
+            negative = torch.bmm(q, k.transpose(1, 2))
+            n_patches = negative.shape[-1]
+            diagonal = torch.eye(n_patches, device=q.device, dtype=torch.bool)[None]
+            negative = negative.masked_fill(diagonal, NCE_SELF_LOGIT).reshape(-1, n_patches)
+            logits = torch.cat((positive, negative), dim=1) / self.temperature
+            target = torch.zeros(logits.shape[0], dtype=torch.long, device=q.device)
+            return F.cross_entropy(logits, target)

@@ -20,11 +20,12 @@ from medcyclegan.checkpoint import checkpoint_config, load_checkpoint
 from medcyclegan.config import ModelConfig, apply_overrides, load_config
 from medcyclegan.errors import ConfigError
 from medcyclegan.inference import translate_array
-from medcyclegan.models import CycleGAN
+from medcyclegan.models import CycleGAN, model_class
 from medcyclegan.nets import (
     ViTUNetGenerator,
     build_generator,
     count_parameters,
+    encoder_layer_count,
     generator_min_input_size,
     generator_stride_multiple,
 )
@@ -100,7 +101,7 @@ def test_output_has_the_input_shape_in_minus_one_to_one(channels: int, height: i
 def test_encoder_features_are_the_input_each_levels_skip_and_the_bottleneck() -> None:
     generator = tiny_generator()
     x = torch.rand(1, 1, 16, 24)
-    maps = generator.encoder_features(x)
+    maps = generator.encoder_features(x, list(range(len(generator.encoder) + 2)))
     assert [tuple(m.shape) for m in maps] == [(1, 1, 16, 24), (1, 4, 16, 24), (1, 8, 8, 12), (1, 8, 4, 6)]
     assert maps[0] is x
 
@@ -134,7 +135,7 @@ def test_the_positions_reach_the_transformer() -> None:
     # their positions, so a constant input gives a non-constant bottleneck.
     generator = tiny_generator()
     with torch.no_grad():
-        bottleneck = generator.encoder_features(torch.zeros(1, 1, 16, 16))[-1]
+        bottleneck = generator.encoder_features(torch.zeros(1, 1, 16, 16), [len(generator.encoder) + 1])[-1]
     assert bottleneck[0, 0].std() > 0
 
 
@@ -297,3 +298,35 @@ def test_resuming_refuses_another_vit_unet_size() -> None:
     asked = apply_overrides(stored, {"vit_unet.n_blocks": 2})
     with pytest.raises(ConfigError, match=r"cannot change vit_unet\.n_blocks \(stored 1, given 2\)"):
         merge_resume_config(stored, asked, keys=["vit_unet.n_blocks"], announce=False)
+
+
+def test_cut_trains_a_step_with_the_vit_unet_generator() -> None:
+    """The CUT generator contract: PatchNCE over the ViT-UNet's encoder maps (input, levels, bottleneck)."""
+    cfg = load_config(
+        None,
+        {
+            **TINY_VIT_UNET,
+            "model.kind": "cut",
+            "data.image_size": 32,
+            "model.ndf": 4,
+            "model.n_layers_d": 2,
+            "cut.nce_layers": [0, 1, 2, 3],
+            "cut.num_patches": 16,
+            "cut.netf_nc": 8,
+        },
+    )
+    assert encoder_layer_count(cfg) == len(cfg.vit_unet.unet_features) + 2
+    with pytest.raises(ConfigError, match=r"cut\.nce_layers 9 is beyond"):
+        load_config(
+            None, {**TINY_VIT_UNET, "model.kind": "cut", "data.image_size": 32, "cut.nce_layers": [0, 9]}
+        )
+    model = model_class("cut")(cfg, torch.device("cpu"), lambda step: 1.0)
+    batch = {
+        domain: {"image": torch.rand(2, 1, 32, 32) * 2 - 1, "mask": torch.ones(2, 1, 32, 32)}
+        for domain in "AB"
+    }
+    before = [p.detach().clone() for p in model.networks()["G_AB"].parameters()]
+    losses = model.train_step(batch)
+    assert all(torch.isfinite(v) for v in losses.values())
+    after = list(model.networks()["G_AB"].parameters())
+    assert any(not torch.equal(a, b) for a, b in zip(before, after, strict=True))

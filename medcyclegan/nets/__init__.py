@@ -10,7 +10,9 @@ The generator functions also take the ``model`` section alone (a
 :class:`~medcyclegan.config.ModelConfig`) for the generators that read nothing else (the ResNet
 ones); the ViT-UNet reads the ``vit_unet`` section as well, so it needs the whole config.
 
-Both come initialised as the reference does (normal(0, ``cfg.model.init_gain``)).
+Both come initialised as the reference does (normal(0, ``cfg.model.init_gain``)). CUT's projection
+head is :class:`medcyclegan.nets.patch_sample.PatchSampleF`; the generators CUT can use expose their
+encoder layers (``encoder_features``, see :func:`encoder_layer_count`).
 
 The discriminator module (and with it MONAI, about 1.4 s to import) is loaded only when first used,
 so that conversion, which needs only a generator, starts faster.
@@ -42,6 +44,7 @@ __all__ = [
     "build_generator",
     "count_parameters",
     "discriminator_min_size",
+    "encoder_layer_count",
     "generator_class",
     "generator_min_input_size",
     "generator_stride_multiple",
@@ -121,6 +124,28 @@ def generator_min_input_size(cfg: Config | ModelConfig) -> int:
     return int(generator_class(run.model.generator).config_min_input_size(run))
 
 
+def encoder_layer_count(cfg: Config | ModelConfig) -> int:
+    """How many encoder layers the generator of ``cfg`` exposes to CUT's PatchNCE.
+
+    The generator contract of :mod:`medcyclegan.models.cut`: a generator class with
+    ``encoder_features(x, layers) -> list[Tensor]`` (the outputs of its encoder layers ``layers``,
+    indices in increasing order) and the classmethod ``config_encoder_layer_count(cfg)`` (the run
+    config).
+
+    Raises:
+        ConfigError: for an unknown generator, or one without ``encoder_features``.
+    """
+    run = _run_config(cfg)
+    cls = generator_class(run.model.generator)
+    count = getattr(cls, "config_encoder_layer_count", None)
+    if count is None or not hasattr(cls, "encoder_features"):
+        raise ConfigError(
+            f"model.generator {run.model.generator!r} has no encoder_features (the feature maps CUT's "
+            "PatchNCE compares); use it with another model.kind"
+        )
+    return int(count(run))
+
+
 def discriminator_min_size(n_layers: int, n_scales: int = 1) -> int:
     """Smallest square input (pixels) for which the PatchGAN with ``n_layers`` gives any logits.
 
@@ -136,7 +161,9 @@ def discriminator_min_size(n_layers: int, n_scales: int = 1) -> int:
     return (coarsest - 1) * 2 ** (n_scales - 1) + 1
 
 
-def build_generator(cfg: Config | ModelConfig, in_channels: int, out_channels: int) -> nn.Module:
+def build_generator(
+    cfg: Config | ModelConfig, in_channels: int, out_channels: int, *, init_method: str = "normal"
+) -> nn.Module:
     """The generator named by ``model.generator``, initialised with ``model.init_gain``.
 
     Args:
@@ -144,6 +171,7 @@ def build_generator(cfg: Config | ModelConfig, in_channels: int, out_channels: i
             its model section alone for the ResNet generators.
         in_channels: input channels (2k+1 with k context slices).
         out_channels: output channels.
+        init_method: ``"normal"`` (the reference CycleGAN's) or ``"xavier"`` (see :func:`init_weights`).
 
     Returns:
         A :class:`ResnetGenerator` or :class:`AttentionResnetGenerator` (which also has
@@ -156,13 +184,15 @@ def build_generator(cfg: Config | ModelConfig, in_channels: int, out_channels: i
     """
     run = _run_config(cfg)
     generator = generator_class(run.model.generator).from_config(run, in_channels, out_channels)
-    init_weights(generator, gain=run.model.init_gain)
+    init_weights(generator, gain=run.model.init_gain, method=init_method)
     return generator
 
 
-def build_discriminator_from_config(model_cfg: ModelConfig, in_channels: int) -> nn.Module:
+def build_discriminator_from_config(
+    model_cfg: ModelConfig, in_channels: int, *, init_method: str = "normal"
+) -> nn.Module:
     """The PatchGAN of ``model_cfg`` (ndf, n_layers_d, spectral_norm_d, n_scales_d), initialised with
-    ``model_cfg.init_gain``."""
+    ``model_cfg.init_gain`` (and ``init_method``, see :func:`init_weights`)."""
     # lazy: the discriminator imports MONAI (about 1.4 s), which conversion does not need
     from medcyclegan.nets.discriminator import build_discriminator  # noqa: PLC0415 (see the comment above)
 
@@ -173,6 +203,7 @@ def build_discriminator_from_config(model_cfg: ModelConfig, in_channels: int) ->
         init_gain=model_cfg.init_gain,
         spectral_norm=model_cfg.spectral_norm_d,
         n_scales=model_cfg.n_scales_d,
+        init_method=init_method,
     )
 
 

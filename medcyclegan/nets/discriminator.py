@@ -171,6 +171,7 @@ def build_discriminator(
     *,
     spectral_norm: bool = False,
     n_scales: int = 1,
+    init_method: str = "normal",
 ) -> nn.Module:
     """A PatchGAN (see :class:`PatchGAN`) with the reference normal(0, ``init_gain``) initialisation.
 
@@ -181,6 +182,7 @@ def build_discriminator(
         init_gain: standard deviation of the weight initialisation.
         spectral_norm: spectral normalisation on every convolution, without InstanceNorm.
         n_scales: 1 for one PatchGAN; more for a :class:`MultiScalePatchGAN` of that many.
+        init_method: ``"normal"`` or ``"xavier"`` (see :func:`~medcyclegan.nets.init.init_weights`).
 
     Returns:
         A module mapping (N, C, H, W) images to (N, 1, h, w) logits, or with ``n_scales > 1`` to the
@@ -194,6 +196,6 @@ def build_discriminator(
     discriminators = []
     for _ in range(n_scales):
         discriminator = PatchGAN(in_channels, ndf=ndf, n_layers=n_layers, instance_norm=not spectral_norm)
-        init_weights(discriminator, gain=init_gain)
+        init_weights(discriminator, gain=init_gain, method=init_method)
         discriminators.append(add_spectral_norm(discriminator) if spectral_norm else discriminator)
     return discriminators[0] if n_scales == 1 else MultiScalePatchGAN(discriminators)

@@ -21,6 +21,9 @@ multiples of :attr:`ResnetGenerator.stride_multiple` (2**2 = 4); the caller pads
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 
@@ -183,9 +186,56 @@ class ResnetGenerator(nn.Module):
         """:attr:`min_input_size` of the generator ``cfg`` builds (fixed for this class)."""
         return cls.min_input_size
 
+    @classmethod
+    def config_encoder_layer_count(cls, cfg: Config) -> int:
+        """How many layers :meth:`encoder_features` can index for the generator of ``cfg``."""
+        return 4 + 3 * cls.n_downsampling + cfg.model.n_blocks
+
     def _head_channels(self, out_channels: int) -> int:
         """Channels predicted by the final c7s1 layer (subclasses add attention channels)."""
         return out_channels
+
+    def encoder_layers(self) -> list[nn.Module]:
+        """The layers :meth:`encoder_features` indexes, in the order the input passes them.
+
+        The reference CUT's ``nn.Sequential`` without anti-aliasing (``--no_antialias``), module for
+        module: 0 reflection pad, 1 conv 7x7, 2 norm, 3 ReLU (c7s1-k); 4 conv, 5 norm, 6 ReLU (d2k);
+        7 conv, 8 norm, 9 ReLU (d4k); 10 + i the residual block i (i = 0 .. n_blocks - 1).
+        """
+        return [*(layer for stage in self.encoder for layer in stage), *self.blocks]
+
+    def encoder_features(self, x: torch.Tensor, layers: Sequence[int]) -> list[torch.Tensor]:
+        """The outputs of the encoder layers ``layers`` for input ``x`` (the maps PatchNCE compares).
+
+        The generator contract of CUT (:mod:`medcyclegan.models.cut`): ``layers`` are indices into
+        :meth:`encoder_layers`, increasing; it runs only up to the last of them. As in the reference
+        (``netG(x, layers, encode_only=True)``), a layer followed by an in-place ReLU (the norm
+        layers 2, 5, 8) gives its output after that ReLU when the ReLU runs too.
+
+        For the reference configuration (ngf 64, 9 blocks) the reference's layers 0, 4, 8, 12, 16
+        are here: the padded input (C, H + 6, W + 6); the first stride-2 convolution (128, H/2, W/2);
+        the second d layer's norm (256, H/4, W/4); the residual blocks 3 and 7 (256, H/4, W/4).
+        With fewer than 7 residual blocks the indices beyond ``10 + n_blocks - 1`` do not exist
+        (the config refuses them, :meth:`config_encoder_layer_count`).
+
+        Raises:
+            ValueError: a bad input, or ``layers`` empty, not increasing or beyond the encoder.
+        """
+        self._check_input(x)
+        modules = self.encoder_layers()
+        wanted = list(layers)
+        if not wanted or wanted[0] < 0 or any(b <= a for a, b in itertools.pairwise(wanted)):
+            raise ValueError(f"encoder layers must be increasing indices >= 0; got {wanted}")
+        if wanted[-1] >= len(modules):
+            raise ValueError(
+                f"encoder layer {wanted[-1]} does not exist: the encoder has {len(modules)} layers"
+            )
+        features = []
+        for index, module in enumerate(modules[: wanted[-1] + 1]):
+            x = module(x)
+            if index in wanted:
+                features.append(x)
+        return features
 
     def _check_input(self, x: torch.Tensor) -> None:
         if x.ndim != 4 or x.shape[1] != self.in_channels:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from medcyclegan.config import INIT_TYPES
 from medcyclegan.errors import ConfigError
 
 # Every convolution flavour (1D/2D/3D, plain and transposed) derives from _ConvNd; the norm layers
@@ -21,7 +22,11 @@ _NORM_LAYERS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
 
 @torch.no_grad()
 def init_weights(
-    module: nn.Module, gain: float = 0.02, generator: torch.Generator | None = None
+    module: nn.Module,
+    gain: float = 0.02,
+    generator: torch.Generator | None = None,
+    *,
+    method: str = "normal",
 ) -> nn.Module:
     """Initialises every layer of ``module`` in place, as the reference CycleGAN does.
 
@@ -30,6 +35,9 @@ def init_weights(
         gain: standard deviation of the normal distributions (weights of convolutions ~ N(0, gain),
             affine norm weights ~ N(1, gain)).
         generator: random generator to draw from; ``None`` uses torch's global generator.
+        method: ``"normal"`` (the reference CycleGAN's) or ``"xavier"``: convolution and linear
+            weights from Xavier's normal distribution scaled by ``gain`` (the reference CUT's
+            default ``--init_type``, taesungp/contrastive-unpaired-translation models/networks.py).
 
     Returns:
         ``module``, for chaining.
@@ -39,9 +47,14 @@ def init_weights(
     """
     if not gain > 0:
         raise ConfigError(f"init gain must be > 0; got {gain!r}")
+    if method not in INIT_TYPES:
+        raise ConfigError(f"init method must be one of {', '.join(INIT_TYPES)}; got {method!r}")
     for layer in module.modules():
         if isinstance(layer, _WEIGHT_LAYERS):
-            nn.init.normal_(layer.weight, 0.0, gain, generator=generator)
+            if method == "xavier":
+                nn.init.xavier_normal_(layer.weight, gain=gain, generator=generator)
+            else:
+                nn.init.normal_(layer.weight, 0.0, gain, generator=generator)
             if layer.bias is not None:
                 nn.init.zeros_(layer.bias)
         elif isinstance(layer, _NORM_LAYERS):

@@ -46,6 +46,7 @@ Where it differs from the reference, and why:
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 
 import torch
@@ -327,14 +328,30 @@ class ViTUNetGenerator(nn.Module):
             skips.append(skip)
         return self.bottleneck(h), skips
 
-    def encoder_features(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """The maps PatchNCE (CUT) compares: the input, each level's encoder output, the bottleneck.
+    def encoder_features(self, x: torch.Tensor, layers: Sequence[int]) -> list[torch.Tensor]:
+        """The maps PatchNCE (CUT) compares, of the encoder layers ``layers`` (increasing indices).
 
-        ``[x, skip_0, ..., skip_{depth-1}, transformer output]``: (N, C, H, W), (N, f_i, H / 2**i,
-        W / 2**i) and (N, f_last, H / 2**depth, W / 2**depth); 2 + depth maps.
+        The layers are ``[x, skip_0, ..., skip_{depth-1}, transformer output]``: (N, C, H, W),
+        (N, f_i, H / 2**i, W / 2**i) and (N, f_last, H / 2**depth, W / 2**depth); 2 + depth of them
+        (:meth:`config_encoder_layer_count`). The generator contract of :mod:`medcyclegan.models.cut`.
+
+        Raises:
+            ValueError: ``layers`` empty, not increasing or beyond the encoder.
         """
+        wanted = list(layers)
+        count = len(self.encoder) + 2
+        if not wanted or wanted[0] < 0 or any(b <= a for a, b in itertools.pairwise(wanted)):
+            raise ValueError(f"encoder layers must be increasing indices >= 0; got {wanted}")
+        if wanted[-1] >= count:
+            raise ValueError(f"encoder layer {wanted[-1]} does not exist: the encoder has {count} layers")
         bottleneck, skips = self._encode(x)
-        return [x, *skips, bottleneck]
+        maps = [x, *skips, bottleneck]
+        return [maps[i] for i in wanted]
+
+    @classmethod
+    def config_encoder_layer_count(cls, cfg: Config) -> int:
+        """How many layers :meth:`encoder_features` can index: the input, one per level, the bottleneck."""
+        return len(cfg.vit_unet.unet_features) + 2
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Translated image in [-1, 1], (N, out_channels, H, W)."""

@@ -13,7 +13,7 @@ import logging
 from collections.abc import Iterable
 from typing import Any
 
-from medcyclegan.config import AUTO, Config, apply_overrides
+from medcyclegan.config import AUTO, Config, apply_overrides, section_names
 from medcyclegan.errors import ConfigError
 
 logger = logging.getLogger("medcyclegan")
@@ -34,8 +34,6 @@ RESUMABLE_OVERRIDES = {
     "train.channels_last",
     "train.compile",
 }
-# Keys of Config.to_dict() that are measured or recorded, not asked for; every other key is a section.
-_MEASURED = ("normalisation", "version")
 # "auto" (the default) asks for no particular choice: a run that stored an explicit value (every run
 # before "auto" existed stored val/cycle_ssim, max) keeps it.
 _AUTO_KEEPS_STORED = {"train.best_metric", "train.best_mode"}
@@ -44,16 +42,11 @@ _AUTO_KEEPS_STORED = {"train.best_metric", "train.best_mode"}
 def _flat(cfg: Config) -> dict[str, Any]:
     """``{"section.key": value}`` of every section (normalisation and version are measured).
 
-    Every section of the config's dict, so that a model's or a generator's section (e.g. ``unit``,
-    ``vit_unet``) is compared as strictly as the first five.
+    Every section of the config (:func:`~medcyclegan.config.section_names`), so that a model's or a
+    generator's section (e.g. ``unit``, ``vit_unet``) is compared as strictly as the first five.
     """
     raw = cfg.to_dict()
-    return {
-        f"{section}.{key}": value
-        for section, values in raw.items()
-        if section not in _MEASURED
-        for key, value in values.items()
-    }
+    return {f"{section}.{key}": value for section in section_names() for key, value in raw[section].items()}
 
 
 def merge_resume_config(

@@ -186,6 +186,13 @@ class Trainer:
         # Refused here, before any step, when the run cannot compute an explicit train.best_metric.
         self.val_metric_names = validation_metric_names(self.model, self.data)
         self.best_metric, self.best_mode = choose_best_metric(cfg.train, self.val_metric_names)
+        if (self.data.val_src or self.data.val_tgt) and not self.val_metric_names and self.dist.is_main:
+            # A one-way model (CUT) without validation pairs: no cycle to score, no target to compare.
+            logger.warning(
+                "validation skipped: a %s model is scored on validation pairs only (same case names); "
+                "no best.pt is written, last.pt is the model",
+                cfg.model.kind,
+            )
         self.epoch = 0
         self.step_in_epoch = 0
         self.global_step = 0
@@ -519,7 +526,7 @@ class Trainer:
             self.log.scalar("time/epoch_seconds", seconds, self.global_step)
             if (epoch + 1) % self.cfg.train.sample_every == 0:
                 self.write_samples(epoch)
-            if (self.data.val_src or self.data.val_tgt) and (epoch + 1) % self.cfg.train.val_every == 0:
+            if self.val_metric_names and (epoch + 1) % self.cfg.train.val_every == 0:
                 metrics = self.validate()
                 row = {
                     "step": self.global_step,
