@@ -45,7 +45,12 @@ from medcyclegan.models.base import Batch, Direction, LrRule, TranslationModel
 from medcyclegan.models.ema import WeightAverage
 from medcyclegan.models.pool import ImagePool
 from medcyclegan.models.registry import register_model
-from medcyclegan.nets import build_discriminator_from_config, build_generator
+from medcyclegan.nets import (
+    build_discriminator_from_config,
+    build_generator,
+    describe_discriminator,
+    describe_generator,
+)
 from medcyclegan.runtime import distributed
 from medcyclegan.runtime.distributed import DistributedContext
 from medcyclegan.runtime.precision import autocast_context
@@ -194,33 +199,22 @@ class CycleGAN(TranslationModel):
     def describe_networks(cls, cfg: Config, parameters: Mapping[str, int]) -> dict[str, dict[str, Any]]:
         """The generator and the discriminator (each of the pair), with their options."""
         model = cfg.model
+        g_fields, g_text = describe_generator(cfg)
+        g_parameters = int(parameters.get("G_AB", 0))
+        ema = f", EMA {model.ema_decay}" if model.ema_decay else ", no EMA"
         generator: dict[str, Any] = {
-            "type": model.generator,
-            "ngf": model.ngf,
-            "n_blocks": model.n_blocks,
-            "upsample": model.upsample,
+            **g_fields,
             "ema_decay": model.ema_decay,  # 0: no average of its weights
-            "parameters": int(parameters.get("G_AB", 0)),
+            "parameters": g_parameters,
+            "summary": f"{g_text}: {g_parameters:,} parameters{ema}",
         }
-        generator["summary"] = (
-            f"{model.generator} ngf {model.ngf}, {model.n_blocks} blocks, {model.upsample}: "
-            f"{generator['parameters']:,} parameters"
-            + (f", EMA {model.ema_decay}" if model.ema_decay else ", no EMA")
-        )
-        discriminator: dict[str, Any] = {
-            "type": "PatchGAN",
-            "ndf": model.ndf,
-            "n_layers": model.n_layers_d,
-            "spectral_norm": model.spectral_norm_d,
-            "n_scales": model.n_scales_d,
-            "parameters": int(parameters.get("D_A", 0)),
+        d_fields, d_text = describe_discriminator(model)
+        d_parameters = int(parameters.get("D_A", 0))
+        discriminator = {
+            **d_fields,
+            "parameters": d_parameters,
+            "summary": f"{d_text}: {d_parameters:,} parameters",
         }
-        discriminator["summary"] = (
-            f"PatchGAN ndf {model.ndf}, {model.n_layers_d} layers"
-            + (", spectral norm" if model.spectral_norm_d else "")
-            + (f", {model.n_scales_d} scales" if model.n_scales_d > 1 else "")
-            + f": {discriminator['parameters']:,} parameters"
-        )
         return {"generator": generator, "discriminator": discriminator}
 
     def networks(self) -> dict[str, nn.Module]:

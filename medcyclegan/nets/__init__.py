@@ -43,6 +43,8 @@ __all__ = [
     "build_discriminator_from_config",
     "build_generator",
     "count_parameters",
+    "describe_discriminator",
+    "describe_generator",
     "discriminator_min_size",
     "encoder_layer_count",
     "generator_class",
@@ -61,6 +63,7 @@ class GeneratorClass(Protocol):
 
     def __call__(self, *args: Any, **kwargs: Any) -> nn.Module: ...
     def from_config(self, cfg: Config, in_channels: int, out_channels: int) -> nn.Module: ...
+    def config_description(self, cfg: Config) -> tuple[dict[str, Any], str]: ...
     def config_stride_multiple(self, cfg: Config) -> int: ...
     def config_min_input_size(self, cfg: Config) -> int: ...
 
@@ -100,6 +103,35 @@ def generator_class(name: str) -> GeneratorClass:
     if cls is None:
         raise ConfigError(f"model.generator must be one of {', '.join(_GENERATORS)}; got {name!r}")
     return cls
+
+
+def describe_generator(cfg: Config | ModelConfig) -> tuple[dict[str, Any], str]:
+    """The generator of ``cfg`` for ``info``: ``({"type": name, options...}, "name options...")``.
+
+    Raises:
+        ConfigError: for an unknown generator.
+    """
+    run = _run_config(cfg)
+    name = run.model.generator
+    fields, text = generator_class(name).config_description(run)
+    return {"type": name, **fields}, f"{name} {text}"
+
+
+def describe_discriminator(model_cfg: ModelConfig) -> tuple[dict[str, Any], str]:
+    """The PatchGAN of ``model_cfg`` for ``info``: ``({"type": "PatchGAN", options...}, one line)``."""
+    fields = {
+        "type": "PatchGAN",
+        "ndf": model_cfg.ndf,
+        "n_layers": model_cfg.n_layers_d,
+        "spectral_norm": model_cfg.spectral_norm_d,
+        "n_scales": model_cfg.n_scales_d,
+    }
+    text = (
+        f"PatchGAN ndf {model_cfg.ndf}, {model_cfg.n_layers_d} layers"
+        + (", spectral norm" if model_cfg.spectral_norm_d else "")
+        + (f", {model_cfg.n_scales_d} scales" if model_cfg.n_scales_d > 1 else "")
+    )
+    return fields, text
 
 
 def generator_stride_multiple(cfg: Config | ModelConfig) -> int:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -175,6 +176,13 @@ class ResnetGenerator(nn.Module):
             n_blocks=model_cfg.n_blocks,
             upsample=model_cfg.upsample,
         )
+
+    @classmethod
+    def config_description(cls, cfg: Config) -> tuple[dict[str, Any], str]:
+        """The options of the generator ``cfg`` builds, as JSON-ready fields and as one line (``info``)."""
+        model = cfg.model
+        fields = {"ngf": model.ngf, "n_blocks": model.n_blocks, "upsample": model.upsample}
+        return fields, f"ngf {model.ngf}, {model.n_blocks} blocks, {model.upsample}"
 
     @classmethod
     def config_stride_multiple(cls, cfg: Config) -> int:

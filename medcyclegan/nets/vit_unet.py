@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -279,6 +280,23 @@ class ViTUNetGenerator(nn.Module):
     def stride_for(unet_features: Sequence[int]) -> int:
         """H and W must be multiples of this: one stride-2 convolution per U-Net level."""
         return 2 ** len(unet_features)
+
+    @classmethod
+    def config_description(cls, cfg: Config) -> tuple[dict[str, Any], str]:
+        """The ``vit_unet`` section as JSON-ready fields and as one line (``info``)."""
+        section = cfg.vit_unet
+        fields = {
+            "unet_features": list(section.unet_features),
+            "features": section.features,
+            "n_heads": section.n_heads,
+            "n_blocks": section.n_blocks,
+            "ffn_features": section.ffn_features,
+        }
+        text = (
+            f"U-Net {'-'.join(map(str, section.unet_features))}, ViT {section.n_blocks} blocks x "
+            f"{section.features} features, {section.n_heads} heads"
+        )
+        return fields, text
 
     @classmethod
     def from_config(cls, cfg: Config, in_channels: int, out_channels: int) -> ViTUNetGenerator:
