@@ -34,16 +34,20 @@ RESUMABLE_OVERRIDES = {
     "train.channels_last",
     "train.compile",
 }
-_SECTIONS = ("data", "model", "loss", "optim", "train")
 # "auto" (the default) asks for no particular choice: a run that stored an explicit value (every run
 # before "auto" existed stored val/cycle_ssim, max) keeps it.
 _AUTO_KEEPS_STORED = {"train.best_metric", "train.best_mode"}
 
 
 def _flat(cfg: Config) -> dict[str, Any]:
-    """``{"section.key": value}`` of the five sections (normalisation and version are measured)."""
+    """``{"section.key": value}`` of every section (normalisation and version are measured)."""
     raw = cfg.to_dict()
-    return {f"{section}.{key}": value for section in _SECTIONS for key, value in raw[section].items()}
+    return {
+        f"{section}.{key}": value
+        for section, values in raw.items()
+        if section != "normalisation" and isinstance(values, dict)
+        for key, value in values.items()
+    }
 
 
 def merge_resume_config(
