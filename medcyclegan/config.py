@@ -545,7 +545,15 @@ class MunitConfig:
     def validate(self) -> None:
         _check_finite("munit", self)
         _check_choice("munit", "gan_mode", self.gan_mode, GAN_MODES)
-        for name in ("dim", "style_dim", "mlp_dim", "n_downsample", "dis_dim", "dis_n_layer", "dis_num_scales"):
+        for name in (
+            "dim",
+            "style_dim",
+            "mlp_dim",
+            "n_downsample",
+            "dis_dim",
+            "dis_n_layer",
+            "dis_num_scales",
+        ):
             _check_positive("munit", name, getattr(self, name))
         for name in ("dim", "mlp_dim", "dis_dim"):
             _check_at_most("munit", name, getattr(self, name), MAX_FILTERS)

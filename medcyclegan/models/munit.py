@@ -341,4 +341,3 @@ class MUNIT(TranslationModel):
 
     def load_process_state(self, state: Mapping[str, Any]) -> None:
         self.style_generator.set_state(state[STYLE_GENERATOR_KEY])
-

@@ -32,6 +32,8 @@ unless set).
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -205,7 +207,7 @@ class MLP(nn.Module):
         super().__init__()
         widths = [style_dim, *([dim] * (n_layers - 1)), out_features]
         layers: list[nn.Module] = []
-        for index, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
+        for index, (a, b) in enumerate(itertools.pairwise(widths)):
             layers.append(nn.Linear(a, b))
             if index < n_layers - 1:
                 layers.append(nn.ReLU(inplace=True))
