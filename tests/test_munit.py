@@ -9,14 +9,26 @@ from __future__ import annotations
 
 import copy
 import json
+import os
+import shutil
+import socket
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from tiny import TINY_RUN, TrainedRun, assert_clean_error, files, tiny_config, write_domains
+from tiny import (
+    TINY_RUN,
+    TrainedRun,
+    assert_clean_error,
+    files,
+    tiny_config,
+    write_config_yaml,
+    write_domains,
+)
 
+from medcyclegan.augment import augment_dataset
 from medcyclegan.checkpoint import load_checkpoint
 from medcyclegan.config import load_config
 from medcyclegan.convert import (
@@ -402,3 +414,71 @@ def test_the_registry_and_the_loop_know_munit() -> None:
     model = MUNIT(munit_config(), CPU, lr_rule(munit_config().optim))
     assert model.translator("BA").enc_content is model.G_B.enc_content
     assert "G_A=" in repr(model)
+
+
+# ----------------------------------------------------------------- the CLI, augment, processes
+def test_trains_and_resumes_from_the_cli(cli, tmp_path: Path) -> None:
+    mr, ct = write_domains(tmp_path / "data")
+    config = write_config_yaml(tmp_path / "tiny.yaml", {**TINY_RUN, **TINY_MUNIT, "model.kind": "cyclegan"})
+    run = tmp_path / "run"
+    common = ("--src", mr, "--tgt", ct, "--out", run, "-c", config, "--model", "munit", "--no-progress")
+    result = cli("train", *common, "--max-steps", "1")
+    assert result.code == 0, result.err
+    assert load_config(run / "config.yaml").model.kind == "munit"
+    resumed = cli("train", *common, "--max-steps", "2", "--resume")
+    assert resumed.code == 0, resumed.err
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["step"] == 2
+    # A changed MUNIT setting on resume is refused like any other.
+    refused = cli("train", *common, "--max-steps", "3", "--resume", "--set", "munit.recon_x_w=5")
+    assert_clean_error(refused, "munit.recon_x_w")
+
+
+def test_augment_with_a_munit_model(munit_run: TrainedRun, tmp_path: Path) -> None:
+    images, labels = tmp_path / "images", tmp_path / "labels"
+    labels.mkdir()
+    shutil.copytree(munit_run.mr, images)
+    for path in files(images):
+        image = nib.load(path)
+        label = (np.asarray(image.dataobj) > 100).astype(np.uint8)
+        nib.save(nib.Nifti1Image(label, image.affine), labels / path.name)
+    result = augment_dataset(images, labels, munit_run.run, tmp_path / "raw", dataset_id=9, device="cpu")
+    assert result.check.ok and result.channel_name == "CT" and len(result.cases) == 2
+
+
+def _two_rank_worker(rank: int, world_size: int, port: int, root: str) -> None:
+    """One rank of a two-process MUNIT run (gloo): 2 steps; reports whether the weights agree."""
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        WORLD_SIZE=str(world_size),
+        LOCAL_RANK=str(rank),
+    )
+    torch.set_num_threads(1)
+    base = Path(root)
+    cfg = munit_config(**{"train.max_steps": 2, "train.steps_per_epoch": 2})
+    trainer = Trainer(cfg, base / "run", files(base / "mr"), files(base / "ct"), show_progress=False)
+    trainer.fit()
+    weights = torch.cat(
+        [p.detach().reshape(-1) for net in trainer.model.networks().values() for p in net.parameters()]
+    )
+    gathered = [torch.empty_like(weights) for _ in range(world_size)]
+    torch.distributed.all_gather(gathered, weights)
+    same = all(torch.equal(gathered[0], w) for w in gathered)
+    (base / f"report{rank}.json").write_text(json.dumps({"same_weights": same}))
+
+
+def test_two_processes_average_gradients_and_keep_a_style_generator_each(tmp_path: Path) -> None:
+    write_domains(tmp_path)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+    # Forked (see tests/test_distributed.py): the ranks start with this process's imports.
+    torch.multiprocessing.start_processes(
+        _two_rank_worker, args=(2, port, str(tmp_path)), nprocs=2, join=True, start_method="fork"
+    )
+    for rank in range(2):
+        assert json.loads((tmp_path / f"report{rank}.json").read_text()) == {"same_weights": True}
+    data = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    first, second = data["pools"][STYLE_GENERATOR_KEY]
+    assert data["world_size"] == 2 and not torch.equal(first, second)  # each rank draws its own styles
