@@ -337,6 +337,16 @@ def test_samples_mean_and_std_over_styles(munit_run: TrainedRun) -> None:
         mean_one, std_one = translate_samples(model, volume, same, batch_size=4)
         assert not std_one.any()
         np.testing.assert_array_equal(mean_one, np.rint(samples[0]).astype(np.int16))
+    # Along other planes too (the whole volume once per style): the same mean and std as by hand.
+    planes = ("axial", "coronal")
+    mean_planes, std_planes = translate_samples(model, volume, styles, batch_size=4, planes=planes)
+    by_hand = []
+    for style in styles:
+        model.generator.set_style(style)
+        by_hand.append(translate_loaded(model, volume, batch_size=4, dtype="float32", planes=planes)[0])
+    model.generator.set_style(None)
+    np.testing.assert_allclose(std_planes, np.std(by_hand, axis=0), atol=1e-2)
+    assert np.abs(mean_planes.astype(np.float64) - np.mean(by_hand, axis=0)).max() <= 0.5 + 1e-3
     # The translator is back at its fixed style: the plain conversion is unchanged.
     plain = translate_loaded(model, volume, batch_size=4)[0]
     np.testing.assert_array_equal(plain, translate_loaded(load_model(munit_run.run, device="cpu"), volume)[0])
