@@ -36,11 +36,12 @@ from medcyclegan.convert import (
     convert_file,
     draw_styles,
     load_model,
+    plan_conversion,
     std_output_path,
     translate_loaded,
     translate_samples,
 )
-from medcyclegan.errors import ConfigError
+from medcyclegan.errors import ConfigError, OutputError
 from medcyclegan.io.readers import read_volume
 from medcyclegan.models import model_class
 from medcyclegan.models.munit import MUNIT, STYLE_GENERATOR_KEY
@@ -492,3 +493,18 @@ def test_two_processes_average_gradients_and_keep_a_style_generator_each(tmp_pat
     data = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
     first, second = data["pools"][STYLE_GENERATOR_KEY]
     assert data["world_size"] == 2 and not torch.equal(first, second)  # each rank draws its own styles
+
+
+def test_std_outputs_are_planned_with_the_others(munit_run: TrainedRun, tmp_path: Path) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    source = files(munit_run.mr)[0]
+    for name in ("a.nii.gz", "a_std.nii.gz"):
+        shutil.copy(source, folder / name)
+    model = load_model(munit_run.run, device="cpu")
+    jobs = plan_conversion(model, folder / "a.nii.gz", tmp_path / "out.nrrd", samples=2)
+    assert [job.std for job in jobs] == [tmp_path / "out_std.nrrd"]
+    # a's std would be a_std's output: refused before anything is read, naming both inputs.
+    with pytest.raises(OutputError, match="two inputs would be written to the same output name"):
+        plan_conversion(model, folder, tmp_path / "out", samples=2)
+    assert [job.std for job in plan_conversion(model, folder, tmp_path / "out")] == [None, None]

@@ -62,8 +62,10 @@ def adaptive_instance_norm(
         weight: the style's standard deviations (N, C).
         bias: the style's means (N, C).
     """
-    normalised = F.instance_norm(x, eps=eps)
-    return normalised * weight[:, :, None, None] + bias[:, :, None, None]
+    # In float32 (a no-op in fp32 runs): bf16 statistics over a slice lose too much.
+    normalised = F.instance_norm(x.float(), eps=eps)
+    out = normalised * weight.float()[:, :, None, None] + bias.float()[:, :, None, None]
+    return out.to(x.dtype)
 
 
 class LayerNorm(nn.Module):
@@ -81,10 +83,12 @@ class LayerNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dims = tuple(range(1, x.dim()))
-        mean = x.mean(dim=dims, keepdim=True)
-        std = x.std(dim=dims, keepdim=True)
+        values = x.float()  # statistics in float32 (a no-op in fp32 runs), as for AdaIN
+        mean = values.mean(dim=dims, keepdim=True)
+        std = values.std(dim=dims, keepdim=True)
         shape = (1, -1) + (1,) * (x.dim() - 2)
-        return (x - mean) / (std + self.eps) * self.gamma.view(shape) + self.beta.view(shape)
+        out = (values - mean) / (std + self.eps) * self.gamma.view(shape) + self.beta.view(shape)
+        return out.to(x.dtype)
 
 
 class ConvBlock(nn.Module):
