@@ -7,7 +7,10 @@ read (any format) -> RAS -> body mask + normalisation with the checkpoint's reco
 padded to its stride multiple, cropped back, slices batched) -> in-plane resampling back onto the original grid -> denormalisation (CT in HU) ->
 original voxel order -> written with the input's shape, affine, orientation and spacing.
 CT is written as int16 HU, MR as float32. Optional test-time averaging (``flip_average``, ``planes``,
-see :func:`translate_loaded`) is recorded in the output's description.
+see :func:`translate_loaded`) is recorded in the output's description. A translator with styles
+(MUNIT's) translates at its fixed style, or with ``samples`` K at K styles drawn from N(0, I): the
+output is then their mean, and a second volume their voxel-wise standard deviation
+(:func:`translate_samples`, :func:`convert_file`).
 
 Memory: the input is read once and the whole-volume statistics (MR percentiles, body mask as bool)
 are computed once; then every step after them runs slab by slab (``batch_size`` axial slices plus
