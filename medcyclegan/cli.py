@@ -336,6 +336,14 @@ def convert(
         "(one generator pass each; coronal and sagittal slices are taken from the volume resampled "
         "to isotropic voxels, and need the whole volume in memory).",
     ),
+    samples: int = typer.Option(
+        1,
+        "--samples",
+        help="Models with styles (munit): translate with K styles drawn from N(0, I) and write their "
+        "mean, plus their voxel-wise standard deviation (an uncertainty map, HU for CT) as "
+        "<name>_std beside it (K generator passes). 1: one translation at the fixed style.",
+    ),
+    seed: int | None = typer.Option(None, "--seed", help="Seed of the styles of --samples \\[default: 0]."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs."),
     gpus: int | None = typer.Option(
         None,
@@ -353,6 +361,12 @@ def convert(
     if batch_size < 1:
         raise MedCycleGANError(f"--batch-size must be >= 1; got {batch_size}")
     chosen_planes = check_planes(planes, "--planes")
+    if samples < 1:
+        raise MedCycleGANError(f"--samples must be >= 1; got {samples}")
+    if seed is not None and samples == 1:
+        raise MedCycleGANError("--seed draws the styles of --samples: give --samples K (K >= 2) too")
+    if seed is not None and not 0 <= seed < 2**63:
+        raise MedCycleGANError(f"--seed must be in [0, 2**63); got {seed}")
     translation = load_model(model, to=to, device=device)
     written = convert_paths(
         translation,
@@ -364,6 +378,8 @@ def convert(
         overwrite=overwrite,
         flip_average=flip_average,
         planes=chosen_planes,
+        samples=samples,
+        seed=0 if seed is None else seed,
     )
     for path in written:
         typer.echo(str(path))

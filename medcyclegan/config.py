@@ -33,7 +33,7 @@ from medcyclegan.runtime import check_device_name
 # The option lists, each written once here; the modules that act on an option import its list.
 MODALITIES = ("mr", "ct")
 # Translation models (medcyclegan.models registers one class under each name).
-MODEL_KINDS = ("cyclegan", "unit", "cut")
+MODEL_KINDS = ("cyclegan", "unit", "munit", "cut")
 GENERATORS = ("resnet", "resnet-attention", "vit-unet")  # the classes: medcyclegan.nets, in this order
 UPSAMPLE_MODES = ("transpose", "resize")
 GAN_MODES = ("lsgan", "vanilla", "hinge")
@@ -830,6 +830,145 @@ def _check_layer_list(where: str, value: Any) -> list[int]:
     return layers
 
 
+# MUNIT (model.kind munit): its own section, ``munit:``. The style encoder's stride-2 layers, fixed
+# in the reference's AdaINGen (``StyleEncoder(4, ...)``, NVlabs/MUNIT networks.py).
+MUNIT_STYLE_DOWNSAMPLE = 4
+MAX_MUNIT_DOWNSAMPLE = 5
+MAX_MUNIT_DIS_LAYERS = 8
+
+
+@dataclass
+class MunitConfig:
+    """MUNIT (Huang et al. 2018, ``model.kind: munit``): networks, loss weights and optimiser.
+
+    The defaults are the reference's: NVlabs/MUNIT ``configs/edges2handbags_folder.yaml`` (the main
+    config, ``train.py``'s default) for every value, read by ``trainer.py`` (``MUNIT_Trainer``:
+    ``gen_update``, ``dis_update``, Adam on all generator / all discriminator parameters) and
+    ``networks.py`` (``AdaINGen``, ``MsImageDis``). Kept from the reference: kaiming-normal
+    initialisation of the generators (``init: kaiming``), normal(0, 0.02) of the discriminators
+    (``weights_init('gaussian')``), ReLU generators and LeakyReLU(0.2) discriminators without
+    normalisation, reflection padding. Not kept: its step learning-rate decay (``lr_policy: step``,
+    halved every 100,000 iterations of 1,000,000): the loop owns the schedule (``optim.n_epochs`` /
+    ``n_epochs_decay`` or ``optim.n_steps``); and its VGG perceptual loss (``vgg_w``, 0 in the main
+    config), which needs downloaded VGG-16 weights. MUNIT reads its losses and its optimiser's
+    hyper-parameters from here, not from ``loss:`` or ``optim.lr`` / ``lr_d`` / ``beta1`` / ``beta2``
+    / ``pool_size`` (CycleGAN's); the batch size and the schedule are ``optim``'s.
+
+    Attributes:
+        dim: filters of the first layer of the encoders (``gen.dim`` 64).
+        style_dim: length of the style code (``gen.style_dim`` 8).
+        mlp_dim: width of the MLP from the style code to the AdaIN parameters (``gen.mlp_dim`` 256;
+            3 layers, fixed in ``AdaINGen``).
+        n_downsample: stride-2 layers of the content encoder, and upsamplings of the decoder
+            (``gen.n_downsample`` 2): slices must be multiples of ``2 ** n_downsample``.
+        n_res: residual blocks of the content encoder, and AdaIN residual blocks of the decoder
+            (``gen.n_res`` 4).
+        dis_dim: filters of the discriminators' first layer (``dis.dim`` 64).
+        dis_n_layer: stride-2 layers of each discriminator (``dis.n_layer`` 4).
+        dis_num_scales: discriminators per domain at 1, 1/2, 1/4 ... of the resolution
+            (``dis.num_scales`` 3); their losses are summed, as the reference does.
+        gan_mode: ``"lsgan"`` (``dis.gan_type``), ``"vanilla"`` (the reference's ``nsgan``) or ``"hinge"``.
+        gan_w: weight of the adversarial terms (``gan_w`` 1), in both updates.
+        recon_x_w: weight of the within-domain image reconstruction L1 (``recon_x_w`` 10).
+        recon_s_w: weight of the style reconstruction L1 (``recon_s_w`` 1).
+        recon_c_w: weight of the content reconstruction L1 (``recon_c_w`` 1).
+        recon_x_cyc_w: weight of the explicit style-augmented cycle L1 (``recon_x_cyc_w``: 0 in the
+            main config, 10 in ``summer2winter_yosemite256_folder.yaml`` and
+            ``synthia2cityscape_folder.yaml``); 0 skips the cycle decode.
+        lr: Adam learning rate of both optimisers (``lr`` 0.0001).
+        beta1: Adam beta1 (``beta1`` 0.5).
+        beta2: Adam beta2 (``beta2`` 0.999).
+        weight_decay: Adam's L2 weight decay (``weight_decay`` 0.0001).
+    """
+
+    dim: int = 64
+    style_dim: int = 8
+    mlp_dim: int = 256
+    n_downsample: int = 2
+    n_res: int = 4
+    dis_dim: int = 64
+    dis_n_layer: int = 4
+    dis_num_scales: int = 3
+    gan_mode: str = "lsgan"
+    gan_w: float = 1.0
+    recon_x_w: float = 10.0
+    recon_s_w: float = 1.0
+    recon_c_w: float = 1.0
+    recon_x_cyc_w: float = 0.0
+    lr: float = 1e-4
+    beta1: float = 0.5
+    beta2: float = 0.999
+    weight_decay: float = 1e-4
+
+    def validate(self) -> None:
+        _check_finite("munit", self)
+        _check_choice("munit", "gan_mode", self.gan_mode, GAN_MODES)
+        for name in (
+            "dim",
+            "style_dim",
+            "mlp_dim",
+            "n_downsample",
+            "dis_dim",
+            "dis_n_layer",
+            "dis_num_scales",
+        ):
+            _check_positive("munit", name, getattr(self, name))
+        for name in ("dim", "mlp_dim", "dis_dim"):
+            _check_at_most("munit", name, getattr(self, name), MAX_FILTERS)
+        _check_at_most("munit", "style_dim", self.style_dim, MAX_FILTERS)
+        _check_at_most("munit", "n_downsample", self.n_downsample, MAX_MUNIT_DOWNSAMPLE)
+        _check_positive("munit", "n_res", self.n_res, allow_zero=True)
+        _check_at_most("munit", "n_res", self.n_res, MAX_BLOCKS)
+        _check_at_most("munit", "dis_n_layer", self.dis_n_layer, MAX_MUNIT_DIS_LAYERS)
+        _check_at_most("munit", "dis_num_scales", self.dis_num_scales, MAX_DISCRIMINATOR_SCALES)
+        for name in ("gan_w", "recon_x_w", "recon_s_w", "recon_c_w", "recon_x_cyc_w", "weight_decay"):
+            _check_positive("munit", name, getattr(self, name), allow_zero=True)
+        _check_positive("munit", "lr", self.lr)
+        for name in ("beta1", "beta2"):
+            value = getattr(self, name)
+            if not 0 <= value < 1:
+                raise ConfigError(f"munit.{name} must be in [0, 1); got {value}")
+
+    @property
+    def stride_multiple(self) -> int:
+        """H and W of a translator's input must be multiples of this (the content encoder's stride)."""
+        return 2**self.n_downsample
+
+    def min_image_size(self) -> int:
+        """Smallest training slice side every network takes (reflection padding needs a side > pad).
+
+        Each 4x4 stride-2 convolution (padding 1) of a discriminator floor-halves its input, which
+        must be at least 2 pixels, so its input must be at least ``2 ** dis_n_layer``; the coarsest
+        scale sees the slice after ``dis_num_scales - 1`` average poolings (3x3, stride 2, padding
+        1: ``ceil(side / 2)`` each). The style encoder's 4 stride-2 layers need ``2 ** 4``, the
+        content code at least 2 pixels (twice the stride multiple). Tested against the networks in
+        ``tests/test_munit.py``.
+        """
+        discriminator = (2**self.dis_n_layer - 1) * 2 ** (self.dis_num_scales - 1) + 1
+        return max(discriminator, 2**MUNIT_STYLE_DOWNSAMPLE, 2 * self.stride_multiple)
+
+    def check_image_size(self, size: int) -> None:
+        """Refuses a ``data.image_size`` the MUNIT networks cannot take (one line naming the fix).
+
+        Raises:
+            ConfigError: not a multiple of :attr:`stride_multiple`, or below :meth:`min_image_size`.
+        """
+        multiple, smallest = self.stride_multiple, self.min_image_size()
+        if size % multiple:
+            lower, upper = size - size % multiple, size - size % multiple + multiple
+            options = f"{lower} or {upper}" if lower >= max(16, smallest) else str(upper)
+            raise ConfigError(
+                f"data.image_size must be a multiple of {multiple} for munit.n_downsample "
+                f"{self.n_downsample}; got {size}, use {options}"
+            )
+        if size < smallest:
+            raise ConfigError(
+                f"data.image_size {size} is too small for MUNIT's networks (munit.dis_n_layer "
+                f"{self.dis_n_layer}, munit.dis_num_scales {self.dis_num_scales}, munit.n_downsample "
+                f"{self.n_downsample}): they need at least {smallest} pixels (raise the size or lower those)"
+            )
+
+
 # How each modality is normalised (see medcyclegan.data.normalise): CT through the fixed HU window
 # data.ct_window, MR through percentiles measured per volume (data.mr_percentiles).
 NORMALISATION_METHODS = {"ct": "window", "mr": "percentiles"}
@@ -1002,6 +1141,7 @@ class Config:
     vit_unet: ViTUNetConfig = field(default_factory=ViTUNetConfig)
     unit: UnitConfig = field(default_factory=UnitConfig)
     cut: CUTConfig = field(default_factory=CUTConfig)
+    munit: MunitConfig = field(default_factory=MunitConfig)
     normalisation: Normalisation | None = None
     version: str = ""
 
@@ -1037,6 +1177,10 @@ class Config:
         if self.model.kind == "unit":  # its own networks, sized by the unit section
             self.unit.check_run(self.model, size)
             return
+        if self.model.kind == "munit":
+            # Its own networks (the munit section), not model.generator and the PatchGAN.
+            self.munit.check_image_size(size)
+            return
         multiple = generator_stride_multiple(self)
         n_layers, n_scales = self.model.n_layers_d, self.model.n_scales_d
         smallest = discriminator_min_size(n_layers, n_scales)
@@ -1071,6 +1215,7 @@ _SECTIONS = {
     "vit_unet": ViTUNetConfig,
     "unit": UnitConfig,
     "cut": CUTConfig,
+    "munit": MunitConfig,
 }
 
 

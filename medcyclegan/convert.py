@@ -7,7 +7,10 @@ read (any format) -> RAS -> body mask + normalisation with the checkpoint's reco
 padded to its stride multiple, cropped back, slices batched) -> in-plane resampling back onto the original grid -> denormalisation (CT in HU) ->
 original voxel order -> written with the input's shape, affine, orientation and spacing.
 CT is written as int16 HU, MR as float32. Optional test-time averaging (``flip_average``, ``planes``,
-see :func:`translate_loaded`) is recorded in the output's description.
+see :func:`translate_loaded`) is recorded in the output's description. A translator with styles
+(MUNIT's) translates at its fixed style, or with ``samples`` K at K styles drawn from N(0, I): the
+output is then their mean, and a second volume their voxel-wise standard deviation
+(:func:`translate_samples`, :func:`convert_file`).
 
 Memory: the input is read once and the whole-volume statistics (MR percentiles, body mask as bool)
 are computed once; then every step after them runs slab by slab (``batch_size`` axial slices plus
@@ -24,6 +27,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -37,7 +41,7 @@ from medcyclegan.checkpoint import (
     newest_run,
 )
 from medcyclegan.config import Config, check_planes
-from medcyclegan.data.normalise import denormalise, output_params
+from medcyclegan.data.normalise import NormParams, denormalise, output_params
 from medcyclegan.data.prepare import (
     fit_volume,
     isotropic_depth,
@@ -46,7 +50,7 @@ from medcyclegan.data.prepare import (
     prepared_spacing,
     resample_slices,
 )
-from medcyclegan.errors import CheckpointError, InputError, OutputError
+from medcyclegan.errors import CheckpointError, ConfigError, InputError, OutputError
 from medcyclegan.inference import translate_planes, translate_slices
 
 # readers by module: its functions are looked up at call time (tests count the reads through it).
@@ -105,23 +109,27 @@ class ConversionModel:
 
     @property
     def stride_multiple(self) -> int:
-        """The generator's input H and W are padded to multiples of this.
+        """The generator's input H and W are padded to multiples of this (its architecture's).
 
-        The translator's own ``stride_multiple`` where it has one (a model's own networks), else
-        that of the config's generator.
+        The translator's own ``stride_multiple`` where it has one (a model's own translator, e.g.
+        MUNIT's), else that of the config's ``model.generator``.
         """
-        own = getattr(self.generator, "stride_multiple", None)
-        return int(own) if own is not None else generator_stride_multiple(self.cfg)
+        multiple = getattr(self.generator, "stride_multiple", None)
+        return int(multiple) if isinstance(multiple, int) else generator_stride_multiple(self.cfg)
 
     @property
     def min_slice_voxels(self) -> int:
-        """The smallest in-plane size (voxels per axis, at the model's spacing) the generator takes.
+        """The smallest in-plane size (voxels per axis, at the model's spacing) the generator takes
+        (the translator's ``min_input_size`` where it has one)."""
+        smallest = getattr(self.generator, "min_input_size", None)
+        return int(smallest) if isinstance(smallest, int) else generator_min_input_size(self.cfg)
 
-        The translator's ``min_input_size`` where it has one (a model's own networks), else that of
-        the config's generator.
-        """
-        own = getattr(self.generator, "min_input_size", None)
-        return int(own) if own is not None else generator_min_input_size(self.cfg)
+    @property
+    def has_styles(self) -> bool:
+        """True for a translator with styles (MUNIT's): it has ``style_dim`` and ``set_style(code)``."""
+        return isinstance(getattr(self.generator, "style_dim", None), int) and callable(
+            getattr(self.generator, "set_style", None)
+        )
 
 
 def load_model(model: str | Path | None, *, to: str | None = None, device: str = "auto") -> ConversionModel:
@@ -184,21 +192,28 @@ def load_model(model: str | Path | None, *, to: str | None = None, device: str =
 
 
 def synthetic_description(
-    model: ConversionModel, *, flip_average: bool = False, planes: Sequence[str] = DEFAULT_PLANES
+    model: ConversionModel,
+    *,
+    flip_average: bool = False,
+    planes: Sequence[str] = DEFAULT_PLANES,
+    samples: int = 1,
+    seed: int = 0,
 ) -> str:
     """The description a translated volume carries in its header instead of its input's.
 
     E.g. ``"synthetic CT from MR by medcyclegan 0.4.0, model 20250101-1200/best.pt"``: what it is,
     what made it, and which checkpoint (run folder and file), most important first because NIfTI
     keeps only 79 characters. Test-time averaging, when used, follows (``", flip-avg"``,
-    ``", planes axial+coronal"``; NIfTI may cut it, NRRD and MHA keep it); the default conversion
-    adds nothing.
+    ``", planes axial+coronal"``, ``", mean of 8 styles seed 0"``; NIfTI may cut it, NRRD and MHA
+    keep it); the default conversion adds nothing.
     """
     checkpoint = model.checkpoint
     run = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
     model_name = f"{run.name}/{checkpoint.name}" if run.name else checkpoint.name
-    settings = (", flip-avg" if flip_average else "") + (
-        f", planes {'+'.join(planes)}" if tuple(planes) != DEFAULT_PLANES else ""
+    settings = (
+        (", flip-avg" if flip_average else "")
+        + (f", planes {'+'.join(planes)}" if tuple(planes) != DEFAULT_PLANES else "")
+        + (f", mean of {samples} styles seed {seed}" if samples > 1 else "")
     )
     return (
         f"synthetic {model.target_modality.upper()} from {model.source_modality.upper()} "
@@ -243,8 +258,7 @@ def translate_volume(
     Raises:
         InputError: unreadable, constant or otherwise unusable input or mask.
     """
-    volume = readers.read_volume(input_path)
-    mask = readers.read_mask(mask_path, like=volume.geometry) if mask_path is not None else None
+    volume, mask = _read_input(input_path, mask_path)
     out, attention = translate_loaded(
         model,
         volume,
@@ -256,6 +270,13 @@ def translate_volume(
         planes=planes,
     )
     return out, volume.geometry, attention
+
+
+def _read_input(input_path: str | Path, mask_path: str | Path | None) -> tuple[Volume, np.ndarray | None]:
+    """The input volume, and the user's body mask on its grid when one is given."""
+    volume = readers.read_volume(input_path)
+    mask = readers.read_mask(mask_path, like=volume.geometry) if mask_path is not None else None
+    return volume, mask
 
 
 def translate_loaded(
@@ -308,12 +329,205 @@ def translate_loaded(
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1; got {batch_size}")
     planes = check_planes(planes)
+    prepared = _prepare(model, volume, mask=mask, mask_background=mask_background, planes=planes, dtype=dtype)
+    nx, ny, nz = prepared.shape
+    # (Z, Y, X) buffers: each slab is one contiguous block, and the result, seen as (X, Y, Z), is
+    # Fortran-ordered like a NIfTI file, so the writer stores it without reordering the volume.
+    out_zyx = np.empty((nz, ny, nx), dtype=prepared.out_dtype)
+    attention_zyx = np.zeros((nz, ny, nx), dtype=np.float32) if return_attention else None
+    across = (
+        None
+        if planes == DEFAULT_PLANES
+        else _translate_across(
+            model, prepared, planes, batch_size, flip_average=flip_average, return_attention=return_attention
+        )
+    )
+    for z0 in range(0, nz, batch_size):
+        z1 = min(nz, z0 + batch_size)
+        translated_zxy, slab_attention = _translate_slab(model, prepared, z0, z1, across, flip_average)
+        out_zyx[z0:z1] = cast_values(
+            _slab_values(prepared, translated_zxy, z0, z1), prepared.out_dtype
+        ).transpose(0, 2, 1)
+        if attention_zyx is not None and slab_attention is not None:
+            if prepared.resampled:
+                slab_attention = resample_slices(slab_attention, (nx, ny), "bilinear")
+            attention_zyx[z0:z1] = slab_attention.transpose(0, 2, 1)
+    attention = None if attention_zyx is None else attention_zyx.T
+    return out_zyx.T, attention
+
+
+def draw_styles(style_dim: int, samples: int, seed: int) -> torch.Tensor:
+    """``samples`` style codes from N(0, I), (samples, style_dim), for ``convert --samples``.
+
+    From a CPU generator seeded with ``seed``: the same codes on every device and in every process
+    of a multi-process conversion, so a volume's samples do not depend on where it is converted.
+    """
+    generator = torch.Generator(device="cpu")
+    generator.manual_seed(int(seed))
+    return torch.randn(samples, style_dim, generator=generator)
+
+
+class RunningMoments:
+    """Welford's running mean and variance per voxel over samples added one at a time.
+
+    Memory is two float64 arrays of the accumulated shape, whatever the number of samples. A sample
+    may arrive in parts (:meth:`add` of one part, then :meth:`end_sample`).
+
+    Args:
+        shape: the shape of one sample.
+    """
+
+    def __init__(self, shape: tuple[int, ...]) -> None:
+        self.samples = 0
+        self.mean = np.zeros(shape, dtype=np.float64)
+        self._m2 = np.zeros(shape, dtype=np.float64)
+
+    def add(self, values: np.ndarray, part: Any = Ellipsis) -> None:
+        """Adds ``values``, the part ``part`` (a slice, or ``...`` for all) of sample :attr:`samples` + 1."""
+        n = self.samples + 1
+        mean, m2 = self.mean[part], self._m2[part]  # views (a basic index): updated in place
+        delta = values - mean
+        mean += delta / n
+        m2 += delta * (values - mean)
+
+    def end_sample(self) -> None:
+        """Counts the sample whose parts were added."""
+        self.samples += 1
+
+    def std(self) -> np.ndarray:
+        """The population standard deviation (0 for a single sample), float32."""
+        if self.samples == 0:
+            raise ValueError("no samples added")
+        return np.sqrt(np.maximum(self._m2 / self.samples, 0.0)).astype(np.float32)
+
+
+def translate_samples(
+    model: ConversionModel,
+    volume: Volume,
+    styles: torch.Tensor,
+    *,
+    batch_size: int = 16,
+    mask: np.ndarray | None = None,
+    mask_background: bool = False,
+    dtype: str | np.dtype | None = None,
+    flip_average: bool = False,
+    planes: Sequence[str] = DEFAULT_PLANES,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Translates a volume once per style code and returns the voxel-wise mean and standard deviation.
+
+    Every sample is a whole translated volume at one style (every slice decoded with it), in output
+    units (CT in HU) on the input's grid, exactly as :func:`translate_loaded` makes it before its
+    cast to the output dtype; the mean and the standard deviation are taken over the samples
+    per voxel with :class:`RunningMoments`. Axial slices go slab by slab (all styles of a slab,
+    then the next slab): memory is that of :func:`translate_loaded` plus the standard deviation and
+    a slab's accumulators. Other ``planes`` translate the whole volume once per style, with
+    whole-volume accumulators.
+
+    Args:
+        model: from :func:`load_model`, with a translator with styles (:attr:`ConversionModel.has_styles`).
+        volume: the input as read.
+        styles: (K, style_dim) codes, e.g. from :func:`draw_styles`.
+        batch_size, mask, mask_background, dtype, flip_average, planes: as :func:`translate_loaded`.
+
+    Returns:
+        (the mean (X, Y, Z) in the output dtype, the standard deviation (X, Y, Z) float32 in output
+        units), RAS voxel order. The translator is back at its fixed style after.
+
+    Raises:
+        InputError, CheckpointError: as :func:`translate_loaded`.
+        ValueError: a model without styles, or no style code.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1; got {batch_size}")
+    if not model.has_styles:
+        raise ValueError(f"the {model.cfg.model.kind} translator has no styles")
+    if len(styles) == 0:
+        raise ValueError("no style codes")
+    planes = check_planes(planes)
+    prepared = _prepare(model, volume, mask=mask, mask_background=mask_background, planes=planes, dtype=dtype)
+    nx, ny, nz = prepared.shape
+    translator = model.generator
+    mean_zyx = np.empty((nz, ny, nx), dtype=prepared.out_dtype)
+    std_zyx = np.empty((nz, ny, nx), dtype=np.float32)
+    slabs = [(z0, min(nz, z0 + batch_size)) for z0 in range(0, nz, batch_size)]
+    try:
+        if planes == DEFAULT_PLANES:
+            for z0, z1 in slabs:
+                moments = RunningMoments((z1 - z0, nx, ny))
+                for style in styles:
+                    translator.set_style(style)  # type: ignore[operator]
+                    translated_zxy, _ = _translate_slab(model, prepared, z0, z1, None, flip_average)
+                    moments.add(_slab_values(prepared, translated_zxy, z0, z1))
+                    moments.end_sample()
+                mean_zyx[z0:z1] = cast_values(moments.mean, prepared.out_dtype).transpose(0, 2, 1)
+                std_zyx[z0:z1] = moments.std().transpose(0, 2, 1)
+        else:
+            moments = RunningMoments((nz, nx, ny))
+            for style in styles:
+                translator.set_style(style)  # type: ignore[operator]
+                across = _translate_across(
+                    model, prepared, planes, batch_size, flip_average=flip_average, return_attention=False
+                )
+                for z0, z1 in slabs:
+                    translated_zxy, _ = _translate_slab(model, prepared, z0, z1, across, flip_average)
+                    moments.add(_slab_values(prepared, translated_zxy, z0, z1), np.s_[z0:z1])
+                moments.end_sample()
+                del across
+            mean_zyx[:] = cast_values(moments.mean, prepared.out_dtype).transpose(0, 2, 1)
+            std_zyx[:] = moments.std().transpose(0, 2, 1)
+    finally:
+        translator.set_style(None)  # type: ignore[operator]
+    return mean_zyx.T, std_zyx.T
+
+
+@dataclass
+class _Prepared:
+    """A volume ready to translate: what every slab needs, computed once from the whole volume.
+
+    Attributes:
+        array: the input (X, Y, Z), RAS order, natural units.
+        shape: its (X, Y, Z).
+        params: its normalisation parameters (CT: the training window; MR: its own percentiles).
+        body: the body mask (bool, RAS) where the background is set to air, else None.
+        size_xy: the in-plane size the network sees (at the training spacing).
+        inplane_spacing: the spacing of that grid, mm.
+        out_params: the denormalisation of the translated domain.
+        out_dtype: the output dtype.
+        air: the value of air in the output (-1000 HU for CT, 0 for MR).
+        where: the input's name for messages.
+    """
+
+    array: np.ndarray
+    shape: tuple[int, int, int]
+    params: NormParams
+    body: np.ndarray | None
+    size_xy: tuple[int, int]
+    inplane_spacing: tuple[float, float, float]
+    out_params: NormParams
+    out_dtype: np.dtype
+    air: np.float32
+    where: str
+
+    @property
+    def resampled(self) -> bool:
+        """True when the slices are resampled in-plane to the training spacing (and back)."""
+        return self.size_xy != self.shape[:2]
+
+
+def _prepare(
+    model: ConversionModel,
+    volume: Volume,
+    *,
+    mask: np.ndarray | None,
+    mask_background: bool,
+    planes: Sequence[str],
+    dtype: str | np.dtype | None,
+) -> _Prepared:
+    """The whole-volume statistics, once: size checks, normalisation, the body mask when needed."""
     cfg = model.cfg
     where = str(volume.geometry.source_path or "") or "volume"
     records = cfg.normalisation  # never None: load_model refuses a checkpoint without it
     produced = records.target if model.source_modality == cfg.data.src_modality else records.source
-    out_params = output_params(produced)
-    out_dtype = np.dtype(OUTPUT_DTYPE[model.target_modality] if dtype is None else dtype)
     array = volume.array
     nx, ny, nz = (int(n) for n in array.shape)
     size_xy = prepared_inplane_shape((nx, ny, nz), volume.spacing, cfg.data.spacing)
@@ -325,87 +539,119 @@ def translate_loaded(
         volume.geometry.source_path or None,
     )
     inplane_spacing = prepared_spacing((nx, ny, nz), volume.spacing, size_xy)
-    if planes != DEFAULT_PLANES:
+    if tuple(planes) != DEFAULT_PLANES:
         _check_plane_depth(
             nz, isotropic_depth((*size_xy, nz), inplane_spacing), model.min_slice_voxels, where
         )
-    # Whole-volume statistics, once. CT parameters do not depend on the mask: skip it unless needed.
+    # CT parameters do not depend on the mask: skip it unless needed.
     params, body = fit_volume(volume, model.source_modality, cfg.data, mask=mask, need_mask=mask_background)
     if not mask_background:
         body = None  # MR percentiles needed it; nothing else does: free it now
     elif body is not None and not body.any():
         logger.warning("%s: the body mask is empty; --mask-background makes the whole output air", where)
-    resampled = size_xy != (nx, ny)
-    k = int(cfg.data.context_slices)
-    air = np.float32(AIR_VALUE[model.target_modality])
-    # (Z, Y, X) buffers: each slab is one contiguous block, and the result, seen as (X, Y, Z), is
-    # Fortran-ordered like a NIfTI file, so the writer stores it without reordering the volume.
-    out_zyx = np.empty((nz, ny, nx), dtype=out_dtype)
-    attention_zyx = np.zeros((nz, ny, nx), dtype=np.float32) if return_attention else None
-    across: tuple[np.ndarray, np.ndarray | None] | None = None
-    if planes != DEFAULT_PLANES:
-        # Coronal and sagittal slices cross every slab: the whole prepared volume, translated at once.
-        whole, whole_attention = translate_planes(
+    return _Prepared(
+        array=array,
+        shape=(nx, ny, nz),
+        params=params,
+        body=body,
+        size_xy=size_xy,
+        inplane_spacing=inplane_spacing,
+        out_params=output_params(produced),
+        out_dtype=np.dtype(OUTPUT_DTYPE[model.target_modality] if dtype is None else dtype),
+        air=np.float32(AIR_VALUE[model.target_modality]),
+        where=where,
+    )
+
+
+def _translate_across(
+    model: ConversionModel,
+    prepared: _Prepared,
+    planes: Sequence[str],
+    batch_size: int,
+    *,
+    flip_average: bool,
+    return_attention: bool,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Coronal and sagittal slices cross every slab: the whole prepared volume, translated at once.
+
+    Returns (translation, attention or None), each (Z, X, Y) in normalised units.
+    """
+    whole, whole_attention = translate_planes(
+        model.generator,
+        np.moveaxis(normalise_slices(prepared.array, prepared.params, prepared.size_xy), 0, 2),
+        prepared.inplane_spacing,
+        planes,
+        context_slices=int(model.cfg.data.context_slices),
+        batch_size=batch_size,
+        device=model.device,
+        amp=model.amp,
+        stride_multiple=model.stride_multiple,
+        flip_average=flip_average,
+        return_attention=return_attention,
+    )
+    return (
+        np.moveaxis(whole, 2, 0),
+        None if whole_attention is None else np.moveaxis(whole_attention, 2, 0),
+    )
+
+
+def _translate_slab(
+    model: ConversionModel,
+    prepared: _Prepared,
+    z0: int,
+    z1: int,
+    across: tuple[np.ndarray, np.ndarray | None] | None,
+    flip_average: bool,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Slices ``[z0, z1)`` translated (normalised units, (n, X', Y') at the training spacing), checked finite.
+
+    From ``across`` (the whole volume translated along other planes) when given, else through the
+    generator, with the 2.5D context slices beyond the slab (clipped at the volume's ends, exactly
+    as a whole-volume pass clips them).
+    """
+    if across is None:
+        k = int(model.cfg.data.context_slices)
+        nz = prepared.shape[2]
+        lo, hi = max(0, z0 - k), min(nz, z1 + k)
+        prepared_zxy = normalise_slices(prepared.array[:, :, lo:hi], prepared.params, prepared.size_xy)
+        translated_zxy, slab_attention = translate_slices(
             model.generator,
-            np.moveaxis(normalise_slices(array, params, size_xy), 0, 2),
-            inplane_spacing,
-            planes,
+            np.moveaxis(prepared_zxy, 0, 2),
+            np.arange(z0, z1) - lo,
             context_slices=k,
-            batch_size=batch_size,
             device=model.device,
             amp=model.amp,
             stride_multiple=model.stride_multiple,
             flip_average=flip_average,
-            return_attention=return_attention,
         )
-        across = (
-            np.moveaxis(whole, 2, 0),
-            None if whole_attention is None else np.moveaxis(whole_attention, 2, 0),
+    else:
+        translated_zxy = np.ascontiguousarray(across[0][z0:z1])
+        slab_attention = None if across[1] is None else np.ascontiguousarray(across[1][z0:z1])
+    if not np.isfinite(translated_zxy).all():
+        raise CheckpointError(
+            f"the network produced NaN or Inf values on slices {z0}-{z1 - 1} of {prepared.where}; "
+            "the checkpoint may be damaged",
+            model.checkpoint,
         )
-    for z0 in range(0, nz, batch_size):
-        z1 = min(nz, z0 + batch_size)
-        if across is None:
-            # Context slices beyond the slab come along; at the volume's ends they are clipped, exactly
-            # as a whole-volume pass clips them.
-            lo, hi = max(0, z0 - k), min(nz, z1 + k)
-            prepared_zxy = normalise_slices(array[:, :, lo:hi], params, size_xy)
-            # The slab holds every context slice its centre slices need, so clipping at its ends is
-            # clipping at the volume's ends.
-            translated_zxy, slab_attention = translate_slices(
-                model.generator,
-                np.moveaxis(prepared_zxy, 0, 2),
-                np.arange(z0, z1) - lo,
-                context_slices=k,
-                device=model.device,
-                amp=model.amp,
-                stride_multiple=model.stride_multiple,
-                flip_average=flip_average,
+    return translated_zxy, slab_attention
+
+
+def _slab_values(prepared: _Prepared, translated_zxy: np.ndarray, z0: int, z1: int) -> np.ndarray:
+    """A translated slab in output units (float32 (n, X, Y) on the input grid): resampled back,
+    denormalised (CT in HU), the background set to air where asked."""
+    nx, ny = prepared.shape[:2]
+    if prepared.resampled:
+        translated_zxy = resample_slices(translated_zxy, (nx, ny), "bilinear")
+    values = denormalise(translated_zxy, prepared.out_params)
+    if prepared.body is not None:
+        inside = np.ascontiguousarray(np.moveaxis(prepared.body[:, :, z0:z1], 2, 0))
+        if prepared.resampled:
+            # The mask takes the same way as the image: onto the training grid and back.
+            inside = resample_slices(
+                resample_slices(inside, prepared.size_xy, "nearest"), (nx, ny), "nearest"
             )
-        else:
-            translated_zxy = np.ascontiguousarray(across[0][z0:z1])
-            slab_attention = None if across[1] is None else np.ascontiguousarray(across[1][z0:z1])
-        if not np.isfinite(translated_zxy).all():
-            raise CheckpointError(
-                f"the network produced NaN or Inf values on slices {z0}-{z1 - 1} of {where}; "
-                "the checkpoint may be damaged",
-                model.checkpoint,
-            )
-        if resampled:
-            translated_zxy = resample_slices(translated_zxy, (nx, ny), "bilinear")
-        values = denormalise(translated_zxy, out_params)
-        if body is not None:
-            inside = np.ascontiguousarray(np.moveaxis(body[:, :, z0:z1], 2, 0))
-            if resampled:
-                # The mask takes the same way as the image: onto the training grid and back.
-                inside = resample_slices(resample_slices(inside, size_xy, "nearest"), (nx, ny), "nearest")
-            values = np.where(inside, values, air)
-        out_zyx[z0:z1] = cast_values(values, out_dtype).transpose(0, 2, 1)
-        if attention_zyx is not None and slab_attention is not None:
-            if resampled:
-                slab_attention = resample_slices(slab_attention, (nx, ny), "bilinear")
-            attention_zyx[z0:z1] = slab_attention.transpose(0, 2, 1)
-    attention = None if attention_zyx is None else attention_zyx.T
-    return out_zyx.T, attention
+        values = np.where(inside, values, prepared.air)
+    return values
 
 
 def _check_plane_depth(depth: int, isotropic: int, minimum: int, where: str) -> None:
@@ -459,6 +705,9 @@ def convert_file(
     overwrite: bool = False,
     flip_average: bool = False,
     planes: Sequence[str] = DEFAULT_PLANES,
+    samples: int = 1,
+    seed: int = 0,
+    std_path: str | Path | None = None,
 ) -> Path:
     """Translates ``input_path`` and writes it to ``output_path`` on the input's exact grid.
 
@@ -466,23 +715,55 @@ def convert_file(
     renamed, so a failure never leaves a partial file nor damages an existing one.
     ``flip_average`` and ``planes``: test-time averaging (see :func:`translate_loaded`), recorded
     in the output's description.
+
+    ``samples`` K > 1 (a model with styles, MUNIT's): K style codes drawn from N(0, I) with ``seed``
+    (:func:`draw_styles`), one translation each; ``output_path`` gets their voxel-wise mean and
+    ``std_path`` (default :func:`std_output_path` of the output) their voxel-wise standard
+    deviation in output units (float32; HU for CT), an uncertainty map on the same grid
+    (:func:`translate_samples`). K = 1 is the plain conversion (a model with styles translates at
+    its fixed style).
+
+    Raises:
+        ConfigError: ``samples`` below 1, or above 1 for a model without styles.
     """
+    check_samples(model, samples)
     planes = check_planes(planes)
     output_path = check_can_write(output_path, overwrite)
     if attention_path is not None:
         check_can_write(attention_path, overwrite)
-    out, geometry, attention = translate_volume(
-        model,
-        input_path,
-        batch_size=batch_size,
-        mask_path=mask_path,
-        mask_background=mask_background,
-        return_attention=attention_path is not None,
-        flip_average=flip_average,
-        planes=planes,
+    if samples > 1:
+        std_path = check_can_write(std_output_path(output_path) if std_path is None else std_path, overwrite)
+    description = synthetic_description(
+        model, flip_average=flip_average, planes=planes, samples=samples, seed=seed
     )
+    if samples > 1:
+        volume, mask = _read_input(input_path, mask_path)
+        geometry = volume.geometry
+        styles = draw_styles(model.generator.style_dim, samples, seed)  # type: ignore[arg-type]
+        out, std = translate_samples(
+            model,
+            volume,
+            styles,
+            batch_size=batch_size,
+            mask=mask,
+            mask_background=mask_background,
+            flip_average=flip_average,
+            planes=planes,
+        )
+        del volume
+        attention = None
+    else:
+        out, geometry, attention = translate_volume(
+            model,
+            input_path,
+            batch_size=batch_size,
+            mask_path=mask_path,
+            mask_background=mask_background,
+            return_attention=attention_path is not None,
+            flip_average=flip_average,
+            planes=planes,
+        )
     # ``out`` already has the output dtype: the writer stores it without another copy.
-    description = synthetic_description(model, flip_average=flip_average, planes=planes)
     written = write_volume(
         out,
         geometry,
@@ -500,7 +781,37 @@ def convert_file(
             overwrite=overwrite,
             description=f"attention mask of a {description}",
         )
+    if samples > 1 and std_path is not None:
+        write_volume(
+            std,
+            geometry,
+            std_path,
+            dtype="float32",
+            overwrite=overwrite,
+            description=f"std over {samples} styles (seed {seed}) of {description}",
+        )
     return written
+
+
+def check_samples(model: ConversionModel, samples: int) -> None:
+    """Refuses a ``--samples`` count the model cannot give.
+
+    Raises:
+        ConfigError: ``samples`` below 1; above 1 for a deterministic model (without styles to draw).
+    """
+    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
+        raise ConfigError(f"--samples must be an integer >= 1; got {samples!r}")
+    if samples > 1 and not model.has_styles:
+        raise ConfigError(
+            f"--samples {samples} draws styles, but this {model.cfg.model.kind} model is deterministic "
+            "(one translation per input); only munit models have styles",
+            model.checkpoint,
+        )
+
+
+def std_output_path(output: Path) -> Path:
+    """Where ``convert --samples`` writes the standard deviation beside ``output``: ``<name>_std<ext>``."""
+    return _tagged_path(output, "_std")
 
 
 def plan_outputs(
@@ -589,6 +900,7 @@ class ConversionJob:
     input: Path
     output: Path
     attention: Path | None = None
+    std: Path | None = None  # the standard deviation of convert --samples
 
 
 def plan_conversion(
@@ -599,20 +911,23 @@ def plan_conversion(
     save_attention: bool = False,
     overwrite: bool = False,
     planes: Sequence[str] = DEFAULT_PLANES,
+    samples: int = 1,
 ) -> list[ConversionJob]:
     """The conversions a :func:`convert_paths` call makes, every output checked, nothing read or written.
 
-    ``planes`` is checked too (:func:`~medcyclegan.config.check_planes`), so a bad value fails
-    before any input is looked at.
+    ``planes`` and ``samples`` are checked too (:func:`~medcyclegan.config.check_planes`,
+    :func:`check_samples`), so a bad value fails before any input is looked at. With ``samples`` > 1
+    every output has a standard deviation beside it (:func:`std_output_path`), checked alike.
 
     Raises:
-        ConfigError: unknown or repeated ``planes``.
+        ConfigError: unknown or repeated ``planes``; ``samples`` the model cannot give.
         InputError: a missing input, no volumes in a folder, or ``save_attention`` for a model
             without attention.
         OutputError: an existing output without ``overwrite``, an unwritable place, two inputs with
             one output name, or an output that would replace its own input.
     """
     check_planes(planes)
+    check_samples(model, samples)
     input_path = Path(input_path)
     folder, series_uid = split_series(input_path)
     if not folder.exists():
@@ -633,21 +948,22 @@ def plan_conversion(
         root=input_path if is_folder else None,
     )
     attention_paths = [_attention_path(p) if save_attention else None for p in outputs]
-    _check_distinct_outputs([*zip(inputs, outputs), *zip(inputs, attention_paths)])
+    std_paths = [std_output_path(p) if samples > 1 else None for p in outputs]
+    _check_distinct_outputs([*zip(inputs, outputs), *zip(inputs, attention_paths), *zip(inputs, std_paths)])
     input_files = [f for p in inputs for f in files_of_volume(p)]  # detached data files included
-    for out, att in zip(outputs, attention_paths):
+    for out, *extra in zip(outputs, attention_paths, std_paths):
+        beside = [p for p in extra if p is not None]
         if clash := shared_file(
-            [*files_written_by(out), *(files_written_by(att) if att else [])], input_files
+            [*files_written_by(out), *(f for p in beside for f in files_written_by(p))], input_files
         ):
             raise OutputError(f"output would replace its own input file {clash[1]}", out)
-        check_can_write(out, overwrite)
-        if att is not None:
-            check_can_write(att, overwrite)
+        for path in (out, *beside):
+            check_can_write(path, overwrite)
     if save_attention and not hasattr(model.generator, "forward_with_attention"):
         raise InputError(
             "--save-attention needs a model trained with --generator resnet-attention", model.checkpoint
         )
-    return [ConversionJob(i, o, a) for i, o, a in zip(inputs, outputs, attention_paths)]
+    return [ConversionJob(i, o, a, d) for i, o, a, d in zip(inputs, outputs, attention_paths, std_paths)]
 
 
 def convert_paths(
@@ -661,6 +977,8 @@ def convert_paths(
     overwrite: bool = False,
     flip_average: bool = False,
     planes: Sequence[str] = DEFAULT_PLANES,
+    samples: int = 1,
+    seed: int = 0,
 ) -> list[Path]:
     """Converts a file, a DICOM series (``FOLDER`` or ``FOLDER::SERIES_UID``) or every volume of a folder.
 
@@ -677,12 +995,20 @@ def convert_paths(
     exactly one process, and a single input by rank 0.
 
     ``flip_average`` and ``planes``: test-time averaging of every conversion (see :func:`translate_loaded`).
+    ``samples`` and ``seed``: the mean and standard deviation over that many styles (see
+    :func:`convert_file`); every input gets the same style codes, in every process.
 
     Returns:
         The outputs this process wrote.
     """
     jobs = plan_conversion(
-        model, input_path, output, save_attention=save_attention, overwrite=overwrite, planes=planes
+        model,
+        input_path,
+        output,
+        save_attention=save_attention,
+        overwrite=overwrite,
+        planes=planes,
+        samples=samples,
     )
     context = distributed.detect()
     if context.is_distributed:
@@ -700,6 +1026,8 @@ def convert_paths(
         overwrite=overwrite,
         flip_average=flip_average,
         planes=planes,
+        samples=samples,
+        seed=seed,
     )
 
 
@@ -712,6 +1040,8 @@ def convert_jobs(
     overwrite: bool = False,
     flip_average: bool = False,
     planes: Sequence[str] = DEFAULT_PLANES,
+    samples: int = 1,
+    seed: int = 0,
 ) -> list[Path]:
     """Runs planned conversions in order (see :func:`convert_file`); returns the outputs written."""
     written = []
@@ -727,6 +1057,9 @@ def convert_jobs(
                 overwrite=overwrite,
                 flip_average=flip_average,
                 planes=planes,
+                samples=samples,
+                seed=seed,
+                std_path=job.std,
             )
         )
         logger.info("%s -> %s", job.input, job.output)
@@ -734,8 +1067,13 @@ def convert_jobs(
 
 
 def _attention_path(output: Path) -> Path:
+    return _tagged_path(output, "_attention")
+
+
+def _tagged_path(output: Path, tag: str) -> Path:
+    """``output`` with ``tag`` before its volume extension (``a.nii.gz`` -> ``a<tag>.nii.gz``)."""
     name = output.name
     for suffix in OUTPUT_SUFFIXES:
         if name.lower().endswith(suffix):
-            return output.with_name(name[: -len(suffix)] + "_attention" + name[-len(suffix) :])
-    return output.with_name(name + "_attention.nii.gz")
+            return output.with_name(name[: -len(suffix)] + tag + name[-len(suffix) :])
+    return output.with_name(name + tag + ".nii.gz")
