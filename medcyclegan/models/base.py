@@ -53,7 +53,8 @@ class TranslationModel(abc.ABC):
         dist: the process group of a multi-process run (each process keeps its own pools).
 
     Subclasses set :attr:`kind`, :attr:`directions`, :attr:`loss_columns`, :attr:`watched_losses` and
-    :attr:`network_names`, and implement the abstract methods.
+    :attr:`network_names` (and :attr:`paired` for a model trained on registered pairs), and implement
+    the abstract methods.
     """
 
     kind: ClassVar[str]
@@ -65,6 +66,10 @@ class TranslationModel(abc.ABC):
     watched_losses: ClassVar[tuple[str, ...]]
     # State keys of its networks (checkpoint keys, parameter counts in ``info``).
     network_names: ClassVar[tuple[str, ...]]
+    # Trains on registered pairs (pix2pix): --src and --tgt volumes matched by case name on one grid,
+    # each batch the same slices of both (medcyclegan.train.data_module.pair_files); unpaired
+    # models get independent draws of A and B.
+    paired: ClassVar[bool] = False
 
     def __init__(
         self,

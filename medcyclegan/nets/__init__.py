@@ -1,5 +1,5 @@
-"""The CycleGAN networks: ResNet generators (plain and attention) and the 70x70 PatchGAN (single or
-multi-scale, optionally spectrally normalised).
+"""The networks: ResNet generators (plain and attention), pix2pix's U-Net, and the 70x70 PatchGAN
+(single or multi-scale, optionally spectrally normalised).
 
 Build them from a :class:`~medcyclegan.config.ModelConfig`::
 
@@ -22,6 +22,7 @@ from medcyclegan.config import GENERATORS, ModelConfig
 from medcyclegan.errors import ConfigError
 from medcyclegan.nets.generator import AttentionResnetGenerator, ResnetGenerator
 from medcyclegan.nets.init import init_weights
+from medcyclegan.nets.unet import UnetGenerator
 
 if TYPE_CHECKING:
     from medcyclegan.nets.discriminator import MultiScalePatchGAN, PatchGAN, build_discriminator
@@ -31,6 +32,7 @@ __all__ = [
     "MultiScalePatchGAN",
     "PatchGAN",
     "ResnetGenerator",
+    "UnetGenerator",
     "build_discriminator",
     "build_discriminator_from_config",
     "build_generator",
@@ -57,7 +59,7 @@ class GeneratorClass(Protocol):
 
 
 _GENERATORS: dict[str, GeneratorClass] = dict(
-    zip(GENERATORS, (ResnetGenerator, AttentionResnetGenerator), strict=True)
+    zip(GENERATORS, (ResnetGenerator, AttentionResnetGenerator, UnetGenerator), strict=True)
 )
 
 
@@ -118,7 +120,8 @@ def build_generator(model_cfg: ModelConfig, in_channels: int, out_channels: int)
 
     Returns:
         A :class:`ResnetGenerator` or :class:`AttentionResnetGenerator` (which also has
-        ``forward_with_attention``); both have ``stride_multiple`` (4) and ``min_input_size`` (5).
+        ``forward_with_attention``), both with ``stride_multiple`` 4 and ``min_input_size`` 5; or a
+        :class:`UnetGenerator` (``stride_multiple`` 2**unet_downs).
 
     Raises:
         ConfigError: for an unknown generator or invalid sizes.
