@@ -53,9 +53,13 @@ class RegisteredPairs:
             for side, name, first, second in self.duplicates
         ]
         if self.unmatched_sources:
-            found.append(f"no {target} volume for {_listing(self.unmatched_sources)} of {source}")
+            found.append(
+                f"{_listing(self.unmatched_sources)} of {source} {_has(self.unmatched_sources)} no {target} volume"
+            )
         if self.unmatched_targets:
-            found.append(f"no {source} volume for {_listing(self.unmatched_targets)} of {target}")
+            found.append(
+                f"{_listing(self.unmatched_targets)} of {target} {_has(self.unmatched_targets)} no {source} volume"
+            )
         found += [
             f"case {name!r} on different grids: {', '.join(differences)}"
             for name, differences in self.grid_mismatches[:_SHOWN]
@@ -63,6 +67,10 @@ class RegisteredPairs:
         if len(self.grid_mismatches) > _SHOWN:
             found.append(f"{len(self.grid_mismatches) - _SHOWN} more case(s) on different grids")
         return found
+
+
+def _has(names: Sequence[str]) -> str:
+    return "has" if len(names) == 1 else "have"
 
 
 def _listing(names: Sequence[str]) -> str:
