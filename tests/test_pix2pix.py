@@ -9,6 +9,9 @@ for A and B).
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import socket
 from pathlib import Path
 
 import nibabel as nib
@@ -243,6 +246,56 @@ def test_augment_with_a_pix2pix_model(run: Path, tmp_path: Path) -> None:
     synthetic = nib.load(result.dataset_dir / "imagesTr" / "p1_synth_0000.nii.gz")
     assert synthetic.shape == HEAD_SHAPE and np.array_equal(synthetic.affine, AFFINE)
     assert not result.check.problems
+
+
+def _two_rank_worker(rank: int, world_size: int, port: int, root: str) -> None:
+    """One of two gloo ranks: a straight pix2pix run, a run stopped early and its resumption."""
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank)
+    )  # fmt: skip
+    torch.set_num_threads(1)
+    base = Path(root)
+    mr, ct = files(base / "mr"), files(base / "ct")
+
+    def run(folder: str, max_steps: int, resume: bool = False) -> Trainer:
+        cfg = tiny_config(**{**TINY_PIX2PIX, "train.steps_per_epoch": 2, "train.max_steps": max_steps})
+        trainer = Trainer(
+            cfg, base / folder, mr, ct, resume=base / folder if resume else None, show_progress=False
+        )
+        trainer.fit()
+        return trainer
+
+    straight = run("straight", 4)
+    # Parameters (BatchNorm's running statistics are rank 0's: DDP broadcasts them before each forward).
+    weights = torch.cat(
+        [p.detach().reshape(-1) for net in straight.model.networks().values() for p in net.parameters()]
+    )
+    gathered = [torch.empty_like(weights) for _ in range(world_size)]
+    torch.distributed.all_gather(gathered, weights)
+    run("resumed", 2)
+    run("resumed", 4, resume=True)
+    same = all(torch.equal(gathered[0], w) for w in gathered)
+    (base / f"report{rank}.json").write_text(json.dumps({"same_weights_on_all_ranks": same}))
+
+
+def test_two_ranks_agree_and_resume_exactly(pairs: tuple[Path, Path], tmp_path: Path) -> None:
+    mr, ct = pairs
+    shutil.copytree(mr, tmp_path / "mr")
+    shutil.copytree(ct, tmp_path / "ct")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+    torch.multiprocessing.start_processes(
+        _two_rank_worker, args=(2, port, str(tmp_path)), nprocs=2, join=True, start_method="fork"
+    )
+    for rank in range(2):
+        assert json.loads((tmp_path / f"report{rank}.json").read_text())["same_weights_on_all_ranks"]
+    a = load_checkpoint(tmp_path / "straight" / "checkpoints" / "last.pt")
+    b = load_checkpoint(tmp_path / "resumed" / "checkpoints" / "last.pt")
+    assert a["world_size"] == 2 and set(a["pools"]) == {"AB"}
+    for name in ("G_AB", "D_B"):
+        for key, value in a[name].items():
+            assert torch.equal(b[name][key], value), f"{name}.{key}"
 
 
 # --------------------------------------------------------------------------------------------- pairs

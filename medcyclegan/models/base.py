@@ -91,7 +91,8 @@ class TranslationModel(abc.ABC):
         parameters = ", ".join(
             f"{name}={sum(p.numel() for p in net.parameters()):,}" for name, net in self.networks().items()
         )
-        return f"{type(self).__name__}({self.cfg.data.src_modality} <-> {self.cfg.data.tgt_modality}, {parameters})"
+        arrow = "<->" if len(self.directions) > 1 else "->"
+        return f"{type(self).__name__}({self.cfg.data.src_modality} {arrow} {self.cfg.data.tgt_modality}, {parameters})"
 
     # ------------------------------------------------------------ building
     @classmethod
