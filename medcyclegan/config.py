@@ -761,6 +761,8 @@ _SECTIONS = {
     "train": TrainConfig,
     "pix2pix": Pix2PixConfig,
 }
+# Every section of a config, in the order of its YAML file (resume compares them all).
+SECTION_NAMES = tuple(_SECTIONS)
 
 
 def _plain(value: Any) -> Any:

@@ -38,13 +38,13 @@ from medcyclegan.convert import load_model
 from medcyclegan.data.normalise import NormParams
 from medcyclegan.data.prepare import PreparedVolume
 from medcyclegan.data.slices import PairedSliceDataset
-from medcyclegan.errors import InputError
+from medcyclegan.errors import ConfigError, InputError
 from medcyclegan.io.lock import LOCK_FILE
 from medcyclegan.models import model_class
 from medcyclegan.models.pix2pix import Pix2Pix
 from medcyclegan.nets import UnetGenerator, count_parameters
 from medcyclegan.runtime.distributed import DistributedContext
-from medcyclegan.train.api import check_pairs, train_from_folders
+from medcyclegan.train.api import check_pairs, resume_config, train_from_folders
 from medcyclegan.train.data_module import TrainingData, pair_files
 from medcyclegan.train.schedule import lr_rule
 from medcyclegan.train.trainer import Trainer
@@ -181,6 +181,12 @@ def test_a_run_validates_on_held_out_pairs_and_keeps_the_best(run: Path) -> None
     header = (run / "val_metrics.csv").read_text().splitlines()[0]
     assert "val/mae" in header and "cycle" not in header
     assert (run / "metrics.csv").read_text().splitlines()[0] == "step,epoch,lr,loss_G,loss_D,G_GAN,G_L1"
+
+
+def test_resume_refuses_another_pix2pix_setting(run: Path) -> None:
+    assert resume_config(run, {"pix2pix.lambda_l1": 100.0}).pix2pix.lambda_l1 == 100.0  # the same: accepted
+    with pytest.raises(ConfigError, match=r"pix2pix\.lambda_l1"):
+        resume_config(run, {"pix2pix.lambda_l1": 50.0})
 
 
 def test_held_out_validation_holds_out_whole_pairs(pairs: tuple[Path, Path]) -> None:

@@ -42,7 +42,7 @@ from medcyclegan.train.schedule import epoch_batches
 
 logger = logging.getLogger("medcyclegan")
 
-# The roles a paired model pairs (volumes, then their masks in the same order), with their options.
+# The roles a paired model pairs: (sources, targets, the sources' masks, the targets' masks).
 _PAIRED_ROLES = (("src", "tgt", "src_masks", "tgt_masks"), ("val_src", "val_tgt", None, None))
 
 
@@ -81,8 +81,9 @@ def pair_files(files: Mapping[str, Sequence[Path] | None], kind: str) -> dict[st
         for role, masks, side in ((source_role, source_masks, 1), (target_role, target_masks, 2)):
             order = [pair[side] for pair in check.pairs]
             for key in (role, masks):
-                if key is not None and ordered.get(key):
-                    ordered[key] = [ordered[key][i] for i in order]  # type: ignore[index]
+                given = ordered.get(key) if key is not None else None
+                if key is not None and given:
+                    ordered[key] = [given[i] for i in order]
     return ordered
 
 

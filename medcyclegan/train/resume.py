@@ -13,7 +13,7 @@ import logging
 from collections.abc import Iterable
 from typing import Any
 
-from medcyclegan.config import AUTO, Config, apply_overrides
+from medcyclegan.config import AUTO, SECTION_NAMES, Config, apply_overrides
 from medcyclegan.errors import ConfigError
 
 logger = logging.getLogger("medcyclegan")
@@ -34,16 +34,16 @@ RESUMABLE_OVERRIDES = {
     "train.channels_last",
     "train.compile",
 }
-_SECTIONS = ("data", "model", "loss", "optim", "train")
 # "auto" (the default) asks for no particular choice: a run that stored an explicit value (every run
 # before "auto" existed stored val/cycle_ssim, max) keeps it.
 _AUTO_KEEPS_STORED = {"train.best_metric", "train.best_mode"}
 
 
 def _flat(cfg: Config) -> dict[str, Any]:
-    """``{"section.key": value}`` of the five sections (normalisation and version are measured)."""
+    """``{"section.key": value}`` of every section, the models' own too (normalisation and version
+    are measured)."""
     raw = cfg.to_dict()
-    return {f"{section}.{key}": value for section in _SECTIONS for key, value in raw[section].items()}
+    return {f"{section}.{key}": value for section in SECTION_NAMES for key, value in raw[section].items()}
 
 
 def merge_resume_config(
