@@ -33,13 +33,14 @@ from torch import nn
 
 from medcyclegan.augment import augment_dataset
 from medcyclegan.checkpoint import load_checkpoint
-from medcyclegan.config import DataConfig
+from medcyclegan.config import DataConfig, load_config
 from medcyclegan.convert import load_model
 from medcyclegan.data.normalise import NormParams
 from medcyclegan.data.prepare import PreparedVolume
 from medcyclegan.data.slices import PairedSliceDataset
 from medcyclegan.errors import ConfigError, InputError
 from medcyclegan.io.lock import LOCK_FILE
+from medcyclegan.io.pairs import RegisteredPairs, check_registered_pairs
 from medcyclegan.models import model_class
 from medcyclegan.models.pix2pix import Pix2Pix
 from medcyclegan.nets import UnetGenerator, count_parameters
@@ -88,6 +89,16 @@ def test_registered_one_way_and_paired() -> None:
     cls = model_class("pix2pix")
     assert cls is Pix2Pix and cls.paired and cls.directions == ("AB",)
     assert not model_class("cyclegan").paired
+
+
+def test_the_default_is_the_reference_configuration() -> None:
+    cfg = load_config(None, {"model.kind": "pix2pix"})
+    with torch.device("meta"):  # counted without allocating the weights
+        networks = Pix2Pix.build_networks(cfg)
+    # unet_256 at ngf 64, 1 -> 1 channels: the reference code's count (tests/test_unet.py).
+    assert count_parameters(networks["G_AB"]) == 54_407_809
+    # The package's InstanceNorm PatchGAN on 1 + 1 channels; the reference's BatchNorm one has 2,764,609.
+    assert count_parameters(networks["D_B"]) == 2_763_713
 
 
 def test_step_on_a_tiny_batch_is_the_references_losses() -> None:
@@ -385,6 +396,20 @@ def test_another_shape_and_validation_pairs_are_checked_too(pairs: tuple[Path, P
         match=r"--val-src and --val-tgt.*case 'case00' on different grids: shape \(40, 44, 6\) vs \(40, 44, 7\) \(RAS\)",
     ):
         check_pairs(tiny_config(**TINY_PIX2PIX), src=mr, tgt=ct, val_src=val_mr, val_tgt=val_ct)
+
+
+def test_a_case_name_given_twice_and_long_lists_are_named(tmp_path: Path) -> None:
+    mr, ct = write_domain(tmp_path / "mr", "mr", 1, 1), write_domain(tmp_path / "ct", "ct", 1, 2)
+    twin = save_volume(ct / "case00.nrrd", head(HEAD_SHAPE, "ct"))
+    check = check_registered_pairs(files(mr), [*files(ct), twin])
+    assert check.problems(("--src", "--tgt")) == [
+        f"two --tgt volumes are named 'case00' ({ct / 'case00.nii.gz'}, {twin})"
+    ]
+    many = RegisteredPairs([], [f"s{i}" for i in range(7)], ["t0"], [], [])
+    assert many.problems() == [
+        "cases s0, s1, s2, s3, s4 and 2 more of source have no target volume",
+        "case t0 of target has no source volume",
+    ]
 
 
 def test_pair_files_puts_targets_and_masks_in_pair_order(pairs: tuple[Path, Path]) -> None:
