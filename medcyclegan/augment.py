@@ -42,17 +42,15 @@ from medcyclegan.config import DATASET_FORMATS, MODALITIES
 from medcyclegan.errors import ConfigError, InputError, OutputError
 from medcyclegan.io.atomic import atomic_write_text
 from medcyclegan.io.discovery import (
-    NIFTI_SUFFIXES,
     case_name,
     file_kind,
     find_volumes,
     is_special_file,
     pair_by_case,
-    volume_suffix,
 )
 from medcyclegan.io.lock import FolderLock
-from medcyclegan.io.readers import read_volume
-from medcyclegan.io.volume import GRID_TOLERANCE_MM, Geometry
+from medcyclegan.io.readers import read_geometry, read_volume
+from medcyclegan.io.volume import Geometry, format_numbers
 from medcyclegan.io.writers import OUTPUT_DTYPES, write_volume
 from medcyclegan.runtime import resolve_device
 
@@ -375,7 +373,7 @@ def _scan_labels(pairs: Sequence[_Pair]) -> tuple[set[int], dict[str, str]]:
         values = label_values(label.array, pair.label)
         found.update(values)
         dtypes[pair.name] = _label_dtype(max(values))
-        _check_same_grid(pair.image, _grid_of(pair.image), pair.label, label.geometry)
+        _check_same_grid(pair.image, read_geometry(pair.image), pair.label, label.geometry)
     return found, dtypes
 
 
@@ -613,45 +611,18 @@ def _image_dtype(dtype: str) -> str:
 # ------------------------------------------------------------------------------------------------ grids
 
 
-def _grid_of(path: Path) -> Geometry:
-    """The geometry of a volume; for NIfTI from the header alone (no voxels read)."""
-
-    if volume_suffix(path) in NIFTI_SUFFIXES:
-        try:
-            image = nib.load(str(path))
-            shape = tuple(int(s) for s in image.shape)
-            if len(shape) == 3:
-                return Geometry(
-                    np.asarray(image.affine), shape, str(image.get_data_dtype()), "nifti", str(path)
-                )
-        except Exception:
-            pass  # read_volume below turns any problem into one clear InputError
-    return read_volume(path).geometry
-
-
 def _check_same_grid(image: Path, image_grid: Geometry, label: Path, label_grid: Geometry) -> None:
     """Image and label must cover the same voxels (:meth:`Geometry.same_grid`); else what differs."""
     fix = "resample one onto the other's grid first"
     if image_grid.ras_shape != label_grid.ras_shape:
         raise InputError(
-            f"shape {_fmt(image_grid.ras_shape)} (RAS) differs from its label {label} {_fmt(label_grid.ras_shape)}; {fix}",
+            f"shape {format_numbers(image_grid.ras_shape)} (RAS) differs from its label {label} "
+            f"{format_numbers(label_grid.ras_shape)}; {fix}",
             image,
         )
-    if image_grid.same_grid(label_grid):
-        return
-    # Only to say what differs, with the tolerance of the rule.
-    a, b = image_grid.ras_affine, label_grid.ras_affine
-    spacing_a, spacing_b = np.linalg.norm(a[:3, :3], axis=0), np.linalg.norm(b[:3, :3], axis=0)
-    differences = []
-    if not np.allclose(spacing_a, spacing_b, rtol=0, atol=GRID_TOLERANCE_MM):
-        differences.append(f"spacing {_fmt(spacing_a)} vs {_fmt(spacing_b)} mm")
-    if not np.allclose(a[:3, 3], b[:3, 3], rtol=0, atol=GRID_TOLERANCE_MM):
-        differences.append(f"origin {_fmt(a[:3, 3])} vs {_fmt(b[:3, 3])} mm (RAS)")
-    if not np.allclose(a[:3, :3] / spacing_a, b[:3, :3] / spacing_b, rtol=0, atol=GRID_TOLERANCE_MM):
-        differences.append("direction differs")
-    raise InputError(
-        f"grid differs from its label {label}: {', '.join(differences) or 'affine differs'}; {fix}", image
-    )
+    differences = image_grid.grid_differences(label_grid)
+    if differences:
+        raise InputError(f"grid differs from its label {label}: {', '.join(differences)}; {fix}", image)
 
 
 # ---------------------------------------------------------------------------------------------- outputs
@@ -1224,11 +1195,11 @@ def _geometry_differences(image: Any, label: Any) -> list[str]:
     size_l, spacing_l, origin_l, direction_l = _spatial(label)
     differences = []
     if size_i != size_l:
-        differences.append(f"shape {_fmt(size_i)} vs {_fmt(size_l)}")
+        differences.append(f"shape {format_numbers(size_i)} vs {format_numbers(size_l)}")
     if not np.allclose(spacing_i, spacing_l):
-        differences.append(f"spacing {_fmt(spacing_i)} vs {_fmt(spacing_l)} mm")
+        differences.append(f"spacing {format_numbers(spacing_i)} vs {format_numbers(spacing_l)} mm")
     if not np.allclose(origin_i, origin_l):
-        differences.append(f"origin {_fmt(origin_i)} vs {_fmt(origin_l)} mm")
+        differences.append(f"origin {format_numbers(origin_i)} vs {format_numbers(origin_l)} mm")
     if not np.allclose(direction_i, direction_l):
         differences.append("direction")
     return differences
@@ -1244,10 +1215,6 @@ def _plural(n: int) -> str:
 def _listing(names: Sequence[str], limit: int = 10) -> str:
     shown = ", ".join(str(n) for n in names[:limit])
     return shown + (f", ... ({len(names) - limit} more)" if len(names) > limit else "")
-
-
-def _fmt(values: Any) -> str:
-    return "(" + ", ".join(f"{float(v):.6g}" for v in np.asarray(values).ravel()) + ")"
 
 
 def _rel(folder: Path, path: Path) -> str:

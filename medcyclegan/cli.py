@@ -153,7 +153,7 @@ def train(
     generator: str | None = typer.Option(
         None,
         "--generator",
-        help=f"Generator (model.generator): {', '.join(GENERATORS)} (sized by the vit_unet section).",
+        help=f"Generator (model.generator): {', '.join(GENERATORS)} \\[default: the model's: resnet; pix2pix: unet].",
     ),
     upsample: str | None = typer.Option(
         None, "--upsample", help="transpose (reference) or resize (no checkerboard)."
@@ -217,14 +217,22 @@ def train(
         "--compile/--no-compile",
         help="torch.compile the networks (train.compile; slow start, faster steps on GPU).",
     ),
+    check_pairs: bool = typer.Option(
+        False,
+        "--check-pairs",
+        help="Paired models (pix2pix): check that --src and --tgt (and --val-src/--val-tgt) hold the same "
+        "case names, each pair on one grid, then exit without training.",
+    ),
 ) -> None:
-    """Train a CycleGAN on two folders of unpaired volumes (NIfTI, NRRD/MHA, DICOM series)."""
+    """Train a model on two folders of volumes (NIfTI, NRRD/MHA, DICOM series): unpaired (CycleGAN), or
+    registered pairs matched by case name (pix2pix)."""
     if gpus is not None:
         _relaunch_with_torchrun(gpus)
     import datetime
 
     from medcyclegan.config import load_config, resolve_config_path
     from medcyclegan.train.api import auto_resume as auto_resume_plan
+    from medcyclegan.train.api import check_pairs as check_pair_folders
     from medcyclegan.train.api import new_run_dir, resume_config, train_from_folders
 
     overrides = _overrides(
@@ -271,6 +279,22 @@ def train(
         raise MedCycleGANError(
             "--auto-resume cannot be combined with --overwrite (a requeued job would start afresh)"
         )
+    if check_pairs:
+        if resume or auto_resume:
+            raise MedCycleGANError(
+                "--check-pairs checks folders before a run: give --src and --tgt, not --resume"
+            )
+        if src is None or tgt is None:
+            raise MedCycleGANError("--check-pairs needs --src and --tgt (the folders of the pairs)")
+        cfg = load_config(resolve_config_path(config) if config else None, overrides)
+        paired = check_pair_folders(cfg, src=src, tgt=tgt, val_src=val_src, val_tgt=val_tgt)
+        n_val = len(paired["val_src"] or [])
+        typer.echo(
+            f"{len(paired['src'] or [])} training pair(s)"
+            + (f" and {n_val} validation pair(s)" if val_src is not None else "")
+            + f" matched by case name, each on one grid: ready for {cfg.model.kind}"
+        )
+        return
     if auto_resume and out is not None and not resume:
         resume = auto_resume_plan(out)
         if not resume:

@@ -33,9 +33,16 @@ from medcyclegan.runtime import check_device_name
 # The option lists, each written once here; the modules that act on an option import its list.
 MODALITIES = ("mr", "ct")
 # Translation models (medcyclegan.models registers one class under each name).
-MODEL_KINDS = ("cyclegan", "unit", "munit", "cut")
-GENERATORS = ("resnet", "resnet-attention", "vit-unet")  # the classes: medcyclegan.nets, in this order
+MODEL_KINDS = ("cyclegan", "pix2pix", "unit", "munit", "cut")
+GENERATORS = (
+    "resnet",
+    "resnet-attention",
+    "unet",
+    "vit-unet",
+)  # the classes: medcyclegan.nets, in this order
 UPSAMPLE_MODES = ("transpose", "resize")
+# Normalisation layers of the U-Net generator (model.unet_norm): the reference's get_norm_layer names.
+UNET_NORMS = ("batch", "instance")
 GAN_MODES = ("lsgan", "vanilla", "hinge")
 # Structure-consistency losses between a generator's input and its translation (losses.structure_loss).
 STRUCTURE_LOSSES = ("mind", "gradient-correlation")
@@ -57,6 +64,9 @@ MAX_BLOCKS = 64
 MAX_WORKERS = 256
 MAX_STEPS_PER_EPOCH = 1_000_000  # an epoch's batch list is built up front
 MAX_DISCRIMINATOR_SCALES = 8  # pix2pixHD uses 2 or 3; each scale halves the side
+# U-Net depth (model.unet_downs): its fixed outer levels need 5; 2**12 = MAX_IMAGE_SIZE.
+MIN_UNET_DOWNS = 5
+MAX_UNET_DOWNS = 12
 
 
 def check_planes(planes: str | Sequence[str], option: str = "planes") -> tuple[str, ...]:
@@ -235,9 +245,11 @@ class ModelConfig:
     Attributes:
         kind: the translation model (:data:`MODEL_KINDS`; ``"cyclegan"``, which configs of
             medcyclegan 0.1.0 meant without saying).
-        generator: ``"resnet"`` (reference), ``"resnet-attention"`` (Mask CycleGAN variant) or
-            ``"vit-unet"`` (UVCGAN's U-Net with a transformer bottleneck, sized by the ``vit_unet``
-            section; ``ngf``, ``n_blocks`` and ``upsample`` are the ResNet generators').
+        generator: ``"resnet"`` (reference), ``"resnet-attention"`` (Mask CycleGAN variant),
+            ``"unet"`` (pix2pix's U-Net, :mod:`medcyclegan.nets.unet`) or ``"vit-unet"`` (UVCGAN's
+            U-Net with a transformer bottleneck, sized by the ``vit_unet`` section; ``ngf``,
+            ``n_blocks`` and ``upsample`` are the ResNet generators'). A model may have another
+            default (pix2pix: ``"unet"``, see :data:`MODEL_DEFAULTS`).
         ngf: filters of the generator's first layer (c7s1-ngf).
         n_blocks: residual blocks (9 for 256 px, 6 for 128 px in the reference).
         upsample: ``"transpose"`` (reference, uk layers) or ``"resize"`` (nearest upsample + conv,
@@ -254,6 +266,10 @@ class ModelConfig:
         n_scales_d: discriminators per domain at 1, 1/2, 1/4 ... of the resolution (pix2pixHD's
             multi-scale PatchGAN, Wang et al. 2018); the adversarial loss is their mean. 1 is the
             single PatchGAN of the reference.
+        unet_downs: stride-2 levels of the ``"unet"`` generator (8: the reference's ``unet_256``, a
+            256 px slice reaches 1 x 1; 7: ``unet_128``); slices must be multiples of 2**unet_downs.
+        unet_norm: normalisation of the ``"unet"`` generator: ``"instance"`` or ``"batch"`` (the
+            reference pix2pix's, and pix2pix's default here, see :data:`MODEL_DEFAULTS`).
     """
 
     kind: str = "cyclegan"
@@ -267,11 +283,18 @@ class ModelConfig:
     ema_decay: float = 0.0
     spectral_norm_d: bool = False
     n_scales_d: int = 1
+    unet_downs: int = 8
+    unet_norm: str = "instance"
 
     def validate(self) -> None:
         _check_finite("model", self)
         _check_choice("model", "kind", self.kind, MODEL_KINDS)
         _check_choice("model", "generator", self.generator, GENERATORS)
+        _check_choice("model", "unet_norm", self.unet_norm, UNET_NORMS)
+        if not MIN_UNET_DOWNS <= self.unet_downs <= MAX_UNET_DOWNS:
+            raise ConfigError(
+                f"model.unet_downs must be from {MIN_UNET_DOWNS} to {MAX_UNET_DOWNS}; got {self.unet_downs!r}"
+            )
         _check_choice("model", "upsample", self.upsample, UPSAMPLE_MODES)
         for name in ("ngf", "ndf", "n_layers_d"):
             _check_positive("model", name, getattr(self, name))
@@ -969,6 +992,43 @@ class MunitConfig:
             )
 
 
+# ---------------------------------------------------------------- pix2pix (issue 15, point 1)
+@dataclass
+class Pix2PixConfig:
+    """pix2pix (Isola et al. 2017, :mod:`medcyclegan.models.pix2pix`): its own hyperparameters.
+
+    The reference (junyanz/pytorch-CycleGAN-and-pix2pix, ``models/pix2pix_model.py``) also changes
+    shared defaults; those stay one setting each and get the reference's values through
+    :data:`MODEL_DEFAULTS` (``model.generator``, ``model.unet_norm``, ``loss.gan_mode``,
+    ``optim.pool_size``).
+
+    Attributes:
+        lambda_l1: weight of the L1 loss ``|G(A) - B|`` (``--lambda_L1 100``, pix2pix_model.py).
+    """
+
+    lambda_l1: float = 100.0  # junyanz/pytorch-CycleGAN-and-pix2pix models/pix2pix_model.py
+
+    def validate(self) -> None:
+        _check_finite("pix2pix", self)
+        _check_positive("pix2pix", "lambda_l1", self.lambda_l1, allow_zero=True)
+
+
+# The defaults a model changes in the shared sections, as the reference's
+# ``modify_commandline_options`` does with ``parser.set_defaults``: applied by :func:`load_config` to
+# the keys that neither the config file nor an override names (a named key is kept as given).
+MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
+    # junyanz/pytorch-CycleGAN-and-pix2pix models/pix2pix_model.py: set_defaults(norm='batch',
+    # netG='unet_256') and, for training, set_defaults(pool_size=0, gan_mode='vanilla').
+    "pix2pix": {
+        "model.generator": "unet",
+        "model.unet_downs": 8,
+        "model.unet_norm": "batch",
+        "loss.gan_mode": "vanilla",
+        "optim.pool_size": 0,
+    },
+}
+
+
 # How each modality is normalised (see medcyclegan.data.normalise): CT through the fixed HU window
 # data.ct_window, MR through percentiles measured per volume (data.mr_percentiles).
 NORMALISATION_METHODS = {"ct": "window", "mr": "percentiles"}
@@ -1142,6 +1202,7 @@ class Config:
     unit: UnitConfig = field(default_factory=UnitConfig)
     cut: CUTConfig = field(default_factory=CUTConfig)
     munit: MunitConfig = field(default_factory=MunitConfig)
+    pix2pix: Pix2PixConfig = field(default_factory=Pix2PixConfig)
     normalisation: Normalisation | None = None
     version: str = ""
 
@@ -1187,6 +1248,10 @@ class Config:
         if size % multiple:
             lower, upper = size - size % multiple, size - size % multiple + multiple
             options = f"{lower} or {upper}" if lower >= max(16, smallest) else str(upper)
+            fits = [n for n in range(MIN_UNET_DOWNS, MAX_UNET_DOWNS + 1) if size % 2**n == 0]
+            if self.model.generator == "unet" and fits:
+                # A U-Net's stride is its depth's: a shallower one takes the size as it is.
+                options += f", or model.unet_downs {fits[-1]} (a U-Net of n levels needs multiples of 2**n)"
             raise ConfigError(
                 f"data.image_size must be a multiple of {multiple} (the generator's stride-2 layers); "
                 f"got {size}, use {options}"
@@ -1216,12 +1281,10 @@ _SECTIONS = {
     "unit": UnitConfig,
     "cut": CUTConfig,
     "munit": MunitConfig,
+    "pix2pix": Pix2PixConfig,
 }
-
-
-def section_names() -> tuple[str, ...]:
-    """The sections of a config, in the order of its YAML (normalisation and version aside)."""
-    return tuple(_SECTIONS)
+# Every section of a config, in the order of its YAML file (resume compares them all).
+SECTION_NAMES = tuple(_SECTIONS)
 
 
 def _plain(value: Any) -> Any:
@@ -1336,7 +1399,15 @@ def apply_overrides(cfg: Config, overrides: dict[str, Any]) -> Config:
 
 
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
-    """Loads a YAML config (or the built-in defaults when ``path`` is None) and applies overrides."""
+    """Loads a YAML config (or the built-in defaults when ``path`` is None) and applies overrides.
+
+    The model's own defaults (:data:`MODEL_DEFAULTS`, e.g. pix2pix's U-Net) replace the dataclass
+    defaults of the keys that neither the file nor ``overrides`` names: ``--model pix2pix`` alone
+    gives the reference's pix2pix, ``--model pix2pix --generator resnet`` (or a file saying
+    ``generator: resnet``) keeps the ResNet.
+    """
+    overrides = overrides or {}
+    raw: Any = {}
     if path is None:
         cfg = Config().validate()
     else:
@@ -1364,7 +1435,12 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
             if str(path) in str(exc):
                 raise
             raise ConfigError(str(exc), path) from None
-    return apply_overrides(cfg, overrides or {})
+    named = set(overrides) | {
+        f"{section}.{key}" for section, keys in raw.items() if isinstance(keys, dict) for key in keys
+    }
+    kind = overrides.get("model.kind", cfg.model.kind)
+    model_defaults = MODEL_DEFAULTS.get(kind, {}) if isinstance(kind, str) else {}
+    return apply_overrides(cfg, {**{k: v for k, v in model_defaults.items() if k not in named}, **overrides})
 
 
 def config_to_yaml(cfg: Config) -> str:

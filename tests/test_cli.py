@@ -88,7 +88,7 @@ def test_usage_errors_exit_2_without_traceback(cli, args: tuple[str, ...], expec
         ),
         (("train", "--src", "{tmp}", "--tgt", "{tmp}", "--image-size", "8"), "data.image_size must be >= 16"),
         (
-            ("train", "--src", "{tmp}", "--tgt", "{tmp}", "--generator", "unet"),
+            ("train", "--src", "{tmp}", "--tgt", "{tmp}", "--generator", "no-such-net"),
             "model.generator must be one of",
         ),
         (("evaluate", "--pred", "{mr}", "--ref", "{mr}", "--standard", "x"), "unknown standard 'x'"),

@@ -258,6 +258,6 @@ def test_build_generator_from_config(name: str, cls: type) -> None:
 
 
 def test_build_generator_rejects_unknown_name() -> None:
-    cfg = ModelConfig(generator="unet")  # not validated on purpose
+    cfg = ModelConfig(generator="no-such-net")  # not validated on purpose
     with pytest.raises(ConfigError, match=r"model\.generator"):
         build_generator(cfg, 1, 1)

@@ -4,7 +4,8 @@ Modules:
     normalise: exact, invertible modality normalisation (CT HU window, MR percentiles) and checks.
     mask: automatic body masks.
     prepare: ``prepare_volume`` (mask, normalise, in-plane resampling) and ``restore_inplane``.
-    slices: slice selection, 2.5D context, pad/crop and the ``SliceDataset``.
+    slices: slice selection, 2.5D context, pad/crop, the ``SliceDataset`` and, for registered pairs,
+        the ``PairedSliceDataset``.
     cache: ``load_prepared``: read and prepare once, in memory or a memory-mapped disk cache.
 
 Names are imported lazily so that ``import medcyclegan.data`` does not load torch or MONAI.
@@ -31,6 +32,7 @@ _EXPORTS = {
     "slice_with_context": "slices",
     "pad_or_crop": "slices",
     "SliceDataset": "slices",
+    "PairedSliceDataset": "slices",
     "load_prepared": "cache",
 }
 

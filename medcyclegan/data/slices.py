@@ -217,34 +217,126 @@ class SliceDataset(Dataset):
         """(volume index, axial slice index) of item ``index``."""
         return int(self.volume_index[index]), int(self.slice_index[index])
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
+    def _check_index(self, index: int) -> int:
         if not -len(self) <= index < len(self):
             raise IndexError(f"item {index} is outside a dataset of {len(self)} slices")
-        index = int(index) % len(self)
+        return int(index) % len(self)
+
+    def _context(self, volume: PreparedVolume, z: int) -> np.ndarray:
+        """The 2k + 1 slices around ``z`` of ``volume``, (2k+1, X, Y), edge slices replicated."""
+        depth = volume.image.shape[2]
+        indices = np.clip(np.arange(z - self.context_slices, z + self.context_slices + 1), 0, depth - 1)
+        return np.moveaxis(volume.image, 2, 0)[indices]
+
+    def _place(self, stacked: np.ndarray, index: int) -> torch.Tensor:
+        """The crop (random in training, centred otherwise) and flip of item ``index`` on every channel.
+
+        One transform for all the channels of ``stacked`` (images and masks alike), drawn from the
+        item's seed: what makes the masks (and a pair's two images) stay on their images.
+        """
+        both = torch.from_numpy(stacked)
+        if self.train:
+            state = np.random.RandomState(item_seed(self.seed, self.epoch, index))
+            self._crop.set_random_state(state=state)
+            both = self._crop(self._pad(both))
+            if self._flip is not None:
+                self._flip.set_random_state(state=state)
+                both = self._flip(both)
+        else:
+            both = self._centre(both)
+        return _plain(both)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        index = self._check_index(index)
         v, z = self.item_location(index)
         volume = self.volumes[v]
         channels = 2 * self.context_slices + 1
-        depth = volume.image.shape[2]
-        indices = np.clip(np.arange(z - self.context_slices, z + self.context_slices + 1), 0, depth - 1)
         # The mask rides along as one more channel so that every spatial transform is identical.
         stacked = np.empty((channels + 1, *volume.image.shape[:2]), dtype=np.float32)
-        stacked[:channels] = np.moveaxis(volume.image, 2, 0)[indices]
+        stacked[:channels] = self._context(volume, z)
         stacked[channels] = np.moveaxis(volume.mask, 2, 0)[z]
-        both = torch.from_numpy(stacked)
         with small_tensor_ops():
-            if self.train:
-                state = np.random.RandomState(item_seed(self.seed, self.epoch, index))
-                self._crop.set_random_state(state=state)
-                both = self._crop(self._pad(both))
-                if self._flip is not None:
-                    self._flip.set_random_state(state=state)
-                    both = self._flip(both)
-            else:
-                both = self._centre(both)
-            both = _plain(both)
+            both = self._place(stacked, index)
             image = both[:channels].contiguous()
             mask = (both[channels:] > 0.5).to(torch.float32)
         return {"image": image, "mask": mask, "volume_index": v, "slice_index": z}
+
+
+class PairedSliceDataset(SliceDataset):
+    """Slices of registered pairs of volumes: the source and target slice at the same z, placed alike.
+
+    Item ``i`` is ``{"A": item of the source, "B": item of the target}``, each as a
+    :class:`SliceDataset` item (``image``, ``mask``, ``volume_index``, ``slice_index``), with the
+    same ``volume_index`` (the pair) and ``slice_index`` (z) on both sides, and one crop and flip,
+    drawn from the item's seed, for the two images and their masks (they travel as channels of
+    one tensor through one transform). A slice is used when both volumes' body masks cover at
+    least ``min_body_fraction`` of it. Collated, a batch is ``{"A": batch, "B": batch}``: what a
+    paired model's ``train_step`` takes.
+
+    Args:
+        sources: the prepared source volumes (domain A).
+        targets: the prepared target volumes, ``targets[i]`` the pair of ``sources[i]``: on the same
+            grid, so the same prepared grid.
+        data_cfg, train, seed: as for :class:`SliceDataset`.
+
+    Raises:
+        ValueError: the lists differ in length or a pair's prepared grids differ (not a registered pair).
+    """
+
+    def __init__(
+        self,
+        sources: Sequence[PreparedVolume],
+        targets: Sequence[PreparedVolume],
+        data_cfg: DataConfig,
+        *,
+        train: bool,
+        seed: int = 0,
+    ) -> None:
+        if len(sources) != len(targets):
+            raise ValueError(f"{len(sources)} source and {len(targets)} target volumes cannot be pairs")
+        for source, target in zip(sources, targets):
+            if source.image.shape != target.image.shape:
+                raise ValueError(
+                    f"{source.source} and {target.source} are not on one grid "
+                    f"({source.image.shape} vs {target.image.shape} prepared voxels)"
+                )
+        super().__init__(sources, data_cfg, train=train, seed=seed)
+        self.targets = [plane_volume(volume, plane) for volume in targets for plane in data_cfg.planes]
+        # Only the slices where the target has enough body too.
+        with_body = {
+            (v, z)
+            for v, volume in enumerate(self.targets)
+            for z in select_slices(volume, data_cfg.min_body_fraction)
+        }
+        keep = np.asarray(
+            [(v, z) in with_body for v, z in zip(self.volume_index.tolist(), self.slice_index.tolist())],
+            dtype=bool,
+        )
+        self.volume_index = self.volume_index[keep]
+        self.slice_index = self.slice_index[keep]
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        index = self._check_index(index)
+        v, z = self.item_location(index)
+        source, target = self.volumes[v], self.targets[v]
+        c = 2 * self.context_slices + 1
+        # Channels: source slices, target slices, source mask, target mask: one transform for all.
+        stacked = np.empty((2 * c + 2, *source.image.shape[:2]), dtype=np.float32)
+        stacked[:c] = self._context(source, z)
+        stacked[c : 2 * c] = self._context(target, z)
+        stacked[2 * c] = np.moveaxis(source.mask, 2, 0)[z]
+        stacked[2 * c + 1] = np.moveaxis(target.mask, 2, 0)[z]
+        with small_tensor_ops():
+            placed = self._place(stacked, index)
+            images = (placed[:c].contiguous(), placed[c : 2 * c].contiguous())
+            masks = (
+                (placed[2 * c : 2 * c + 1] > 0.5).to(torch.float32),
+                (placed[2 * c + 1 :] > 0.5).to(torch.float32),
+            )
+        return {
+            domain: {"image": image, "mask": mask, "volume_index": v, "slice_index": z}
+            for domain, image, mask in zip(("A", "B"), images, masks)
+        }
 
 
 def _plain(tensor: torch.Tensor) -> torch.Tensor:

@@ -145,6 +145,27 @@ def read_volume(
     return volume
 
 
+def read_geometry(path: str | Path) -> Geometry:
+    """The geometry of a volume, for a NIfTI file from its header alone (no voxels read).
+
+    Other formats (and a NIfTI header nibabel cannot take) go through :func:`read_volume`, which
+    turns any problem into one clear :class:`InputError`. The header's affine is the one
+    :func:`read_volume` keeps, so :meth:`Geometry.same_grid` gives the same answer on both.
+    """
+    path = Path(path)
+    if volume_suffix(path) in NIFTI_SUFFIXES and path.is_file():
+        try:
+            image = nib.load(str(path))
+            shape = tuple(int(s) for s in image.shape)
+            if len(shape) == 3:
+                return Geometry(
+                    np.asarray(image.affine), shape, str(image.get_data_dtype()), "nifti", str(path)
+                )
+        except Exception:  # read_volume below says what is wrong, in one line
+            pass
+    return read_volume(path).geometry
+
+
 def read_mask(path: str | Path, like: Geometry, *, positive_only: bool = False) -> np.ndarray:
     """Reads a mask (non-zero = inside) that must lie on the same grid as the volume ``like``.
 

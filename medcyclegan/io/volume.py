@@ -14,6 +14,7 @@ Conventions:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from nibabel import orientations as ornt_lib
@@ -134,12 +135,42 @@ class Geometry:
         """
         return self.ras_shape == other.ras_shape and self.affine_difference(other) <= GRID_TOLERANCE_MM
 
+    def grid_differences(self, other: Geometry) -> list[str]:
+        """What differs between the grids of ``self`` and ``other``, in words; empty on the same grid.
+
+        Items (each only when it differs beyond :data:`GRID_TOLERANCE_MM`): ``"shape (X, Y, Z) vs
+        (...) (RAS)"``, ``"spacing (...) vs (...) mm"``, ``"origin (...) vs (...) mm (RAS)"``,
+        ``"direction differs"``. Only for messages: :meth:`same_grid` is the rule.
+        """
+        if self.same_grid(other):
+            return []
+        if self.ras_shape != other.ras_shape:
+            differences = [
+                f"shape {format_numbers(self.ras_shape)} vs {format_numbers(other.ras_shape)} (RAS)"
+            ]
+        else:
+            differences = []
+        a, b = self.ras_affine, other.ras_affine
+        spacing_a, spacing_b = np.linalg.norm(a[:3, :3], axis=0), np.linalg.norm(b[:3, :3], axis=0)
+        if not np.allclose(spacing_a, spacing_b, rtol=0, atol=GRID_TOLERANCE_MM):
+            differences.append(f"spacing {format_numbers(spacing_a)} vs {format_numbers(spacing_b)} mm")
+        if not np.allclose(a[:3, 3], b[:3, 3], rtol=0, atol=GRID_TOLERANCE_MM):
+            differences.append(f"origin {format_numbers(a[:3, 3])} vs {format_numbers(b[:3, 3])} mm (RAS)")
+        if not np.allclose(a[:3, :3] / spacing_a, b[:3, :3] / spacing_b, rtol=0, atol=GRID_TOLERANCE_MM):
+            differences.append("direction differs")
+        return differences or ["affine differs"]
+
     def affine_difference(self, other: Geometry) -> float:
         """The largest absolute difference (mm) between the RAS affines of ``self`` and ``other``.
 
         For error messages ("affines differ by up to 0.5 mm"); NaN when an affine holds NaN.
         """
         return float(np.abs(self.ras_affine - other.ras_affine).max())  # NaN propagates
+
+
+def format_numbers(values: Any) -> str:
+    """``(a, b, c)`` with 6 significant digits each: shapes, spacings and origins in messages."""
+    return "(" + ", ".join(f"{float(v):.6g}" for v in np.asarray(values).ravel()) + ")"
 
 
 def _contiguous(array: np.ndarray) -> np.ndarray:

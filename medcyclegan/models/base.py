@@ -30,6 +30,7 @@ from torch import nn
 
 from medcyclegan.config import Config
 from medcyclegan.inference import context_stack, translate_array
+from medcyclegan.nets import describe_discriminator, describe_generator
 from medcyclegan.runtime.distributed import DistributedContext
 
 Direction = Literal["AB", "BA"]
@@ -39,6 +40,40 @@ Direction = Literal["AB", "BA"]
 Batch = Mapping[str, Mapping[str, torch.Tensor]]
 # The learning-rate factor of a schedule step (an epoch, or a step with ``optim.n_steps``).
 LrRule = Callable[[int], float]
+
+
+def describe_generator_and_discriminator(
+    cfg: Config,
+    parameters: Mapping[str, int],
+    generator_key: str,
+    discriminator_key: str,
+    *,
+    conditional: bool = False,
+) -> dict[str, dict[str, Any]]:
+    """``info``'s ``generator`` and ``discriminator`` entries for a model built from ``model.generator``
+    and the PatchGAN of the model section (CycleGAN, pix2pix, CUT), with the parameters of the
+    networks ``generator_key`` and ``discriminator_key``; ``conditional``: D sees (source, target)."""
+    model = cfg.model
+    g_fields, g_text = describe_generator(cfg)
+    g_parameters = int(parameters.get(generator_key, 0))
+    ema = f", EMA {model.ema_decay}" if model.ema_decay else ", no EMA"
+    d_fields, d_text = describe_discriminator(model)
+    d_parameters = int(parameters.get(discriminator_key, 0))
+    d_text = ("conditional " if conditional else "") + d_text
+    return {
+        "generator": {
+            **g_fields,
+            "ema_decay": model.ema_decay,  # 0: no average of its weights
+            "parameters": g_parameters,
+            "summary": f"{g_text}: {g_parameters:,} parameters{ema}",
+        },
+        "discriminator": {
+            **d_fields,
+            "conditional": conditional,
+            "parameters": d_parameters,
+            "summary": f"{d_text}: {d_parameters:,} parameters",
+        },
+    }
 
 
 class TranslationModel(abc.ABC):
@@ -53,7 +88,8 @@ class TranslationModel(abc.ABC):
         dist: the process group of a multi-process run (each process keeps its own pools).
 
     Subclasses set :attr:`kind`, :attr:`directions`, :attr:`loss_columns`, :attr:`watched_losses` and
-    :attr:`network_names`, and implement the abstract methods.
+    :attr:`network_names` (and :attr:`paired` for a model trained on registered pairs), and implement
+    the abstract methods.
     """
 
     kind: ClassVar[str]
@@ -65,6 +101,10 @@ class TranslationModel(abc.ABC):
     watched_losses: ClassVar[tuple[str, ...]]
     # State keys of its networks (checkpoint keys, parameter counts in ``info``).
     network_names: ClassVar[tuple[str, ...]]
+    # Trains on registered pairs (pix2pix): --src and --tgt volumes matched by case name on one grid,
+    # each batch the same slices of both (medcyclegan.train.data_module.pair_files); unpaired
+    # models get independent draws of A and B.
+    paired: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -86,7 +126,8 @@ class TranslationModel(abc.ABC):
         parameters = ", ".join(
             f"{name}={sum(p.numel() for p in net.parameters()):,}" for name, net in self.networks().items()
         )
-        return f"{type(self).__name__}({self.cfg.data.src_modality} <-> {self.cfg.data.tgt_modality}, {parameters})"
+        arrow = "<->" if len(self.directions) > 1 else "->"
+        return f"{type(self).__name__}({self.cfg.data.src_modality} {arrow} {self.cfg.data.tgt_modality}, {parameters})"
 
     # ------------------------------------------------------------ building
     @classmethod

@@ -55,7 +55,13 @@ from torch import nn
 from medcyclegan.checkpoint import load_state_strict
 from medcyclegan.config import Config
 from medcyclegan.losses import AdversarialLoss, PatchNCELoss, outline_loss, structure_loss
-from medcyclegan.models.base import Batch, Direction, LrRule, TranslationModel
+from medcyclegan.models.base import (
+    Batch,
+    Direction,
+    LrRule,
+    TranslationModel,
+    describe_generator_and_discriminator,
+)
 from medcyclegan.models.cyclegan import _match_state_layout, set_requires_grad
 from medcyclegan.models.registry import register_model
 from medcyclegan.nets import (
@@ -201,6 +207,15 @@ class CUT(TranslationModel):
         # The reference initialises F as G and D (init_net on the whole PatchSampleF).
         init_weights(head, gain=cfg.model.init_gain, method=settings.init_type)
         return {"G_AB": generator, "D_B": discriminator, "F": head}
+
+    @classmethod
+    def describe_networks(cls, cfg: Config, parameters: Mapping[str, int]) -> dict[str, dict[str, Any]]:
+        """The generator and the discriminator with their options, and the projection head F."""
+        entries = describe_generator_and_discriminator(cfg, parameters, "G_AB", "D_B")
+        nce = int(parameters.get("F", 0))
+        layers = ",".join(map(str, cfg.cut.resolved().nce_layers))
+        entries["F"] = {"parameters": nce, "summary": f"PatchNCE head, layers {layers}: {nce:,} parameters"}
+        return entries
 
     def networks(self) -> dict[str, nn.Module]:
         return {"G_AB": self.G_AB, "D_B": self.D_B, "F": self.F}

@@ -41,16 +41,17 @@ from medcyclegan.losses import (
     outline_loss,
     structure_loss,
 )
-from medcyclegan.models.base import Batch, Direction, LrRule, TranslationModel
+from medcyclegan.models.base import (
+    Batch,
+    Direction,
+    LrRule,
+    TranslationModel,
+    describe_generator_and_discriminator,
+)
 from medcyclegan.models.ema import WeightAverage
 from medcyclegan.models.pool import ImagePool
 from medcyclegan.models.registry import register_model
-from medcyclegan.nets import (
-    build_discriminator_from_config,
-    build_generator,
-    describe_discriminator,
-    describe_generator,
-)
+from medcyclegan.nets import build_discriminator_from_config, build_generator
 from medcyclegan.runtime import distributed
 from medcyclegan.runtime.distributed import DistributedContext
 from medcyclegan.runtime.precision import autocast_context
@@ -198,24 +199,7 @@ class CycleGAN(TranslationModel):
     @classmethod
     def describe_networks(cls, cfg: Config, parameters: Mapping[str, int]) -> dict[str, dict[str, Any]]:
         """The generator and the discriminator (each of the pair), with their options."""
-        model = cfg.model
-        g_fields, g_text = describe_generator(cfg)
-        g_parameters = int(parameters.get("G_AB", 0))
-        ema = f", EMA {model.ema_decay}" if model.ema_decay else ", no EMA"
-        generator: dict[str, Any] = {
-            **g_fields,
-            "ema_decay": model.ema_decay,  # 0: no average of its weights
-            "parameters": g_parameters,
-            "summary": f"{g_text}: {g_parameters:,} parameters{ema}",
-        }
-        d_fields, d_text = describe_discriminator(model)
-        d_parameters = int(parameters.get("D_A", 0))
-        discriminator = {
-            **d_fields,
-            "parameters": d_parameters,
-            "summary": f"{d_text}: {d_parameters:,} parameters",
-        }
-        return {"generator": generator, "discriminator": discriminator}
+        return describe_generator_and_discriminator(cfg, parameters, "G_AB", "D_A")
 
     def networks(self) -> dict[str, nn.Module]:
         return {"G_AB": self.G_AB, "G_BA": self.G_BA, "D_A": self.D_A, "D_B": self.D_B}

@@ -1,5 +1,5 @@
-"""The networks: ResNet generators (plain and attention), UVCGAN's ViT-UNet generator and the 70x70
-PatchGAN (single or multi-scale, optionally spectrally normalised).
+"""The networks: ResNet generators (plain and attention), pix2pix's U-Net, UVCGAN's ViT-UNet
+generator and the 70x70 PatchGAN (single or multi-scale, optionally spectrally normalised).
 
 Build them from the run config (:class:`~medcyclegan.config.Config`)::
 
@@ -28,6 +28,7 @@ from medcyclegan.config import GENERATORS, Config, ModelConfig
 from medcyclegan.errors import ConfigError
 from medcyclegan.nets.generator import AttentionResnetGenerator, ResnetGenerator
 from medcyclegan.nets.init import init_weights
+from medcyclegan.nets.unet import UnetGenerator
 from medcyclegan.nets.vit_unet import ViTUNetGenerator
 
 if TYPE_CHECKING:
@@ -38,6 +39,7 @@ __all__ = [
     "MultiScalePatchGAN",
     "PatchGAN",
     "ResnetGenerator",
+    "UnetGenerator",
     "ViTUNetGenerator",
     "build_discriminator",
     "build_discriminator_from_config",
@@ -69,7 +71,7 @@ class GeneratorClass(Protocol):
 
 
 _GENERATORS: dict[str, GeneratorClass] = dict(
-    zip(GENERATORS, (ResnetGenerator, AttentionResnetGenerator, ViTUNetGenerator), strict=True)
+    zip(GENERATORS, (ResnetGenerator, AttentionResnetGenerator, UnetGenerator, ViTUNetGenerator), strict=True)
 )
 # Generators configured by more than the ``model`` section (which section): they need the run config.
 _SECTIONS_READ = {"vit-unet": "vit_unet"}
@@ -207,8 +209,9 @@ def build_generator(
 
     Returns:
         A :class:`ResnetGenerator` or :class:`AttentionResnetGenerator` (which also has
-        ``forward_with_attention``; both have ``stride_multiple`` 4 and ``min_input_size`` 5) or a
-        :class:`ViTUNetGenerator` (``stride_multiple`` ``2**len(vit_unet.unet_features)``).
+        ``forward_with_attention``), both with ``stride_multiple`` 4 and ``min_input_size`` 5; a
+        :class:`UnetGenerator` (``stride_multiple`` 2**unet_downs) or a :class:`ViTUNetGenerator`
+        (``stride_multiple`` ``2**len(vit_unet.unet_features)``).
 
     Raises:
         ConfigError: for an unknown generator or invalid sizes.

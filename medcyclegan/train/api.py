@@ -17,6 +17,8 @@ from medcyclegan.config import Config, apply_overrides, load_config
 from medcyclegan.errors import ConfigError, InputError, OutputError
 from medcyclegan.io.atomic import atomic_write_text
 from medcyclegan.io.discovery import case_name, find_volumes, is_inside, pair_by_case, shared_file
+from medcyclegan.models import model_class
+from medcyclegan.train.data_module import pair_files
 from medcyclegan.train.data_record import ROLES
 from medcyclegan.train.resume import merge_resume_config
 from medcyclegan.train.trainer import Trainer, TrainResult
@@ -139,6 +141,46 @@ def resume_config(out: str | Path, overrides: dict[str, Any], config: str | Path
         # A whole config file: every field is given, so every field is compared.
         return merge_resume_config(stored, load_config(config, overrides), announce=False)
     return merge_resume_config(stored, apply_overrides(stored, overrides), keys=overrides, announce=False)
+
+
+def check_pairs(
+    cfg: Config,
+    *,
+    src: str | Path,
+    tgt: str | Path,
+    val_src: str | Path | None = None,
+    val_tgt: str | Path | None = None,
+) -> dict[str, list[Path] | None]:
+    """``train --check-pairs``: the registered pairs a paired model would train on, checked, nothing trained.
+
+    The same checks as the start of a run (:func:`~medcyclegan.train.data_module.pair_files`):
+    every case name in both folders, each pair on one grid.
+
+    Returns:
+        The volumes of each role (``src``, ``tgt``, ``val_src``, ``val_tgt``) in pair order: pair
+        ``i`` is ``result["src"][i]`` and ``result["tgt"][i]``.
+
+    Raises:
+        ConfigError: the model of ``cfg`` is not a paired one, or only one validation folder is given.
+        InputError: the pairs as :func:`~medcyclegan.train.data_module.pair_files` refuses them.
+    """
+    kind = cfg.model.kind
+    if not model_class(kind).paired:
+        raise ConfigError(
+            f"--check-pairs checks the registered pairs of a paired model (--model pix2pix); {kind} "
+            "trains on unpaired volumes"
+        )
+    if (val_src is None) != (val_tgt is None):
+        raise ConfigError("give both --val-src and --val-tgt, or neither")
+    src_list, tgt_list = find_volumes(src), find_volumes(tgt)
+    _check_domains_differ(src_list, tgt_list)
+    files = {
+        "src": src_list,
+        "tgt": tgt_list,
+        "val_src": _resolve(Path(val_src) if val_src is not None else None),
+        "val_tgt": _resolve(Path(val_tgt) if val_tgt is not None else None),
+    }
+    return pair_files(files, kind)
 
 
 def train_from_folders(

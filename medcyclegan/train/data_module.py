@@ -5,6 +5,12 @@ read, oriented, normalised, body-masked), held out for validation when no valida
 given, and served as :class:`~medcyclegan.data.slices.SliceDataset` batches. The batches of an epoch
 are a pure function of (seed, epoch, domain) and augmentation of an item a pure function of (seed,
 epoch, index): a resumed run sees exactly the batches an uninterrupted one sees.
+
+A paired model (``TranslationModel.paired``, pix2pix) trains on registered pairs: :func:`pair_files`
+matches the ``--src`` and ``--tgt`` volumes (and the validation ones) by case name, checks that
+each pair is on one grid, and puts them in pair order, before any training work; its batches
+then come from one :class:`~medcyclegan.data.slices.PairedSliceDataset` (the same z, crop and flip
+for A and B), and a held-out validation share holds out whole pairs.
 """
 
 from __future__ import annotations
@@ -23,16 +29,62 @@ from medcyclegan.config import Config, Normalisation
 from medcyclegan.data.cache import load_prepared
 from medcyclegan.data.normalise import domain_record
 from medcyclegan.data.prepare import PreparedVolume
-from medcyclegan.data.slices import SliceDataset
+from medcyclegan.data.slices import PairedSliceDataset, SliceDataset
 from medcyclegan.errors import ConfigError, InputError
 from medcyclegan.io.discovery import case_name, pair_by_case
+from medcyclegan.io.pairs import check_registered_pairs
 from medcyclegan.models.base import Batch
 from medcyclegan.runtime import distributed
 from medcyclegan.runtime.distributed import DistributedContext
 from medcyclegan.runtime.seeds import derived_seed
+from medcyclegan.train.data_record import ROLES
 from medcyclegan.train.schedule import epoch_batches
 
 logger = logging.getLogger("medcyclegan")
+
+# The roles a paired model pairs: (sources, targets, the sources' masks, the targets' masks).
+_PAIRED_ROLES = (("src", "tgt", "src_masks", "tgt_masks"), ("val_src", "val_tgt", None, None))
+
+
+def pair_files(files: Mapping[str, Sequence[Path] | None], kind: str) -> dict[str, list[Path] | None]:
+    """The files of a paired model's run, each role in pair order, or one error naming every bad pair.
+
+    ``--src`` and ``--tgt`` (and ``--val-src`` and ``--val-tgt`` when given) must hold the same case
+    names, each pair on one grid (:func:`~medcyclegan.io.pairs.check_registered_pairs`: headers
+    only where the format allows). Pair ``i`` is then ``files["src"][i]`` and ``files["tgt"][i]``
+    (masks follow their volumes), in the order of ``--src``.
+
+    Args:
+        files: the files of each role of :data:`~medcyclegan.train.data_record.ROLES`.
+        kind: the model (named in the error).
+
+    Raises:
+        InputError: one line naming the unmatched case names, the names given twice, and the pairs
+            on different grids (which of shape, spacing, origin, direction differs).
+    """
+    ordered: dict[str, list[Path] | None] = {
+        k: (list(v) if v is not None else None) for k, v in files.items()
+    }
+    for source_role, target_role, source_masks, target_masks in _PAIRED_ROLES:
+        sources, targets = ordered.get(source_role), ordered.get(target_role)
+        if sources is None and targets is None:
+            continue
+        sources, targets = sources or [], targets or []
+        check = check_registered_pairs(sources, targets)
+        roles = (ROLES[source_role], ROLES[target_role])
+        problems = check.problems(roles)
+        if problems:
+            raise InputError(
+                f"{kind} trains on registered pairs (the same case names in {roles[0]} and {roles[1]}, "
+                f"each pair on one grid): {'; '.join(problems)}"
+            )
+        for role, masks, side in ((source_role, source_masks, 1), (target_role, target_masks, 2)):
+            order = [pair[side] for pair in check.pairs]
+            for key in (role, masks):
+                given = ordered.get(key) if key is not None else None
+                if key is not None and given:
+                    ordered[key] = [given[i] for i in order]
+    return ordered
 
 
 class TrainingData:
@@ -44,9 +96,13 @@ class TrainingData:
             ``tgt``, ``val_src``, ``val_tgt``, ``src_masks``, ``tgt_masks``; None where not given).
         dist: the processes of the run (a global step takes ``batch_size`` slices on each).
         pin_memory: pin batches (CUDA).
+        paired: serve registered pairs (a paired model): ``files`` in pair order (:func:`pair_files`);
+            :attr:`src_dataset` and :attr:`tgt_dataset` are then the one
+            :class:`~medcyclegan.data.slices.PairedSliceDataset` (:attr:`pairs`).
 
     Raises:
-        ConfigError: a domain has no slice with enough body.
+        ConfigError: a domain (or, paired, the pairs) has no slice with enough body.
+        ValueError: ``paired`` with files not in pair order.
     """
 
     def __init__(
@@ -56,17 +112,22 @@ class TrainingData:
         dist: DistributedContext,
         *,
         pin_memory: bool = False,
+        paired: bool = False,
     ) -> None:
         self.cfg = cfg
         self.dist = dist
         self.pin_memory = pin_memory
+        self.paired = paired
         data_cfg = cfg.data
         src_paths, tgt_paths = list(files["src"] or []), list(files["tgt"] or [])
         src_masks = list(files["src_masks"]) if files.get("src_masks") else None
         tgt_masks = list(files["tgt_masks"]) if files.get("tgt_masks") else None
+        if paired:
+            _check_pair_order(src_paths, tgt_paths)
         if files.get("val_src") is None and files.get("val_tgt") is None and data_cfg.val_fraction > 0:
             src_paths, val_src_list, src_masks = self._hold_out(src_paths, src_masks, 0)
-            tgt_paths, val_tgt_list, tgt_masks = self._hold_out(tgt_paths, tgt_masks, 1)
+            # Paired: the same volumes of the other side, so that whole pairs are held out.
+            tgt_paths, val_tgt_list, tgt_masks = self._hold_out(tgt_paths, tgt_masks, 0 if paired else 1)
         else:
             val_src_list = list(files.get("val_src") or [])
             val_tgt_list = list(files.get("val_tgt") or [])
@@ -92,8 +153,24 @@ class TrainingData:
             )
         self.val_pairs = [(i, j) for _, (i, s), (j, t) in pairing.pairs if s.image.shape == t.image.shape]
         seed = cfg.train.seed
-        self.src_dataset = SliceDataset(self.src_volumes, data_cfg, train=True, seed=derived_seed(seed, 0))
-        self.tgt_dataset = SliceDataset(self.tgt_volumes, data_cfg, train=True, seed=derived_seed(seed, 1))
+        self.pairs: PairedSliceDataset | None = None
+        if paired:
+            self.pairs = PairedSliceDataset(
+                self.src_volumes, self.tgt_volumes, data_cfg, train=True, seed=derived_seed(seed, 0)
+            )
+            self.src_dataset = self.tgt_dataset = self.pairs
+            if len(self.pairs) == 0:
+                raise ConfigError(
+                    "no slice of the training pairs has enough body in both volumes "
+                    f"(data.min_body_fraction={data_cfg.min_body_fraction}); lower it or check the body masks"
+                )
+        else:
+            self.src_dataset = SliceDataset(
+                self.src_volumes, data_cfg, train=True, seed=derived_seed(seed, 0)
+            )
+            self.tgt_dataset = SliceDataset(
+                self.tgt_volumes, data_cfg, train=True, seed=derived_seed(seed, 1)
+            )
         for name, dataset in (("source", self.src_dataset), ("target", self.tgt_dataset)):
             if len(dataset) == 0:
                 raise ConfigError(
@@ -164,12 +241,26 @@ class TrainingData:
         batches_b = distributed.shard(
             epoch_batches(len(self.tgt_dataset), batch, steps * world, seed, epoch, 1), rank, world
         )[start:]
+        if self.pairs is not None:
+            # One batch list, one loader: item i holds both slices of pair slice i.
+            self.pairs.set_epoch(epoch)
+            yield from self._loader(self.pairs, batches_a)
+            return
         self.src_dataset.set_epoch(epoch)
         self.tgt_dataset.set_epoch(epoch)
         for batch_a, batch_b in zip(
             self._loader(self.src_dataset, batches_a), self._loader(self.tgt_dataset, batches_b)
         ):
             yield {"A": batch_a, "B": batch_b}
+
+
+def _check_pair_order(sources: Sequence[Path], targets: Sequence[Path]) -> None:
+    """Refuses files of a paired run that :func:`pair_files` did not put in pair order (a caller's bug)."""
+    names = [(case_name(s), case_name(t)) for s, t in zip(sources, targets)]
+    if len(sources) != len(targets) or any(a != b for a, b in names):
+        raise ValueError(
+            "the files of a paired model must be in pair order: pass them through pair_files first"
+        )
 
 
 def _warn_if_batches_repeat(batch_size: int, world_size: int, *datasets: Any) -> None:

@@ -13,7 +13,7 @@ import logging
 from collections.abc import Iterable
 from typing import Any
 
-from medcyclegan.config import AUTO, Config, apply_overrides, section_names
+from medcyclegan.config import AUTO, SECTION_NAMES, Config, apply_overrides
 from medcyclegan.errors import ConfigError
 
 logger = logging.getLogger("medcyclegan")
@@ -42,11 +42,11 @@ _AUTO_KEEPS_STORED = {"train.best_metric", "train.best_mode"}
 def _flat(cfg: Config) -> dict[str, Any]:
     """``{"section.key": value}`` of every section (normalisation and version are measured).
 
-    Every section of the config (:func:`~medcyclegan.config.section_names`), so that a model's or a
+    Every section of the config (:data:`~medcyclegan.config.SECTION_NAMES`), so that a model's or a
     generator's section (e.g. ``unit``, ``vit_unet``) is compared as strictly as the first five.
     """
     raw = cfg.to_dict()
-    return {f"{section}.{key}": value for section in section_names() for key, value in raw[section].items()}
+    return {f"{section}.{key}": value for section in SECTION_NAMES for key, value in raw[section].items()}
 
 
 def merge_resume_config(

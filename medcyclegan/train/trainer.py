@@ -72,7 +72,7 @@ from medcyclegan.models import TranslationModel, model_class
 from medcyclegan.runtime import distributed, resolve_device
 from medcyclegan.runtime.precision import use_bf16, use_channels_last
 from medcyclegan.train import resume as resume_rules
-from medcyclegan.train.data_module import TrainingData
+from medcyclegan.train.data_module import TrainingData, pair_files
 from medcyclegan.train.data_record import DATA_FILE, ROLES, check_same_data, record_data
 from medcyclegan.train.run_folder import RUN_ARTEFACTS, TEMPORARY_FOLDERS, TRASH_PREFIX, RunFolder
 from medcyclegan.train.run_log import ProgressBar, RunLog
@@ -150,6 +150,9 @@ class Trainer:
         self.show_progress = show_progress and self.dist.is_main
         self.resume_data: dict[str, Any] | None = None
         self.resume_path: Path | None = None
+        files = dict(
+            zip(ROLES, (src_paths, tgt_paths, val_src_paths, val_tgt_paths, src_mask_paths, tgt_mask_paths))
+        )
         if resume is not None:
             self.resume_path = Path(resume)
             if self.resume_path.is_dir():
@@ -159,23 +162,27 @@ class Trainer:
         else:
             # A misspelt train.best_metric is refused before --overwrite empties the run folder.
             choose_best_metric(cfg.train, [])
+        model_type = model_class(cfg.model.kind)
+        if model_type.paired:
+            # Bad pairs are refused before --overwrite empties the run folder and before any hashing.
+            files = pair_files(files, cfg.model.kind)
+        if resume is None:
             self.folder.start_fresh(overwrite)
         self.cfg = cfg = copy.deepcopy(cfg)
         self.device = distributed.setup(self.dist, resolve_device(cfg.train.device))
         self.amp = use_bf16(cfg.train.amp, self.device)
         self.channels_last = use_channels_last(cfg.train.channels_last, self.device)
         self._seed_everything(cfg.train.seed)
-        files = dict(
-            zip(ROLES, (src_paths, tgt_paths, val_src_paths, val_tgt_paths, src_mask_paths, tgt_mask_paths))
-        )
         self.data_record = self._record_data(files)
-        self.data = TrainingData(cfg, files, self.dist, pin_memory=self.device.type == "cuda")
+        self.data = TrainingData(
+            cfg, files, self.dist, pin_memory=self.device.type == "cuda", paired=model_type.paired
+        )
         if self.resume_data is None:
             cfg.normalisation = self.data.normalisation()
         cfg.version = __version__
         self.steps_per_epoch = self.data.steps_per_epoch
         self.total_steps = schedule_steps(cfg.optim, cfg.train.max_steps, self.steps_per_epoch)
-        self.model: TranslationModel = model_class(cfg.model.kind)(
+        self.model: TranslationModel = model_type(
             cfg,
             self.device,
             lr_rule(cfg.optim),
