@@ -12,6 +12,7 @@ from types import ModuleType
 from typing import Any
 
 import nibabel as nib
+import numpy as np
 import pytest
 
 from medcyclegan.metrics import TISSUE_CLASSES
@@ -192,3 +193,31 @@ def test_an_unwritable_json_is_refused_before_any_training(
     assert bench.main(["--tiny", "--datasets", "phantom", "--out-json", str(blocker / "q.json")]) == 2
     err = capsys.readouterr().err
     assert "--out-json" in err and "training" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_paired_model_trains_on_each_training_mr_with_its_own_ct(tmp_path: Path) -> None:
+    """pix2pix (``TranslationModel.paired``) gets the same MR as the unpaired models, each with its CT."""
+    out, work = tmp_path / "quality.json", tmp_path / "work"
+    datasets = "phantom,lung1" if bench.DEFAULT_LUNG1.is_file() else "phantom"
+    result = run_bench(
+        "--tiny", "--datasets", datasets, "--seeds", "0", "--skip-baseline", "--recipe",
+        "p2p=model.kind=pix2pix", "--recipe", "cut=model.kind=cut,cut.nce_layers=[0,4,8,10]",
+        "--work-dir", work, "--out-json", out,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    report = json.loads(out.read_text())
+    for name, dataset in report["datasets"].items():
+        runs = {run["recipe"]: run for run in dataset["runs"]}
+        assert runs["p2p"]["paired"] and not runs["cut"]["paired"]
+        assert runs["p2p"]["seconds_per_step"] > 0 and runs["p2p"]["memory_mib"] > 0
+        assert set(runs["cut"]["network_parameters"]) == {"G_AB", "D_B", "F"}
+        assert runs["cut"]["translator_parameters"] == runs["cut"]["network_parameters"]["G_AB"]
+        mr_dir = work / name / "data" / ("train/mr" if name == "phantom" else "train_mr")
+        paired = work / name / "data" / "paired_ct"
+        names = sorted(p.name for p in mr_dir.glob("*.nii.gz"))
+        assert names and names == sorted(p.name for p in paired.glob("*.nii.gz"))
+        for file_name in names:
+            mr, ct = nib.load(mr_dir / file_name), nib.load(paired / file_name)
+            assert mr.shape == ct.shape
+            np.testing.assert_allclose(mr.affine, ct.affine, atol=1e-5)
+            assert np.asarray(ct.dataobj).dtype == np.int16 and np.asarray(ct.dataobj).max() > 0
