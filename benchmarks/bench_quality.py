@@ -568,15 +568,30 @@ def train_isolated(
     """:func:`train_one` in a fresh process (spawned, so no state of an earlier run is shared), for a
     peak memory of this run alone; the runs still go one after the other."""
     import multiprocessing
+    import queue as queues
 
     context = multiprocessing.get_context("spawn")
-    queue = context.Queue()
-    child = context.Process(target=_train_child, args=(queue, args, data, recipe, seed, run_dir))
+    results = context.Queue()
+    # A benchmark that stops (an error, Ctrl-C, SIGTERM: see main) takes its training process with it.
+    child = context.Process(
+        target=_train_child, args=(results, args, data, recipe, seed, run_dir), daemon=True
+    )
     child.start()
     try:
-        status, value = queue.get()
-    finally:
+        while True:
+            try:
+                status, value = results.get(timeout=1.0)
+                break
+            except queues.Empty:
+                if not child.is_alive():  # killed (e.g. out of memory) before it could answer
+                    raise BenchError(
+                        f"{recipe.name} seed {seed}: the training process died (exit code {child.exitcode})"
+                    ) from None
+    except BaseException:
+        child.terminate()  # SIGTERM: its trainer writes last.pt and stops
         child.join()
+        raise
+    child.join()
     if status != "ok":
         raise BenchError(f"{recipe.name} seed {seed}: {value}")
     return value
@@ -735,6 +750,10 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     return report
 
 
+def _exit_on_sigterm(signum: int, _frame: Any) -> None:
+    raise SystemExit(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> int:
     from medcyclegan.errors import MedCycleGANError
 
@@ -770,4 +789,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    # SIGTERM ends the benchmark through an exception, so that the training process it runs is
+    # stopped too (train_isolated); the default action would leave it running.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     sys.exit(main())

@@ -5,8 +5,10 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -221,3 +223,53 @@ def test_a_paired_model_trains_on_each_training_mr_with_its_own_ct(tmp_path: Pat
             assert mr.shape == ct.shape
             np.testing.assert_allclose(mr.affine, ct.affine, atol=1e-5)
             assert np.asarray(ct.dataobj).dtype == np.int16 and np.asarray(ct.dataobj).max() > 0
+
+
+def _processes_with(marker: str) -> list[int]:
+    """Pids of the live processes whose environment holds ``marker`` (Linux /proc)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes()
+            state = next(
+                (line for line in (entry / "status").read_text().splitlines() if line.startswith("State:")),
+                "",
+            )
+        except OSError:
+            continue
+        if marker.encode() in environ and "Z" not in state.split()[1:2]:
+            pids.append(int(entry.name))
+    return pids
+
+
+@pytest.mark.skipif(not Path("/proc/self/environ").is_file(), reason="needs Linux /proc")
+def test_sigterm_stops_the_training_process_too(tmp_path: Path) -> None:
+    """Each run trains in a spawned process; a benchmark stopped by SIGTERM must not leave it training."""
+    marker = f"BENCH_QUALITY_TEST_{os.getpid()}_{tmp_path.name}"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "BENCH_MARKER": marker}
+    work = tmp_path / "work"
+    bench_process = subprocess.Popen(
+        [sys.executable, str(SCRIPT), "--tiny", "--datasets", "phantom", "--seeds", "0",
+         "--budget-steps", "100000", "--work-dir", str(work), "--out-json", str(tmp_path / "q.json")],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        # Wait for the training process: the run's folder has its config once training began.
+        while not list(work.glob("phantom/runs/*/config.yaml")):
+            assert bench_process.poll() is None, bench_process.communicate()[1]
+            assert time.monotonic() < deadline, "the training did not start"
+            time.sleep(0.2)
+        assert len(_processes_with(marker)) >= 2  # the benchmark and its training process
+        bench_process.send_signal(signal.SIGTERM)
+        _, err = bench_process.communicate(timeout=60)
+        assert bench_process.returncode != 0
+        deadline = time.monotonic() + 30
+        while _processes_with(marker):
+            assert time.monotonic() < deadline, f"left running: {_processes_with(marker)}\n{err}"
+            time.sleep(0.2)
+    finally:
+        if bench_process.poll() is None:
+            bench_process.kill()
