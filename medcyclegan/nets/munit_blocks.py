@@ -16,7 +16,7 @@ that each model keeps its own layout (:class:`ConvBlock` or :func:`~medcyclegan.
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Protocol
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -32,20 +32,9 @@ LRELU_SLOPE = 0.2
 DISCRIMINATOR_INIT_GAIN = 0.02
 
 
-class ConvBlockFactory(Protocol):
-    """Builds a convolution block: :class:`ConvBlock`'s signature."""
-
-    def __call__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        kernel_size: int,
-        stride: int,
-        padding: int,
-        *,
-        norm: str = ...,
-        activation: str = ...,
-    ) -> nn.Module: ...
+# Builds a convolution block from :class:`ConvBlock`'s arguments (``ConvBlock`` itself, or UNIT's
+# position-indexed :func:`~medcyclegan.nets.unit.conv_block`).
+ConvBlockFactory = Callable[..., nn.Module]
 
 
 class LayerNorm(nn.Module):

@@ -61,33 +61,14 @@ class UnitLayerNorm(LayerNorm):
         return out * self.gamma.view(channel) + self.beta.view(channel)
 
 
-def conv_block(
-    in_channels: int,
-    out_channels: int,
-    kernel_size: int,
-    stride: int,
-    padding: int,
-    *,
-    norm: str = "none",
-    activation: str = "relu",
-) -> nn.Sequential:
-    """A :class:`~medcyclegan.nets.munit_blocks.ConvBlock` with its layers indexed by position.
+def conv_block(*args: int, **kwargs: str) -> nn.Sequential:
+    """A :class:`~medcyclegan.nets.munit_blocks.ConvBlock` (same arguments) with its layers indexed by
+    position, and :class:`UnitLayerNorm` as its ``"ln"`` norm.
 
     UNIT's checkpoints store a block's layers as ``0`` (pad), ``1`` (convolution), ``2`` (norm or
-    activation) ...: the same layers, re-indexed so that those checkpoints keep loading. Its
-    ``"ln"`` norm is :class:`UnitLayerNorm`.
+    activation) ...: the same layers, re-indexed so that those checkpoints keep loading.
     """
-    block = ConvBlock(
-        in_channels,
-        out_channels,
-        kernel_size,
-        stride,
-        padding,
-        norm=norm,
-        activation=activation,
-        layer_norm=UnitLayerNorm,
-    )
-    return nn.Sequential(*block)
+    return nn.Sequential(*ConvBlock(*args, **kwargs, layer_norm=UnitLayerNorm))  # type: ignore[arg-type]
 
 
 def residual_blocks(n: int, dim: int) -> nn.Sequential:
