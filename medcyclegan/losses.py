@@ -1,5 +1,5 @@
 """Loss functions of training: adversarial, L1 (plain and masked), outline, attention, structure, and
-UNIT's multi-scale LSGAN and latent KL terms; CUT's contrastive PatchNCE.
+UNIT's and MUNIT's multi-scale adversarial terms, UNIT's latent KL term; CUT's contrastive PatchNCE.
 
 All losses return 0-d float32 tensors and compute in float32 even inside a bf16 autocast region
 (the inputs are cast up and autocast is switched off for the reduction), so that small differences
@@ -116,32 +116,36 @@ class AdversarialLoss:
             return 0.5 * (loss_real + loss_fake)
 
 
-def multiscale_lsgan_discriminator_loss(
-    real_logits: list[torch.Tensor], fake_logits: list[torch.Tensor]
+def multiscale_discriminator_loss(
+    real_logits: list[torch.Tensor],
+    fake_logits: list[torch.Tensor],
+    adversarial: AdversarialLoss | None = None,
 ) -> torch.Tensor:
-    """UNIT's and MUNIT's discriminator loss (``MsImageDis.calc_dis_loss``, ``gan_type: lsgan``).
+    """UNIT's and MUNIT's discriminator loss (the reference's ``MsImageDis.calc_dis_loss``).
 
-    ``sum over scales of mean(fake^2) + mean((real - 1)^2)``: summed over the scales and not halved,
-    unlike :class:`AdversarialLoss` (CycleGAN's halved loss, averaged over pix2pixHD's scales).
+    Per scale ``loss(real) + loss(fake)`` of ``adversarial``'s mode, summed over the scales and not
+    halved: twice :meth:`AdversarialLoss.discriminator_loss` (CycleGAN's halved loss, which
+    pix2pixHD's scales average). With ``gan_type: lsgan`` (``adversarial`` ``None``: an LSGAN loss)
+    ``sum over scales of mean(fake^2) + mean((real - 1)^2)``.
 
     Returns:
         0-d float32 tensor.
     """
-    with _no_autocast(real_logits[0].device):
-        terms = [
-            (fake.float() ** 2).mean() + ((real.float() - 1.0) ** 2).mean()
-            for real, fake in zip(real_logits, fake_logits, strict=True)
-        ]
-        return torch.stack(terms).sum()
+    adversarial = adversarial if adversarial is not None else AdversarialLoss("lsgan")
+    per_scale = [adversarial.discriminator_loss(r, f) for r, f in zip(real_logits, fake_logits, strict=True)]
+    return 2.0 * torch.stack(per_scale).sum()
 
 
-def multiscale_lsgan_generator_loss(fake_logits: list[torch.Tensor]) -> torch.Tensor:
-    """UNIT's and MUNIT's generator loss (``MsImageDis.calc_gen_loss``, ``gan_type: lsgan``).
+def multiscale_generator_loss(
+    fake_logits: list[torch.Tensor], adversarial: AdversarialLoss | None = None
+) -> torch.Tensor:
+    """UNIT's and MUNIT's generator loss (the reference's ``MsImageDis.calc_gen_loss``).
 
-    ``sum over scales of mean((fake - 1)^2)``. Returns a 0-d float32 tensor.
+    :meth:`AdversarialLoss.generator_loss` of ``adversarial`` (``None``: LSGAN, ``mean((fake - 1)^2)``)
+    summed over the scales. Returns a 0-d float32 tensor.
     """
-    with _no_autocast(fake_logits[0].device):
-        return torch.stack([((fake.float() - 1.0) ** 2).mean() for fake in fake_logits]).sum()
+    adversarial = adversarial if adversarial is not None else AdversarialLoss("lsgan")
+    return torch.stack([adversarial.generator_loss(fake) for fake in fake_logits]).sum()
 
 
 # ------------------------------------------------------------------ reconstruction

@@ -47,12 +47,11 @@ from medcyclegan.models import model_class
 from medcyclegan.models.munit import MUNIT, STYLE_GENERATOR_KEY
 from medcyclegan.nets.munit import (
     AdaINGen,
-    LayerNorm,
-    MsImageDis,
     StyleEncoder,
     StyleTranslator,
     adaptive_instance_norm,
 )
+from medcyclegan.nets.munit_blocks import LayerNorm, MsImageDis
 from medcyclegan.train.api import train_from_folders
 from medcyclegan.train.schedule import lr_rule
 from medcyclegan.train.trainer import Trainer

@@ -20,14 +20,13 @@ from medcyclegan.checkpoint import checkpoint_config, load_checkpoint
 from medcyclegan.config import load_config
 from medcyclegan.convert import load_model
 from medcyclegan.errors import ConfigError
-from medcyclegan.losses import (
-    latent_kl_loss,
-    multiscale_lsgan_discriminator_loss,
-    multiscale_lsgan_generator_loss,
-)
+from medcyclegan.losses import latent_kl_loss
+from medcyclegan.losses import multiscale_discriminator_loss as multiscale_lsgan_discriminator_loss
+from medcyclegan.losses import multiscale_generator_loss as multiscale_lsgan_generator_loss
 from medcyclegan.models import model_class
 from medcyclegan.models.unit import Unit
-from medcyclegan.nets.unit import MsImageDis, UnitLayerNorm, latent_shape
+from medcyclegan.nets.munit_blocks import MsImageDis
+from medcyclegan.nets.unit import UnitLayerNorm, latent_shape
 from medcyclegan.train.schedule import lr_rule
 from medcyclegan.train.trainer import Trainer
 

@@ -52,7 +52,6 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from medcyclegan.checkpoint import load_state_strict
 from medcyclegan.config import Config
 from medcyclegan.losses import AdversarialLoss, PatchNCELoss, outline_loss, structure_loss
 from medcyclegan.models.base import (
@@ -62,8 +61,8 @@ from medcyclegan.models.base import (
     TranslationModel,
     describe_generator_and_discriminator,
 )
-from medcyclegan.models.cyclegan import _match_state_layout, set_requires_grad
 from medcyclegan.models.registry import register_model
+from medcyclegan.models.training_utils import Optimisation, load_training_state, set_requires_grad
 from medcyclegan.nets import (
     build_discriminator_from_config,
     build_generator,
@@ -361,23 +360,18 @@ class CUT(TranslationModel):
     def state_dict(self) -> dict[str, Any]:
         return {
             **{name: net.state_dict() for name, net in self.networks().items()},
-            "opt_G": self.opt_G.state_dict(),
-            "opt_D": self.opt_D.state_dict(),
-            "opt_F": self.opt_F.state_dict(),
-            "sched_G": self.sched_G.state_dict(),
-            "sched_D": self.sched_D.state_dict(),
-            "sched_F": self.sched_F.state_dict(),
+            **{key: part.state_dict() for key, part in self._optimisation().items()},
             "sampling": self.sampling.get_state(),
         }
 
+    def _optimisation(self) -> dict[str, Optimisation]:
+        """The optimisers and schedulers by checkpoint key."""
+        keys = ("opt_G", "opt_D", "opt_F", "sched_G", "sched_D", "sched_F")
+        return {key: getattr(self, key) for key in keys}
+
     def load_state_dict(self, state: Mapping[str, Any], source: str | Path = "checkpoint") -> None:
-        for name, net in self.networks().items():
-            load_state_strict(net, state[name], name, source)
-        for key in ("opt_G", "opt_D", "opt_F", "sched_G", "sched_D", "sched_F"):
-            getattr(self, key).load_state_dict(state[key])
+        load_training_state(state, self.networks(), self._optimisation(), source)
         self.sampling.set_state(state["sampling"].cpu())
-        for optimizer in (self.opt_G, self.opt_D, self.opt_F):
-            _match_state_layout(optimizer)
 
     def process_state(self) -> dict[str, Any]:
         return {"sampling": self.sampling.get_state()}

@@ -51,6 +51,12 @@ from medcyclegan.models.base import (
 from medcyclegan.models.ema import WeightAverage
 from medcyclegan.models.pool import ImagePool
 from medcyclegan.models.registry import register_model
+from medcyclegan.models.training_utils import (
+    Optimisation,
+    load_training_state,
+    set_requires_grad,
+    state_to_cpu,
+)
 from medcyclegan.nets import build_discriminator_from_config, build_generator
 from medcyclegan.runtime import distributed
 from medcyclegan.runtime.distributed import DistributedContext
@@ -78,12 +84,6 @@ LOSS_COLUMNS = (
 EMA_SUFFIX = "_ema"
 EMA_UPDATES_KEY = "ema_updates"
 GENERATOR_NAMES = ("G_AB", "G_BA")
-
-
-def set_requires_grad(modules: list[nn.Module], flag: bool) -> None:
-    for module in modules:
-        for param in module.parameters():
-            param.requires_grad_(flag)
 
 
 class _GeneratorStep(nn.Module):
@@ -342,10 +342,7 @@ class CycleGAN(TranslationModel):
     def state_dict(self) -> dict[str, Any]:
         return {
             **{name: net.state_dict() for name, net in self.networks().items()},
-            "opt_G": self.opt_G.state_dict(),
-            "opt_D": self.opt_D.state_dict(),
-            "sched_G": self.sched_G.state_dict(),
-            "sched_D": self.sched_D.state_dict(),
+            **{key: part.state_dict() for key, part in self._optimisation().items()},
             "pool_A": self.pool_A.state_dict(),
             "pool_B": self.pool_B.state_dict(),
             **self._average_state(),
@@ -361,47 +358,21 @@ class CycleGAN(TranslationModel):
         state[EMA_UPDATES_KEY] = next(iter(self.averages.values())).updates
         return state
 
+    def _optimisation(self) -> dict[str, Optimisation]:
+        """The optimisers and schedulers by checkpoint key."""
+        return {"opt_G": self.opt_G, "opt_D": self.opt_D, "sched_G": self.sched_G, "sched_D": self.sched_D}
+
     def load_state_dict(self, state: Mapping[str, Any], source: str | Path = "checkpoint") -> None:
-        for name, net in self.networks().items():
-            load_state_strict(net, state[name], name, source)
-        self.opt_G.load_state_dict(state["opt_G"])
-        self.opt_D.load_state_dict(state["opt_D"])
-        self.sched_G.load_state_dict(state["sched_G"])
-        self.sched_D.load_state_dict(state["sched_D"])
+        load_training_state(state, self.networks(), self._optimisation(), source)
         self.pool_A.load_state_dict(state["pool_A"])
         self.pool_B.load_state_dict(state["pool_B"])
         for name, average in self.averages.items():
             load_state_strict(average.network, state[name + EMA_SUFFIX], name + EMA_SUFFIX, source)
             average.updates = int(state[EMA_UPDATES_KEY])
-        for optimizer in (self.opt_G, self.opt_D):
-            _match_state_layout(optimizer)
 
     def process_state(self) -> dict[str, Any]:
-        return {"A": _to_cpu(self.pool_A.state_dict()), "B": _to_cpu(self.pool_B.state_dict())}
+        return {"A": state_to_cpu(self.pool_A.state_dict()), "B": state_to_cpu(self.pool_B.state_dict())}
 
     def load_process_state(self, state: Mapping[str, Any]) -> None:
         self.pool_A.load_state_dict(state["A"])
         self.pool_B.load_state_dict(state["B"])
-
-
-def _to_cpu(state: dict[str, Any]) -> dict[str, Any]:
-    """A state dict with its tensors on the CPU (so that it can be gathered between processes)."""
-    return {k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in state.items()}
-
-
-def _match_state_layout(optimizer: torch.optim.Optimizer) -> None:
-    """Gives restored optimiser moments the memory layout of their parameters (e.g. channels-last).
-
-    A checkpoint written by a run in another layout loads with contiguous moments; fused Adam wants
-    moments laid out like the parameters.
-    """
-    for group in optimizer.param_groups:
-        for param in group["params"]:
-            state = optimizer.state.get(param, {})
-            for key, value in state.items():
-                if (
-                    isinstance(value, torch.Tensor)
-                    and value.shape == param.shape
-                    and value.stride() != param.stride()
-                ):
-                    state[key] = torch.empty_like(param, dtype=value.dtype).copy_(value)

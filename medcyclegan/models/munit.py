@@ -3,7 +3,7 @@
 Each domain has an auto-encoder ``G_A`` / ``G_B`` (:class:`~medcyclegan.nets.munit.AdaINGen`): a
 content code shared between the domains and a style code of its own, drawn from N(0, I) to
 translate; ``D_A`` / ``D_B`` are multi-scale discriminators
-(:class:`~medcyclegan.nets.munit.MsImageDis`). Hyper-parameters: the ``munit:`` config section
+(:class:`~medcyclegan.nets.munit_blocks.MsImageDis`). Hyper-parameters: the ``munit:`` config section
 (:class:`~medcyclegan.config.MunitConfig`, the reference's values and their sources).
 
 One step, in the reference's order (``train.py`` calls ``dis_update`` then ``gen_update``), each
@@ -18,9 +18,10 @@ update drawing its own random styles ``s_a``, ``s_b`` (one per image):
    |s_a_recon - s_a| + recon_c_w * |c_a_recon - c_a| (+ recon_x_cyc_w * |x_aba - x_a|)`` and the
    same for B (every term a mean absolute error).
 
-The adversarial terms use :class:`~medcyclegan.losses.AdversarialLoss` per scale; it halves the
-discriminator's loss, so that is doubled back here to the reference's. The logged terms are
-weighted (``loss_G`` is their sum). There is no image pool (the reference has none).
+The adversarial terms are :func:`~medcyclegan.losses.multiscale_discriminator_loss` and
+:func:`~medcyclegan.losses.multiscale_generator_loss` (UNIT's too) of ``munit.gan_mode``: per scale
+:class:`~medcyclegan.losses.AdversarialLoss`, summed, the discriminator's not halved. The logged
+terms are weighted (``loss_G`` is their sum). There is no image pool (the reference has none).
 
 Conversion (and validation, sample grids) translate with
 :class:`~medcyclegan.nets.munit.StyleTranslator`: the content encoder of one domain, the MLP and
@@ -42,13 +43,18 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from medcyclegan.checkpoint import load_state_strict
 from medcyclegan.config import Config
-from medcyclegan.losses import AdversarialLoss, l1_loss
+from medcyclegan.losses import (
+    AdversarialLoss,
+    l1_loss,
+    multiscale_discriminator_loss,
+    multiscale_generator_loss,
+)
 from medcyclegan.models.base import Batch, Direction, LrRule, TranslationModel
-from medcyclegan.models.cyclegan import _match_state_layout, set_requires_grad
 from medcyclegan.models.registry import register_model
-from medcyclegan.nets.munit import AdaINGen, MsImageDis, StyleTranslator
+from medcyclegan.models.training_utils import Optimisation, load_training_state, set_requires_grad
+from medcyclegan.nets.munit import AdaINGen, StyleTranslator
+from medcyclegan.nets.munit_blocks import MsImageDis
 from medcyclegan.runtime import distributed
 from medcyclegan.runtime.distributed import DistributedContext
 from medcyclegan.runtime.precision import autocast_context
@@ -238,18 +244,6 @@ class MUNIT(TranslationModel):
         losses.update(self.gen_update(real_a, real_b))
         return {k: v.detach() for k, v in losses.items()}
 
-    def generator_adversarial(self, logits: list[torch.Tensor]) -> torch.Tensor:
-        """The reference's ``calc_gen_loss``: the generator's adversarial loss summed over the scales."""
-        return torch.stack([self.adversarial.generator_loss(scale) for scale in logits]).sum()
-
-    def discriminator_adversarial(self, real: list[torch.Tensor], fake: list[torch.Tensor]) -> torch.Tensor:
-        """The reference's ``calc_dis_loss``: summed over the scales, each ``loss(real) + loss(fake)``.
-
-        :meth:`AdversarialLoss.discriminator_loss` is half of that (CycleGAN's convention): doubled.
-        """
-        per_scale = [self.adversarial.discriminator_loss(r, f) for r, f in zip(real, fake, strict=True)]
-        return 2.0 * torch.stack(per_scale).sum()
-
     def dis_update(self, real_a: torch.Tensor, real_b: torch.Tensor) -> dict[str, torch.Tensor]:
         """The reference's ``dis_update``: translations at random styles judged against real images."""
         gan_w = self.cfg.munit.gan_w
@@ -260,8 +254,12 @@ class MUNIT(TranslationModel):
             fake_b = self.G_B.decode(self.G_A.enc_content(real_a), style_b)
         self.opt_D.zero_grad(set_to_none=True)
         with autocast_context(self.device, self.amp):
-            loss_a = gan_w * self.discriminator_adversarial(self._step_D_A(real_a), self._step_D_A(fake_a))
-            loss_b = gan_w * self.discriminator_adversarial(self._step_D_B(real_b), self._step_D_B(fake_b))
+            loss_a = gan_w * multiscale_discriminator_loss(
+                self._step_D_A(real_a), self._step_D_A(fake_a), self.adversarial
+            )
+            loss_b = gan_w * multiscale_discriminator_loss(
+                self._step_D_B(real_b), self._step_D_B(fake_b), self.adversarial
+            )
         (loss_a + loss_b).backward()
         self.opt_D.step()
         return {"loss_D_A": loss_a, "loss_D_B": loss_b}
@@ -282,8 +280,12 @@ class MUNIT(TranslationModel):
             fake_b = g_b(content=content_a, style=style_b)  # x_ab
             content_b_recon, style_a_recon = g_a(images=fake_a)
             content_a_recon, style_b_recon = g_b(images=fake_b)
-            losses["G_adv_A"] = w.gan_w * self.generator_adversarial(self._frozen_D_A(fake_a))
-            losses["G_adv_B"] = w.gan_w * self.generator_adversarial(self._frozen_D_B(fake_b))
+            losses["G_adv_A"] = w.gan_w * multiscale_generator_loss(
+                self._frozen_D_A(fake_a), self.adversarial
+            )
+            losses["G_adv_B"] = w.gan_w * multiscale_generator_loss(
+                self._frozen_D_B(fake_b), self.adversarial
+            )
             losses["recon_x_A"] = w.recon_x_w * l1_loss(recon_a, real_a)
             losses["recon_x_B"] = w.recon_x_w * l1_loss(recon_b, real_b)
             losses["recon_s_A"] = w.recon_s_w * l1_loss(style_a_recon, style_a)
@@ -318,23 +320,17 @@ class MUNIT(TranslationModel):
             **{name: net.state_dict() for name, net in self.networks().items()},
             # The translators' tensors are G_A's and G_B's: stored once by torch.save.
             **{self.translator_key(d): t.state_dict() for d, t in self.translators.items()},  # type: ignore[arg-type]
-            "opt_G": self.opt_G.state_dict(),
-            "opt_D": self.opt_D.state_dict(),
-            "sched_G": self.sched_G.state_dict(),
-            "sched_D": self.sched_D.state_dict(),
+            **{key: part.state_dict() for key, part in self._optimisation().items()},
             STYLE_GENERATOR_KEY: self.style_generator.get_state(),
         }
 
+    def _optimisation(self) -> dict[str, Optimisation]:
+        """The optimisers and schedulers by checkpoint key."""
+        return {"opt_G": self.opt_G, "opt_D": self.opt_D, "sched_G": self.sched_G, "sched_D": self.sched_D}
+
     def load_state_dict(self, state: Mapping[str, Any], source: str | Path = "checkpoint") -> None:
-        for name, net in self.networks().items():
-            load_state_strict(net, state[name], name, source)
-        self.opt_G.load_state_dict(state["opt_G"])
-        self.opt_D.load_state_dict(state["opt_D"])
-        self.sched_G.load_state_dict(state["sched_G"])
-        self.sched_D.load_state_dict(state["sched_D"])
+        load_training_state(state, self.networks(), self._optimisation(), source)
         self.style_generator.set_state(state[STYLE_GENERATOR_KEY])
-        for optimizer in (self.opt_G, self.opt_D):
-            _match_state_layout(optimizer)
 
     def process_state(self) -> dict[str, Any]:
         return {STYLE_GENERATOR_KEY: self.style_generator.get_state()}

@@ -50,16 +50,11 @@ from medcyclegan.models.base import (
     TranslationModel,
     describe_generator_and_discriminator,
 )
-from medcyclegan.models.cyclegan import (
-    EMA_SUFFIX,
-    EMA_UPDATES_KEY,
-    _match_state_layout,
-    _to_cpu,
-    set_requires_grad,
-)
+from medcyclegan.models.cyclegan import EMA_SUFFIX, EMA_UPDATES_KEY
 from medcyclegan.models.ema import WeightAverage
 from medcyclegan.models.pool import ImagePool
 from medcyclegan.models.registry import register_model
+from medcyclegan.models.training_utils import match_state_layout, set_requires_grad, state_to_cpu
 from medcyclegan.nets import build_discriminator_from_config, build_generator
 from medcyclegan.runtime import distributed
 from medcyclegan.runtime.distributed import DistributedContext
@@ -276,10 +271,10 @@ class Pix2Pix(TranslationModel):
             load_state_strict(self.average.network, state[key], key, source)
             self.average.updates = int(state[EMA_UPDATES_KEY])
         for optimizer in (self.opt_G, self.opt_D):
-            _match_state_layout(optimizer)
+            match_state_layout(optimizer)
 
     def process_state(self) -> dict[str, Any]:
-        return {"AB": _to_cpu(self.pool_AB.state_dict())}
+        return {"AB": state_to_cpu(self.pool_AB.state_dict())}
 
     def load_process_state(self, state: Mapping[str, Any]) -> None:
         self.pool_AB.load_state_dict(state["AB"])

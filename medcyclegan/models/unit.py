@@ -38,17 +38,17 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from medcyclegan.checkpoint import load_state_strict
 from medcyclegan.config import Config
 from medcyclegan.losses import (
+    AdversarialLoss,
     l1_loss,
     latent_kl_loss,
-    multiscale_lsgan_discriminator_loss,
-    multiscale_lsgan_generator_loss,
+    multiscale_discriminator_loss,
+    multiscale_generator_loss,
 )
 from medcyclegan.models.base import Batch, Direction, LrRule, TranslationModel
-from medcyclegan.models.cyclegan import set_requires_grad
 from medcyclegan.models.registry import register_model
+from medcyclegan.models.training_utils import Optimisation, load_training_state, set_requires_grad
 from medcyclegan.nets.unit import (
     UnitSharedLayers,
     UnitVAE,
@@ -195,6 +195,8 @@ class Unit(TranslationModel):
         rank = [self.dist.rank] if self.dist.rank else []
         self.noise_rng = torch.Generator(device=device)
         self.noise_rng.manual_seed(derived_seed(cfg.train.seed, NOISE_STREAM, *rank))
+        # The reference's UNIT has ``gan_type: lsgan`` (no option here).
+        self.adversarial = AdversarialLoss("lsgan")
         # Plain until the loop wraps them (after a resume has loaded the weights).
         self._step_generators: nn.Module = self.generators
         self._step_dis_A: nn.Module = self.dis_A
@@ -288,11 +290,11 @@ class Unit(TranslationModel):
         set_requires_grad([self.dis_A, self.dis_B], True)
         self.opt_D.zero_grad(set_to_none=True)
         with autocast_context(self.device, self.amp):
-            loss_a = weight * multiscale_lsgan_discriminator_loss(
-                self._step_dis_A(real_a), self._step_dis_A(fakes["x_ba"])
+            loss_a = weight * multiscale_discriminator_loss(
+                self._step_dis_A(real_a), self._step_dis_A(fakes["x_ba"]), self.adversarial
             )
-            loss_b = weight * multiscale_lsgan_discriminator_loss(
-                self._step_dis_B(real_b), self._step_dis_B(fakes["x_ab"])
+            loss_b = weight * multiscale_discriminator_loss(
+                self._step_dis_B(real_b), self._step_dis_B(fakes["x_ab"]), self.adversarial
             )
             loss_d = loss_a + loss_b
         loss_d.backward()
@@ -313,8 +315,10 @@ class Unit(TranslationModel):
         set_requires_grad([self.dis_A, self.dis_B], False)
         with autocast_context(self.device, self.amp):
             losses = {
-                "G_adv_A": w.gan_w * multiscale_lsgan_generator_loss(self._frozen_dis_A(out["x_ba"])),
-                "G_adv_B": w.gan_w * multiscale_lsgan_generator_loss(self._frozen_dis_B(out["x_ab"])),
+                "G_adv_A": w.gan_w
+                * multiscale_generator_loss(self._frozen_dis_A(out["x_ba"]), self.adversarial),
+                "G_adv_B": w.gan_w
+                * multiscale_generator_loss(self._frozen_dis_B(out["x_ab"]), self.adversarial),
             }
         losses["recon_A"] = w.recon_x_w * l1_loss(out["x_aa"], real_a)
         losses["recon_B"] = w.recon_x_w * l1_loss(out["x_bb"], real_b)
@@ -349,20 +353,16 @@ class Unit(TranslationModel):
             **{name: net.state_dict() for name, net in self.networks().items()},
             # The same tensors as gen_*/shared: torch.save writes each storage once.
             **{TRANSLATOR_KEYS[d]: t.state_dict() for d, t in self.translators.items()},
-            "opt_G": self.opt_G.state_dict(),
-            "opt_D": self.opt_D.state_dict(),
-            "sched_G": self.sched_G.state_dict(),
-            "sched_D": self.sched_D.state_dict(),
+            **{key: part.state_dict() for key, part in self._optimisation().items()},
             "noise_rng": self.noise_rng.get_state(),
         }
 
+    def _optimisation(self) -> dict[str, Optimisation]:
+        """The optimisers and schedulers by checkpoint key."""
+        return {"opt_G": self.opt_G, "opt_D": self.opt_D, "sched_G": self.sched_G, "sched_D": self.sched_D}
+
     def load_state_dict(self, state: Mapping[str, Any], source: str | Path = "checkpoint") -> None:
-        for name, net in self.networks().items():
-            load_state_strict(net, state[name], name, source)
-        self.opt_G.load_state_dict(state["opt_G"])
-        self.opt_D.load_state_dict(state["opt_D"])
-        self.sched_G.load_state_dict(state["sched_G"])
-        self.sched_D.load_state_dict(state["sched_D"])
+        load_training_state(state, self.networks(), self._optimisation(), source)
         self.noise_rng.set_state(state["noise_rng"])
 
     def process_state(self) -> dict[str, Any]:

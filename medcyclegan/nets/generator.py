@@ -53,6 +53,17 @@ def d(in_channels: int, out_channels: int) -> nn.Sequential:
     )
 
 
+def check_generator_input(x: torch.Tensor, in_channels: int, stride_multiple: int) -> None:
+    """Raises ValueError unless ``x`` is (N, in_channels, H, W) with H and W multiples of ``stride_multiple``."""
+    if x.ndim != 4 or x.shape[1] != in_channels:
+        raise ValueError(f"generator expects (N, {in_channels}, H, W) input; got shape {tuple(x.shape)}")
+    if x.shape[-2] % stride_multiple or x.shape[-1] % stride_multiple:
+        raise ValueError(
+            f"generator input H and W must be multiples of {stride_multiple}; "
+            f"got {x.shape[-2]}x{x.shape[-1]} (pad the slices first)"
+        )
+
+
 class R(nn.Module):
     """``Rk``: residual block, ``x + IN(conv3(pad(ReLU(IN(conv3(pad(x)))))))``, k channels in and out."""
 
@@ -229,7 +240,7 @@ class ResnetGenerator(nn.Module):
         Raises:
             ValueError: a bad input, or ``layers`` empty, not increasing or beyond the encoder.
         """
-        self._check_input(x)
+        check_generator_input(x, self.in_channels, self.stride_multiple)
         modules = self.encoder_layers()
         wanted = list(layers)
         if not wanted or wanted[0] < 0 or any(b <= a for a, b in itertools.pairwise(wanted)):
@@ -245,20 +256,9 @@ class ResnetGenerator(nn.Module):
                 features.append(x)
         return features
 
-    def _check_input(self, x: torch.Tensor) -> None:
-        if x.ndim != 4 or x.shape[1] != self.in_channels:
-            raise ValueError(
-                f"generator expects (N, {self.in_channels}, H, W) input; got shape {tuple(x.shape)}"
-            )
-        if x.shape[-2] % self.stride_multiple or x.shape[-1] % self.stride_multiple:
-            raise ValueError(
-                f"generator input H and W must be multiples of {self.stride_multiple}; "
-                f"got {x.shape[-2]}x{x.shape[-1]} (pad the slices first)"
-            )
-
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Pre-activation output of the final c7s1 layer, (N, head channels, H, W)."""
-        self._check_input(x)
+        check_generator_input(x, self.in_channels, self.stride_multiple)
         return self.head(self.decoder(self.blocks(self.encoder(x))))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,5 @@
-"""Weight initialisation of the reference CycleGAN (``init_type="normal"``, gain 0.02).
+"""Weight initialisation of the reference CycleGAN (``init_type="normal"``, gain 0.02), and the
+Xavier (CUT) and Kaiming (UNIT, MUNIT) variants.
 
 Convolution, transposed convolution and linear weights are drawn from normal(0, gain) and their
 biases set to 0; normalisation layers that have affine parameters get weights from normal(1, gain)
@@ -18,6 +19,8 @@ from medcyclegan.errors import ConfigError
 # with running statistics (BatchNorm*, InstanceNorm*) from _NormBase.
 _WEIGHT_LAYERS = (nn.modules.conv._ConvNd, nn.Linear)
 _NORM_LAYERS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
+# The config's ``model.init_type`` choices, and the generators' init of UNIT and MUNIT (not a choice).
+INIT_METHODS = (*INIT_TYPES, "kaiming")
 
 
 @torch.no_grad()
@@ -37,7 +40,9 @@ def init_weights(
         generator: random generator to draw from; ``None`` uses torch's global generator.
         method: ``"normal"`` (the reference CycleGAN's) or ``"xavier"``: convolution and linear
             weights from Xavier's normal distribution scaled by ``gain`` (the reference CUT's
-            default ``--init_type``, taesungp/contrastive-unpaired-translation models/networks.py).
+            default ``--init_type``, taesungp/contrastive-unpaired-translation models/networks.py)
+            or ``"kaiming"``: Kaiming's normal distribution, std sqrt(2 / fan_in) (``gain`` not used;
+            the generators' ``weights_init('kaiming')`` of NVlabs/MUNIT networks.py, UNIT's too).
 
     Returns:
         ``module``, for chaining.
@@ -47,12 +52,14 @@ def init_weights(
     """
     if not gain > 0:
         raise ConfigError(f"init gain must be > 0; got {gain!r}")
-    if method not in INIT_TYPES:
-        raise ConfigError(f"init method must be one of {', '.join(INIT_TYPES)}; got {method!r}")
+    if method not in INIT_METHODS:
+        raise ConfigError(f"init method must be one of {', '.join(INIT_METHODS)}; got {method!r}")
     for layer in module.modules():
         if isinstance(layer, _WEIGHT_LAYERS):
             if method == "xavier":
                 nn.init.xavier_normal_(layer.weight, gain=gain, generator=generator)
+            elif method == "kaiming":
+                nn.init.kaiming_normal_(layer.weight, a=0, mode="fan_in", generator=generator)
             else:
                 nn.init.normal_(layer.weight, 0.0, gain, generator=generator)
             if layer.bias is not None:

@@ -12,12 +12,14 @@ Per domain one auto-encoder, :class:`AdaINGen` (the reference's name):
   layer), the AdaIN parameters of the decoder from a style code.
 - :class:`Decoder`: ``n_res`` residual blocks with adaptive instance normalisation
   (:func:`adaptive_instance_norm`), ``n_downsample`` times nearest 2x upsampling + 5x5 convolution
-  halving the width (the reference's :class:`LayerNorm`), and a 7x7 convolution with tanh.
+  halving the width (the reference's :class:`~medcyclegan.nets.munit_blocks.LayerNorm`), and a 7x7 convolution with tanh.
 
 Every convolution is reflection-padded and biased, activations are ReLU; the discriminators,
-:class:`MsImageDis`, are ``dis_num_scales`` plain (no normalisation) LeakyReLU(0.2) PatchGANs of
+:class:`~medcyclegan.nets.munit_blocks.MsImageDis`, are ``dis_num_scales`` plain (no normalisation) LeakyReLU(0.2) PatchGANs of
 ``dis_n_layer`` 4x4 stride-2 layers and a 1x1 output convolution, at 1, 1/2, 1/4 ... of the
-resolution. The parameter counts equal the reference's exactly (``tests/test_munit.py``).
+resolution. The parameter counts equal the reference's exactly (``tests/test_munit.py``). The
+blocks the reference shares with UNIT (``LayerNorm``, ``Conv2dBlock``, ``ResBlock``, ``MsImageDis``)
+are in :mod:`medcyclegan.nets.munit_blocks`.
 
 One difference of form, not of result: the reference stores the decoder's AdaIN parameters on its
 layers before each call (``assign_adain_params``); here they are an argument of
@@ -40,13 +42,10 @@ from torch import nn
 
 from medcyclegan.config import MUNIT_STYLE_DOWNSAMPLE, MunitConfig
 from medcyclegan.nets.init import init_weights
+from medcyclegan.nets.munit_blocks import EPS, ConvBlock, ResBlock
 
 # AdaINGen's MLP has 3 layers (``MLP(style_dim, ..., mlp_dim, 3, ...)`` in the reference).
 MLP_LAYERS = 3
-# The reference's normalisation epsilon (AdaptiveInstanceNorm2d, LayerNorm).
-EPS = 1e-5
-# The discriminators' initialisation (weights_init('gaussian'): normal(0, 0.02)).
-DISCRIMINATOR_INIT_GAIN = 0.02
 
 
 def adaptive_instance_norm(
@@ -66,83 +65,6 @@ def adaptive_instance_norm(
     normalised = F.instance_norm(x.float(), eps=eps)
     out = normalised * weight.float()[:, :, None, None] + bias.float()[:, :, None, None]
     return out.to(x.dtype)
-
-
-class LayerNorm(nn.Module):
-    """The reference's layer normalisation of the decoder (not ``torch.nn.LayerNorm``).
-
-    Per sample over C, H and W: ``(x - mean) / (std + eps)`` with the unbiased standard deviation,
-    then a per-channel ``gamma`` (initialised uniform in [0, 1), as the reference does) and ``beta`` (0).
-    """
-
-    def __init__(self, num_features: int, eps: float = EPS) -> None:
-        super().__init__()
-        self.eps = eps
-        self.gamma = nn.Parameter(torch.empty(num_features).uniform_())
-        self.beta = nn.Parameter(torch.zeros(num_features))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dims = tuple(range(1, x.dim()))
-        values = x.float()  # statistics in float32 (a no-op in fp32 runs), as for AdaIN
-        mean = values.mean(dim=dims, keepdim=True)
-        std = values.std(dim=dims, keepdim=True)
-        shape = (1, -1) + (1,) * (x.dim() - 2)
-        out = (values - mean) / (std + self.eps) * self.gamma.view(shape) + self.beta.view(shape)
-        return out.to(x.dtype)
-
-
-class ConvBlock(nn.Module):
-    """The reference's ``Conv2dBlock``: reflection pad, biased convolution, optional norm and activation.
-
-    Args:
-        norm: ``"in"`` (InstanceNorm, no affine), ``"ln"`` (:class:`LayerNorm`) or ``"none"``.
-        activation: ``"relu"``, ``"lrelu"`` (slope 0.2), ``"tanh"`` or ``"none"``.
-    """
-
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        kernel_size: int,
-        stride: int,
-        padding: int,
-        *,
-        norm: str = "none",
-        activation: str = "relu",
-    ) -> None:
-        super().__init__()
-        self.pad = nn.ReflectionPad2d(padding)
-        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride, bias=True)
-        norms = {"in": lambda: nn.InstanceNorm2d(out_channels), "ln": lambda: LayerNorm(out_channels)}
-        self.norm = norms[norm]() if norm != "none" else None
-        activations = {
-            "relu": lambda: nn.ReLU(inplace=True),
-            "lrelu": lambda: nn.LeakyReLU(0.2, inplace=True),
-            "tanh": nn.Tanh,
-        }
-        self.activation = activations[activation]() if activation != "none" else None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.conv(self.pad(x))
-        if self.norm is not None:
-            x = self.norm(x)
-        if self.activation is not None:
-            x = self.activation(x)
-        return x
-
-
-class ResBlock(nn.Module):
-    """``x + block(block(x))`` of two 3x3 :class:`ConvBlock` with InstanceNorm (ReLU after the first)."""
-
-    def __init__(self, channels: int) -> None:
-        super().__init__()
-        self.model = nn.Sequential(
-            ConvBlock(channels, channels, 3, 1, 1, norm="in"),
-            ConvBlock(channels, channels, 3, 1, 1, norm="in", activation="none"),
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.model(x)
 
 
 class AdaINResBlock(nn.Module):
@@ -284,7 +206,7 @@ class AdaINGen(nn.Module):
             n_downsample=munit.n_downsample,
             n_res=munit.n_res,
         )
-        return kaiming_init(generator) if initialise else generator
+        return init_weights(generator, method="kaiming") if initialise else generator  # type: ignore[return-value]
 
     def encode(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(content code, style code (N, style_dim)) of ``images``."""
@@ -297,59 +219,6 @@ class AdaINGen(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """The reconstruction of ``images`` from their own codes."""
         return self.decode(*self.encode(images))
-
-
-class MsImageDis(nn.Module):
-    """The reference's multi-scale discriminator: ``num_scales`` PatchGANs, finest first.
-
-    Each: 4x4 stride-2 convolutions (reflection padding 1, LeakyReLU 0.2, no normalisation) from
-    ``dim`` channels doubling ``n_layer - 1`` times, then a 1x1 convolution to one channel; between
-    scales a 3x3 stride-2 average pooling (padding 1, not counted). With 3 channels and the
-    reference configuration 8,271,171 parameters (1 channel: 8,265,027).
-    """
-
-    def __init__(self, channels: int, *, dim: int = 64, n_layer: int = 4, num_scales: int = 3) -> None:
-        super().__init__()
-        self.downsample = nn.AvgPool2d(3, stride=2, padding=1, count_include_pad=False)
-        self.cnns = nn.ModuleList(self._make_net(channels, dim, n_layer) for _ in range(num_scales))
-
-    @staticmethod
-    def _make_net(channels: int, dim: int, n_layer: int) -> nn.Sequential:
-        layers: list[nn.Module] = [ConvBlock(channels, dim, 4, 2, 1, activation="lrelu")]
-        for _ in range(n_layer - 1):
-            layers.append(ConvBlock(dim, 2 * dim, 4, 2, 1, activation="lrelu"))
-            dim *= 2
-        layers.append(nn.Conv2d(dim, 1, 1, 1, 0))
-        return nn.Sequential(*layers)
-
-    @classmethod
-    def from_config(cls, munit: MunitConfig, channels: int) -> MsImageDis:
-        """The discriminator of the ``munit`` section, initialised normal(0, 0.02) as the reference does."""
-        discriminator = cls(
-            channels, dim=munit.dis_dim, n_layer=munit.dis_n_layer, num_scales=munit.dis_num_scales
-        )
-        return init_weights(discriminator, gain=DISCRIMINATOR_INIT_GAIN)  # type: ignore[return-value]
-
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """The logits (N, 1, h_i, w_i) of every scale, finest first."""
-        outputs = []
-        for index, model in enumerate(self.cnns):
-            if index:
-                x = self.downsample(x)
-            outputs.append(model(x))
-        return outputs
-
-
-@torch.no_grad()
-def kaiming_init(module: nn.Module) -> nn.Module:
-    """The reference's ``weights_init('kaiming')``: kaiming-normal (fan in, a = 0) convolution and
-    linear weights, zero biases; the :class:`LayerNorm` keeps its own initialisation. In place."""
-    for layer in module.modules():
-        if isinstance(layer, (nn.Conv2d, nn.Linear)):
-            nn.init.kaiming_normal_(layer.weight, a=0, mode="fan_in")
-            if layer.bias is not None:
-                nn.init.zeros_(layer.bias)
-    return module
 
 
 class StyleTranslator(nn.Module):

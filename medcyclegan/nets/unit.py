@@ -19,13 +19,17 @@ After the reference (mingyuliutw/UNIT, master, ``networks.py``; the same code is
   the decoders are one module, :class:`UnitSharedLayers`, used by both domains: each encoder +
   decoder has the master's ``n_res`` blocks in all, and ``shared_blocks`` 0 gives the master's
   networks exactly.
-* discriminator (``MsImageDis``): per scale, 4x4 stride-2 convolutions with reflection padding, no
+* discriminator (:class:`~medcyclegan.nets.munit_blocks.MsImageDis`, shared with MUNIT): per scale, 4x4 stride-2 convolutions with reflection padding, no
   normalisation, LeakyReLU 0.2, filters doubling from ``dim``, then a 1x1 convolution to one logit
   map; the scales see the input average-pooled (3x3, stride 2, padding 1, padding not counted).
 
 Initialisation as the reference's ``weights_init``: ``kaiming`` (normal, fan-in, gain sqrt(2), biases
 0) for the generators, ``gaussian`` (normal(0, 0.02), biases 0) for the discriminators; the LayerNorm
 scales are drawn uniform in [0, 1) as its ``LayerNorm`` does.
+
+The reference's blocks (``LayerNorm``, ``Conv2dBlock``, ``ResBlock``, ``MsImageDis``) are MUNIT's
+too: :mod:`medcyclegan.nets.munit_blocks`; UNIT's checkpoints index a block's layers by position
+(:func:`conv_block`), and its LayerNorm rounds as :class:`UnitLayerNorm`.
 """
 
 from __future__ import annotations
@@ -34,26 +38,18 @@ import torch
 from torch import nn
 
 from medcyclegan.config import UnitConfig
-
-# Leaky ReLU slope of the discriminators (the reference's ``lrelu``).
-LRELU_SLOPE = 0.2
-# Standard deviation of the discriminators' ``gaussian`` initialisation.
-GAUSSIAN_INIT_STD = 0.02
+from medcyclegan.nets.init import init_weights
+from medcyclegan.nets.munit_blocks import ConvBlock, LayerNorm, MsImageDis, ResBlock
 
 
-class UnitLayerNorm(nn.Module):
-    """The reference's ``LayerNorm``: per sample over (C, H, W), unbiased std, ``eps`` added to the std.
+class UnitLayerNorm(LayerNorm):
+    """The reference's ``LayerNorm`` as UNIT computes it: statistics of the sample flattened to
+    (N, C*H*W), the affine step in the input's dtype.
 
-    ``(x - mean) / (std + eps) * gamma + beta`` with per-channel ``gamma`` (drawn uniform in [0, 1)
-    at construction, as the reference does) and ``beta`` (0). Unlike ``nn.GroupNorm(1, C)``, which
-    divides by ``sqrt(var + eps)`` with the biased variance. The statistics are taken in float32.
+    The same function as :class:`~medcyclegan.nets.munit_blocks.LayerNorm` (same parameters and
+    initialisation), but not the same float rounding (another reduction order, and under bf16
+    autocast one more rounding): kept so that UNIT's outputs and trained runs stay bit-identical.
     """
-
-    def __init__(self, num_features: int, eps: float = 1e-5) -> None:
-        super().__init__()
-        self.eps = eps
-        self.gamma = nn.Parameter(torch.empty(num_features).uniform_())
-        self.beta = nn.Parameter(torch.zeros(num_features))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.float().flatten(1)
@@ -65,59 +61,19 @@ class UnitLayerNorm(nn.Module):
         return out * self.gamma.view(channel) + self.beta.view(channel)
 
 
-def conv_block(
-    in_channels: int,
-    out_channels: int,
-    kernel_size: int,
-    stride: int,
-    padding: int,
-    norm: str = "none",
-    activation: str = "relu",
-) -> nn.Sequential:
-    """The reference's ``Conv2dBlock`` with ``pad_type: reflect``: pad, convolve (with bias), norm, act.
+def conv_block(*args: int, **kwargs: str) -> nn.Sequential:
+    """A :class:`~medcyclegan.nets.munit_blocks.ConvBlock` (same arguments) with its layers indexed by
+    position, and :class:`UnitLayerNorm` as its ``"ln"`` norm.
 
-    Args:
-        norm: ``"in"`` (InstanceNorm, no affine), ``"ln"`` (:class:`UnitLayerNorm`) or ``"none"``.
-        activation: ``"relu"``, ``"lrelu"`` (slope 0.2), ``"tanh"`` or ``"none"``.
+    UNIT's checkpoints store a block's layers as ``0`` (pad), ``1`` (convolution), ``2`` (norm or
+    activation) ...: the same layers, re-indexed so that those checkpoints keep loading.
     """
-    layers: list[nn.Module] = [
-        nn.ReflectionPad2d(padding),
-        nn.Conv2d(in_channels, out_channels, kernel_size, stride, bias=True),
-    ]
-    if norm == "in":
-        layers.append(nn.InstanceNorm2d(out_channels))
-    elif norm == "ln":
-        layers.append(UnitLayerNorm(out_channels))
-    elif norm != "none":
-        raise ValueError(f"unknown norm {norm!r}")
-    if activation == "relu":
-        layers.append(nn.ReLU(inplace=True))
-    elif activation == "lrelu":
-        layers.append(nn.LeakyReLU(LRELU_SLOPE, inplace=True))
-    elif activation == "tanh":
-        layers.append(nn.Tanh())
-    elif activation != "none":
-        raise ValueError(f"unknown activation {activation!r}")
-    return nn.Sequential(*layers)
-
-
-class UnitResBlock(nn.Module):
-    """The reference's ``ResBlock`` (InstanceNorm): ``x + conv-in(conv-in-relu(x))``, 3x3 convolutions."""
-
-    def __init__(self, dim: int) -> None:
-        super().__init__()
-        self.model = nn.Sequential(
-            conv_block(dim, dim, 3, 1, 1, norm="in", activation="relu"),
-            conv_block(dim, dim, 3, 1, 1, norm="in", activation="none"),
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.model(x)
+    return nn.Sequential(*ConvBlock(*args, **kwargs, layer_norm=UnitLayerNorm))  # type: ignore[arg-type]
 
 
 def residual_blocks(n: int, dim: int) -> nn.Sequential:
-    """``n`` :class:`UnitResBlock` of ``dim`` filters in a row (an empty Sequential is the identity)."""
-    return nn.Sequential(*(UnitResBlock(dim) for _ in range(n)))
+    """``n`` residual blocks of ``dim`` filters in a row (an empty Sequential is the identity)."""
+    return nn.Sequential(*(ResBlock(dim, conv_block) for _ in range(n)))
 
 
 class UnitEncoder(nn.Module):
@@ -207,51 +163,6 @@ class UnitTranslator(nn.Module):
         return self.decoder(self.shared.decoder(self.shared.encoder(self.encoder(x))))
 
 
-class MsImageDis(nn.Module):
-    """The reference's multi-scale discriminator: a list of logit maps, one per scale, finest first."""
-
-    def __init__(self, in_channels: int, dim: int, n_layer: int, num_scales: int) -> None:
-        super().__init__()
-        self.downsample = nn.AvgPool2d(3, stride=2, padding=1, count_include_pad=False)
-        self.cnns = nn.ModuleList(self._make_net(in_channels, dim, n_layer) for _ in range(num_scales))
-
-    @staticmethod
-    def _make_net(in_channels: int, dim: int, n_layer: int) -> nn.Sequential:
-        layers: list[nn.Module] = [conv_block(in_channels, dim, 4, 2, 1, activation="lrelu")]
-        for _ in range(n_layer - 1):
-            layers.append(conv_block(dim, 2 * dim, 4, 2, 1, activation="lrelu"))
-            dim *= 2
-        layers.append(nn.Conv2d(dim, 1, 1, 1, 0))
-        return nn.Sequential(*layers)
-
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        outputs = []
-        for cnn in self.cnns:
-            outputs.append(cnn(x))
-            x = self.downsample(x)
-        return outputs
-
-
-@torch.no_grad()
-def init_unit_weights(module: nn.Module, kind: str) -> nn.Module:
-    """The reference's ``weights_init`` on every convolution / linear layer: ``"kaiming"`` or ``"gaussian"``.
-
-    ``kaiming``: normal with std sqrt(2 / fan_in) (``kaiming_normal_(a=0, mode="fan_in")``);
-    ``gaussian``: normal(0, 0.02); biases 0 in both. Other layers (the LayerNorm) keep their values.
-    """
-    for layer in module.modules():
-        if isinstance(layer, (nn.Conv2d, nn.Linear)):
-            if kind == "kaiming":
-                nn.init.kaiming_normal_(layer.weight, a=0, mode="fan_in")
-            elif kind == "gaussian":
-                nn.init.normal_(layer.weight, 0.0, GAUSSIAN_INIT_STD)
-            else:
-                raise ValueError(f"unknown initialisation {kind!r}")
-            if layer.bias is not None:
-                nn.init.zeros_(layer.bias)
-    return module
-
-
 def build_unit_networks(cfg: UnitConfig, channels: int) -> dict[str, nn.Module]:
     """UNIT's networks by state key, initialised: ``gen_A``, ``gen_B``, ``shared``, ``dis_A``, ``dis_B``.
 
@@ -260,11 +171,8 @@ def build_unit_networks(cfg: UnitConfig, channels: int) -> dict[str, nn.Module]:
     gen_a, gen_b = UnitVAE(channels, cfg), UnitVAE(channels, cfg)
     shared = UnitSharedLayers(gen_a.enc.out_channels, cfg.shared_blocks)
     for generator in (gen_a, gen_b, shared):
-        init_unit_weights(generator, "kaiming")
-    dis_a, dis_b = (
-        init_unit_weights(MsImageDis(channels, cfg.dis_dim, cfg.dis_n_layer, cfg.dis_num_scales), "gaussian")
-        for _ in range(2)
-    )
+        init_weights(generator, method="kaiming")
+    dis_a, dis_b = (MsImageDis.from_config(cfg, channels, conv_block) for _ in range(2))
     return {"gen_A": gen_a, "gen_B": gen_b, "shared": shared, "dis_A": dis_a, "dis_B": dis_b}
 
 

@@ -55,6 +55,7 @@ from torch import nn
 
 from medcyclegan.config import Config
 from medcyclegan.errors import ConfigError
+from medcyclegan.nets.generator import check_generator_input
 
 # The reference's fixed choices (its vit-unet presets): unet_activ "leakyrelu" (torch's default
 # slope), activ "gelu", norm "layer", unet_norm "instance" (torch's default: no affine parameters).
@@ -325,20 +326,9 @@ class ViTUNetGenerator(nn.Module):
         """1: padded to the stride multiple, the innermost normalised map keeps 2x2 voxels."""
         return 1
 
-    def _check_input(self, x: torch.Tensor) -> None:
-        if x.ndim != 4 or x.shape[1] != self.in_channels:
-            raise ValueError(
-                f"generator expects (N, {self.in_channels}, H, W) input; got shape {tuple(x.shape)}"
-            )
-        if x.shape[-2] % self.stride_multiple or x.shape[-1] % self.stride_multiple:
-            raise ValueError(
-                f"generator input H and W must be multiples of {self.stride_multiple}; "
-                f"got {x.shape[-2]}x{x.shape[-1]} (pad the slices first)"
-            )
-
     def _encode(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """The innermost map after the transformer, and the skips of every level (outermost first)."""
-        self._check_input(x)
+        check_generator_input(x, self.in_channels, self.stride_multiple)
         h = self.stem(x)
         skips = []
         for level in self.encoder:
