@@ -564,6 +564,22 @@ class ViTUNetConfig:
                 raise ConfigError(f"vit_unet.{name} must be true or false; got {getattr(self, name)!r}")
 
 
+def check_own_networks(kind: str, networks: str, model: ModelConfig) -> None:
+    """Refuses the model-section options a model that builds its own networks (UNIT, MUNIT) would
+    silently ignore: another ``model.generator`` and a generator weight average.
+
+    Raises:
+        ConfigError: one line naming the option.
+    """
+    if model.generator != "resnet":
+        raise ConfigError(
+            f"model.generator {model.generator!r} does not apply to model.kind {kind}, which has its own "
+            f"{networks} (the {kind} section); leave --generator out"
+        )
+    if model.ema_decay > 0:
+        raise ConfigError(f"model.ema_decay (a weight average) is CycleGAN's; model.kind {kind} keeps none")
+
+
 # ------------------------------------------------------------------ UNIT (issue 15)
 # UNIT's encoders and each scale of its discriminators have at most this many stride-2 layers (2 and 4
 # in its reference).
@@ -677,13 +693,7 @@ class UnitConfig:
         Raises:
             ConfigError: one line naming the option.
         """
-        if model.generator != "resnet":
-            raise ConfigError(
-                f"model.generator {model.generator!r} does not apply to model.kind unit, which has its own "
-                "VAE encoders and decoders (the unit section); leave --generator out"
-            )
-        if model.ema_decay > 0:
-            raise ConfigError("model.ema_decay (a weight average) is CycleGAN's; model.kind unit keeps none")
+        check_own_networks("unit", "VAE encoders and decoders", model)
         multiple, smallest = self.stride_multiple, self.dis_min_size
         if image_size % multiple:
             lower = image_size - image_size % multiple
@@ -1240,6 +1250,7 @@ class Config:
             return
         if self.model.kind == "munit":
             # Its own networks (the munit section), not model.generator and the PatchGAN.
+            check_own_networks("munit", "content/style encoders and AdaIN decoders", self.model)
             self.munit.check_image_size(size)
             return
         multiple = generator_stride_multiple(self)

@@ -507,3 +507,16 @@ def test_std_outputs_are_planned_with_the_others(munit_run: TrainedRun, tmp_path
     with pytest.raises(OutputError, match="two inputs would be written to the same output name"):
         plan_conversion(model, folder, tmp_path / "out", samples=2)
     assert [job.std for job in plan_conversion(model, folder, tmp_path / "out")] == [None, None]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"model.generator": "vit-unet"}, r"model\.generator 'vit-unet' does not apply to model\.kind munit"),
+        ({"model.generator": "unet"}, r"model\.generator 'unet' does not apply to model\.kind munit"),
+        ({"model.ema_decay": 0.9}, r"model\.ema_decay .* model\.kind munit keeps none"),
+    ],
+)
+def test_model_section_options_munit_would_ignore_are_refused(overrides: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, {"model.kind": "munit", **overrides})

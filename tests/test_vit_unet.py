@@ -330,3 +330,26 @@ def test_cut_trains_a_step_with_the_vit_unet_generator() -> None:
     assert all(torch.isfinite(v) for v in losses.values())
     after = list(model.networks()["G_AB"].parameters())
     assert any(not torch.equal(a, b) for a, b in zip(before, after, strict=True))
+
+
+def test_pix2pix_trains_a_step_with_the_vit_unet_generator() -> None:
+    """pix2pix takes any model.generator: the ViT-UNet with the conditional PatchGAN."""
+    cfg = load_config(
+        None,
+        {
+            **TINY_VIT_UNET,
+            "model.kind": "pix2pix",
+            "data.image_size": 32,
+            "model.ndf": 4,
+            "model.n_layers_d": 2,
+        },
+    )
+    model = model_class("pix2pix")(cfg, torch.device("cpu"), lambda step: 1.0)
+    assert isinstance(model.translator("AB"), ViTUNetGenerator)
+    image = torch.rand(2, 1, 32, 32) * 2 - 1
+    batch = {
+        "A": {"image": image, "mask": torch.ones_like(image)},
+        "B": {"image": -image, "mask": torch.ones_like(image)},
+    }
+    losses = model.train_step(batch)
+    assert all(torch.isfinite(v) for v in losses.values()) and float(losses["G_L1"]) > 0
