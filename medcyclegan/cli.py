@@ -378,7 +378,7 @@ def convert(
     """Translate volumes with a trained model; outputs keep the input's exact geometry (CT as int16 HU)."""
     if gpus is not None:
         _relaunch_with_torchrun(gpus)
-    from medcyclegan.convert import convert_paths, load_model
+    from medcyclegan.convert import convert_paths, load_model, std_output_path
 
     if to is not None and to not in ("ct", "mr"):
         raise MedCycleGANError(f"--to must be ct or mr; got {to!r}")
@@ -406,7 +406,8 @@ def convert(
         seed=0 if seed is None else seed,
     )
     for path in written:
-        typer.echo(str(path))
+        # With --samples K the standard deviation lies beside each mean: name both.
+        typer.echo(str(path) if samples == 1 else f"{path} (std: {std_output_path(path)})")
 
 
 @app.command()

@@ -373,6 +373,7 @@ def test_convert_samples_from_the_cli(cli, munit_run: TrainedRun, tmp_path: Path
     assert result.code == 0, result.err
     std_path = std_output_path(out)
     assert std_path == tmp_path / "synth_std.nii.gz"
+    assert result.out.strip() == f"{out} (std: {std_path})"  # both files named
     mean_image, std_image, original = nib.load(out), nib.load(std_path), nib.load(source)
     for image in (mean_image, std_image):
         assert image.shape == original.shape and np.allclose(image.affine, original.affine)
