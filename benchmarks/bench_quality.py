@@ -41,6 +41,9 @@ Cost, per run: seconds per training step (the trainer's own training time over i
 translator's parameters (the network ``convert`` runs), and memory: the peak resident size of the
 process during the run over its size at the start (CPU; Linux).
 
+Pictures: per dataset and seed, the first test case's synthetic CT of every recipe side by side
+(``<out-json stem>_<dataset>_seed<S>.png``: MR, synthetic CT and CT in two windows, error).
+
 Output: a markdown table per dataset (one row per recipe and seed, then mean +- sample standard
 deviation over the seeds per recipe) and a JSON file with every number, the exact command, the
 machine and the settings.
@@ -627,6 +630,43 @@ def score_one(args: argparse.Namespace, data: Dataset, run_dir: Path, pred_dir: 
     }
 
 
+def write_comparisons(
+    name: str, data: Dataset, rows: list[dict[str, Any]], pred_root: Path, out_json: Path
+) -> list[Path]:
+    """Per seed, the first test case's synthetic CT of every recipe side by side (axial, through the
+    body's centre; :func:`medcyclegan.figures.comparison_panel`) as ``<out-json stem>_<dataset>_seed<S>.png``.
+
+    Rows are the recipes, labelled with that case's MAE; the columns are the MR, synthetic CT and CT
+    in the soft-tissue and bone windows, and the error.
+    """
+    from medcyclegan.figures import comparison_panel, write_case_panel
+    from medcyclegan.io.readers import read_volume
+    from medcyclegan.metrics import synthrad_body_mask
+
+    mr_path, ct_path = data.test_pairs[0]
+    mr, ct = read_volume(mr_path), read_volume(ct_path)
+    written = []
+    for seed in sorted({row["seed"] for row in rows}):
+        synthetic = {
+            f"{row['recipe']}\nMAE {row['cases'][mr_path.name]['mae']:.0f} HU": read_volume(
+                pred_root / f"{row['recipe']}_seed{seed}" / mr_path.name
+            ).array
+            for row in rows
+            if row["seed"] == seed
+        }
+        panel = comparison_panel(
+            ct.array,
+            synthetic,
+            synthrad_body_mask(ct.array),
+            ct.spacing,
+            mr=mr.array,
+            title=f"{name}: {mr_path.name}, seed {seed}",
+        )
+        path = out_json.with_name(f"{out_json.stem}_{name}_seed{seed}.png")
+        written.append(write_case_panel(path, panel, overwrite=True))
+    return written
+
+
 def summarise(rows: list[dict[str, Any]], recipes: list[Recipe]) -> dict[str, dict[str, dict[str, float]]]:
     """Per recipe and column: mean and sample standard deviation (ddof 1; NaN for one seed) over seeds."""
     summary = {}
@@ -743,7 +783,13 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                     flush=True,
                 )
         summary = summarise(rows, args.recipes)
-        report["datasets"][name] = {"description": data.description, "runs": rows, "summary": summary}
+        pictures = write_comparisons(name, data, rows, work / name / "pred", args.out_json)
+        report["datasets"][name] = {
+            "description": data.description,
+            "runs": rows,
+            "summary": summary,
+            "pictures": [str(path) for path in pictures],
+        }
         tables.append(table(name, rows, summary))
     report["finished"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     report["tables"] = tables

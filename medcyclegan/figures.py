@@ -12,6 +12,9 @@ way (:func:`display_slice`): axial anterior up and the patient's right on the im
 superior up, right on the left; sagittal superior up, anterior on the left. Labels are drawn with
 Pillow's default font; no plotting library is needed.
 
+:func:`comparison_panel` draws several synthetic CTs of one case (one per model or recipe) as rows of
+the same columns, through one plane.
+
 :func:`validation_curve` draws a validation metric of a training run (``val_metrics.csv``) against
 the training time, marking the validation that selected ``best.pt``: where the curve flattens, more
 training stops helping.
@@ -220,6 +223,72 @@ def case_panel(
         columns=headers,
         rows=list(PLANES),
         boxes={(PLANES[row], column): box for (row, column), box in boxes.items()},
+        pixel_mm=pixel_mm,
+    )
+
+
+def comparison_panel(
+    ct: np.ndarray,
+    synthetic: Mapping[str, np.ndarray],
+    mask: np.ndarray,
+    spacing: Sequence[float],
+    *,
+    mr: np.ndarray | None = None,
+    plane: str = "axial",
+    title: str = "",
+) -> CasePanel:
+    """Several synthetic CTs of one case side by side: a row per model, one ``plane`` through the body.
+
+    The columns of :func:`case_panel` (MR, synthetic CT and CT in the soft-tissue and the bone
+    window, |synthetic CT - CT|), the slice through the centre of ``mask``; the row labels are the
+    keys of ``synthetic`` (e.g. ``"cyclegan\nMAE 231 HU"``). :attr:`CasePanel.rows` are those keys.
+
+    Raises:
+        ValueError: no synthetic CT, an unknown plane, or volumes not of one 3D shape.
+    """
+    if not synthetic:
+        raise ValueError("comparison_panel needs at least one synthetic CT")
+    if plane not in PLANES:
+        raise ValueError(f"plane must be one of {', '.join(PLANES)}; got {plane!r}")
+    volumes = [ct, mask, *synthetic.values()] + ([] if mr is None else [mr])
+    if any(np.ndim(v) != 3 or np.shape(v) != np.shape(ct) for v in volumes):
+        raise ValueError(f"expected 3D volumes of one shape; got {[np.shape(v) for v in volumes]}")
+    centre = body_centre(mask)
+    pixel_mm = pixel_size_mm(ct.shape, spacing)
+    soft = f"W{SOFT_TISSUE_WINDOW_HU[1] - SOFT_TISSUE_WINDOW_HU[0]:g} L{sum(SOFT_TISSUE_WINDOW_HU) / 2:g}"
+    bone = f"W{BONE_WINDOW_HU[1] - BONE_WINDOW_HU[0]:g} L{sum(BONE_WINDOW_HU) / 2:g}"
+    headers = ([] if mr is None else ["MR"]) + [
+        f"synthetic CT\n{soft}",
+        f"CT\n{soft}",
+        f"synthetic CT\n{bone}",
+        f"CT\n{bone}",
+        f"|synthetic CT - CT|\n0-{ERROR_SCALE_HU:g} HU",
+    ]
+    ct_slice = plane_slice(ct, plane, centre, spacing, pixel_mm)
+    fixed_tiles: list[np.ndarray] = []
+    if mr is not None:
+        inside = np.asarray(mask) > 0
+        mr_low, mr_high = np.percentile(np.asarray(mr)[inside] if inside.any() else mr, [1.0, 99.0])
+        mr_high = max(float(mr_high), float(mr_low) + 1e-6)
+        fixed_tiles.append(_grey_rgb(plane_slice(mr, plane, centre, spacing, pixel_mm), mr_low, mr_high))
+    rows: list[tuple[str, list[np.ndarray]]] = []
+    for label, volume in synthetic.items():
+        synthetic_slice = plane_slice(volume, plane, centre, spacing, pixel_mm)
+        tiles = list(fixed_tiles)
+        for low, high in (SOFT_TISSUE_WINDOW_HU, BONE_WINDOW_HU):
+            tiles += [_grey_rgb(synthetic_slice, low, high), _grey_rgb(ct_slice, low, high)]
+        error = np.abs(np.asarray(volume, dtype=np.float32) - np.asarray(ct, dtype=np.float32))
+        tiles.append(error_colours(plane_slice(error, plane, centre, spacing, pixel_mm)))
+        rows.append((label, tiles))
+    fixed = PLANE_AXES[plane][2]
+    where = f"{plane}, RAS {AXIS_LETTER[fixed]} = {centre[fixed]}, {PLANE_ORIENTATION[plane]}"
+    image, boxes = _layout(rows, headers, f"{title}\n{where}" if title else where, pixel_mm)
+    labels = list(synthetic)
+    return CasePanel(
+        image=image,
+        columns=headers,
+        rows=labels,
+        boxes={(labels[row], column): box for (row, column), box in boxes.items()},
         pixel_mm=pixel_mm,
     )
 

@@ -16,6 +16,7 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 import pytest
+from PIL import Image
 
 from medcyclegan.metrics import TISSUE_CLASSES
 
@@ -273,3 +274,14 @@ def test_sigterm_stops_the_training_process_too(tmp_path: Path) -> None:
     finally:
         if bench_process.poll() is None:
             bench_process.kill()
+
+
+def test_a_picture_per_dataset_and_seed_shows_every_recipe(tiny_run: tuple) -> None:
+    _, report = tiny_run
+    for name, dataset in report["datasets"].items():
+        pictures = [Path(p) for p in dataset["pictures"]]
+        assert [p.name.rsplit("_", 1)[-1] for p in pictures] == ["seed0.png", "seed1.png"]
+        assert all(name in p.name for p in pictures)
+        for path in pictures:
+            with Image.open(path) as image:
+                assert image.format == "PNG" and image.width > 6 * 64 and image.height > 2 * 64

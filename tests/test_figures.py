@@ -17,6 +17,7 @@ from medcyclegan.figures import (
     PLANES,
     SOFT_TISSUE_WINDOW_HU,
     case_panel,
+    comparison_panel,
     display_slice,
     pixel_size_mm,
     window,
@@ -316,3 +317,34 @@ def test_a_log_without_the_metric_is_one_clear_line(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="holds no validation row"):
         write_validation_curve(tmp_path / "c.png", log)
     assert not (tmp_path / "c.png").exists()
+
+
+def test_the_comparison_panel_has_a_row_per_model_and_their_own_errors() -> None:
+    ct, mask = _head()
+    mr = np.where(mask, 500.0 - ct / 4, 0.0)
+    synthetic = {"exact": ct.copy(), "plus 100 HU": ct + 100.0, "plus 600 HU": ct + 600.0}
+    panel = comparison_panel(ct, synthetic, mask, SPACING, mr=mr, title="case: test")
+    assert panel.rows == list(synthetic)
+    assert set(panel.boxes) == {(row, column) for row in synthetic for column in range(6)}
+    assert panel.columns == case_panel(ct, ct, mask, SPACING, mr=mr).columns
+
+    def tile(row: str, column: int) -> np.ndarray:
+        left, top, width, height = panel.boxes[row, column]
+        return panel.image[top : top + height, left : left + width]
+
+    # Same axial slice as the case panel's, so its tiles agree with the case panel's axial row.
+    single = case_panel(ct, ct + 100.0, mask, SPACING, mr=mr)
+    left, top, width, height = single.boxes["axial", 1]
+    assert np.array_equal(tile("plus 100 HU", 1), single.image[top : top + height, left : left + width])
+    # The error column is each row's own: black where exact, brighter for a larger error.
+    errors = [float(tile(row, 5)[..., 0].mean()) for row in synthetic]
+    assert errors[0] == 0.0 and errors[0] < errors[1] < errors[2]
+    # The MR and CT columns are the same in every row.
+    assert np.array_equal(tile("exact", 0), tile("plus 600 HU", 0))
+    assert np.array_equal(tile("exact", 2), tile("plus 600 HU", 2))
+    with pytest.raises(ValueError, match="at least one"):
+        comparison_panel(ct, {}, mask, SPACING)
+    with pytest.raises(ValueError, match="plane must be one of"):
+        comparison_panel(ct, synthetic, mask, SPACING, plane="oblique")
+    with pytest.raises(ValueError, match="one shape"):
+        comparison_panel(ct, {"bad": ct[:-1]}, mask, SPACING)
