@@ -7,13 +7,11 @@ the encoder on the translation and on the source); this checks that DistributedD
 from __future__ import annotations
 
 import json
-import os
-import socket
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from tiny import TINY_RUN, write_domains
+from tiny import TINY_RUN, free_port, join_process_group, write_domains
 
 from medcyclegan.checkpoint import load_checkpoint
 from medcyclegan.config import load_config
@@ -32,21 +30,8 @@ RUN = {
 }
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _worker(rank: int, world_size: int, port: int, root: str) -> None:
-    os.environ.update(
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-        RANK=str(rank),
-        WORLD_SIZE=str(world_size),
-        LOCAL_RANK=str(rank),
-    )
-    torch.set_num_threads(1)
+    join_process_group(rank, world_size, port)
     base = Path(root)
     mr, ct = sorted((base / "mr").glob("*.nii.gz")), sorted((base / "ct").glob("*.nii.gz"))
 
@@ -73,7 +58,7 @@ def _worker(rank: int, world_size: int, port: int, root: str) -> None:
 def test_two_ranks_agree_and_resume_exactly(tmp_path: Path) -> None:
     write_domains(tmp_path)
     torch.multiprocessing.start_processes(
-        _worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True, start_method="fork"
+        _worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True, start_method="fork"
     )
     for rank in range(2):
         assert json.loads((tmp_path / f"report{rank}.json").read_text())["same_weights_on_all_ranks"]

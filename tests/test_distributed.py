@@ -10,7 +10,6 @@ import csv
 import json
 import logging
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -20,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
-from tiny import TINY_RUN, TrainedRun, write_domain, write_domains
+from tiny import TINY_RUN, TrainedRun, free_port, join_process_group, write_domain, write_domains
 
 from medcyclegan.checkpoint import load_checkpoint
 from medcyclegan.config import load_config
@@ -45,12 +44,6 @@ DISTRIBUTED_RUN = {
 }
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _torchrun_env() -> dict[str, str]:
     """This environment with one thread per process and this checkout first on the import path.
 
@@ -69,14 +62,7 @@ def _flat_weights(trainer) -> torch.Tensor:
 
 def _worker(rank: int, world_size: int, port: int, root: str) -> None:
     """One rank: a straight run, a run stopped early, and its resumption; writes a JSON report."""
-    os.environ.update(
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-        RANK=str(rank),
-        WORLD_SIZE=str(world_size),
-        LOCAL_RANK=str(rank),
-    )
-    torch.set_num_threads(1)
+    join_process_group(rank, world_size, port)
 
     writes: list[str] = []
     original_save = trainer_module.save_checkpoint
@@ -127,7 +113,7 @@ def two_rank_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     # Forked, as DataLoader workers are: the ranks start with this process's imports (torch, monai and
     # medcyclegan: seconds of start-up each with spawn) and no state a rank could share (CPU only).
     torch.multiprocessing.start_processes(
-        _worker, args=(2, _free_port(), str(root)), nprocs=2, join=True, start_method="fork"
+        _worker, args=(2, free_port(), str(root)), nprocs=2, join=True, start_method="fork"
     )
     return root
 

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import shutil
-import socket
 from pathlib import Path
 
 import nibabel as nib
@@ -23,6 +21,8 @@ from tiny import (
     TrainedRun,
     assert_clean_error,
     files,
+    free_port,
+    join_process_group,
     tiny_config,
     write_config_yaml,
     write_domains,
@@ -458,14 +458,7 @@ def test_augment_with_a_munit_model(munit_run: TrainedRun, tmp_path: Path) -> No
 
 def _two_rank_worker(rank: int, world_size: int, port: int, root: str) -> None:
     """One rank of a two-process MUNIT run (gloo): 2 steps; reports whether the weights agree."""
-    os.environ.update(
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-        RANK=str(rank),
-        WORLD_SIZE=str(world_size),
-        LOCAL_RANK=str(rank),
-    )
-    torch.set_num_threads(1)
+    join_process_group(rank, world_size, port)
     base = Path(root)
     cfg = munit_config(**{"train.max_steps": 2, "train.steps_per_epoch": 2})
     trainer = Trainer(cfg, base / "run", files(base / "mr"), files(base / "ct"), show_progress=False)
@@ -481,9 +474,7 @@ def _two_rank_worker(rank: int, world_size: int, port: int, root: str) -> None:
 
 def test_two_processes_average_gradients_and_keep_a_style_generator_each(tmp_path: Path) -> None:
     write_domains(tmp_path)
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = int(sock.getsockname()[1])
+    port = free_port()
     # Forked (see tests/test_distributed.py): the ranks start with this process's imports.
     torch.multiprocessing.start_processes(
         _two_rank_worker, args=(2, port, str(tmp_path)), nprocs=2, join=True, start_method="fork"

@@ -9,9 +9,7 @@ for A and B).
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import socket
 from pathlib import Path
 
 import nibabel as nib
@@ -23,7 +21,9 @@ from tiny import (
     HEAD_SHAPE,
     TINY_RUN,
     files,
+    free_port,
     head,
+    join_process_group,
     one_error_line,
     save_volume,
     tiny_config,
@@ -267,10 +267,7 @@ def test_augment_with_a_pix2pix_model(run: Path, tmp_path: Path) -> None:
 
 def _two_rank_worker(rank: int, world_size: int, port: int, root: str) -> None:
     """One of two gloo ranks: a straight pix2pix run, a run stopped early and its resumption."""
-    os.environ.update(
-        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank)
-    )  # fmt: skip
-    torch.set_num_threads(1)
+    join_process_group(rank, world_size, port)
     base = Path(root)
     mr, ct = files(base / "mr"), files(base / "ct")
 
@@ -299,9 +296,7 @@ def test_two_ranks_agree_and_resume_exactly(pairs: tuple[Path, Path], tmp_path: 
     mr, ct = pairs
     shutil.copytree(mr, tmp_path / "mr")
     shutil.copytree(ct, tmp_path / "ct")
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = int(sock.getsockname()[1])
+    port = free_port()
     torch.multiprocessing.start_processes(
         _two_rank_worker, args=(2, port, str(tmp_path)), nprocs=2, join=True, start_method="fork"
     )

@@ -4,15 +4,13 @@ ranks, and each rank draws its own latent noise (saved per rank in the checkpoin
 from __future__ import annotations
 
 import json
-import os
-import socket
 from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
 from test_unit import TINY_UNIT
-from tiny import TINY_RUN, write_domains
+from tiny import TINY_RUN, free_port, join_process_group, write_domains
 
 from medcyclegan.checkpoint import load_checkpoint
 from medcyclegan.config import load_config
@@ -22,22 +20,9 @@ from medcyclegan.train.trainer import Trainer
 STEPS = 3
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _worker(rank: int, world_size: int, port: int, root: str) -> None:
     """One rank: a short UNIT run; writes whether the ranks' weights agree and its noise state."""
-    os.environ.update(
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-        RANK=str(rank),
-        WORLD_SIZE=str(world_size),
-        LOCAL_RANK=str(rank),
-    )
-    torch.set_num_threads(1)
+    join_process_group(rank, world_size, port)
     base = Path(root)
     mr, ct = sorted((base / "mr").glob("*.nii.gz")), sorted((base / "ct").glob("*.nii.gz"))
     cfg = load_config(None, {**TINY_RUN, **TINY_UNIT, "train.steps_per_epoch": 2, "train.max_steps": STEPS})
@@ -60,7 +45,7 @@ def two_rank_unit(tmp_path_factory: pytest.TempPathFactory) -> Path:
     write_domains(root)
     # Forked as tests/test_distributed.py does (the ranks start with this process's imports).
     torch.multiprocessing.start_processes(
-        _worker, args=(2, _free_port(), str(root)), nprocs=2, join=True, start_method="fork"
+        _worker, args=(2, free_port(), str(root)), nprocs=2, join=True, start_method="fork"
     )
     return root
 

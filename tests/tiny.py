@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -26,6 +28,7 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 import SimpleITK as sitk
+import torch
 import yaml
 
 import medcyclegan.io.atomic
@@ -60,6 +63,26 @@ AFFINE = np.diag([2.0, 2.0, 4.0, 1.0])
 HEAD_SHAPE = (40, 44, 6)
 # Formats write_domain writes through SimpleITK (compressed); .nii.gz goes through nibabel.
 ITK_SUFFIXES = (".nrrd", ".mha", ".mhd")
+
+
+def free_port() -> int:
+    """A TCP port free on this machine now, for a test's process group (torch.distributed, gloo)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def join_process_group(rank: int, world_size: int, port: int) -> None:
+    """Sets this process up as rank ``rank`` of ``world_size`` as torchrun would (environment), on
+    one CPU thread: what every test rank worker does first."""
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        WORLD_SIZE=str(world_size),
+        LOCAL_RANK=str(rank),
+    )
+    torch.set_num_threads(1)
 
 
 def tiny_config(**overrides: Any) -> Config:
