@@ -292,7 +292,8 @@ def train(
         typer.echo(
             f"{len(paired['src'] or [])} training pair(s)"
             + (f" and {n_val} validation pair(s)" if val_src is not None else "")
-            + f" matched by case name, each on one grid: ready for {cfg.model.kind}"
+            + f" matched by case name, each on one grid (headers read; the voxels are read and "
+            f"checked when {cfg.model.kind} training starts)"
         )
         return
     if auto_resume and out is not None and not resume:

@@ -317,7 +317,7 @@ def test_check_pairs_cli_accepts_registered_pairs(pairs: tuple[Path, Path], cli)
     mr, ct = pairs
     result = cli("train", "--model", "pix2pix", "--check-pairs", "--src", mr, "--tgt", ct)
     assert result.code == 0, result.err
-    assert "3 training pair(s) matched by case name, each on one grid: ready for pix2pix" in result.out
+    assert "3 training pair(s) matched by case name, each on one grid (headers read" in result.out
 
 
 def test_unmatched_case_names_are_one_line_naming_them(pairs: tuple[Path, Path], tmp_path: Path, cli) -> None:
