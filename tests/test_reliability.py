@@ -43,7 +43,7 @@ from medcyclegan.data.prepare import prepare_volume, restore_inplane
 from medcyclegan.errors import OutputError
 from medcyclegan.evaluate import evaluate
 from medcyclegan.inference import translate_array
-from medcyclegan.io.parallel_gzip import ParallelGzipWriter
+from medcyclegan.io.gzip_io import GzipWriter
 from medcyclegan.io.readers import read_volume
 from medcyclegan.io.writers import cast_values
 from medcyclegan.train.trainer import Trainer
@@ -460,15 +460,15 @@ def test_a_failed_volume_write_leaves_no_partial_file_and_keeps_the_old_one(
         Path(filename).write_bytes(data[: len(data) // 2])
         raise RuntimeError("itk::ERROR: ImageFileWriter: No space left on device")
 
-    real_close = ParallelGzipWriter.close
+    real_close = GzipWriter.close
 
-    def full_gzip_close(self: ParallelGzipWriter) -> None:
-        # .nii.gz goes through the parallel gzip writer: the disk fills as the stream ends.
+    def full_gzip_close(self: GzipWriter) -> None:
+        # .nii.gz goes through the gzip writer of gzip_io: the disk fills as the stream ends.
         real_close(self)
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(nib, "save", full_nifti)
-    monkeypatch.setattr(ParallelGzipWriter, "close", full_gzip_close)
+    monkeypatch.setattr(GzipWriter, "close", full_gzip_close)
     monkeypatch.setattr(sitk, "WriteImage", full_itk)
     result = cli("convert", world["good_mr"], "-m", world["run"], "-o", target, "--overwrite")
     assert "cannot be written" in assert_clean_error(result, target)

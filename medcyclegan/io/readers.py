@@ -38,7 +38,7 @@ from medcyclegan.io.discovery import (
     split_series,
     volume_suffix,
 )
-from medcyclegan.io.gzip_reader import GzipReader, open_gzip
+from medcyclegan.io.gzip_io import open_gzip_read
 from medcyclegan.io.headers import DataLayout, check_data_files_inside, data_layout
 from medcyclegan.io.library_messages import native_output_to_debug_log, nibabel_messages, route_itk_messages
 from medcyclegan.io.volume import LPS_TO_RAS, Geometry, Volume
@@ -384,14 +384,14 @@ def _read_nifti_file(path: Path, suffix: str, size: int) -> Volume:
 def _load_nifti_voxels(path: Path, suffix: str, image_class: type) -> np.ndarray:
     """The voxels as nibabel gives them (``scl_slope``/``scl_inter`` applied, file order kept).
 
-    A ``.nii.gz`` is decompressed once (:mod:`medcyclegan.io.gzip_reader`, 1 MiB blocks), through a
+    A ``.nii.gz`` is decompressed once (:mod:`medcyclegan.io.gzip_io`: isal), through a
     stream this function reads to its end: reaching the end checks the CRC-32 and length of the whole
     file. (nibabel on its own stops at the
     last voxel and never checks them, so a corrupted file could decode silently into wrong values; a
     separate checking pass would decompress the file twice.)
     """
     try:
-        with open_gzip(path) if suffix == ".nii.gz" else open(path, "rb") as stream:
+        with open_gzip_read(path) if suffix == ".nii.gz" else open(path, "rb") as stream:
             file_map = image_class.make_file_map({"image": stream})
             image = image_class.from_file_map(file_map, mmap=False)
             # The same reading as MONAI's NibabelReader (np.asanyarray of the array proxy).
@@ -450,7 +450,7 @@ def _gzip_problem(exc: BaseException) -> str | None:
 def _probe_gzip(path: Path) -> str | None:
     """Decompresses the whole file (discarding the output) and checks its CRC; the problem, if any."""
     try:
-        with gzip.open(path, "rb") as handle:
+        with open_gzip_read(path) as handle:
             while handle.read(_GZIP_CHUNK_BYTES):
                 pass
     except (OSError, EOFError, zlib.error) as exc:
@@ -459,9 +459,8 @@ def _probe_gzip(path: Path) -> str | None:
 
 
 def _not_nifti_reason(path: Path, suffix: str) -> str:
-    opener = gzip.open if suffix == ".nii.gz" else open
     try:
-        with opener(path, "rb") as handle:
+        with open_gzip_read(path) if suffix == ".nii.gz" else open(path, "rb") as handle:
             start = handle.read(_NIFTI1_HEADER_BYTES)
     except (OSError, EOFError, zlib.error):
         start = b""
@@ -813,15 +812,17 @@ def _check_compressed_voxels(layout: DataLayout, voxel_bytes: int, path: Path) -
                     continue
                 for _ in range(layout.line_skip):
                     handle.readline()
-                stream = GzipReader(handle)
-                buffer = bytearray(_GZIP_CHUNK_BYTES)
-                while count := stream.readinto(buffer):
-                    total += count
-                    if ceiling is not None and total > ceiling:
-                        break
+                with open_gzip_read(handle) as stream:
+                    buffer = bytearray(_GZIP_CHUNK_BYTES)
+                    while count := stream.readinto(buffer):
+                        total += count
+                        if ceiling is not None and total > ceiling:
+                            break
         except OSError as exc:
             if isinstance(exc, gzip.BadGzipFile):
-                problem = _gzip_problem(exc) if "CRC" in str(exc) else _NOT_GZIP
+                # A trailer mismatch says "CRC check failed" or "Incorrect length of data produced".
+                checksum = "CRC" in str(exc) or "length" in str(exc)
+                problem = _gzip_problem(exc) if checksum else _NOT_GZIP
                 raise InputError(f"{subject}{problem}", path) from None
             raise InputError(f"{subject}cannot be opened ({exc.strerror or exc})", path) from None
         except (EOFError, zlib.error) as exc:
