@@ -334,3 +334,28 @@ def test_damaged_nii_gz_is_one_line_whatever_the_library(
     assert re.search(message, str(info.value)), str(info.value)
     captured = capfd.readouterr()
     assert captured.out == "" and captured.err == ""  # no library chatter
+
+
+class _FullDisk(io.BytesIO):
+    """A file on a disk that fills after ``room`` bytes."""
+
+    def __init__(self, room: int) -> None:
+        super().__init__()
+        self.room = room
+
+    def write(self, data: object) -> int:
+        if self.tell() + memoryview(data).nbytes > self.room:  # type: ignore[arg-type]
+            raise OSError(28, "No space left on device")
+        return super().write(data)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("library", "threads"), MODES)
+def test_a_full_disk_is_an_oserror_in_the_caller(library: str, threads: int) -> None:
+    """The threaded writers write on their own threads: the error must still reach the caller."""
+    # Raised by a write, or by the close that ends the with block.
+    disk = _FullDisk(100_000)
+    with (
+        pytest.raises(OSError, match="No space left"),
+        open_gzip_write(disk, library=library, threads=threads) as stream,
+    ):
+        stream.write(NOISE)  # three blocks

@@ -1,6 +1,6 @@
 """gzip streams (``.nii.gz``, gzip-encoded NRRD) read and written through a maintained library.
 
-The library is python-isal (Intel's ISA-L deflate and inflate: several times zlib's speed, wheels for
+The library is python-isal (Intel's ISA-L deflate and inflate, 2-5 times zlib's speed; wheels for
 Linux, macOS and Windows on x86-64 and ARM64). Its threaded writer deflates 1 MiB blocks on several
 threads, each primed with the previous block's last 32 KiB (as ``pigz`` does), into one standard
 gzip member: Python's ``gzip``, zlib's ``gzread`` (ITK, FSL, AFNI), nibabel and ``gunzip`` read it
