@@ -41,7 +41,6 @@ This module imports no torch at its top: the CLI's root callback calls it before
 
 from __future__ import annotations
 
-import logging
 import math
 import os
 import sys
@@ -52,8 +51,6 @@ from pathlib import Path
 
 from medcyclegan.errors import ConfigError
 from medcyclegan.parallel import set_worker_threads
-
-logger = logging.getLogger("medcyclegan")
 
 THREADS_AUTO = "auto"
 # More threads than any machine has cores; far below what exhausts memory creating them.
@@ -66,11 +63,18 @@ THREADS_HELP = (
     "machine do not slow each other many times over. OMP_NUM_THREADS and OMP_WAIT_POLICY / "
     "GOMP_SPINCOUNT / KMP_BLOCKTIME set in the environment win over auto \\[default: auto]."
 )
-# Polls of an idle libgomp thread before it sleeps (libgomp's own default: 300 000). Chosen with
-# benchmarks/bench_threads.py (RESULTS.md): keeps one process alone near the speed of spinning.
+# Polls of an idle libgomp thread before it sleeps. libgomp's default is 300 000, by its own
+# estimate of about 100 000 polls a millisecond 3 ms (0.6-15 ms depending on the CPU); 10 000 are
+# about 0.1 ms: longer than the gap between two of a training step's parallel regions (tens of
+# microseconds of Python), so a process alone keeps most of the speed of spinning, and short
+# enough that spinning threads give a shared core back at once. benchmarks/bench_threads.py
+# measures it (its spin:N variants).
 AUTO_SPIN_COUNT = 10_000
 # Intel OpenMP's equivalent (ms an idle thread spins; its default 200), for torch builds on libiomp.
 AUTO_BLOCKTIME_MS = 1
+# Thread counts torch reads at import (in this order); one set by the user is used as it is. An
+# invalid value (0, text) counts as unset: OpenMP would ignore it too.
+THREAD_COUNT_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
 # Variables that decide how idle OpenMP threads wait; one set by the user means we set none.
 WAIT_VARIABLES = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")
 # The /proc/stat window when the machine is not plainly quiet.
@@ -383,11 +387,10 @@ def decide_auto(
     parameters for tests). The OpenMP wait variables come from :func:`wait_environment`.
     """
     waits = wait_environment(environ)
-    user_threads = _env_threads(environ)
-    if user_threads is not None:
-        return ThreadChoice(
-            min(user_threads, MAX_THREADS), "auto: OMP_NUM_THREADS from the environment", waits
-        )
+    for name in THREAD_COUNT_VARIABLES:
+        user_threads = _env_threads(environ, name)
+        if user_threads is not None:
+            return ThreadChoice(min(user_threads, MAX_THREADS), f"auto: {name} from the environment", waits)
     cpus = affinity_cpus() if cpus is None else cpus
     quota = read_quota()
     load = read_load(cpus)
