@@ -19,6 +19,7 @@ from medcyclegan.runtime import threads as threads_module
 from medcyclegan.runtime.threads import (
     AUTO_SPIN_COUNT,
     MAX_THREADS,
+    WAIT_VARIABLES,
     Load,
     ThreadChoice,
     apply_auto,
@@ -261,10 +262,13 @@ def test_bad_threads_values_are_one_line_and_exit_2(cli, text: str, message: str
 
 def test_threads_n_sets_torch_and_our_loops_exactly(cli) -> None:
     before = torch.get_num_threads()
+    waits_before = {name: os.environ.get(name) for name in WAIT_VARIABLES}
     try:
         result = cli("--threads", "3", "sample-data", "--help")
         assert result.code == 0, result.err
         assert torch.get_num_threads() == 3 and parallel.worker_threads() == 3
+        # As before auto existed: no OpenMP variable is set.
+        assert {name: os.environ.get(name) for name in WAIT_VARIABLES} == waits_before
     finally:
         torch.set_num_threads(before)
 
@@ -318,9 +322,6 @@ def test_in_a_fresh_process_auto_sets_the_environment_torch_reads_and_the_user_w
     )
     assert (torch_threads, omp, spin, policy) == ("1", "1", "None", "PASSIVE")
     assert "OMP_NUM_THREADS from the environment" in err
-    # --threads N: the environment is not touched (as before auto existed).
-    (loaded, torch_threads, omp, spin, policy), _ = _fresh(["--threads", "1"])
-    assert (torch_threads, omp, spin, policy) == ("1", "None", "None", "None")
 
 
 def test_the_torchrun_relaunch_passes_each_process_its_share(monkeypatch: pytest.MonkeyPatch) -> None:
