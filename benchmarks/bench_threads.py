@@ -138,10 +138,10 @@ class Child:
     """One running child: its process and what it reported (read on a thread)."""
 
     process: subprocess.Popen[str]
+    errors: Path
     choice: dict[str, Any] = field(default_factory=dict)
     warm: float | None = None
     steps: list[float] = field(default_factory=list)
-    error: list[str] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def read(self) -> None:
@@ -183,8 +183,11 @@ def start_child(variant: Variant, args: argparse.Namespace, stop_file: Path) -> 
         "--stop-file",
         str(stop_file),
     ]
-    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    running = Child(process)
+    # stderr to a file: a pipe nobody reads could fill up and stop the child.
+    errors = stop_file.with_name(f"child{len(list(stop_file.parent.glob('*.err')))}.err")
+    with errors.open("w") as error_file:
+        process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=error_file, text=True)
+    running = Child(process, errors)
     threading.Thread(target=running.read, daemon=True).start()
     return running
 
@@ -195,8 +198,7 @@ def wait_for(condition: Any, children: list[Child]) -> None:
     while not condition():
         for c in children:
             if c.process.poll() is not None and c.process.returncode != 0:
-                assert c.process.stderr is not None
-                tail = c.process.stderr.read().strip().splitlines()[-3:]
+                tail = c.errors.read_text().strip().splitlines()[-3:]
                 raise RuntimeError(f"child exited with {c.process.returncode}: {' | '.join(tail)}")
         if time.monotonic() > deadline:
             raise RuntimeError("children took too long")
@@ -294,10 +296,11 @@ def main(argv: list[str] | None = None) -> None:
             f"{row['variant']:<12} {row['start']:<10} {row['process']:>4} {row['threads']!s:>7} "
             f"{row['seconds_per_step']:>8.3f} {row['ratio_to_cores_alone']:>14.2f}x"
         )
-    print("\nwhat auto chose:")
-    for row in rows:
-        if row["variant"] == "auto":
-            print(f"  {row['start']} #{row['process']}: {row['choice']}")
+    auto_rows = [row for row in rows if row["variant"] == "auto"]
+    if auto_rows:
+        print("\nwhat auto chose:")
+    for row in auto_rows:
+        print(f"  {row['start']} #{row['process']}: {row['choice']}")
     print(f"load average at end {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
