@@ -14,12 +14,21 @@ once, when torch loads it):
 * **how many threads**: the CPUs this process may run on (:func:`os.sched_getaffinity`), at most the
   cgroup CPU quota (``cpu.max`` of cgroup v2, ``cpu.cfs_quota_us`` / ``cpu.cfs_period_us`` of v1:
   a container's ``--cpus``), rounded down, less the CPUs that other processes keep busy now
-  (:func:`choose_threads`), at least 1; an ``OMP_NUM_THREADS`` the user set wins over all of this;
+  (:func:`choose_threads`), at least 1; an ``OMP_NUM_THREADS`` (or ``MKL_NUM_THREADS``) the user
+  set wins over all of this. Two jobs started together each see the other starting up: on 2 cores
+  each takes one;
 * **how idle threads wait**: a short spin (:data:`AUTO_SPIN_COUNT` polls for libgomp,
   ``KMP_BLOCKTIME`` :data:`AUTO_BLOCKTIME_MS` ms for Intel's OpenMP), then sleep: nearly the speed of
   spinning when the process is alone, and little of the cost when the machine fills up later (no
-  start-up decision can see a job that starts after it). Any of ``OMP_WAIT_POLICY``,
-  ``GOMP_SPINCOUNT``, ``KMP_BLOCKTIME`` that the user set wins, and none of the others is set then.
+  start-up decision can see a job that starts after it, so the wait does not depend on the load
+  seen now). Any of ``OMP_WAIT_POLICY``, ``GOMP_SPINCOUNT``, ``KMP_BLOCKTIME`` that the user set
+  wins, and none of the others is set then.
+
+The choice is applied by :func:`apply_auto` in the CLI's root callback, which runs before any verb
+imports torch: torch's count through ``OMP_NUM_THREADS`` in the environment (a verb that never
+imports torch does not pay its 2 s import for it), our loops' through
+:func:`medcyclegan.parallel.set_worker_threads`. Where torch is loaded already (the CLI called
+in-process), torch's count is set directly and the OpenMP variables, too late, are left unset.
 
 How busy the machine is (:func:`measure_other_load`), from the cheapest source that answers:
 
