@@ -11,9 +11,9 @@ resolve it here, so they accept and refuse the same names with the same messages
 * :mod:`medcyclegan.runtime.threads`: ``--threads auto|N``, CPU threads and OpenMP waits on a shared
   machine (torch-free, called before torch is imported).
 
-The names of precision and distributed are re-exported here (``from medcyclegan.runtime import use_bf16``),
-loaded on first use: they import torch, and ``medcyclegan --help`` (which reads :data:`DEVICE_HELP`)
-must not.
+The names of precision and distributed are re-exported here (``from medcyclegan.runtime import
+use_bf16``), loaded on first use: they import torch, and ``medcyclegan --help`` (which reads
+:data:`DEVICE_HELP`) must not.
 """
 
 from __future__ import annotations
