@@ -19,6 +19,7 @@ from medcyclegan import __version__
 from medcyclegan.config import GENERATORS, MODEL_KINDS, check_planes
 from medcyclegan.errors import MedCycleGANError
 from medcyclegan.runtime import DEVICE_HELP
+from medcyclegan.runtime.threads import THREADS_HELP, apply_auto, apply_fixed, decide_auto, parse_threads
 
 app = typer.Typer(
     name="medcyclegan",
@@ -30,9 +31,6 @@ app = typer.Typer(
 )
 
 logger = logging.getLogger("medcyclegan")
-
-# More threads than any machine has cores; far below what exhausts memory creating them.
-MAX_THREADS = 1024
 
 
 def _setup_logging(verbose: bool, quiet: bool) -> None:
@@ -65,28 +63,15 @@ def _root(
     ),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Show debug messages."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Show only warnings and errors."),
-    threads: int | None = typer.Option(
-        None,
-        "--threads",
-        help="CPU threads for torch and for medcyclegan's own parallel steps (gzip, body masks) "
-        "\\[default: all cores]. Use fewer on a machine shared with other jobs: oversubscribed cores "
-        "can slow CPU training many times over.",
-    ),
+    threads: str = typer.Option("auto", "--threads", help=THREADS_HELP, show_default=False, metavar="auto|N"),
 ) -> None:
     """medcyclegan: train, convert, evaluate; volumes keep their geometry, CT stays in HU."""
     _setup_logging(verbose, quiet)
-    if threads is not None:
-        if threads < 1:
-            raise MedCycleGANError(f"--threads must be >= 1; got {threads}")
-        if threads > MAX_THREADS:
-            # e.g. --threads 100000 ended in a MemoryError traceback when the pools were created.
-            raise MedCycleGANError(f"--threads must be at most {MAX_THREADS}; got {threads}")
-        import torch
-
-        from medcyclegan.parallel import set_worker_threads
-
-        torch.set_num_threads(threads)
-        set_worker_threads(threads)
+    # Before any verb imports torch: auto sets OMP_NUM_THREADS and the OpenMP wait variables, which
+    # are read once, when torch loads libgomp (medcyclegan.runtime.threads).
+    fixed = parse_threads(threads)
+    choice = apply_fixed(fixed) if fixed is not None else apply_auto(decide_auto())
+    logger.debug("%s", choice.describe())
 
 
 def _overrides(pairs: dict[str, Any], sets: list[str] | None) -> dict[str, Any]:

@@ -21,10 +21,12 @@ import nibabel as nib
 import numpy as np
 import pytest
 import SimpleITK as sitk
+import torch
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 from tiny import SESSION_RUN, TINY_RUN, CliResult, TrainedRun, digests, write_config_yaml, write_domains
 
+from medcyclegan import parallel
 from medcyclegan.cli import main
 from medcyclegan.config import load_config
 from medcyclegan.train.api import train_from_folders
@@ -194,6 +196,11 @@ def cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> Itera
     logger = logging.getLogger("medcyclegan")
     saved = (list(logger.handlers), logger.level, logger.propagate)
     monkeypatch.setenv("COLUMNS", "1000")  # rich wraps log lines at the terminal width
+    # torch is loaded in this process already, so --threads auto (the default) could only re-set its
+    # thread count, after a load reading: keep the test process's count, and restore our loops'
+    # setting afterwards (tests of auto itself: test_threads.py).
+    monkeypatch.setenv("OMP_NUM_THREADS", str(torch.get_num_threads()))
+    monkeypatch.setattr(parallel, "_threads", parallel._threads)
 
     def run(*args: object) -> CliResult:
         monkeypatch.setattr(sys, "argv", ["medcyclegan", *(str(a) for a in args)])

@@ -216,7 +216,7 @@ def test_convert_gpus_is_validated_before_any_work(cli, tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("verb", "default"),
     [
-        ((), "[default: all cores]"),
+        ((), "[default: auto]"),
         (("train",), "[default: runs/<date-time>]"),
         (("convert",), "[default: newest under ./runs]"),
         (("convert",), "[default: <case>_synth<to>.nii.gz]"),

@@ -7,11 +7,13 @@ resolve it here, so they accept and refuse the same names with the same messages
   :func:`resolve_device`;
 * :mod:`medcyclegan.runtime.precision`: the one mixed-precision policy (:func:`use_bf16`,
   :func:`use_channels_last`, :func:`autocast_context`);
-* :mod:`medcyclegan.runtime.distributed`: torchrun detection, process groups, sharding, relaunching.
+* :mod:`medcyclegan.runtime.distributed`: torchrun detection, process groups, sharding, relaunching;
+* :mod:`medcyclegan.runtime.threads`: ``--threads auto|N``, CPU threads and OpenMP waits on a shared
+  machine (torch-free, called before torch is imported).
 
-The names of the two modules are re-exported here (``from medcyclegan.runtime import use_bf16``),
-loaded on first use: they import torch, and ``medcyclegan --help`` (which reads :data:`DEVICE_HELP`)
-must not.
+The names of precision and distributed are re-exported here (``from medcyclegan.runtime import
+use_bf16``), loaded on first use: they import torch, and ``medcyclegan --help`` (which reads
+:data:`DEVICE_HELP`) must not.
 """
 
 from __future__ import annotations

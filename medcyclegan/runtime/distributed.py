@@ -42,6 +42,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from medcyclegan.errors import ConfigError
+from medcyclegan.runtime.threads import torchrun_threads_environment
 
 logger = logging.getLogger("medcyclegan")
 
@@ -337,7 +338,9 @@ def launch_with_torchrun(argv: Sequence[str], nproc_per_node: int, *, require_gp
     command = torchrun_command(argv, nproc_per_node)
     logger.info("starting %d processes: %s", nproc_per_node, " ".join(command))
     # Its own session: a Ctrl-C in the terminal reaches torchrun once (forwarded below), not twice.
-    process = subprocess.Popen(command, start_new_session=True)
+    # Each process its share of the CPUs (torchrun alone would give each one thread).
+    environment = {**os.environ, **torchrun_threads_environment(nproc_per_node)}
+    process = subprocess.Popen(command, start_new_session=True, env=environment)
 
     def forward(signum: int, _frame: Any) -> None:
         process.send_signal(signum)
