@@ -330,7 +330,8 @@ def convert(
         None,
         "-o",
         "--output",
-        help="Output file (or folder for a folder input) \\[default: <case>_synth<to>.nii.gz].",
+        help="Output file (or folder for a folder input; the series folder with --output-format dicom) "
+        "\\[default: <case>_synth<to>.nii.gz].",
     ),
     model: Path | None = typer.Option(
         None, "--model", "-m", help="Run folder or checkpoint \\[default: newest under ./runs]."
@@ -385,7 +386,8 @@ def convert(
         "study and FrameOfReferenceUID of a DICOM source series. An existing non-empty folder needs "
         "--overwrite and is then replaced as a whole (only a folder of DICOM files). --save-attention "
         "and --samples maps are written as NIfTI beside the folder (<folder>_attention.nii.gz, "
-        "<folder>_std.nii.gz). volume is the default for every input, DICOM ones included.",
+        "<folder>_std.nii.gz). volume stays the default for every input, DICOM series included, so "
+        "that -o DIR keeps meaning DIR/<case>.nii.gz.",
     ),
     dicom_patient_name: str | None = typer.Option(
         None,

@@ -21,9 +21,10 @@ from test_convert import OBLIQUE, identity_ct_model
 from test_convert_averaging import tiny_attention_model
 from tiny import TrainedRun, assert_clean_error, head, one_error_line
 
-from medcyclegan.convert import ConversionModel, convert_paths, load_model
+import medcyclegan.io.atomic
+from medcyclegan.convert import ConversionModel, convert_paths, load_model, plan_outputs
 from medcyclegan.errors import OutputError
-from medcyclegan.io.dicom_writer import DicomSource, write_dicom_series
+from medcyclegan.io.dicom_writer import DicomIdentity, DicomSource, new_dicom_source, write_dicom_series
 from medcyclegan.io.readers import read_volume
 from medcyclegan.io.volume import Geometry
 
@@ -367,7 +368,72 @@ def test_an_interrupted_write_leaves_nothing(tmp_path: Path, monkeypatch: pytest
     assert list(tmp_path.iterdir()) == []
 
 
-def _source() -> DicomSource:
-    from medcyclegan.io.dicom_writer import DicomIdentity, new_dicom_source
+def test_another_process_publishing_first_wins_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two writers of one series folder never mix slices: the second one to publish fails, cleanly."""
+    geometry = Geometry(
+        affine=np.diag([2.0, 2.0, 4.0, 1.0]), shape=(3, 3, 4), dtype="int16", source_format="nifti"
+    )
+    out = tmp_path / "sct"
+    real = medcyclegan.io.atomic.tempfile.mkdtemp
 
+    def mkdtemp(*args, **kwargs) -> str:
+        made = real(*args, **kwargs)
+        if not others:  # the other process writes and publishes its series meanwhile
+            others.append(made)
+            write_dicom_series(
+                np.ones((3, 3, 4), np.int16), geometry, out, source=_source(), description="other"
+            )
+        return made
+
+    others: list[str] = []
+
+    monkeypatch.setattr(medcyclegan.io.atomic.tempfile, "mkdtemp", mkdtemp)
+    with pytest.raises(OutputError, match="was created by another process while this one was writing"):
+        write_dicom_series(np.zeros((3, 3, 4), np.int16), geometry, out, source=_source(), description="mine")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sct"]
+    assert all(ds.pixel_array.min() == 1 and ds.SeriesDescription == "other" for ds in slices(out))
+
+
+@pytest.mark.parametrize("exchange", [True, False], ids=["renameat2-exchange", "moved-aside"])
+def test_overwrite_replaces_the_folder_in_one_step(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, exchange: bool
+) -> None:
+    if not exchange:  # a kernel or file system without RENAME_EXCHANGE
+        monkeypatch.setattr(medcyclegan.io.atomic, "_renameat2", lambda *args: False)
+    geometry = Geometry(
+        affine=np.diag([2.0, 2.0, 4.0, 1.0]), shape=(3, 3, 4), dtype="int16", source_format="nifti"
+    )
+    out = tmp_path / "sct"
+    out.mkdir()  # an empty folder is there to be filled, without --overwrite
+    write_dicom_series(np.zeros((3, 3, 4), np.int16), geometry, out, source=_source(), description="old")
+    longer = Geometry(affine=geometry.affine, shape=(3, 3, 2), dtype="int16", source_format="nifti")
+    write_dicom_series(
+        np.ones((3, 3, 2), np.int16), longer, out, source=_source(), description="new", overwrite=True
+    )
+    assert [ds.SeriesDescription for ds in slices(out)] == ["new", "new"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sct"]
+
+
+def test_a_non_ascii_patient_name_is_written_in_utf8(tmp_path: Path) -> None:
+    source = new_dicom_source(
+        DicomIdentity(patient_name="Zoë^Ann", patient_id="Ø1"), "case", "file case.nii.gz"
+    )
+    geometry = Geometry(
+        affine=np.diag([2.0, 2.0, 4.0, 1.0]), shape=(3, 3, 2), dtype="int16", source_format="nifti"
+    )
+    write_dicom_series(
+        np.zeros((3, 3, 2), np.int16), geometry, tmp_path / "sct", source=source, description="x"
+    )
+    ds = slices(tmp_path / "sct")[0]
+    assert (ds.SpecificCharacterSet, str(ds.PatientName), ds.PatientID) == ("ISO_IR 192", "Zoë^Ann", "Ø1")
+
+
+def test_a_single_dicom_input_writes_beside_itself_by_default(tmp_path: Path) -> None:
+    (planned,) = plan_outputs([tmp_path / "mr"], None, False, "ct", output_format="dicom")
+    assert planned == tmp_path / "mr_synthct"
+    (nifti,) = plan_outputs([tmp_path / "mr"], tmp_path, False, "ct")
+    assert nifti == tmp_path / "mr.nii.gz"  # the default format is unchanged
+
+
+def _source() -> DicomSource:
     return new_dicom_source(DicomIdentity(), "case", "file case.nii.gz")

@@ -458,7 +458,7 @@ def write_dicom_series(
             ds = _slice_dataset(series, grid, k, data[:, :, k], references[k] if references else None)
             try:
                 ds.save_as(tmp / f"CT{k + 1:0{width}d}.dcm", enforce_file_format=True)
-            except (ValueError, TypeError, AttributeError) as exc:
+            except (ValueError, TypeError, AttributeError, LookupError) as exc:  # odd copied values
                 raise OutputError(f"cannot be written as DICOM ({_ascii(str(exc))[:200]})", folder) from None
     for warning in caught:
         logger.debug("pydicom: %s", warning.message)
