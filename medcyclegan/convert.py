@@ -24,6 +24,7 @@ exception: their slices cross every slab, so the whole prepared volume is transl
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -1037,9 +1038,8 @@ def plan_conversion(
             [*files_written_by(out), *(f for p in beside for f in files_written_by(p))], input_files
         ):
             raise OutputError(f"output would replace its own input file {clash[1]}", out)
-        if dicom:
-            check_can_write_series(out, overwrite)
-        for path in (out, *beside) if not dicom else beside:
+        (check_can_write_series if dicom else check_can_write)(out, overwrite)
+        for path in beside:
             check_can_write(path, overwrite)
     if save_attention and not hasattr(model.generator, "forward_with_attention"):
         raise InputError(
@@ -1060,10 +1060,14 @@ def _check_dicom_outputs(
     may lie inside another (publishing one would replace or hide the other); a DICOM series input
     keeps its own patient and study (``identity`` is for other inputs).
     """
-    for out in outputs:
-        if inside := next((f for f in input_files if is_inside(f, out)), None):
-            raise OutputError(f"output series folder holds the input {inside}; give another folder", out)
-        if parent := next((o for o in outputs if o != out and is_inside(out, o)), None):
+    # As is_inside decides (links resolved), through each path's ancestors: linear in the paths.
+    folders = {Path(os.path.realpath(out)): out for out in outputs}
+    for name in input_files:
+        resolved = Path(os.path.realpath(name))
+        if out := next((folders[p] for p in (resolved, *resolved.parents) if p in folders), None):
+            raise OutputError(f"output series folder holds the input {name}; give another folder", out)
+    for resolved, out in folders.items():
+        if parent := next((folders[p] for p in resolved.parents if p in folders), None):
             raise OutputError(f"output series folder would lie inside the output series folder {parent}", out)
     if identity is not None and identity.given:
         for source in inputs:

@@ -22,7 +22,7 @@ from test_convert_averaging import tiny_attention_model
 from tiny import TrainedRun, assert_clean_error, head, one_error_line
 
 import medcyclegan.io.atomic
-from medcyclegan.convert import ConversionModel, convert_paths, load_model, plan_outputs
+from medcyclegan.convert import ConversionModel, convert_paths, load_model, plan_conversion, plan_outputs
 from medcyclegan.errors import OutputError
 from medcyclegan.io.dicom_writer import DicomIdentity, DicomSource, new_dicom_source, write_dicom_series
 from medcyclegan.io.readers import read_volume
@@ -236,6 +236,16 @@ def test_a_folder_of_inputs_gives_one_series_folder_per_case(
     assert [len(slices(folder)) for folder in sorted(written)] == [5, 4]
     p1, p2 = (slices(folder)[0] for folder in sorted(written))
     assert p1.PatientID == "tiny" and p2.PatientID == "brain" and p1.StudyInstanceUID != p2.StudyInstanceUID
+
+
+def test_a_series_folder_inside_another_is_refused(tmp_path: Path, write_dicom_series, write_nifti) -> None:
+    """in/p1 is a series and holds p1/sub/c.nii.gz: out/p1/sub/c would lie inside the series out/p1."""
+    write_dicom_series("in/p1", head((12, 10, 3), "ct"))
+    write_nifti("in/p1/sub/c.nii.gz", head((12, 10, 3), "ct"))
+    with pytest.raises(OutputError, match="would lie inside the output series folder") as caught:
+        plan_conversion(identity_ct_model(), tmp_path / "in", tmp_path / "out", output_format="dicom")
+    assert str(caught.value).startswith(f"{tmp_path / 'out' / 'p1' / 'sub' / 'c'}:")
+    assert not (tmp_path / "out").exists()
 
 
 class StyledIdentity(torch.nn.Module):
