@@ -23,7 +23,7 @@ from tiny import TrainedRun, assert_clean_error, head, one_error_line
 
 import medcyclegan.io.atomic
 from medcyclegan.convert import ConversionModel, convert_paths, load_model, plan_conversion, plan_outputs
-from medcyclegan.errors import OutputError
+from medcyclegan.errors import InputError, OutputError
 from medcyclegan.io.dicom_writer import DicomIdentity, DicomSource, new_dicom_source, write_dicom_series
 from medcyclegan.io.readers import read_volume
 from medcyclegan.io.volume import Geometry
@@ -302,6 +302,23 @@ def test_a_source_without_what_the_series_needs_is_one_line(
     line = one_error_line(result)
     assert f"has no {missing}" in line and str(source / "IM0000.dcm") in line
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mr"]
+
+
+def test_a_slice_of_another_frame_of_reference_or_a_bad_uid_is_one_line(
+    model: ConversionModel, tmp_path: Path, write_dicom_series
+) -> None:
+    source, _ = mr_series(write_dicom_series, "mr")
+    odd = source / "IM0003.dcm"
+    ds = pydicom.dcmread(odd)
+    ds.FrameOfReferenceUID = pydicom.uid.generate_uid()
+    ds.save_as(odd)
+    with pytest.raises(InputError, match=r"has FrameOfReferenceUID .* where its series has") as caught:
+        convert_paths(model, source, tmp_path / "sct", output_format="dicom")
+    assert str(caught.value).startswith(f"{odd}: ")
+    bad, _ = mr_series(write_dicom_series, "bad", tags={"StudyInstanceUID": "1.2.x\n3"})
+    with pytest.raises(InputError, match="has an invalid StudyInstanceUID"):
+        convert_paths(model, bad, tmp_path / "sct", output_format="dicom")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad", "mr"]
 
 
 def test_outputs_a_series_cannot_be_written_to_are_one_line_each(

@@ -205,12 +205,23 @@ def read_dicom_source(geometry: Geometry) -> DicomSource:
 
     The series' slice files (``geometry.extra["series_files"]``, kept by
     :func:`~medcyclegan.io.readers.read_volume`) are read again with pydicom, headers only.
+    pydicom's remarks on odd values (it converts them as they are used) go to the debug log: what
+    matters here is checked, in one line of its own.
 
     Raises:
         InputError: a slice cannot be read any more, lacks a StudyInstanceUID or FrameOfReferenceUID
             (or holds one that is not a UID), or its slices disagree on the series, study or frame of
             reference (naming the slice file).
     """
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        source = _read_dicom_source(geometry)
+    for warning in caught:
+        logger.debug("pydicom: %s", warning.message)
+    return source
+
+
+def _read_dicom_source(geometry: Geometry) -> DicomSource:
     folder = Path(geometry.source_path)
     names = json.loads(geometry.extra.get("series_files", "[]"))
     if geometry.source_format != "dicom" or not names:
@@ -218,7 +229,7 @@ def read_dicom_source(geometry: Geometry) -> DicomSource:
     paths = [folder / name for name in names]
     first = _read_header(paths[0], None)
     for keyword, why in REQUIRED_FROM_SOURCE.items():
-        value = str(first.get(keyword, "") or "").strip()
+        value = _text(first, keyword)
         if not value:
             raise InputError(
                 f"has no {keyword} ({why}); a synthetic CT series cannot be made from this series: "
@@ -228,31 +239,28 @@ def read_dicom_source(geometry: Geometry) -> DicomSource:
         if len(value) > _MAX_UID_CHARS or not _UID_TEXT.fullmatch(value):
             raise InputError(f"has an invalid {keyword} {value[:80]!r} (not a DICOM UID)", paths[0])
     expected = {
-        "SeriesInstanceUID": geometry.extra.get("series_uid", ""),
-        "StudyInstanceUID": str(first.StudyInstanceUID).strip(),
-        "FrameOfReferenceUID": str(first.FrameOfReferenceUID).strip(),
+        "SeriesInstanceUID": geometry.extra.get("series_uid", "").strip(" \0"),
+        "StudyInstanceUID": _text(first, "StudyInstanceUID"),
+        "FrameOfReferenceUID": _text(first, "FrameOfReferenceUID"),
     }
     references = []
     for path in paths:
         header = first if path == paths[0] else _read_header(path, _SLICE_TAGS)
         for keyword, value in expected.items():
-            found = str(header.get(keyword, "") or "").strip()
+            found = _text(header, keyword)
             if found != value:
                 raise InputError(
-                    f"has {keyword} {found[:80]!r}, other slices of its series {value!r}: one series "
-                    "must lie in one study and one frame of reference (or the folder changed while "
-                    "it was read)",
+                    f"has {keyword} {found[:80]!r} where its series has {value!r}: a series must lie in "
+                    "one study and one frame of reference (or the folder changed while it was read)",
                     path,
                 )
-        references.append(
-            (str(header.get("SOPClassUID", "") or ""), str(header.get("SOPInstanceUID", "") or ""))
-        )
+        references.append((_text(header, "SOPClassUID"), _text(header, "SOPInstanceUID")))
     attributes = Dataset()
     for keyword in COPIED_FROM_SOURCE:
         if keyword in first:
             attributes.add(copy.deepcopy(first[keyword]))
-    modality = str(first.get("Modality", "") or "").strip() or "DICOM"
-    description = _ascii(str(first.get("SeriesDescription", "") or ""))
+    modality = _text(first, "Modality") or "DICOM"
+    description = _ascii(_text(first, "SeriesDescription"))
     derived_from = f"{_ascii(modality)} series {expected['SeriesInstanceUID']}" + (
         f" ({description})" if description else ""
     )
@@ -538,11 +546,9 @@ def _slice_dataset(
 def _read_header(path: Path, tags: tuple[str, ...] | None) -> Dataset:
     """The header of one source slice (``tags`` only, when given), with pydicom."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # pydicom's remarks on odd values; what matters is checked
-            return pydicom.dcmread(
-                path, stop_before_pixels=True, force=True, specific_tags=list(tags) if tags else None
-            )
+        return pydicom.dcmread(
+            path, stop_before_pixels=True, force=True, specific_tags=list(tags) if tags else None
+        )
     except OSError as exc:
         raise InputError(
             f"cannot be read again for its DICOM attributes ({exc.strerror or exc})", path
@@ -552,6 +558,14 @@ def _read_header(path: Path, tags: tuple[str, ...] | None) -> Dataset:
             f"cannot be read again for its DICOM attributes ({type(exc).__name__}: {_ascii(str(exc))[:200]})",
             path,
         ) from None
+
+
+def _text(ds: Dataset, keyword: str) -> str:
+    """An element's value as text without DICOM's padding ('' when absent or empty)."""
+    try:
+        return str(ds.get(keyword, "") or "").strip(" \0")
+    except Exception:  # a hostile value pydicom cannot convert counts as missing
+        return ""
 
 
 def _integer(value: object) -> int | None:
