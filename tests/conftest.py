@@ -120,7 +120,7 @@ def write_itk(tmp_path: Path) -> Callable[..., Path]:
 
 @pytest.fixture
 def write_dicom_series(tmp_path: Path) -> Callable[..., tuple[Path, str]]:
-    """Factory writing a CT series with pydicom, one uint16 slice per file; returns (folder, series UID).
+    """Factory writing a CT (or MR) series with pydicom, one uint16 slice per file; returns (folder, series UID).
 
     ``write_dicom_series(folder, hu_xyz, *, spacing=(x, y, z) mm, origin=(x, y, z) LPS mm, slope=1,
     intercept=-1024, description="tiny CT", series_uid=None, skip_slices=(), file_prefix="IM",

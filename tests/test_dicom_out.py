@@ -305,6 +305,7 @@ def test_a_source_without_what_the_series_needs_is_one_line(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mr"]
 
 
+@pytest.mark.filterwarnings("ignore:Invalid value for VR UI")  # pydicom, on the bad UID the test writes
 def test_a_slice_of_another_frame_of_reference_or_a_bad_uid_is_one_line(
     model: ConversionModel, tmp_path: Path, write_dicom_series
 ) -> None:
