@@ -288,6 +288,20 @@ def test_the_identity_model_stores_the_input_hu_exactly(tmp_path: Path, write_di
     np.testing.assert_array_equal(np.stack(hu, axis=2), ct)
 
 
+@pytest.mark.parametrize("suffix", [".nrrd", ".mha"])
+def test_an_itk_input_becomes_a_series_on_its_grid(tmp_path: Path, write_itk, suffix: str) -> None:
+    ct = head((24, 20, 4), "ct")
+    direction = (1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0)  # flipped y, like brain1_image.nrrd
+    path = write_itk(
+        f"in/scan{suffix}", ct, spacing=(0.8, 0.7, 3.0), origin=(-10.0, 20.0, 5.0), direction=direction
+    )
+    (series,) = convert_paths(identity_ct_model(), path, tmp_path / "sct", output_format="dicom")
+    back, source = read_volume(series), read_volume(path)
+    assert_same_voxel_centres(back.geometry, source.geometry)
+    np.testing.assert_array_equal(back.array, source.array)
+    assert f"file scan{suffix}" in slices(series)[0].DerivationDescription
+
+
 # --------------------------------------------------------------------------------------------- errors
 
 
