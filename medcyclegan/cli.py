@@ -315,7 +315,8 @@ def convert(
         None,
         "-o",
         "--output",
-        help="Output file (or folder for a folder input) \\[default: <case>_synth<to>.nii.gz].",
+        help="Output file (or folder for a folder input; the series folder with --output-format dicom) "
+        "\\[default: <case>_synth<to>.nii.gz].",
     ),
     model: Path | None = typer.Option(
         None, "--model", "-m", help="Run folder or checkpoint \\[default: newest under ./runs]."
@@ -360,11 +361,42 @@ def convert(
         "--gpus",
         help="Convert a folder on N GPUs of this machine, one process each (relaunches via torchrun).",
     ),
+    output_format: str = typer.Option(
+        "volume",
+        "--output-format",
+        help="volume: one volume file per input, its format from the -o suffix (.nii.gz, .nii, .nrrd, "
+        ".nhdr, .mha, .mhd; a DICOM series becomes <case>.nii.gz). dicom: a CT Image Storage series "
+        "(synthetic CT only), one int16 HU file per slice, in a folder: -o is that folder for one input "
+        "\\[default: <case>_synthct], one folder per case below -o for a folder input; it keeps the patient, "
+        "study and FrameOfReferenceUID of a DICOM source series. An existing non-empty folder needs "
+        "--overwrite and is then replaced as a whole (only a folder of DICOM files). --save-attention "
+        "and --samples maps are written as NIfTI beside the folder (<folder>_attention.nii.gz, "
+        "<folder>_std.nii.gz). volume stays the default for every input, DICOM series included, so "
+        "that -o DIR keeps meaning DIR/<case>.nii.gz.",
+    ),
+    dicom_patient_name: str | None = typer.Option(
+        None,
+        "--dicom-patient-name",
+        help="--output-format dicom of a non-DICOM input: PatientName (FAMILY^GIVEN) \\[default: the case "
+        "name]. A DICOM source keeps its own patient and study.",
+    ),
+    dicom_patient_id: str | None = typer.Option(
+        None,
+        "--dicom-patient-id",
+        help="--output-format dicom of a non-DICOM input: PatientID \\[default: the case name].",
+    ),
+    dicom_study_uid: str | None = typer.Option(
+        None,
+        "--dicom-study-uid",
+        help="--output-format dicom of a non-DICOM input: the StudyInstanceUID to join \\[default: a new "
+        "study]. Each such series gets a new FrameOfReferenceUID.",
+    ),
 ) -> None:
     """Translate volumes with a trained model; outputs keep the input's exact geometry (CT as int16 HU)."""
     if gpus is not None:
         _relaunch_with_torchrun(gpus)
-    from medcyclegan.convert import convert_paths, load_model, std_output_path
+    from medcyclegan.convert import check_output_format, convert_paths, load_model, std_output_path
+    from medcyclegan.io.dicom_writer import DicomIdentity
 
     if to is not None and to not in ("ct", "mr"):
         raise MedCycleGANError(f"--to must be ct or mr; got {to!r}")
@@ -377,6 +409,12 @@ def convert(
         raise MedCycleGANError("--seed draws the styles of --samples: give --samples K (K >= 2) too")
     if seed is not None and not 0 <= seed < 2**63:
         raise MedCycleGANError(f"--seed must be in [0, 2**63); got {seed}")
+    check_output_format(output_format, to)  # before the checkpoint is loaded
+    identity = DicomIdentity(dicom_patient_name, dicom_patient_id, dicom_study_uid).check()
+    if identity.given and output_format != "dicom":
+        raise MedCycleGANError(
+            "--dicom-patient-name, --dicom-patient-id and --dicom-study-uid need --output-format dicom"
+        )
     translation = load_model(model, to=to, device=device)
     written = convert_paths(
         translation,
@@ -390,6 +428,8 @@ def convert(
         planes=chosen_planes,
         samples=samples,
         seed=0 if seed is None else seed,
+        output_format=output_format,
+        dicom_identity=identity,
     )
     for path in written:
         # With --samples K the standard deviation lies beside each mean: name both.

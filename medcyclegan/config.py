@@ -53,6 +53,8 @@ BEST_MODES = ("auto", "max", "min")
 AUTO = "auto"
 # Segmentation dataset layouts of ``medcyclegan augment`` (nnU-Net v2, Medical Segmentation Decathlon).
 DATASET_FORMATS = ("nnunetv2", "msd")
+# What convert writes (--output-format): a volume file (format from the -o suffix) or a DICOM CT series.
+OUTPUT_FORMATS = ("volume", "dicom")
 # Slice planes a 2D (axial) translator can run along (convert --planes: medcyclegan.inference.translate_planes).
 PLANES = ("axial", "coronal", "sagittal")
 # Upper bounds that catch typos (an image_size of 100000, ngf 64000) with one line, before any

@@ -24,6 +24,7 @@ exception: their slices cross every slab, so the whole prepared volume is transl
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +41,7 @@ from medcyclegan.checkpoint import (
     load_state_strict,
     newest_run,
 )
-from medcyclegan.config import Config, check_planes
+from medcyclegan.config import OUTPUT_FORMATS, Config, check_planes
 from medcyclegan.data.normalise import NormParams, denormalise, output_params
 from medcyclegan.data.prepare import (
     fit_volume,
@@ -56,6 +57,13 @@ from medcyclegan.inference import translate_planes, translate_slices
 # readers by module: its functions are looked up at call time (tests count the reads through it).
 from medcyclegan.io import readers
 from medcyclegan.io.atomic import check_can_write
+from medcyclegan.io.dicom_writer import (
+    KEEPS_ITS_IDENTITY,
+    DicomIdentity,
+    check_can_write_series,
+    dicom_output_source,
+    write_dicom_series,
+)
 from medcyclegan.io.discovery import (
     case_name,
     files_of_volume,
@@ -221,8 +229,13 @@ def synthetic_description(
     )
 
 
-def default_output_path(input_path: Path, output_dir: Path) -> Path:
-    """``output_dir/<name>``: NIfTI and ITK files keep their name; DICOM folders become ``<case>.nii.gz``."""
+def default_output_path(input_path: Path, output_dir: Path, output_format: str = "volume") -> Path:
+    """``output_dir/<name>``: NIfTI and ITK files keep their name; DICOM folders become ``<case>.nii.gz``.
+
+    With ``output_format`` ``"dicom"`` every input becomes the series folder ``output_dir/<case>``.
+    """
+    if output_format == "dicom":
+        return output_dir / case_name(input_path)
     if input_path.is_file() and input_path.name.endswith(OUTPUT_SUFFIXES):
         return output_dir / input_path.name
     return output_dir / f"{case_name(input_path)}.nii.gz"
@@ -708,6 +721,8 @@ def convert_file(
     samples: int = 1,
     seed: int = 0,
     std_path: str | Path | None = None,
+    output_format: str = "volume",
+    dicom_identity: DicomIdentity | None = None,
 ) -> Path:
     """Translates ``input_path`` and writes it to ``output_path`` on the input's exact grid.
 
@@ -723,12 +738,22 @@ def convert_file(
     (:func:`translate_samples`). K = 1 is the plain conversion (a model with styles translates at
     its fixed style).
 
+    ``output_format`` ``"dicom"``: ``output_path`` is a folder that receives a CT Image Storage
+    series (:func:`~medcyclegan.io.dicom_writer.write_dicom_series`): the patient, study and frame
+    of reference of a DICOM source, else new ones (``dicom_identity``, default: the case name as
+    patient name and ID, a new study). The source's attributes and the grid are checked before the
+    translation. The attention map and the standard deviation stay volume files.
+
     Raises:
-        ConfigError: ``samples`` below 1, or above 1 for a model without styles.
+        ConfigError: ``samples`` below 1, or above 1 for a model without styles; ``"dicom"`` for an
+            MR target.
+        InputError: a DICOM source without the attributes a DICOM output needs.
+        OutputError: a grid DICOM cannot store (sheared).
     """
     check_samples(model, samples)
     planes = check_planes(planes)
-    output_path = check_can_write(output_path, overwrite)
+    dicom = check_output_format(output_format, model.target_modality) == "dicom"
+    output_path = (check_can_write_series if dicom else check_can_write)(output_path, overwrite)
     if attention_path is not None:
         check_can_write(attention_path, overwrite)
     if samples > 1:
@@ -736,9 +761,11 @@ def convert_file(
     description = synthetic_description(
         model, flip_average=flip_average, planes=planes, samples=samples, seed=seed
     )
+    volume, mask = _read_input(input_path, mask_path)
+    geometry = volume.geometry
+    # Before the translation: a source a series cannot be made from fails at once.
+    dicom_source = dicom_output_source(geometry, dicom_identity, case_name(input_path)) if dicom else None
     if samples > 1:
-        volume, mask = _read_input(input_path, mask_path)
-        geometry = volume.geometry
         styles = draw_styles(model.generator.style_dim, samples, seed)  # type: ignore[arg-type]
         out, std = translate_samples(
             model,
@@ -750,28 +777,33 @@ def convert_file(
             flip_average=flip_average,
             planes=planes,
         )
-        del volume
         attention = None
     else:
-        out, geometry, attention = translate_volume(
+        out, attention = translate_loaded(
             model,
-            input_path,
+            volume,
             batch_size=batch_size,
-            mask_path=mask_path,
+            mask=mask,
             mask_background=mask_background,
             return_attention=attention_path is not None,
             flip_average=flip_average,
             planes=planes,
         )
-    # ``out`` already has the output dtype: the writer stores it without another copy.
-    written = write_volume(
-        out,
-        geometry,
-        output_path,
-        dtype=OUTPUT_DTYPE[model.target_modality],
-        overwrite=overwrite,
-        description=description,
-    )
+    del volume, mask
+    if dicom_source is not None:
+        written = write_dicom_series(
+            out, geometry, output_path, source=dicom_source, description=description, overwrite=overwrite
+        )
+    else:
+        # ``out`` already has the output dtype: the writer stores it without another copy.
+        written = write_volume(
+            out,
+            geometry,
+            output_path,
+            dtype=OUTPUT_DTYPE[model.target_modality],
+            overwrite=overwrite,
+            description=description,
+        )
     if attention_path is not None and attention is not None:
         write_volume(
             attention,
@@ -815,13 +847,22 @@ def std_output_path(output: Path) -> Path:
 
 
 def plan_outputs(
-    inputs: Sequence[Path], output: Path | None, input_is_folder: bool, to: str, root: Path | None = None
+    inputs: Sequence[Path],
+    output: Path | None,
+    input_is_folder: bool,
+    to: str,
+    root: Path | None = None,
+    output_format: str = "volume",
 ) -> list[Path]:
     """Output paths for the inputs; a folder input needs a folder output.
 
     The volumes of a folder input keep their place below it: ``root/patient1/series_T1`` (a DICOM
     series) becomes ``output/patient1/series_T1.nii.gz``, ``root/a/b.nrrd`` becomes
     ``output/a/b.nrrd``, so a patient/series tree converts as one folder.
+
+    With ``output_format`` ``"dicom"`` each output is a series folder: ``-o`` itself for a single
+    input (default ``<case>_synth<to>`` beside the input), ``output/<relative path>/<case>`` for
+    each volume of a folder input (``output/patient1/series_T1/``, ``output/a/b/``).
 
     Args:
         inputs: the volumes (for a folder input, as :func:`~medcyclegan.io.discovery.find_volumes`
@@ -830,7 +871,9 @@ def plan_outputs(
         input_is_folder: the input was a folder of volumes.
         to: the target modality (names the default single output ``<case>_synth<to>.nii.gz``).
         root: the input folder (default: every output directly in ``output``).
+        output_format: ``"volume"`` or ``"dicom"`` (:func:`check_output_format`).
     """
+    check_output_format(output_format, to)
     if input_is_folder:
         if output is None:
             raise OutputError("a folder input needs -o OUTPUT_FOLDER")
@@ -850,8 +893,10 @@ def plan_outputs(
                 "run on that folder; give an output folder outside it",
                 output,
             )
-        return [_mirrored_output_path(p, root, output) for p in inputs]
+        return [_mirrored_output_path(p, root, output, output_format) for p in inputs]
     (single,) = inputs
+    if output_format == "dicom":
+        return [single.parent / f"{case_name(single)}_synth{to}" if output is None else output]
     if output is None:
         return [single.parent / f"{case_name(single)}_synth{to}.nii.gz"]
     if output.is_dir():
@@ -861,14 +906,36 @@ def plan_outputs(
     return [output]
 
 
-def _mirrored_output_path(input_path: Path, root: Path | None, output_dir: Path) -> Path:
+def _mirrored_output_path(
+    input_path: Path, root: Path | None, output_dir: Path, output_format: str = "volume"
+) -> Path:
     """:func:`default_output_path` in the sub-folder of ``output_dir`` that ``input_path`` has below ``root``."""
     if root is None:
-        return default_output_path(input_path, output_dir)
+        return default_output_path(input_path, output_dir, output_format)
     relative = input_path.relative_to(root)
     # The input folder itself may be a DICOM series (beside sub-folders of volumes): named after it.
     folder = output_dir if relative == Path(".") else output_dir / relative.parent
-    return default_output_path(input_path, folder)
+    return default_output_path(input_path, folder, output_format)
+
+
+def check_output_format(output_format: str, to: str | None = None) -> str:
+    """``output_format`` (one of :data:`~medcyclegan.config.OUTPUT_FORMATS`), checked against the
+    target modality ``to`` when given.
+
+    Raises:
+        ConfigError: an unknown format, or ``"dicom"`` for a target other than CT (the series is
+            CT Image Storage).
+    """
+    if output_format not in OUTPUT_FORMATS:
+        raise ConfigError(
+            f"--output-format must be one of {', '.join(OUTPUT_FORMATS)}; got {output_format!r}"
+        )
+    if output_format == "dicom" and to not in (None, "ct"):
+        raise ConfigError(
+            f"--output-format dicom writes CT Image Storage series, but this conversion makes {to}: "
+            "write it as a volume file (NIfTI, NRRD or MHA)"
+        )
+    return output_format
 
 
 def _check_distinct_outputs(planned: Sequence[tuple[Path, Path | None]]) -> None:
@@ -912,12 +979,20 @@ def plan_conversion(
     overwrite: bool = False,
     planes: Sequence[str] = DEFAULT_PLANES,
     samples: int = 1,
+    output_format: str = "volume",
+    dicom_identity: DicomIdentity | None = None,
 ) -> list[ConversionJob]:
     """The conversions a :func:`convert_paths` call makes, every output checked, nothing read or written.
 
     ``planes`` and ``samples`` are checked too (:func:`~medcyclegan.config.check_planes`,
     :func:`check_samples`), so a bad value fails before any input is looked at. With ``samples`` > 1
     every output has a standard deviation beside it (:func:`std_output_path`), checked alike.
+
+    ``output_format`` ``"dicom"``: every output is a series folder (:func:`plan_outputs`), checked by
+    :func:`~medcyclegan.io.dicom_writer.check_can_write_series`; the attention map and the standard
+    deviation are NIfTI files beside it (``<folder>_attention.nii.gz``, ``<folder>_std.nii.gz``:
+    float maps, not CT images a planning system should import). ``dicom_identity`` (the patient and
+    study of a non-DICOM input) is checked, and refused for a DICOM series input.
 
     Raises:
         ConfigError: unknown or repeated ``planes``; ``samples`` the model cannot give.
@@ -928,6 +1003,9 @@ def plan_conversion(
     """
     check_planes(planes)
     check_samples(model, samples)
+    dicom = check_output_format(output_format, model.target_modality) == "dicom"
+    if dicom_identity is not None:
+        dicom_identity.check()
     input_path = Path(input_path)
     folder, series_uid = split_series(input_path)
     if not folder.exists():
@@ -946,24 +1024,55 @@ def plan_conversion(
         is_folder,
         model.target_modality,
         root=input_path if is_folder else None,
+        output_format=output_format,
     )
     attention_paths = [_attention_path(p) if save_attention else None for p in outputs]
     std_paths = [std_output_path(p) if samples > 1 else None for p in outputs]
     _check_distinct_outputs([*zip(inputs, outputs), *zip(inputs, attention_paths), *zip(inputs, std_paths)])
     input_files = [f for p in inputs for f in files_of_volume(p)]  # detached data files included
+    if dicom:
+        _check_dicom_outputs(inputs, outputs, input_files, dicom_identity)
     for out, *extra in zip(outputs, attention_paths, std_paths):
         beside = [p for p in extra if p is not None]
         if clash := shared_file(
             [*files_written_by(out), *(f for p in beside for f in files_written_by(p))], input_files
         ):
             raise OutputError(f"output would replace its own input file {clash[1]}", out)
-        for path in (out, *beside):
+        (check_can_write_series if dicom else check_can_write)(out, overwrite)
+        for path in beside:
             check_can_write(path, overwrite)
     if save_attention and not hasattr(model.generator, "forward_with_attention"):
         raise InputError(
             "--save-attention needs a model trained with --generator resnet-attention", model.checkpoint
         )
     return [ConversionJob(i, o, a, d) for i, o, a, d in zip(inputs, outputs, attention_paths, std_paths)]
+
+
+def _check_dicom_outputs(
+    inputs: Sequence[Path],
+    outputs: Sequence[Path],
+    input_files: Sequence[Path],
+    identity: DicomIdentity | None,
+) -> None:
+    """What the series folders of ``convert --output-format dicom`` must not do.
+
+    A series folder replaced as a whole (``--overwrite``) must not hold an input; no series folder
+    may lie inside another (publishing one would replace or hide the other); a DICOM series input
+    keeps its own patient and study (``identity`` is for other inputs).
+    """
+    # As is_inside decides (links resolved), through each path's ancestors: linear in the paths.
+    folders = {Path(os.path.realpath(out)): out for out in outputs}
+    for name in input_files:
+        resolved = Path(os.path.realpath(name))
+        if out := next((folders[p] for p in (resolved, *resolved.parents) if p in folders), None):
+            raise OutputError(f"output series folder holds the input {name}; give another folder", out)
+    for resolved, out in folders.items():
+        if parent := next((folders[p] for p in resolved.parents if p in folders), None):
+            raise OutputError(f"output series folder would lie inside the output series folder {parent}", out)
+    if identity is not None and identity.given:
+        for source in inputs:
+            if source.is_dir() or split_series(source)[1] is not None:
+                raise InputError(KEEPS_ITS_IDENTITY, source)
 
 
 def convert_paths(
@@ -979,6 +1088,8 @@ def convert_paths(
     planes: Sequence[str] = DEFAULT_PLANES,
     samples: int = 1,
     seed: int = 0,
+    output_format: str = "volume",
+    dicom_identity: DicomIdentity | None = None,
 ) -> list[Path]:
     """Converts a file, a DICOM series (``FOLDER`` or ``FOLDER::SERIES_UID``) or every volume of a folder.
 
@@ -997,6 +1108,8 @@ def convert_paths(
     ``flip_average`` and ``planes``: test-time averaging of every conversion (see :func:`translate_loaded`).
     ``samples`` and ``seed``: the mean and standard deviation over that many styles (see
     :func:`convert_file`); every input gets the same style codes, in every process.
+    ``output_format`` and ``dicom_identity``: a DICOM CT series per input (see :func:`plan_conversion`
+    and :func:`convert_file`).
 
     Returns:
         The outputs this process wrote.
@@ -1009,6 +1122,8 @@ def convert_paths(
         overwrite=overwrite,
         planes=planes,
         samples=samples,
+        output_format=output_format,
+        dicom_identity=dicom_identity,
     )
     context = distributed.detect()
     if context.is_distributed:
@@ -1028,6 +1143,8 @@ def convert_paths(
         planes=planes,
         samples=samples,
         seed=seed,
+        output_format=output_format,
+        dicom_identity=dicom_identity,
     )
 
 
@@ -1042,6 +1159,8 @@ def convert_jobs(
     planes: Sequence[str] = DEFAULT_PLANES,
     samples: int = 1,
     seed: int = 0,
+    output_format: str = "volume",
+    dicom_identity: DicomIdentity | None = None,
 ) -> list[Path]:
     """Runs planned conversions in order (see :func:`convert_file`); returns the outputs written."""
     written = []
@@ -1060,6 +1179,8 @@ def convert_jobs(
                 samples=samples,
                 seed=seed,
                 std_path=job.std,
+                output_format=output_format,
+                dicom_identity=dicom_identity,
             )
         )
         logger.info("%s -> %s", job.input, job.output)

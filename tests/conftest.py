@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import sys
 import traceback
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import nibabel as nib
@@ -23,7 +23,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, MRImageStorage, generate_uid
 from tiny import SESSION_RUN, TINY_RUN, CliResult, TrainedRun, digests, write_config_yaml, write_domains
 
 from medcyclegan import parallel
@@ -122,12 +122,17 @@ def write_itk(tmp_path: Path) -> Callable[..., Path]:
 
 @pytest.fixture
 def write_dicom_series(tmp_path: Path) -> Callable[..., tuple[Path, str]]:
-    """Factory writing a CT series with pydicom, one uint16 slice per file; returns (folder, series UID).
+    """Factory writing a CT (or MR) series with pydicom, one uint16 slice per file; returns (folder, series UID).
 
     ``write_dicom_series(folder, hu_xyz, *, spacing=(x, y, z) mm, origin=(x, y, z) LPS mm, slope=1,
-    intercept=-1024, description="tiny CT", series_uid=None, skip_slices=(), file_prefix="IM")``. Stored values are
-    ``(HU - intercept) / slope``; slice k lies at ``origin + k * spacing_z`` along +z (LPS);
-    ``skip_slices`` leaves slices out (to make a gap).
+    intercept=-1024, description="tiny CT", series_uid=None, skip_slices=(), file_prefix="IM",
+    modality="CT", orientation=(1, 0, 0, 0, 1, 0), reverse_files=False, tags={}, omit=())``. Stored
+    values are ``(HU - intercept) / slope``; slice k lies at ``origin + k * spacing_z`` along the
+    normal of ``orientation`` (ImageOrientationPatient, LPS: +z for the default axial one);
+    ``skip_slices`` leaves slices out (to make a gap). ``modality="MR"`` writes MR Image Storage;
+    ``reverse_files`` numbers the files and InstanceNumbers from the last slice (as a feet-first
+    scanner does); ``tags`` sets further elements on every slice (``{"PatientPosition": "FFS"}``),
+    ``omit`` deletes elements (``("FrameOfReferenceUID",)``).
     """
 
     def write(
@@ -142,33 +147,41 @@ def write_dicom_series(tmp_path: Path) -> Callable[..., tuple[Path, str]]:
         series_uid: str | None = None,
         skip_slices: Sequence[int] = (),
         file_prefix: str = "IM",
+        modality: str = "CT",
+        orientation: Sequence[float] = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0),
+        reverse_files: bool = False,
+        tags: Mapping[str, object] | None = None,
+        omit: Sequence[str] = (),
     ) -> tuple[Path, str]:
         folder = tmp_path / folder_name
         folder.mkdir(parents=True, exist_ok=True)
         series_uid = series_uid or generate_uid()
         study_uid, frame_uid = generate_uid(), generate_uid()
+        sop_class = MRImageStorage if modality == "MR" else CTImageStorage
+        normal = np.cross(orientation[:3], orientation[3:])
         n_x, n_y, n_z = hu_xyz.shape
         for k in range(n_z):
             if k in skip_slices:
                 continue
+            number = n_z - k if reverse_files else k + 1
             sop_uid = generate_uid()
             meta = FileMetaDataset()
-            meta.MediaStorageSOPClassUID = CTImageStorage
+            meta.MediaStorageSOPClassUID = sop_class
             meta.MediaStorageSOPInstanceUID = sop_uid
             meta.TransferSyntaxUID = ExplicitVRLittleEndian
             ds = Dataset()
             ds.file_meta = meta
-            ds.SOPClassUID = CTImageStorage
+            ds.SOPClassUID = sop_class
             ds.SOPInstanceUID = sop_uid
-            ds.Modality = "CT"
+            ds.Modality = modality
             ds.PatientID = "tiny"
             ds.StudyInstanceUID = study_uid
             ds.SeriesInstanceUID = series_uid
             ds.FrameOfReferenceUID = frame_uid
             ds.SeriesDescription = description
-            ds.InstanceNumber = k + 1
-            ds.ImagePositionPatient = [float(origin[0]), float(origin[1]), float(origin[2]) + k * spacing[2]]
-            ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+            ds.InstanceNumber = number
+            ds.ImagePositionPatient = [float(v) for v in np.asarray(origin, float) + k * spacing[2] * normal]
+            ds.ImageOrientationPatient = [float(v) for v in orientation]
             # PixelSpacing is (row spacing = along y, column spacing = along x).
             ds.PixelSpacing = [float(spacing[1]), float(spacing[0])]
             ds.SliceThickness = float(spacing[2])
@@ -179,7 +192,12 @@ def write_dicom_series(tmp_path: Path) -> Callable[..., tuple[Path, str]]:
             ds.RescaleSlope, ds.RescaleIntercept, ds.RescaleType = slope, intercept, "HU"
             stored = np.rint((hu_xyz[:, :, k].T - intercept) / slope)
             ds.PixelData = stored.astype(np.uint16).tobytes()
-            ds.save_as(folder / f"{file_prefix}{k:04d}.dcm", enforce_file_format=True)
+            for keyword, value in (tags or {}).items():
+                setattr(ds, keyword, value)
+            for keyword in omit:
+                delattr(ds, keyword)
+            name = f"{file_prefix}{number - 1 if reverse_files else k:04d}.dcm"
+            ds.save_as(folder / name, enforce_file_format=True)
         return folder, series_uid
 
     return write

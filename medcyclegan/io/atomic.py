@@ -12,6 +12,7 @@ import contextlib
 import ctypes
 import errno
 import os
+import shutil
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -25,6 +26,8 @@ RACE_MESSAGE = "was created by another process while this one was writing; pass 
 _NO_HARD_LINKS = (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EXDEV, errno.EMLINK, errno.ENOSYS)
 _AT_FDCWD = -100
 _RENAME_NOREPLACE = 1
+# renameat2's flag that swaps two existing paths in one step (Linux 3.15+, most local file systems).
+_RENAME_EXCHANGE = 2
 
 
 def _default_mode() -> int:
@@ -32,6 +35,13 @@ def _default_mode() -> int:
     umask = os.umask(0)
     os.umask(umask)
     return 0o666 & ~umask
+
+
+def _default_folder_mode() -> int:
+    """Permissions a plainly created folder would get (mkdtemp's 0700 would hide outputs)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o777 & ~umask
 
 
 def check_can_write(path: str | Path, overwrite: bool = False) -> Path:
@@ -148,8 +158,9 @@ def _rename_noreplace(tmp: Path, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def _renameat2(tmp: Path, path: Path) -> bool:
-    """``renameat2(..., RENAME_NOREPLACE)`` through libc; False where the call or flag is unsupported."""
+def _renameat2(tmp: Path, path: Path, flags: int = _RENAME_NOREPLACE) -> bool:
+    """``renameat2(..., flags)`` through libc (default ``RENAME_NOREPLACE``); False where the call or
+    flag is unsupported."""
     if not sys.platform.startswith("linux"):
         return False
     try:
@@ -159,7 +170,7 @@ def _renameat2(tmp: Path, path: Path) -> bool:
         return False  # glibc older than 2.28, or another libc
     renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
     renameat2.restype = ctypes.c_int
-    if renameat2(_AT_FDCWD, os.fsencode(tmp), _AT_FDCWD, os.fsencode(path), _RENAME_NOREPLACE) == 0:
+    if renameat2(_AT_FDCWD, os.fsencode(tmp), _AT_FDCWD, os.fsencode(path), flags) == 0:
         return True
     err = ctypes.get_errno()
     if err == errno.EEXIST:
@@ -178,3 +189,87 @@ def atomic_write_bytes(path: str | Path, data: bytes, *, overwrite: bool = True)
 def atomic_write_text(path: str | Path, text: str, *, overwrite: bool = True) -> None:
     """Writes ``text`` as UTF-8 to ``path`` through :func:`atomic_path` (``overwrite`` as there)."""
     atomic_write_bytes(path, text.encode("utf-8"), overwrite=overwrite)
+
+
+@contextlib.contextmanager
+def atomic_folder(path: str | Path, *, overwrite: bool = False) -> Iterator[Path]:
+    """Yields a new hidden folder next to ``path``; on success it becomes ``path`` in one rename.
+
+    For outputs that are a folder of files (a DICOM series): the files are written into the
+    temporary folder (``.<name>.<random>.tmp``, which discovery skips as hidden), each synced, and the
+    folder is renamed into place, so no reader ever sees a partial folder, and two processes writing
+    one output each publish a complete folder of their own (their files never mix). On any exception
+    (Ctrl-C included) the temporary folder is removed and ``path`` is untouched.
+
+    Args:
+        path: the final folder.
+        overwrite: replace an existing ``path`` as a whole. Where the kernel can, the two folders are
+            swapped in one step (``renameat2(RENAME_EXCHANGE)``) and the old one is then deleted;
+            elsewhere the old folder is moved aside first (for an instant ``path`` is missing).
+            ``False``: published only if ``path`` is still missing or an empty folder at that moment
+            (one ``rename``, which the kernel refuses over a non-empty folder).
+
+    Raises:
+        OutputError: ``path`` cannot be written, or (``overwrite`` False) another process published
+            it first.
+    """
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    except OSError as exc:
+        raise OutputError(f"cannot be written ({exc.strerror or exc})", path) from None
+    try:
+        yield tmp
+        for entry in tmp.iterdir():
+            with open(entry, "rb") as handle:
+                os.fsync(handle.fileno())
+            os.chmod(entry, _default_mode())
+        os.chmod(tmp, _default_folder_mode())
+        _publish_folder(tmp, path, overwrite)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise OutputError(f"cannot be written ({exc.strerror or exc})", path) from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _publish_folder(tmp: Path, path: Path, overwrite: bool) -> None:
+    """Renames the finished folder ``tmp`` to ``path`` (see :func:`atomic_folder`)."""
+    if not overwrite or not path.exists():
+        try:
+            os.rename(tmp, path)  # replaces only a missing or empty folder
+        except OSError as exc:
+            if exc.errno in (errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR, errno.EISDIR):
+                raise OutputError(RACE_MESSAGE, path) from None
+            raise
+        _sync_folder(path.parent)
+        return
+    if not path.is_dir() or path.is_symlink():
+        raise OutputError("is not a folder; it cannot be replaced by a folder", path)
+    if _renameat2(tmp, path, _RENAME_EXCHANGE):
+        # tmp now holds the old folder.
+        shutil.rmtree(tmp, ignore_errors=True)
+        _sync_folder(path.parent)
+        return
+    aside = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
+    os.rename(path, aside)  # replaces the empty folder just made
+    try:
+        os.rename(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.rename(aside, path)
+        raise
+    shutil.rmtree(aside, ignore_errors=True)
+    _sync_folder(path.parent)
+
+
+def _sync_folder(folder: Path) -> None:
+    """Makes a rename in ``folder`` durable (best effort: some file systems cannot open folders)."""
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)

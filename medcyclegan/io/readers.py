@@ -9,6 +9,7 @@ in HU). Every problem with an input becomes one :class:`InputError` line naming 
 from __future__ import annotations
 
 import gzip
+import json
 import logging
 import math
 import os
@@ -1036,6 +1037,9 @@ def _read_dicom_series(folder: Path, series_uid: str | None) -> Volume:
         "series_uid": series_uid,
         "series_description": _slice_tag(reader, "0008|103e"),
         "modality": _slice_tag(reader, "0008|0060"),
+        # The slice files in the volume's slice order (names in ``folder``, a JSON list): what a DICOM
+        # output reads the source's patient, study and slice UIDs from (io.dicom_writer).
+        "series_files": json.dumps([Path(name).name for name in files]),
     }
     return _itk_volume(image, folder, "dicom", extra)
 
