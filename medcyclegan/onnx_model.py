@@ -502,3 +502,39 @@ def onnx_translator(
     attention output, else :class:`OnnxTranslator`."""
     cls = OnnxAttentionTranslator if info.attention else OnnxTranslator
     return cls(model_bytes, info, where, device=device, threads=threads)
+
+
+def onnx_summary(path: str | Path) -> dict[str, Any]:
+    """What ``medcyclegan info model.onnx`` shows: the checked model's metadata and graph interface.
+
+    Raises:
+        CheckpointError: as :func:`read_onnx_model`.
+    """
+    data, info = read_onnx_model(path)
+    model = onnx.ModelProto()
+    model.ParseFromString(data)
+    opsets = {o.domain or "ai.onnx": o.version for o in model.opset_import}
+    interface = {
+        value.name: _dims(value) for value in [*model.graph.input, *model.graph.output]
+    }  # names -> dims, inputs first
+    return {
+        "model_file": str(path),
+        "bytes": len(data),
+        "model": info.cfg.model.kind,
+        "generator": info.cfg.model.generator
+        if info.cfg.model.kind not in ("unit", "munit")
+        else info.cfg.model.kind,
+        "direction": f"{info.source_modality} -> {info.target_modality}",
+        "in_channels": info.in_channels,
+        "stride_multiple": info.stride_multiple,
+        "min_input_size": info.min_input_size,
+        "style_dim": info.style_dim,
+        "attention": info.attention,
+        "spacing_mm": info.cfg.data.spacing,
+        "normalisation": info.cfg.normalisation.to_dict() if info.cfg.normalisation else {},
+        "opset": opsets.get("ai.onnx"),
+        "interface": interface,
+        "medcyclegan_version": info.version,
+        "checkpoint": info.checkpoint,
+        "checkpoint_sha256": info.checkpoint_sha256,
+    }

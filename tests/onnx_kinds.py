@@ -57,7 +57,9 @@ KINDS: dict[str, dict[str, Any]] = {
 WEIGHT_SCALE = 4.0
 
 
-def kind_checkpoint(run: TrainedRun, kind: str, path: Path, *, seed: int = 0, extra: dict[str, Any] | None = None) -> Path:
+def kind_checkpoint(
+    run: TrainedRun, kind: str, path: Path, *, seed: int = 0, extra: dict[str, Any] | None = None
+) -> Path:
     """A checkpoint of model ``kind`` (:data:`KINDS`) with random weights and ``run``'s normalisation."""
     base_path = find_checkpoint(run.run)
     base = load_checkpoint(base_path)
