@@ -7,6 +7,7 @@ onnxruntime runs anything.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import nibabel as nib
@@ -32,7 +33,7 @@ def resnet(trained_run: TrainedRun, tmp_path_factory: pytest.TempPathFactory) ->
     return checkpoint, written
 
 
-def edited(source: Path, target: Path, edit) -> Path:  # noqa: ANN001 (a callable on the ModelProto)
+def edited(source: Path, target: Path, edit: Callable[[onnx.ModelProto], None]) -> Path:
     """A copy of the model ``source`` changed by ``edit(model)``, saved as one file ``target``."""
     model = onnx.load(str(source))
     edit(model)
@@ -67,7 +68,10 @@ def test_export_convert_and_info_from_the_command_line(cli, trained_run: Trained
         assert result.code == 0, result.err
     onnx_ct, torch_ct = (np.asarray(nib.load(tmp_path / n).dataobj) for n in ("onnx.nii.gz", "torch.nii.gz"))
     memory_ct = np.asarray(nib.load(tmp_path / "memory.nii.gz").dataobj)
-    assert np.abs(onnx_ct.astype(int) - torch_ct).max() <= 1 and np.abs(memory_ct.astype(int) - torch_ct).max() <= 1
+    assert (
+        np.abs(onnx_ct.astype(int) - torch_ct).max() <= 1
+        and np.abs(memory_ct.astype(int) - torch_ct).max() <= 1
+    )
     # The header says which model file made it.
     assert "model models/sct.onnx" in nib.load(tmp_path / "onnx.nii.gz").header["descrip"].item().decode()
     info = cli("info", out)
@@ -75,7 +79,9 @@ def test_export_convert_and_info_from_the_command_line(cli, trained_run: Trained
     assert "mr -> ct" in info.text and "slices" in info.text and "sha256" in info.text
 
 
-def test_the_attention_mask_is_written_from_an_onnx_model(cli, trained_run: TrainedRun, tmp_path: Path) -> None:
+def test_the_attention_mask_is_written_from_an_onnx_model(
+    cli, trained_run: TrainedRun, tmp_path: Path
+) -> None:
     checkpoint = kind_checkpoint(trained_run, "resnet-attention", tmp_path / "att.pt")
     model = tmp_path / "att.onnx"
     assert cli("export", checkpoint, "-o", model).code == 0
@@ -114,7 +120,9 @@ def test_export_of_a_one_way_model_in_the_other_direction_is_one_line(
     cli, kind: str, trained_run: TrainedRun, tmp_path: Path
 ) -> None:
     extra = {"model.kind": "pix2pix", "model.generator": "resnet"} if kind == "pix2pix" else {}
-    checkpoint = kind_checkpoint(trained_run, "cut" if kind == "cut" else "resnet", tmp_path / "m.pt", extra=extra)
+    checkpoint = kind_checkpoint(
+        trained_run, "cut" if kind == "cut" else "resnet", tmp_path / "m.pt", extra=extra
+    )
     line = one_error_line(cli("export", checkpoint, "-o", tmp_path / "m.onnx", "--to", "mr"))
     assert str(checkpoint) in line and "only mr -> ct" in line
     assert not (tmp_path / "m.onnx").exists()
@@ -154,17 +162,28 @@ def with_custom_operator(model: onnx.ModelProto) -> None:
         (lambda src, dst: edited(src, dst, with_external_weight), "external file"),
         (lambda src, dst: edited(src, dst, with_custom_operator), "com.example.evil"),
         (
-            lambda src, dst: edited(src, dst, lambda m: set_metadata(m, "config", "data:\n  image_size: -3\n")),
+            lambda src, dst: edited(
+                src, dst, lambda m: set_metadata(m, "config", "data:\n  image_size: -3\n")
+            ),
             "stored config is invalid",
         ),
-        (lambda src, dst: edited(src, dst, lambda m: set_metadata(m, "config", ": [")), "stored config is invalid"),
+        (
+            lambda src, dst: edited(src, dst, lambda m: set_metadata(m, "config", ": [")),
+            "stored config is invalid",
+        ),
         (
             lambda src, dst: edited(src, dst, lambda m: set_metadata(m, "target_modality", "mr")),
             "contradicts its config",
         ),
         (lambda src, dst: edited(src, dst, lambda m: set_metadata(m, "format_version", "99")), "newer"),
-        (lambda src, dst: edited(src, dst, lambda m: set_metadata(m, "stride_multiple", "x")), "stride_multiple"),
-        (lambda src, dst: edited(src, dst, lambda m: set_metadata(m, "context_slices", "2")), "context_slices"),
+        (
+            lambda src, dst: edited(src, dst, lambda m: set_metadata(m, "stride_multiple", "x")),
+            "stride_multiple",
+        ),
+        (
+            lambda src, dst: edited(src, dst, lambda m: set_metadata(m, "context_slices", "2")),
+            "context_slices",
+        ),
     ],
     ids=[
         "foreign",
@@ -193,10 +212,14 @@ def test_convert_refuses_a_bad_model_file_in_one_line(
     assert words in one_error_line(cli("info", bad))
 
 
-def test_the_graph_must_have_the_inputs_its_metadata_names(cli, resnet, trained_run: TrainedRun, tmp_path: Path) -> None:
+def test_the_graph_must_have_the_inputs_its_metadata_names(
+    cli, resnet, trained_run: TrainedRun, tmp_path: Path
+) -> None:
     _, good = resnet
     bad = edited(good, tmp_path / "renamed.onnx", lambda m: set_metadata(m, "style_dim", "8"))
-    line = one_error_line(cli("convert", trained_run.mr / "case00.nii.gz", "-o", tmp_path / "o.nii.gz", "--model", bad))
+    line = one_error_line(
+        cli("convert", trained_run.mr / "case00.nii.gz", "-o", tmp_path / "o.nii.gz", "--model", bad)
+    )
     assert "graph inputs" in line and str(bad) in line
 
 
@@ -208,7 +231,9 @@ def test_samples_need_a_style_input(cli, resnet, trained_run: TrainedRun, tmp_pa
     assert str(model) in line and "style input" in line
 
 
-def test_an_onnx_model_translates_its_one_direction(cli, resnet, trained_run: TrainedRun, tmp_path: Path) -> None:
+def test_an_onnx_model_translates_its_one_direction(
+    cli, resnet, trained_run: TrainedRun, tmp_path: Path
+) -> None:
     _, model = resnet
     line = one_error_line(cli("convert", trained_run.ct / "case00.nii.gz", "-o", tmp_path / "o.nii.gz", "--model", model,
                               "--to", "mr"))  # fmt: skip
@@ -220,7 +245,9 @@ def test_an_onnx_model_does_not_run_on_torch(cli, resnet, trained_run: TrainedRu
     line = one_error_line(cli("convert", trained_run.mr / "case00.nii.gz", "-o", tmp_path / "o.nii.gz", "--model", model,
                               "--backend", "torch"))  # fmt: skip
     assert str(model) in line and "onnxruntime" in line
-    line = one_error_line(cli("convert", trained_run.mr / "case00.nii.gz", "--model", model, "--backend", "tensorrt"))
+    line = one_error_line(
+        cli("convert", trained_run.mr / "case00.nii.gz", "--model", model, "--backend", "tensorrt")
+    )
     assert "--backend must be one of" in line
 
 
@@ -237,7 +264,9 @@ def test_onnxruntime_missing_says_how_to_install_it(
     assert result.code == 0, result.err
 
 
-def test_cuda_on_an_onnxruntime_without_it_is_one_line(cli, resnet, trained_run: TrainedRun, tmp_path: Path) -> None:
+def test_cuda_on_an_onnxruntime_without_it_is_one_line(
+    cli, resnet, trained_run: TrainedRun, tmp_path: Path
+) -> None:
     _, model = resnet
     if "CUDAExecutionProvider" in medcyclegan.onnx_model.onnxruntime().get_available_providers():
         pytest.skip("this onnxruntime has the CUDA provider")
