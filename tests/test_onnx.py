@@ -180,3 +180,13 @@ def test_the_other_direction_exports_with_to(
     theirs, _, _ = translate_volume(load_model(written, device="cpu"), volume)
     assert ours.dtype == theirs.dtype == np.float32
     np.testing.assert_allclose(theirs, ours, atol=1e-3 * float(np.ptp(ours)))
+
+
+def test_the_vit_token_coordinates_of_an_export_are_the_eager_ones(monkeypatch: pytest.MonkeyPatch) -> None:
+    from medcyclegan.nets.vit_unet import token_coordinates
+
+    cpu = torch.device("cpu")
+    eager = {(h, w): token_coordinates(h, w, cpu) for h in (1, 2, 3, 7, 64) for w in (1, 5, 33)}
+    monkeypatch.setattr(torch.compiler, "is_exporting", lambda: True)
+    for (h, w), expected in eager.items():
+        torch.testing.assert_close(token_coordinates(h, w, cpu), expected, atol=1e-6, rtol=0)

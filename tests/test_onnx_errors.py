@@ -7,6 +7,7 @@ onnxruntime runs anything.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -77,6 +78,9 @@ def test_export_convert_and_info_from_the_command_line(cli, trained_run: Trained
     info = cli("info", out)
     assert info.code == 0, info.err
     assert "mr -> ct" in info.text and "slices" in info.text and "sha256" in info.text
+    summary = json.loads(cli("info", out, "--json").out)
+    assert summary["direction"] == "mr -> ct" and summary["opset"] == 18 and summary["style_dim"] is None
+    assert summary["normalisation"]["tgt"]["method"] == "window"
 
 
 def test_the_attention_mask_is_written_from_an_onnx_model(
