@@ -40,7 +40,6 @@ from torch.export import Dim
 
 from medcyclegan import __version__
 from medcyclegan.checkpoint import find_checkpoint, is_onnx_path, newest_run
-from medcyclegan.config import config_to_yaml
 from medcyclegan.convert import ConversionModel, load_model, model_label
 from medcyclegan.errors import CheckpointError, ConfigError, OutputError
 from medcyclegan.io.atomic import atomic_write_bytes, check_can_write
@@ -216,7 +215,7 @@ def export_onnx(
         f"medcyclegan {info.cfg.model.kind} translator {info.source_modality} -> {info.target_modality}"
     )
     del proto.metadata_props[:]
-    for key, value in info.to_metadata(config_to_yaml(info.cfg)).items():
+    for key, value in info.to_metadata().items():
         proto.metadata_props.add(key=key, value=value)
     data = proto.SerializeToString()
     # What is written must pass what reading checks (no foreign operator, no external data).
@@ -257,17 +256,25 @@ def _verify(data: bytes, info: OnnxModelInfo, translator: nn.Module, where: Path
     generator = torch.Generator().manual_seed(0)
     x = torch.rand(1, info.in_channels, (units + 1) * multiple, units * multiple, generator=generator) * 2 - 1
     session = onnx_translator(data, info, where, device="cpu")
-    with torch.no_grad():
-        if info.style_dim is not None:
-            code = torch.randn(1, info.style_dim, generator=generator)
-            expected = [translator.translate(x, code)]  # type: ignore[operator]
-            session.set_style(code)
-            got = [session(x)]
-        elif info.attention:
-            expected = list(translator.forward_with_attention(x))  # type: ignore[operator]
-            got = list(session.forward_with_attention(x))  # type: ignore[attr-defined]
-        else:
-            expected, got = [translator(x)], [session(x)]
+    try:
+        with torch.no_grad():
+            if info.style_dim is not None:
+                code = torch.randn(1, info.style_dim, generator=generator)
+                expected = [translator.translate(x, code)]  # type: ignore[operator]
+                session.set_style(code)
+                got = [session(x)]
+            elif info.attention:
+                expected = list(translator.forward_with_attention(x))  # type: ignore[operator]
+                got = list(session.forward_with_attention(x))  # type: ignore[attr-defined]
+            else:
+                expected, got = [translator(x)], [session(x)]
+    except CheckpointError as exc:
+        # e.g. a size the exporter fixed inside the graph although its inputs look dynamic
+        raise CheckpointError(
+            f"the exported ONNX graph does not run on a batch of another size than it was traced with "
+            f"({exc}); not written",
+            where,
+        ) from None
     for name, ours, theirs in zip((OUTPUT_NAME, ATTENTION_OUTPUT_NAME), got, expected):
         a, b = ours.numpy(), theirs.detach().float().numpy()
         difference = float(np.max(np.abs(a - b))) if a.shape == b.shape else math.inf

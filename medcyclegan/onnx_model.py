@@ -34,7 +34,7 @@ import torch
 from google.protobuf.message import DecodeError
 
 from medcyclegan.checkpoint import checkpoint_config
-from medcyclegan.config import MAX_IMAGE_SIZE, Config
+from medcyclegan.config import MAX_FILTERS, MAX_IMAGE_SIZE, Config, config_to_yaml
 from medcyclegan.errors import CheckpointError, ConfigError
 from medcyclegan.models import model_class
 from medcyclegan.runtime import check_device_name, distributed
@@ -76,7 +76,7 @@ class OnnxModelInfo:
         style_dim: the style code's length (a second graph input), or None for a deterministic model.
         attention: the graph has an ``attention`` output (the attention generator).
         version: the medcyclegan version that exported it.
-        checkpoint: the checkpoint it was exported from (``run/checkpoints/best.pt``, as given).
+        checkpoint: the checkpoint it was exported from, by run folder and name (``run/best.pt``).
         checkpoint_sha256: that file's SHA-256 (hex).
     """
 
@@ -98,8 +98,9 @@ class OnnxModelInfo:
         """2k+1: the slice and its k neighbours each side."""
         return 2 * self.context_slices + 1
 
-    def to_metadata(self, config_yaml: str) -> dict[str, str]:
-        """The ``metadata_props`` entries (strings), ``config_yaml`` being the run config as YAML."""
+    def to_metadata(self) -> dict[str, str]:
+        """The ``metadata_props`` entries (strings); the normalisation record also on its own, for
+        other tools (reading checks it against the config's)."""
         spacing = self.cfg.data.spacing
         fields = {
             "format": FORMAT,
@@ -118,7 +119,7 @@ class OnnxModelInfo:
             "normalisation": json.dumps(self.cfg.normalisation.to_dict() if self.cfg.normalisation else {}),
             "checkpoint": self.checkpoint,
             "checkpoint_sha256": self.checkpoint_sha256,
-            "config": config_yaml,
+            "config": config_to_yaml(self.cfg),
         }
         return {METADATA_PREFIX + key: value for key, value in fields.items()}
 
@@ -162,6 +163,7 @@ class OnnxModelInfo:
             "target_modality": tgt if direction == "AB" else src,
             "context_slices": str(cfg.data.context_slices),
             "spacing_mm": "native" if cfg.data.spacing is None else repr(float(cfg.data.spacing)),
+            "normalisation": json.dumps(cfg.normalisation.to_dict()),
         }
         for key, value in expected.items():
             if fields.get(key) != value:
@@ -172,7 +174,7 @@ class OnnxModelInfo:
         if stride & (stride - 1):
             raise CheckpointError(f"metadata stride_multiple {stride} is not a power of 2", path)
         style_text = fields.get("style_dim", "")
-        style_dim = None if style_text == "" else _metadata_int(fields, "style_dim", path, 1, 4096)
+        style_dim = None if style_text == "" else _metadata_int(fields, "style_dim", path, 1, MAX_FILTERS)
         if fields.get("attention") not in ("0", "1"):
             raise CheckpointError(f"metadata attention must be 0 or 1; got {fields.get('attention')!r}", path)
         digest = fields.get("checkpoint_sha256", "")
