@@ -277,3 +277,26 @@ def test_cuda_on_an_onnxruntime_without_it_is_one_line(
     line = one_error_line(cli("convert", trained_run.mr / "case00.nii.gz", "-o", tmp_path / "o.nii.gz", "--model", model,
                               "--device", "cuda"))  # fmt: skip
     assert "CUDA" in line and "onnxruntime-gpu" in line
+
+
+def test_an_export_with_a_size_fixed_inside_the_graph_is_refused_not_written(
+    cli, trained_run: TrainedRun, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torch
+
+    import medcyclegan.nets.vit_unet
+
+    def linspace_coordinates(height: int, width: int, device: torch.device) -> torch.Tensor:
+        # torch.linspace, as in eager mode: the exporter fixes its length at the traced example's.
+        rows, cols = torch.meshgrid(
+            torch.linspace(-1.0, 1.0, height, device=device),
+            torch.linspace(-1.0, 1.0, width, device=device),
+            indexing="ij",
+        )
+        return torch.stack([rows.reshape(-1), cols.reshape(-1)], dim=1)
+
+    monkeypatch.setattr(medcyclegan.nets.vit_unet, "token_coordinates", linspace_coordinates)
+    checkpoint = kind_checkpoint(trained_run, "vit-unet", tmp_path / "vit.pt")
+    line = one_error_line(cli("export", checkpoint, "-o", tmp_path / "vit.onnx"))
+    assert str(checkpoint) in line and "not written" in line
+    assert not (tmp_path / "vit.onnx").exists()
