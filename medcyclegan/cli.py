@@ -16,7 +16,7 @@ from typing import Any
 import typer
 
 from medcyclegan import __version__
-from medcyclegan.config import BACKENDS, GENERATORS, MODEL_KINDS, check_planes
+from medcyclegan.config import BACKENDS, DEFAULT_BACKEND, GENERATORS, MODEL_KINDS, check_planes
 from medcyclegan.errors import MedCycleGANError
 from medcyclegan.runtime import DEVICE_HELP
 
@@ -347,7 +347,7 @@ def convert(
         None,
         "--backend",
         help=f"Engine that runs the model: {', '.join(BACKENDS)} (onnxruntime exports a checkpoint in "
-        "memory first; auto takes onnxruntime on the CPU) \\[default: torch; an .onnx model: onnxruntime].",
+        f"memory first; auto takes onnxruntime on the CPU) \\[default: {DEFAULT_BACKEND}; an .onnx model: onnxruntime].",
     ),
     mask_background: bool = typer.Option(
         False, "--mask-background", help="Set voxels outside the body to air."

@@ -41,7 +41,7 @@ from medcyclegan.checkpoint import (
     load_state_strict,
     newest_run,
 )
-from medcyclegan.config import BACKENDS, Config, check_planes
+from medcyclegan.config import BACKENDS, DEFAULT_BACKEND, Config, check_planes
 from medcyclegan.data.normalise import NormParams, denormalise, output_params
 from medcyclegan.data.prepare import (
     fit_volume,
@@ -81,9 +81,6 @@ NIFTI_SUFFIXES = (".nii.gz", ".nii")
 OUTPUT_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 # Slice planes translated by default: the axial ones the model was trained on (see translate_planes).
 DEFAULT_PLANES = ("axial",)
-# The engine a checkpoint converts on unless --backend says otherwise (an .onnx model always runs
-# on onnxruntime); "auto" takes onnxruntime on the CPU (see resolve_backend and benchmarks/bench_onnx.py).
-DEFAULT_BACKEND = "torch"
 
 
 @dataclass
