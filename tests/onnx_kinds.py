@@ -2,8 +2,10 @@
 
 Each is made from the session's trained run (``trained_run`` in conftest.py): its config (so its
 normalisation record) with the kind's overrides, and the freshly initialised networks of that model,
-their weights scaled up (:data:`WEIGHT_SCALE`) so that the translations vary across the head by
-hundreds of HU: a parity test of near-constant outputs could not fail.
+their convolution weights scaled up (:data:`WEIGHT_SCALE`) so that the translations vary across the
+head by hundreds of HU: a parity test of near-constant outputs could not fail. Norm, linear and
+attention weights keep their initial values (scaled too, the ViT's attention logits grow 256-fold and
+its random network turns ill-conditioned: 1.3 HU between two correct float32 engines).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import Any
 
 import torch
 from tiny import TrainedRun
+from torch import nn
 
 from medcyclegan.checkpoint import checkpoint_config, find_checkpoint, load_checkpoint, save_checkpoint
 from medcyclegan.config import apply_overrides, config_to_yaml
@@ -53,7 +56,7 @@ KINDS: dict[str, dict[str, Any]] = {
         "munit.dis_n_layer": 2,
     },
 }
-# Initial weights are N(0, 0.02): outputs near 0 everywhere. Scaled, they vary.
+# Initial convolution weights are N(0, 0.02): outputs near 0 everywhere. Scaled, they vary.
 WEIGHT_SCALE = 4.0
 
 
@@ -68,8 +71,9 @@ def kind_checkpoint(
     model = model_class(cfg.model.kind)(cfg, torch.device("cpu"), lambda step: 1.0)
     with torch.no_grad():
         for network in model.networks().values():
-            for parameter in network.parameters():
-                parameter.mul_(WEIGHT_SCALE)
+            for module in network.modules():
+                if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
+                    module.weight.mul_(WEIGHT_SCALE)
     state = model.state_dict()
     save_checkpoint({"config_yaml": config_to_yaml(cfg), "step": 0, "epoch": 0, **state}, path)
     return path
