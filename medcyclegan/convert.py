@@ -178,6 +178,7 @@ def load_model(
         onnx_model = _onnx_model_module()
         onnx_model.execution_providers(device)  # an unusable device fails before the checkpoint is read
         loaded = _load_torch_model(model, to=to, device="cpu")
+        logger.info("%s: exporting the translator to ONNX in memory for onnxruntime", loaded.checkpoint)
         # lazy: circular (medcyclegan.export builds on load_model)
         from medcyclegan.export import export_onnx  # noqa: PLC0415 (see the comment above)
 

@@ -300,3 +300,19 @@ def test_an_export_with_a_size_fixed_inside_the_graph_is_refused_not_written(
     line = one_error_line(cli("export", checkpoint, "-o", tmp_path / "vit.onnx"))
     assert str(checkpoint) in line and "not written" in line
     assert not (tmp_path / "vit.onnx").exists()
+
+
+def test_onnxruntime_takes_the_threads_torch_was_given(resnet) -> None:
+    import torch
+
+    from medcyclegan.convert import load_model
+
+    _, model = resnet
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)  # what --threads 1 sets
+        session = load_model(model, device="cpu").generator.session  # type: ignore[union-attr]
+        assert session.get_session_options().intra_op_num_threads == 1
+        assert session.get_providers() == ["CPUExecutionProvider"]
+    finally:
+        torch.set_num_threads(threads)
