@@ -316,3 +316,15 @@ def test_onnxruntime_takes_the_threads_torch_was_given(resnet) -> None:
         assert session.get_providers() == ["CPUExecutionProvider"]
     finally:
         torch.set_num_threads(threads)
+
+
+def test_augment_takes_an_onnx_model(cli, resnet, tmp_path: Path) -> None:
+    from medcyclegan.sample_data import write_sample_dataset
+
+    _, model = resnet
+    data = tmp_path / "data"
+    write_sample_dataset(data, n_train_mr=1, n_train_ct=1, n_test=1, shape=(40, 44, 8))
+    result = cli("augment", "--images", data / "test" / "mr", "--labels", data / "test" / "labels", "--model", model,
+                 "--out", tmp_path / "raw", "--dataset-id", 7)  # fmt: skip
+    assert result.code == 0, result.err
+    assert "OK: 1 case" in result.out
