@@ -8,6 +8,7 @@ the checkpoint through torch within 1 HU.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,12 +83,10 @@ def test_the_onnx_conversion_of_a_real_brain_mr_is_the_torch_one_within_1_hu(
     assert hu_difference(ours, theirs) <= MAX_HU_DIFFERENCE
 
 
-def test_the_file_carries_what_convert_needs(exported: dict[str, Exported], trained_run: TrainedRun) -> None:
+def test_the_file_carries_what_convert_needs(exported: dict[str, Exported]) -> None:
     entry = exported["resnet"]
     model = onnx.load(str(entry.onnx))
     props = {p.key[len(METADATA_PREFIX) :]: p.value for p in model.metadata_props}
-    import hashlib
-
     assert props["format"] == "medcyclegan-onnx" and props["format_version"] == "1"
     assert props["checkpoint_sha256"] == hashlib.sha256(entry.checkpoint.read_bytes()).hexdigest()
     assert (
@@ -190,3 +189,13 @@ def test_the_vit_token_coordinates_of_an_export_are_the_eager_ones(monkeypatch: 
     monkeypatch.setattr(torch.compiler, "is_exporting", lambda: True)
     for (h, w), expected in eager.items():
         torch.testing.assert_close(token_coordinates(h, w, cpu), expected, atol=1e-6, rtol=0)
+
+
+def test_a_2_5d_model_exports_with_its_2k_plus_1_channels(trained_run: TrainedRun, tmp_path: Path) -> None:
+    checkpoint = kind_checkpoint(trained_run, "resnet", tmp_path / "k2.pt", extra={"data.context_slices": 2})
+    written, info = export_model(checkpoint, tmp_path / "k2.onnx")
+    assert info.in_channels == 5
+    (slices,) = [i for i in onnx.load(str(written)).graph.input if i.name == INPUT_NAME]
+    assert slices.type.tensor_type.shape.dim[1].dim_value == 5
+    ours, theirs = both_conversions(Exported(checkpoint, written), trained_run.mr / "case00.nii.gz")
+    assert np.ptp(ours) > 100 and hu_difference(ours, theirs) <= MAX_HU_DIFFERENCE
