@@ -29,6 +29,8 @@ from medcyclegan.io.atomic import atomic_path
 FORMAT = "medcyclegan-checkpoint"
 FORMAT_VERSION = 1
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt")
+# An exported model (medcyclegan export): run by onnxruntime, read by medcyclegan.onnx_model.
+ONNX_SUFFIX = ".onnx"
 
 logger = logging.getLogger("medcyclegan")
 
@@ -143,6 +145,11 @@ def load_state_strict(module: torch.nn.Module, state: dict[str, Any], name: str,
             "was it trained with another generator, ngf, n_blocks or context_slices?",
             path,
         ) from None
+
+
+def is_onnx_path(path: str | Path | None) -> bool:
+    """True for a path named ``*.onnx`` (any case): an exported model, not a run or a checkpoint."""
+    return path is not None and Path(path).name.lower().endswith(ONNX_SUFFIX)
 
 
 def find_checkpoint(path: str | Path, prefer: tuple[str, ...] = ("best.pt", "last.pt")) -> Path:

@@ -16,7 +16,7 @@ from typing import Any
 import typer
 
 from medcyclegan import __version__
-from medcyclegan.config import GENERATORS, MODEL_KINDS, check_planes
+from medcyclegan.config import BACKENDS, DEFAULT_BACKEND, GENERATORS, MODEL_KINDS, check_planes
 from medcyclegan.errors import MedCycleGANError
 from medcyclegan.runtime import DEVICE_HELP
 from medcyclegan.runtime.threads import THREADS_HELP, apply_auto, apply_fixed, decide_auto, parse_threads
@@ -319,13 +319,22 @@ def convert(
         "\\[default: <case>_synth<to>.nii.gz].",
     ),
     model: Path | None = typer.Option(
-        None, "--model", "-m", help="Run folder or checkpoint \\[default: newest under ./runs]."
+        None,
+        "--model",
+        "-m",
+        help="Run folder, checkpoint, or exported .onnx model (medcyclegan export) \\[default: newest under ./runs].",
     ),
     to: str | None = typer.Option(
         None, "--to", help="Target modality ct or mr \\[default: the training target]."
     ),
     batch_size: int = typer.Option(16, "--batch-size", help="Slices per forward pass."),
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
+    backend: str | None = typer.Option(
+        None,
+        "--backend",
+        help=f"Engine that runs the model: {', '.join(BACKENDS)} (onnxruntime exports a checkpoint in "
+        f"memory first; auto takes onnxruntime on the CPU) \\[default: {DEFAULT_BACKEND}; an .onnx model: onnxruntime].",
+    ),
     mask_background: bool = typer.Option(
         False, "--mask-background", help="Set voxels outside the body to air."
     ),
@@ -415,7 +424,7 @@ def convert(
         raise MedCycleGANError(
             "--dicom-patient-name, --dicom-patient-id and --dicom-study-uid need --output-format dicom"
         )
-    translation = load_model(model, to=to, device=device)
+    translation = load_model(model, to=to, device=device, backend=backend)
     written = convert_paths(
         translation,
         input,
@@ -434,6 +443,35 @@ def convert(
     for path in written:
         # With --samples K the standard deviation lies beside each mean: name both.
         typer.echo(str(path) if samples == 1 else f"{path} (std: {std_output_path(path)})")
+
+
+@app.command()
+def export(
+    model: Path = typer.Argument(..., help="Run folder (best.pt, else last.pt) or checkpoint."),
+    output: Path = typer.Option(..., "-o", "--output", help="The .onnx file to write."),
+    to: str | None = typer.Option(
+        None,
+        "--to",
+        help="Modality the exported translator produces, ct or mr \\[default: the training target].",
+    ),
+    opset: int | None = typer.Option(None, "--opset", help="ONNX opset, 18 to 23 \\[default: 18]."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output file."),
+) -> None:
+    """Export one direction's translator as a self-contained ONNX model (dynamic batch and slice size) that
+    convert --model X.onnx runs alone: its metadata holds the run's config and normalisation."""
+    from medcyclegan.export import DEFAULT_OPSET, export_model
+
+    if to is not None and to not in ("ct", "mr"):
+        raise MedCycleGANError(f"--to must be ct or mr; got {to!r}")
+    written, info = export_model(
+        model, output, to=to, overwrite=overwrite, opset=DEFAULT_OPSET if opset is None else opset
+    )
+    styles = f", style input of {info.style_dim}" if info.style_dim is not None else ""
+    attention = ", attention output" if info.attention else ""
+    typer.echo(
+        f"{written}: {info.cfg.model.kind} translator {info.source_modality} -> {info.target_modality} "
+        f"({info.in_channels} channel(s), H and W multiples of {info.stride_multiple}{styles}{attention})"
+    )
 
 
 @app.command()
@@ -501,7 +539,12 @@ def info(
     path: Path = typer.Argument(..., help="Run folder or checkpoint file."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
 ) -> None:
-    """Summarise a run folder or checkpoint: networks, modalities, normalisation, progress, best metric."""
+    """Summarise a run folder, checkpoint or exported .onnx model: networks, modalities, normalisation, progress."""
+    from medcyclegan.checkpoint import is_onnx_path
+
+    if is_onnx_path(path):
+        _info_onnx(path, as_json)
+        return
     from medcyclegan.train.info import describe
 
     summary = describe(path)
@@ -543,6 +586,41 @@ def info(
             "not recorded" if summary.get("train_seconds") is None else f"{summary['train_seconds']:.0f} s",
         ),
         ("checkpoints", ", ".join(summary.get("checkpoints", [summary["checkpoint"]]))),
+        ("version", str(summary["medcyclegan_version"])),
+    ]
+    for key, value in rows:
+        table.add_row(key, value)
+    Console().print(table)
+
+
+def _info_onnx(path: Path, as_json: bool) -> None:
+    """``info`` of an exported model: its metadata and graph interface."""
+    from medcyclegan.onnx_model import onnx_summary
+
+    summary = onnx_summary(path)
+    if as_json:
+        typer.echo(json.dumps(summary, indent=2, default=str))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"medcyclegan ONNX model: {path}", show_header=False)
+    interface = ", ".join(f"{name} {dims}" for name, dims in summary["interface"].items())
+    rows = [
+        ("model", f"{summary['model']} ({summary['generator']})"),
+        ("direction", summary["direction"]),
+        ("interface", interface),
+        ("input channels", str(summary["in_channels"])),
+        (
+            "slices",
+            f"H and W padded to multiples of {summary['stride_multiple']}, at least {summary['min_input_size']} px",
+        ),
+        ("spacing", "native" if summary["spacing_mm"] is None else f"{summary['spacing_mm']:g} mm"),
+        ("styles", "none" if summary["style_dim"] is None else f"style input of {summary['style_dim']}"),
+        ("normalisation", json.dumps(summary["normalisation"])),
+        ("opset", str(summary["opset"])),
+        ("size", f"{summary['bytes']:,} bytes"),
+        ("from", f"{summary['checkpoint']} (sha256 {summary['checkpoint_sha256'][:16]}...)"),
         ("version", str(summary["medcyclegan_version"])),
     ]
     for key, value in rows:

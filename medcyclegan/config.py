@@ -57,6 +57,11 @@ DATASET_FORMATS = ("nnunetv2", "msd")
 OUTPUT_FORMATS = ("volume", "dicom")
 # Slice planes a 2D (axial) translator can run along (convert --planes: medcyclegan.inference.translate_planes).
 PLANES = ("axial", "coronal", "sagittal")
+# Engines conversion runs a translator on (convert --backend; "auto": see medcyclegan.convert.resolve_backend),
+# and the one a checkpoint converts on by default (an .onnx model always runs on onnxruntime); "auto"
+# takes onnxruntime on the CPU (decided from benchmarks/bench_onnx.py).
+BACKENDS = ("auto", "torch", "onnxruntime")
+DEFAULT_BACKEND = "torch"
 # Upper bounds that catch typos (an image_size of 100000, ngf 64000) with one line, before any
 # allocation fails with a traceback; far above every sensible value.
 MAX_IMAGE_SIZE = 4096

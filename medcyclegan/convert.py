@@ -37,11 +37,12 @@ from medcyclegan import __version__
 from medcyclegan.checkpoint import (
     checkpoint_config,
     find_checkpoint,
+    is_onnx_path,
     load_checkpoint,
     load_state_strict,
     newest_run,
 )
-from medcyclegan.config import OUTPUT_FORMATS, Config, check_planes
+from medcyclegan.config import BACKENDS, DEFAULT_BACKEND, OUTPUT_FORMATS, Config, check_planes
 from medcyclegan.data.normalise import NormParams, denormalise, output_params
 from medcyclegan.data.prepare import (
     fit_volume,
@@ -52,7 +53,7 @@ from medcyclegan.data.prepare import (
     resample_slices,
 )
 from medcyclegan.errors import CheckpointError, ConfigError, InputError, OutputError
-from medcyclegan.inference import translate_planes, translate_slices
+from medcyclegan.inference import Translator, translate_planes, translate_slices
 
 # readers by module: its functions are looked up at call time (tests count the reads through it).
 from medcyclegan.io import readers
@@ -77,7 +78,7 @@ from medcyclegan.io.volume import Geometry, Volume
 from medcyclegan.io.writers import cast_values, files_written_by, write_volume
 from medcyclegan.models import Direction, model_class
 from medcyclegan.nets import generator_min_input_size, generator_stride_multiple
-from medcyclegan.runtime import distributed, resolve_device
+from medcyclegan.runtime import check_device_name, distributed, resolve_device
 from medcyclegan.runtime.precision import use_bf16
 
 logger = logging.getLogger("medcyclegan")
@@ -95,20 +96,23 @@ class ConversionModel:
     """A generator ready to translate, with what training recorded about its data.
 
     Attributes:
-        generator: the network (eval mode, on ``device``).
+        generator: the network (eval mode, on ``device``), or an onnxruntime session translator
+            (:class:`~medcyclegan.onnx_model.OnnxTranslator`) with ``backend`` onnxruntime.
         cfg: the run's resolved config (normalisation parameters included).
         source_modality: modality the generator reads.
         target_modality: modality it writes.
-        checkpoint: where it was loaded from.
-        device: where it runs.
+        checkpoint: where it was loaded from (a checkpoint, or an ``.onnx`` file).
+        device: where its input tensors go (the CPU for onnxruntime, which places them itself).
+        backend: ``"torch"`` or ``"onnxruntime"``.
     """
 
-    generator: torch.nn.Module
+    generator: Translator
     cfg: Config
     source_modality: str
     target_modality: str
     checkpoint: Path
     device: torch.device
+    backend: str = "torch"
 
     @property
     def amp(self) -> bool:
@@ -140,23 +144,116 @@ class ConversionModel:
         )
 
 
-def load_model(model: str | Path | None, *, to: str | None = None, device: str = "auto") -> ConversionModel:
-    """Loads the generator that translates into modality ``to`` from a run folder or checkpoint.
+def load_model(
+    model: str | Path | None, *, to: str | None = None, device: str = "auto", backend: str | None = None
+) -> ConversionModel:
+    """Loads the generator that translates into modality ``to`` from a run folder, checkpoint or ``.onnx`` file.
 
     The checkpoint is loaded without unpickling code (``weights_only``); its weights must match the
-    architecture of its stored config exactly and be finite.
+    architecture of its stored config exactly and be finite. An ``.onnx`` file (``medcyclegan
+    export``) is checked and run by onnxruntime (:func:`~medcyclegan.onnx_model.read_onnx_model`):
+    its metadata's config is validated as a checkpoint's.
 
     Args:
         model: a run folder (``checkpoints/best.pt`` is used, else ``last.pt``), a checkpoint file,
-            or ``None`` for the newest run under ``./runs``.
-        to: target modality (``"ct"`` or ``"mr"``); default: the training target modality.
-        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (see :func:`~medcyclegan.runtime.resolve_device`).
+            an exported ``.onnx`` model, or ``None`` for the newest run under ``./runs``.
+        to: target modality (``"ct"`` or ``"mr"``); default: the training target modality (an
+            ``.onnx`` model translates into its one target).
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (see :func:`~medcyclegan.runtime.resolve_device`;
+            onnxruntime: :func:`~medcyclegan.onnx_model.execution_providers`).
+        backend: ``torch``, ``onnxruntime`` (a checkpoint is exported in memory, then run by
+            onnxruntime) or ``auto`` (:func:`resolve_backend`); default :data:`DEFAULT_BACKEND`,
+            and onnxruntime for an ``.onnx`` model.
 
     Raises:
-        ConfigError: an unknown device or one this machine does not have.
-        CheckpointError: missing, corrupted or unsafe checkpoint, weights of another architecture,
-            non-finite weights, no recorded normalisation, or a modality the model cannot produce.
+        ConfigError: an unknown device or one this machine does not have; an unknown backend,
+            onnxruntime asked and not installed, or ``torch`` for an ``.onnx`` model.
+        CheckpointError: missing, corrupted or unsafe checkpoint or model file, weights of another
+            architecture, non-finite weights, no recorded normalisation, or a modality the model
+            cannot produce.
     """
+    check_device_name(device)
+    is_onnx = is_onnx_path(model)
+    chosen = resolve_backend(backend, device, is_onnx=is_onnx)
+    if is_onnx:
+        if chosen != "onnxruntime":
+            raise ConfigError(
+                "is an ONNX model: it runs on onnxruntime (--backend onnxruntime, or leave --backend out)",
+                model,
+            )
+        return _load_onnx_model(Path(model), to=to, device=device)  # type: ignore[arg-type]
+    if chosen == "onnxruntime":
+        onnx_model = _onnx_model_module()
+        onnx_model.execution_providers(device)  # an unusable device fails before the checkpoint is read
+        loaded = _load_torch_model(model, to=to, device="cpu")
+        logger.info("%s: exporting the translator to ONNX in memory for onnxruntime", loaded.checkpoint)
+        # lazy: circular (medcyclegan.export builds on load_model)
+        from medcyclegan.export import export_onnx  # noqa: PLC0415 (see the comment above)
+
+        data, info = export_onnx(loaded)
+        translator = onnx_model.onnx_translator(data, info, loaded.checkpoint, device=device)
+        return ConversionModel(
+            translator, loaded.cfg, loaded.source_modality, loaded.target_modality, loaded.checkpoint,
+            torch.device("cpu"), backend="onnxruntime",
+        )  # fmt: skip
+    return _load_torch_model(model, to=to, device=device)
+
+
+def resolve_backend(backend: str | None, device: str, *, is_onnx: bool = False) -> str:
+    """The engine a conversion runs on: ``"torch"`` or ``"onnxruntime"``.
+
+    ``None``: :data:`DEFAULT_BACKEND` (onnxruntime for an ``.onnx`` model). ``auto``: onnxruntime
+    for an ``.onnx`` model, and for a checkpoint on the CPU (``--device cpu``, or ``auto`` without a
+    CUDA GPU) when onnxruntime is installed; torch otherwise.
+
+    Raises:
+        ConfigError: an unknown backend, or onnxruntime asked and not installed (how to install it).
+    """
+    if backend is None:
+        backend = "onnxruntime" if is_onnx else DEFAULT_BACKEND
+    if backend not in BACKENDS:
+        raise ConfigError(f"--backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
+    if backend == "auto":
+        on_cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
+        if not is_onnx and not on_cpu:
+            return "torch"
+        if is_onnx:
+            backend = "onnxruntime"
+        else:
+            return "onnxruntime" if _onnx_model_module().onnxruntime_available() else "torch"
+    if backend == "onnxruntime":
+        _onnx_model_module().onnxruntime()  # not installed: one line saying how to install it
+    return backend
+
+
+def _onnx_model_module() -> Any:
+    """:mod:`medcyclegan.onnx_model`, imported on first use."""
+    # lazy: importing onnx costs about 1.0 s (python -X importtime), which torch conversions skip
+    from medcyclegan import onnx_model  # noqa: PLC0415 (see the comment above)
+
+    return onnx_model
+
+
+def _load_onnx_model(path: Path, *, to: str | None, device: str) -> ConversionModel:
+    """An exported model (see :func:`load_model`), run by onnxruntime on ``device``."""
+    onnx_model = _onnx_model_module()
+    onnx_model.execution_providers(device)  # an unusable device fails before the file is read
+    data, info = onnx_model.read_onnx_model(path)
+    if to is not None and to != info.target_modality:
+        raise CheckpointError(
+            f"this exported model translates {info.source_modality} -> {info.target_modality} only; it "
+            f"cannot produce {to!r} (export that direction: medcyclegan export RUN --to {to})",
+            path,
+        )
+    translator = onnx_model.onnx_translator(data, info, path, device=device)
+    return ConversionModel(
+        translator, info.cfg, info.source_modality, info.target_modality, path, torch.device("cpu"),
+        backend="onnxruntime",
+    )  # fmt: skip
+
+
+def _load_torch_model(model: str | Path | None, *, to: str | None, device: str) -> ConversionModel:
+    """A checkpoint's translator on torch (see :func:`load_model`)."""
     # The device choice is checked first: a typo fails before the checkpoint is read.
     requested = resolve_device(device)
     path = find_checkpoint(newest_run() if model is None else model)
@@ -215,9 +312,7 @@ def synthetic_description(
     ``", planes axial+coronal"``, ``", mean of 8 styles seed 0"``; NIfTI may cut it, NRRD and MHA
     keep it); the default conversion adds nothing.
     """
-    checkpoint = model.checkpoint
-    run = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
-    model_name = f"{run.name}/{checkpoint.name}" if run.name else checkpoint.name
+    model_name = model_label(model.checkpoint)
     settings = (
         (", flip-avg" if flip_average else "")
         + (f", planes {'+'.join(planes)}" if tuple(planes) != DEFAULT_PLANES else "")
@@ -227,6 +322,12 @@ def synthetic_description(
         f"synthetic {model.target_modality.upper()} from {model.source_modality.upper()} "
         f"by medcyclegan {__version__}, model {model_name}{settings}"
     )
+
+
+def model_label(checkpoint: Path) -> str:
+    """A model file by its run folder and name, e.g. ``20250101-1200/best.pt`` or ``models/sct.onnx``."""
+    run = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
+    return f"{run.name}/{checkpoint.name}" if run.name else checkpoint.name
 
 
 def default_output_path(input_path: Path, output_dir: Path, output_format: str = "volume") -> Path:
@@ -836,7 +937,12 @@ def check_samples(model: ConversionModel, samples: int) -> None:
     if samples > 1 and not model.has_styles:
         raise ConfigError(
             f"--samples {samples} draws styles, but this {model.cfg.model.kind} model is deterministic "
-            "(one translation per input); only munit models have styles",
+            "(one translation per input); only munit models have styles"
+            + (
+                " (an exported munit model has a style input; this one has none)"
+                if model.backend == "onnxruntime"
+                else ""
+            ),
             model.checkpoint,
         )
 

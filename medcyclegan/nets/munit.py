@@ -258,6 +258,11 @@ class StyleTranslator(nn.Module):
         self.style.copy_(code.view(1, -1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.translate(x, self.style)
+
+    def translate(self, x: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
+        """``x`` decoded with the style code ``style`` (1, style_dim), every slice alike (ONNX export's
+        graph takes the code as an input through this)."""
         content = self.enc_content(x)
-        style = self.style.to(content.dtype).expand(x.shape[0], -1)
-        return self.dec(content, self.mlp(style))
+        code = style.to(content.dtype).expand(x.shape[0], -1)
+        return self.dec(content, self.mlp(code))

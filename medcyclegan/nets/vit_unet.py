@@ -156,6 +156,12 @@ def token_coordinates(height: int, width: int, device: torch.device) -> torch.Te
     """
 
     def axis(n: int) -> torch.Tensor:
+        if torch.compiler.is_exporting():
+            # ONNX export (medcyclegan.export): torch.linspace would fix n at the example's size;
+            # the reference's formula in tensor operations keeps it symbolic (equal within 1 ulp).
+            index = torch.arange(n, device=device, dtype=torch.float32)
+            last = index[-1:]
+            return (2.0 * index - last) / torch.clamp(last, min=1.0)
         if n == 1:
             return torch.zeros(1, device=device)
         return torch.linspace(-1.0, 1.0, n, device=device)
