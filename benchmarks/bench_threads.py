@@ -9,6 +9,7 @@ after ``--warmup`` untimed steps:
 * ``passive``: the same with ``OMP_WAIT_POLICY=PASSIVE`` (threads sleep at once);
 * ``auto``: ``--threads auto`` (:mod:`medcyclegan.runtime.threads`: thread count from affinity,
   quota and load; a short spin, then sleep);
+* ``auto:N``: ``auto`` with ``GOMP_SPINCOUNT=N`` set (a wait variable the user sets wins);
 * ``spin:N``: every core with ``GOMP_SPINCOUNT=N`` (to tune :data:`~medcyclegan.runtime.threads.AUTO_SPIN_COUNT`);
 * ``threads:N``: ``--threads N``.
 
@@ -49,6 +50,7 @@ from typing import Any
 
 from medcyclegan.runtime.threads import (
     ThreadChoice,
+    adjust_threads,
     affinity_cpus,
     apply_auto,
     apply_fixed,
@@ -87,11 +89,13 @@ def parse_variant(text: str, cpus: int) -> Variant:
         return Variant(text, str(cpus), {"OMP_WAIT_POLICY": "PASSIVE"})
     if kind == "auto" and not value:
         return Variant(text, "auto", {})
+    if kind == "auto" and value.isdigit():
+        return Variant(text, "auto", {"GOMP_SPINCOUNT": value})
     if kind == "spin" and value.isdigit():
         return Variant(text, str(cpus), {"GOMP_SPINCOUNT": value})
     if kind == "threads" and value.isdigit() and int(value) >= 1:
         return Variant(text, value, {})
-    raise ValueError(f"unknown variant {text!r} (cores, passive, auto, spin:N, threads:N)")
+    raise ValueError(f"unknown variant {text!r} (cores, passive, auto, auto:N, spin:N, threads:N)")
 
 
 # ----------------------------------------------------------------------------- child
@@ -121,11 +125,13 @@ def child(args: argparse.Namespace) -> None:
     batches = [{"A": batch(), "B": batch()} for _ in range(4)]
     for i in range(args.warmup):
         model.train_step(batches[i % len(batches)])
+        adjust_threads()
     print(f"WARM {time.monotonic()}", flush=True)
     stop = Path(args.stop_file)
     done = 0
     while done < args.max_steps:
         model.train_step(batches[done % len(batches)])
+        adjust_threads()  # as the Trainer does between steps (auto only)
         done += 1
         print(f"STEP {time.monotonic()}", flush=True)
         if done >= args.steps and stop.exists():

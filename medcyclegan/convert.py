@@ -80,6 +80,7 @@ from medcyclegan.models import Direction, model_class
 from medcyclegan.nets import generator_min_input_size, generator_stride_multiple
 from medcyclegan.runtime import check_device_name, distributed, resolve_device
 from medcyclegan.runtime.precision import use_bf16
+from medcyclegan.runtime.threads import adjust_threads
 
 logger = logging.getLogger("medcyclegan")
 
@@ -458,6 +459,7 @@ def translate_loaded(
     )
     for z0 in range(0, nz, batch_size):
         z1 = min(nz, z0 + batch_size)
+        adjust_threads()  # --threads auto: follow the machine's load between slabs
         translated_zxy, slab_attention = _translate_slab(model, prepared, z0, z1, across, flip_average)
         out_zyx[z0:z1] = cast_values(
             _slab_values(prepared, translated_zxy, z0, z1), prepared.out_dtype

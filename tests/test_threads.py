@@ -20,8 +20,11 @@ from medcyclegan.runtime.threads import (
     AUTO_SPIN_COUNT,
     MAX_THREADS,
     WAIT_VARIABLES,
+    CpuSample,
     Load,
     ThreadChoice,
+    ThreadGovernor,
+    adjust_threads,
     apply_auto,
     cgroup_cpu_quota,
     choose_threads,
@@ -33,6 +36,7 @@ from medcyclegan.runtime.threads import (
     parse_cpu_max,
     parse_loadavg,
     parse_threads,
+    stop_governor,
     torchrun_threads_environment,
     wait_environment,
 )
@@ -349,3 +353,89 @@ def test_the_torchrun_relaunch_passes_each_process_its_share(monkeypatch: pytest
     monkeypatch.setenv("OMP_NUM_THREADS", "5")
     distributed.launch_with_torchrun(["train", "-o", "x"], 2, require_gpus=False)
     assert environments[1]["OMP_NUM_THREADS"] == "5"
+
+
+# ----------------------------------------------------------------------------- the governor
+def _governor(samples: list[CpuSample], times: list[float], threads: int = 2, cpus: int = 2):
+    counts: list[int] = []
+    readings = iter(samples)
+    clock = iter(times)
+    governor = ThreadGovernor(
+        set(range(cpus)),
+        None,
+        threads,
+        interval=3.0,
+        sample=lambda: next(readings),
+        clock=clock.__next__,
+        set_threads=counts.append,
+        ticks_per_second=100.0,
+    )
+    return governor, counts
+
+
+def test_the_governor_follows_the_load_between_steps() -> None:
+    """Another job takes a core: down to 1 thread; it leaves: back to 2. Readings at most every 3 s."""
+    samples = [
+        CpuSample(0.0, 0.0, 0),  # at start
+        CpuSample(3.0, 3.0, 600),  # 3 s: we used 3 CPU-s of 6 busy: others kept 1 CPU busy
+        CpuSample(6.0, 6.0, 1200),  # the same: no change
+        CpuSample(9.0, 12.0, 1800),  # others idle (all busy time is ours): back to 2
+    ]
+    governor, counts = _governor(samples, [0.0, 1.0, 3.0, 6.0, 9.0])
+    assert governor.adjust() is None and counts == []  # 1 s: too early to read
+    assert governor.adjust() == 1 and counts == [1]
+    assert governor.adjust() is None and governor.threads == 1
+    assert governor.adjust() == 2 and counts == [1, 2]
+    assert "threads=2" in repr(governor)
+
+
+def test_the_governor_never_goes_below_one_thread_or_above_the_cpus() -> None:
+    samples = [CpuSample(0.0, 0.0, 0), CpuSample(3.0, 0.0, 2400), CpuSample(6.0, 0.0, 2400)]
+    governor, counts = _governor(samples, [0.0, 3.0, 6.0], threads=4, cpus=4)
+    assert governor.adjust() == 1  # others kept all 4 CPUs (8 CPU-s of 12) busy
+    assert governor.adjust() == 4 and counts == [1, 4]  # nothing busy in the next window
+
+
+def test_the_governor_sets_torch_and_our_loops(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(parallel, "_threads", parallel._threads)
+    before = torch.get_num_threads()
+    samples = iter([CpuSample(0.0, 0.0, 0), CpuSample(3.0, 0.0, 600)])
+    governor = ThreadGovernor(
+        {0, 1}, None, 2, sample=lambda: next(samples), clock=iter([0.0, 3.0]).__next__, ticks_per_second=100.0
+    )
+    try:
+        assert governor.adjust() == 1  # others kept 2 CPUs busy
+        assert torch.get_num_threads() == 1 and parallel.worker_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_adjust_threads_runs_only_the_governor_auto_started(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(threads_module, "_governor", None)
+    assert adjust_threads() is None
+    calls: list[int] = []
+    monkeypatch.setattr(
+        threads_module, "_governor", type("G", (), {"adjust": lambda self: calls.append(1) or 3})()
+    )
+    assert adjust_threads() == 3 and calls == [1]
+    stop_governor()
+    assert adjust_threads() is None
+
+
+def test_auto_starts_a_governor_only_from_the_load_in_a_fresh_process(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(threads_module, "_governor", None)
+    monkeypatch.setattr(threads_module, "start_governor", lambda threads: calls.append(threads))
+    calls: list[int] = []
+    environ: dict[str, str] = {}
+    monkeypatch.delitem(sys.modules, "torch")  # as in the CLI's root callback, before torch loads
+    monkeypatch.setattr(threads_module, "set_worker_threads", lambda n: None)
+    measured = ThreadChoice(2, "auto: ...", {"OMP_NUM_THREADS": "2"}, adaptive=True)
+    apply_auto(measured, environ)  # not os.environ: a test's own mapping starts nothing
+    assert calls == [] and environ["OMP_NUM_THREADS"] == "2"
+    monkeypatch.setattr(threads_module.os, "environ", environ)
+    threads_module.apply_auto(measured, environ)
+    assert calls == [2]
+    threads_module.apply_auto(ThreadChoice(1, "auto: OMP_NUM_THREADS from the environment", {}), environ)
+    assert calls == [2]  # the user's count is kept as it is

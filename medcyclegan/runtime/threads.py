@@ -50,6 +50,7 @@ This module imports no torch at its top: the CLI's root callback calls it before
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import sys
@@ -60,6 +61,8 @@ from pathlib import Path
 
 from medcyclegan.errors import ConfigError
 from medcyclegan.parallel import set_worker_threads
+
+logger = logging.getLogger("medcyclegan")
 
 THREADS_AUTO = "auto"
 # More threads than any machine has cores; far below what exhausts memory creating them.
@@ -105,11 +108,14 @@ class ThreadChoice:
         threads: CPU threads for torch and for our parallel loops.
         reason: one line for ``--verbose``: where the number comes from.
         environment: the OpenMP variables medcyclegan set (empty: none).
+        adaptive: ``auto`` from the machine's load (not from the environment): the count follows
+            the load while the job runs (:class:`ThreadGovernor`, :func:`adjust_threads`).
     """
 
     threads: int
     reason: str
     environment: dict[str, str]
+    adaptive: bool = False
 
     def describe(self) -> str:
         """The ``--verbose`` line, e.g. ``threads: 1 (auto: 2 CPUs ..., 1.1 busy); OpenMP: ...``."""
@@ -409,7 +415,9 @@ def decide_auto(
     limits += f", CPU quota {quota:g}" if quota is not None else ", no CPU quota"
     if processes > 1:
         limits += f", shared by {processes} local processes"
-    return ThreadChoice(threads, f"auto: {limits}; {load.how}", {**waits, "OMP_NUM_THREADS": str(threads)})
+    return ThreadChoice(
+        threads, f"auto: {limits}; {load.how}", {**waits, "OMP_NUM_THREADS": str(threads)}, adaptive=True
+    )
 
 
 # The variables apply_auto set in this process's environment (not the user's: see
@@ -434,6 +442,8 @@ def apply_auto(choice: ThreadChoice, environ: MutableMapping[str, str] = os.envi
     environ.update(choice.environment)
     if environ is os.environ:
         _set_by_auto.update(choice.environment)
+        if choice.adaptive:
+            start_governor(choice.threads)
     return choice
 
 
@@ -444,6 +454,7 @@ def apply_fixed(threads: int) -> ThreadChoice:
 
     torch.set_num_threads(threads)
     set_worker_threads(threads)
+    stop_governor()
     return ThreadChoice(threads, "--threads", {})
 
 
@@ -461,3 +472,129 @@ def torchrun_threads_environment(
         return {}
     share = max(1, allowed_threads(len(affinity_cpus()), cgroup_cpu_quota()) // max(1, nproc_per_node))
     return {"OMP_NUM_THREADS": str(share)}
+
+
+# ----------------------------------------------------------------------------- while the job runs
+# Seconds between two load readings of the governor: long enough that one reading is cheap against
+# the work between them (reading /proc/stat takes about 50 us) and that a short burst of another
+# job does not move our count; short enough that a job joining the machine costs us a few seconds
+# of oversubscription, not a whole run.
+ADJUST_SECONDS = 3.0
+
+
+class ThreadGovernor:
+    """Keeps ``auto``'s torch thread count at the CPUs other processes leave free, while a job runs.
+
+    A start-up decision cannot see a job that starts after it: two trainings started one after the
+    other on 2 cores would each keep 2 threads and slow each other down many times over (measured:
+    ``benchmarks/bench_threads.py``). So the loops that run long (training steps, conversion slabs)
+    call :func:`adjust_threads` between their steps; every :data:`ADJUST_SECONDS` it measures, over
+    the window since the last reading, the CPUs others kept busy (:func:`other_busy_cpus`, our own
+    CPU time subtracted) and sets torch's thread count to :func:`choose_threads` of that. Two
+    governed jobs on 2 cores settle at one thread each, and the one left alone goes back to both.
+
+    Only between steps, on the calling thread: torch's thread count must not change inside a
+    parallel region. The count changes the order of float sums, so a governed run is not
+    bit-reproducible against another run: ``--threads N`` (never governed) is.
+
+    Example:
+        >>> samples = iter([CpuSample(0.0, 0.0, 0), CpuSample(3.0, 3.0, 600)])  # others: 1 CPU busy
+        >>> counts = []
+        >>> governor = ThreadGovernor({0, 1}, None, 2, sample=lambda: next(samples),
+        ...                           clock=iter([0.0, 3.0]).__next__, set_threads=counts.append)
+        >>> governor.adjust(), counts
+        (1, [1])
+    """
+
+    def __init__(
+        self,
+        cpus: set[int],
+        quota: float | None,
+        threads: int,
+        *,
+        processes: int = 1,
+        interval: float = ADJUST_SECONDS,
+        sample: Callable[[], CpuSample | None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        set_threads: Callable[[int], None] | None = None,
+        ticks_per_second: float | None = None,
+    ) -> None:
+        if threads < 1:
+            raise ValueError(f"threads must be >= 1; got {threads}")
+        if interval <= 0:
+            raise ValueError(f"interval must be > 0; got {interval}")
+        self.cpus = set(cpus)
+        self.quota = quota
+        self.threads = threads
+        self.processes = processes
+        self.interval = interval
+        self._sample = sample if sample is not None else (lambda: sample_cpu(self.cpus))
+        self._clock = clock
+        self._set_threads = set_threads if set_threads is not None else _set_torch_and_loop_threads
+        self._ticks = ticks_per_second or (
+            float(os.sysconf("SC_CLK_TCK")) if hasattr(os, "sysconf") else 100.0
+        )
+        self._last = self._sample()
+        self._next = clock() + interval
+
+    def __repr__(self) -> str:
+        return (
+            f"ThreadGovernor(cpus={len(self.cpus)}, quota={self.quota}, threads={self.threads}, "
+            f"interval={self.interval:g} s)"
+        )
+
+    def adjust(self) -> int | None:
+        """Re-reads the load when :attr:`interval` has passed; the new count when it changed, else None."""
+        now = self._clock()
+        if now < self._next:
+            return None
+        self._next = now + self.interval
+        current = self._sample()
+        previous, self._last = self._last, current
+        if previous is None or current is None:
+            return None
+        others = other_busy_cpus(previous, current, self._ticks)
+        threads = choose_threads(len(self.cpus), self.quota, others, self.processes)
+        if threads == self.threads:
+            return None
+        logger.debug(
+            "threads: %d -> %d (auto: other processes kept %.1f CPU(s) busy over %.1f s)",
+            self.threads,
+            threads,
+            others,
+            current.wall - previous.wall,
+        )
+        self.threads = threads
+        self._set_threads(threads)
+        return threads
+
+
+def _set_torch_and_loop_threads(threads: int) -> None:
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(threads)
+    set_worker_threads(threads)
+
+
+_governor: ThreadGovernor | None = None
+
+
+def start_governor(threads: int, environ: Mapping[str, str] = os.environ) -> ThreadGovernor:
+    """Makes :func:`adjust_threads` follow the load from now on, starting at ``threads``."""
+    global _governor
+    cpus = affinity_cpus()
+    processes = _env_threads(environ, "LOCAL_WORLD_SIZE") or 1
+    _governor = ThreadGovernor(cpus, cgroup_cpu_quota(), threads, processes=processes)
+    return _governor
+
+
+def stop_governor() -> None:
+    """:func:`adjust_threads` does nothing again (``--threads N``, tests)."""
+    global _governor
+    _governor = None
+
+
+def adjust_threads() -> int | None:
+    """Called between the steps of long loops: the governor's :meth:`ThreadGovernor.adjust`, if
+    ``--threads auto`` started one in this process (else nothing, at the cost of one call)."""
+    return None if _governor is None else _governor.adjust()

@@ -71,6 +71,7 @@ from medcyclegan.io.atomic import atomic_write_text
 from medcyclegan.models import TranslationModel, model_class
 from medcyclegan.runtime import distributed, resolve_device
 from medcyclegan.runtime.precision import use_bf16, use_channels_last
+from medcyclegan.runtime.threads import adjust_threads
 from medcyclegan.train import resume as resume_rules
 from medcyclegan.train.data_module import TrainingData, pair_files
 from medcyclegan.train.data_record import DATA_FILE, ROLES, check_same_data, record_data
@@ -418,6 +419,7 @@ class Trainer:
                         ) from None
                     self.step_in_epoch += 1
                     self.global_step += 1
+                    adjust_threads()  # --threads auto: follow the machine's load between steps
                     is_log = self.global_step % log_every == 0 or self.global_step == self.total_steps
                     # Processes agree on stopping only where they exchange the losses anyway.
                     stop = None
