@@ -8,9 +8,9 @@ after ``--warmup`` untimed steps:
   ``auto``, and what ``--threads N`` still does;
 * ``passive``: the same with ``OMP_WAIT_POLICY=PASSIVE`` (threads sleep at once);
 * ``auto``: ``--threads auto`` (:mod:`medcyclegan.runtime.threads`: thread count from affinity,
-  quota and load; a short spin, then sleep);
+  quota and load at start, then the governor between steps; OpenMP waits at their defaults);
 * ``auto:N``: ``auto`` with ``GOMP_SPINCOUNT=N`` set (a wait variable the user sets wins);
-* ``spin:N``: every core with ``GOMP_SPINCOUNT=N`` (to tune :data:`~medcyclegan.runtime.threads.AUTO_SPIN_COUNT`);
+* ``spin:N``: every core with ``GOMP_SPINCOUNT=N``;
 * ``threads:N``: ``--threads N``.
 
 The children resolve their threads with the functions the CLI's root callback calls

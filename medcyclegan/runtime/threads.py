@@ -17,12 +17,12 @@ once, when torch loads it):
   (:func:`choose_threads`), at least 1; an ``OMP_NUM_THREADS`` (or ``MKL_NUM_THREADS``) the user
   set wins over all of this. Two jobs started together each see the other starting up: on 2 cores
   each takes one;
-* **how idle threads wait**: a short spin (:data:`AUTO_SPIN_COUNT` polls for libgomp,
-  ``KMP_BLOCKTIME`` :data:`AUTO_BLOCKTIME_MS` ms for Intel's OpenMP), then sleep: nearly the speed of
-  spinning when the process is alone, and little of the cost when the machine fills up later (no
-  start-up decision can see a job that starts after it, so the wait does not depend on the load
-  seen now). Any of ``OMP_WAIT_POLICY``, ``GOMP_SPINCOUNT``, ``KMP_BLOCKTIME`` that the user set
-  wins, and none of the others is set then.
+* **how idle threads wait**: not at all differently. A start-up decision cannot see a job that
+  starts after it, and a shorter spin (``GOMP_SPINCOUNT=10000``, tried) cost a process alone up to
+  a quarter of its speed; instead the long loops re-measure the load while they run
+  (:class:`ThreadGovernor`), and a process with one thread per free core has nothing to spin
+  against. ``OMP_WAIT_POLICY``, ``GOMP_SPINCOUNT`` and ``KMP_BLOCKTIME`` stay as the user set them
+  (or at libgomp's defaults).
 
 The choice is applied by :func:`apply_auto` in the CLI's root callback, which runs before any verb
 imports torch: torch's count through ``OMP_NUM_THREADS`` in the environment (a verb that never
@@ -71,23 +71,14 @@ MAX_THREADS = 1024
 THREADS_HELP = (
     "CPU threads for torch and for medcyclegan's own parallel steps (gzip, body masks): a number, or "
     "auto: the CPUs this process may use (affinity, container CPU quota) less those other processes "
-    "keep busy now, with OpenMP threads that sleep after a short spin, so that jobs sharing the "
-    "machine do not slow each other many times over. OMP_NUM_THREADS and OMP_WAIT_POLICY / "
-    "GOMP_SPINCOUNT / KMP_BLOCKTIME set in the environment win over auto \\[default: auto]."
+    "keep busy, measured at start and every few seconds while training or converting, so that jobs "
+    "sharing the machine do not slow each other many times over. OMP_NUM_THREADS set in the "
+    "environment wins over auto \\[default: auto]."
 )
-# Polls of an idle libgomp thread before it sleeps. libgomp's default is 300 000, by its own
-# estimate of about 100 000 polls a millisecond 3 ms (0.6-15 ms depending on the CPU); 10 000 are
-# about 0.1 ms: longer than the gap between two of a training step's parallel regions (tens of
-# microseconds of Python), so a process alone keeps most of the speed of spinning, and short
-# enough that spinning threads give a shared core back at once. benchmarks/bench_threads.py
-# measures it (its spin:N variants).
-AUTO_SPIN_COUNT = 10_000
-# Intel OpenMP's equivalent (ms an idle thread spins; its default 200), for torch builds on libiomp.
-AUTO_BLOCKTIME_MS = 1
 # Thread counts torch reads at import (in this order); one set by the user is used as it is. An
 # invalid value (0, text) counts as unset: OpenMP would ignore it too.
 THREAD_COUNT_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
-# Variables that decide how idle OpenMP threads wait; one set by the user means we set none.
+# Variables that decide how idle OpenMP threads wait: medcyclegan never sets them.
 WAIT_VARIABLES = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")
 # The /proc/stat window when the machine is not plainly quiet.
 LOAD_SAMPLE_SECONDS = 0.1
@@ -118,13 +109,9 @@ class ThreadChoice:
     adaptive: bool = False
 
     def describe(self) -> str:
-        """The ``--verbose`` line, e.g. ``threads: 1 (auto: 2 CPUs ..., 1.1 busy); OpenMP: ...``."""
-        if self.environment:
-            waits = ", ".join(f"{k}={v}" for k, v in self.environment.items() if k != "OMP_NUM_THREADS")
-            wait = f"OpenMP waits: {waits} (set by medcyclegan)" if waits else "OpenMP waits: as set"
-        else:
-            wait = "OpenMP environment untouched"
-        return f"threads: {self.threads} ({self.reason}); {wait}"
+        """The ``--verbose`` line, e.g. ``threads: 1 (auto: 2 CPUs ..., 1.1 busy); following the load``."""
+        how = "; following the load" if self.adaptive else ""
+        return f"threads: {self.threads} ({self.reason}){how}"
 
 
 def parse_threads(text: str | None) -> int | None:
@@ -381,13 +368,6 @@ def _env_threads(environ: Mapping[str, str], name: str = "OMP_NUM_THREADS") -> i
     return value if value >= 1 else None
 
 
-def wait_environment(environ: Mapping[str, str]) -> dict[str, str]:
-    """The OpenMP wait variables ``auto`` sets: none when the user set any of :data:`WAIT_VARIABLES`."""
-    if any(name in environ for name in WAIT_VARIABLES):
-        return {}
-    return {"GOMP_SPINCOUNT": str(AUTO_SPIN_COUNT), "KMP_BLOCKTIME": str(AUTO_BLOCKTIME_MS)}
-
-
 def decide_auto(
     environ: Mapping[str, str] = os.environ,
     *,
@@ -399,13 +379,12 @@ def decide_auto(
 
     An ``OMP_NUM_THREADS`` in ``environ`` wins (torch reads it too); otherwise
     :func:`choose_threads` on the affinity set (``cpus``), the quota and the load (the readers are
-    parameters for tests). The OpenMP wait variables come from :func:`wait_environment`.
+    parameters for tests).
     """
-    waits = wait_environment(environ)
     for name in THREAD_COUNT_VARIABLES:
         user_threads = _env_threads(environ, name)
         if user_threads is not None:
-            return ThreadChoice(min(user_threads, MAX_THREADS), f"auto: {name} from the environment", waits)
+            return ThreadChoice(min(user_threads, MAX_THREADS), f"auto: {name} from the environment", {})
     cpus = affinity_cpus() if cpus is None else cpus
     quota = read_quota()
     load = read_load(cpus)
@@ -416,7 +395,7 @@ def decide_auto(
     if processes > 1:
         limits += f", shared by {processes} local processes"
     return ThreadChoice(
-        threads, f"auto: {limits}; {load.how}", {**waits, "OMP_NUM_THREADS": str(threads)}, adaptive=True
+        threads, f"auto: {limits}; {load.how}", {"OMP_NUM_THREADS": str(threads)}, adaptive=True
     )
 
 
