@@ -12,7 +12,9 @@ batch, slices/s, the ratio onnxruntime / torch, the export time, and the parity 
 |onnxruntime - torch| in the network's units and in HU of the default CT window).
 
 OpenVINO is timed only when ``openvino`` is importable (it is not a dependency); else it is
-reported as skipped.
+reported as skipped. Its CPU plugin runs in float32 here (``--openvino-precision f32``, the
+default): on a CPU with bf16 units (AVX-512 BF16, AMX) it otherwise lowers to bf16 on its own,
+which was 4x faster on the development machine but 77-141 HU off torch (``bf16`` shows it).
 
 Usage (about 3 minutes on 2 cores with the defaults: the reference generator at 256 px runs at
 about 1 slice/s):
@@ -65,18 +67,23 @@ def timed(run: Callable[[], Any], repeats: int) -> tuple[float, Any]:
     return statistics.median(times), result
 
 
-def openvino_runner(data: bytes, threads: int) -> Callable[[np.ndarray], np.ndarray] | None:
+def openvino_runner(
+    data: bytes, threads: int, precision: str = "f32"
+) -> Callable[[np.ndarray], np.ndarray] | None:
     """A callable running the ONNX model on OpenVINO's CPU plugin, or None when it is not installed."""
     try:
         import openvino as ov
     except ImportError:
         return None
     core = ov.Core()
-    compiled = core.compile_model(core.read_model(data), "CPU", {"INFERENCE_NUM_THREADS": threads})
+    settings = {"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": precision}
+    compiled = core.compile_model(core.read_model(data), "CPU", settings)
     return lambda x: compiled(x)[0]
 
 
-def bench_model(name: str, *, size: int, batch_size: int, repeats: int, threads: int) -> dict[str, Any]:
+def bench_model(
+    name: str, *, size: int, batch_size: int, repeats: int, threads: int, openvino_precision: str = "f32"
+) -> dict[str, Any]:
     from medcyclegan.export import export_onnx
     from medcyclegan.onnx_model import onnx_translator
 
@@ -96,7 +103,7 @@ def bench_model(name: str, *, size: int, batch_size: int, repeats: int, threads:
     low, high = model.cfg.data.ct_window  # [-1, 1] spans it: one network unit is half its width in HU
     hu_per_unit = (float(high) - float(low)) / 2.0
     rows = {"torch": torch_s, "onnxruntime": ort_s}
-    runner = openvino_runner(data, threads)
+    runner = openvino_runner(data, threads, openvino_precision)
     if runner is not None:
         array = x.numpy()
         rows["openvino"], out = timed(lambda: runner(array), repeats)
@@ -129,6 +136,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=16, help="slices per pass [16]")
     parser.add_argument("--repeats", type=int, default=3, help="timed passes after one warm-up [3]")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads of both engines [2]")
+    parser.add_argument(
+        "--openvino-precision",
+        choices=("f32", "bf16"),
+        default="f32",
+        help="OpenVINO's inference precision [f32]",
+    )
     parser.add_argument("--json", type=Path, help="also write the results as JSON here")
     args = parser.parse_args(argv)
     names = [n.strip() for n in args.models.split(",") if n.strip()]
@@ -139,7 +152,12 @@ def main(argv: list[str] | None = None) -> None:
     results = []
     for name in names:
         r = bench_model(
-            name, size=args.size, batch_size=args.batch_size, repeats=args.repeats, threads=args.threads
+            name,
+            size=args.size,
+            batch_size=args.batch_size,
+            repeats=args.repeats,
+            threads=args.threads,
+            openvino_precision=args.openvino_precision,
         )
         results.append(r)
         speeds = ", ".join(f"{k} {v:.2f} slices/s" for k, v in r["slices_per_s"].items())
