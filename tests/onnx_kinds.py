@@ -14,6 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from test_cut import TINY_CUT
+from test_munit import TINY_MUNIT
+from test_unit import TINY_UNIT
+from test_vit_unet import TINY_VIT_UNET
 from tiny import TrainedRun
 from torch import nn
 
@@ -28,33 +32,13 @@ KINDS: dict[str, dict[str, Any]] = {
     "resnet-attention": {"model.generator": "resnet-attention"},
     "unet": {"model.generator": "unet", "model.unet_downs": 5},
     "vit-unet": {
-        "model.generator": "vit-unet",
+        **TINY_VIT_UNET,
         "vit_unet.unet_features": [4, 8, 8],  # 3 levels: 1/64 of the pixels are tokens
-        "vit_unet.features": 8,
-        "vit_unet.n_heads": 2,
-        "vit_unet.n_blocks": 1,
-        "vit_unet.ffn_features": 16,
-        "vit_unet.embed_features": 8,
         "vit_unet.rezero": False,  # ReZero starts at 0: the transformer would be skipped
     },
-    "cut": {"model.kind": "cut", "cut.nce_layers": [0, 4, 8, 11], "cut.num_patches": 16},
-    "unit": {
-        "model.kind": "unit",
-        "unit.dim": 8,
-        "unit.n_res": 2,
-        "unit.shared_blocks": 1,
-        "unit.dis_dim": 8,
-        "unit.dis_n_layer": 2,
-        "unit.dis_num_scales": 2,
-    },
-    "munit": {
-        "model.kind": "munit",
-        "munit.dim": 8,
-        "munit.n_res": 1,
-        "munit.mlp_dim": 16,
-        "munit.dis_dim": 8,
-        "munit.dis_n_layer": 2,
-    },
+    "cut": TINY_CUT,
+    "unit": TINY_UNIT,
+    "munit": TINY_MUNIT,
 }
 # Initial convolution weights are N(0, 0.02): outputs near 0 everywhere. Scaled, they vary.
 WEIGHT_SCALE = 4.0
