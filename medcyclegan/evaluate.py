@@ -337,8 +337,7 @@ class EvaluationReport:
         caption_lines = [
             mask_note,
             self._tissue_note(),
-            "Dice body: body outlines of prediction and reference, each by the rule "
-            "Otsu, dilation, closing, dilation",
+            "Dice body: the outlines of prediction and reference, each by the computed mask's rule",
             *self._undefined_notes(),
             f"{len(self.cases)} case(s); std with ddof 0",
         ]
@@ -374,7 +373,7 @@ class EvaluationReport:
         labels = self.metadata["labels"]
         title = "MAE per label of the reference [HU]"
         caption_lines = [
-            f"region: {LABEL_REGION_RULE}",
+            "each label's voxels in the reference's label map, not cut by the body mask",
             f"names: {labels['names_source']}",
             *self._label_notes(),
             f"{len(self.cases)} case(s); std with ddof 0",
@@ -823,8 +822,9 @@ def _evaluate_case(
     source = None if source_path is None else read_volume(source_path)
     if source is not None:
         _check_same_grid(source, ref, source_path, ref_path, role="MR")
-    label_map = None if label_path is None else read_volume(label_path)
-    if label_map is not None and label_path is not None:
+    label_map = None
+    if label_path is not None:
+        label_map = read_volume(label_path)
         _check_same_grid(label_map, ref, label_path, ref_path, role="label map")
     ref_outline = synthrad_body_mask(ref.array)
     if mask_path is None:
