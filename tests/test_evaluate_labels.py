@@ -13,6 +13,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+import SimpleITK as sitk
 import torch
 from rich.console import Console
 from tiny import assert_clean_error
@@ -429,6 +430,11 @@ def test_bad_label_maps_are_refused_naming_the_file(tmp_path: Path) -> None:
     nib.Nifti1Image(np.stack([_labels()] * 2, axis=-1), np.eye(4)).to_filename(four_d)
     with pytest.raises(InputError, match="is 4D"):
         evaluate(pred, ref, labels=four_d.parent)
+    vector = folder / "vector" / "a.mha"
+    vector.parent.mkdir(parents=True)
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((*SHAPE[::-1], 3), np.uint8), isVector=True), vector)
+    with pytest.raises(InputError, match=r"a\.mha: has 3 values per voxel"):
+        evaluate(pred, ref, labels=vector.parent)
 
 
 def test_label_folders_must_hold_every_case_once(tmp_path: Path) -> None:
