@@ -502,8 +502,20 @@ def evaluate(
         "shown in the panels (with --figures).",
     ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing report or panel."),
+    labels: Path | None = typer.Option(
+        None,
+        "--labels",
+        help="Label map (integers, 0 = background) of the reference, or a folder of them paired by case "
+        "name: adds the MAE over each label's voxels.",
+    ),
+    label_names: Path | None = typer.Option(
+        None,
+        "--label-names",
+        help="nnU-Net v2 or MSD dataset.json naming the label values (with --labels) \\[default: label_<value>].",
+    ),
 ) -> None:
-    """Score synthetic CT against reference CT: MAE, PSNR, SSIM (SynthRAD definitions, masked), MAE per tissue."""
+    """Score synthetic CT against reference CT: MAE, PSNR, SSIM (SynthRAD definitions, masked), MAE per tissue
+    and per label, body outline Dice."""
     from rich.console import Console
 
     from medcyclegan.evaluate import check_report_paths
@@ -513,9 +525,11 @@ def evaluate(
     edges = TISSUE_EDGES_HU if tissue_edges is None else parse_tissue_edges(tissue_edges)
     if source is not None and figures is None:
         raise MedCycleGANError("--source is drawn in the panels only: give --figures DIR too")
+    if label_names is not None and labels is None:
+        raise MedCycleGANError("--label-names names the values of --labels: give --labels too")
     if out is not None:
         # Before any metric is computed: a report that cannot be written fails at once.
-        check_report_paths(out, overwrite=overwrite, inputs=(pred, ref, mask))
+        check_report_paths(out, overwrite=overwrite, inputs=(pred, ref, mask, labels, label_names))
     report = run_evaluation(
         pred,
         ref,
@@ -525,8 +539,13 @@ def evaluate(
         figures=figures,
         source=source,
         overwrite=overwrite,
+        labels=labels,
+        label_names=label_names,
     )
     Console().print(report.to_rich_table())
+    label_table = report.to_label_table()
+    if label_table is not None:
+        Console().print(label_table)
     if out is not None:
         report.write(out, overwrite=overwrite)
         typer.echo(f"report written to {out} and {out.with_suffix('.csv')}")

@@ -16,6 +16,11 @@ Beside the SynthRAD metrics every case gets its MAE per tissue class of the refe
 (:func:`medcyclegan.metrics.tissue_mae`: air/lung, soft tissue, bone; the HU edges are recorded in the
 report). A class without voxels inside a case's mask is NaN there and left out of its summary. With
 ``figures`` a PNG panel per case is drawn as well (:mod:`medcyclegan.figures`).
+
+Every case also gets the Dice overlap of the body outlines of prediction and reference
+(:data:`medcyclegan.metrics.BODY_DICE_NAME`, both outlines by the same rule), and with ``labels`` the
+MAE over each segmentation label of the reference (:func:`medcyclegan.metrics.label_mae`), named from
+an nnU-Net v2 or MSD ``dataset.json`` (:mod:`medcyclegan.label_names`) or ``label_<value>``.
 """
 
 from __future__ import annotations
@@ -25,10 +30,11 @@ import io
 import json
 import logging
 import math
+import textwrap
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import numpy as np
 from rich.table import Table
@@ -51,12 +57,17 @@ from medcyclegan.io.discovery import (
 )
 from medcyclegan.io.readers import read_mask, read_volume
 from medcyclegan.io.volume import Volume
+from medcyclegan.label_names import LabelNames, read_label_names
 from medcyclegan.metrics import (
+    BODY_DICE_DEFINITION,
+    BODY_DICE_NAME,
     BODY_MASK_METHOD,
     TISSUE_EDGES_HU,
     TISSUE_MAE_NAMES,
     check_tissue_edges,
     compute_metrics,
+    dice_coefficient,
+    label_mae,
     metric_metadata,
     metric_names,
     synthrad_body_mask,
@@ -75,6 +86,7 @@ COLUMN_HEADERS = {
     "mae_air_lung": "MAE air/lung [HU]",
     "mae_soft_tissue": "MAE soft tissue [HU]",
     "mae_bone": "MAE bone [HU]",
+    BODY_DICE_NAME: "Dice body",
 }
 DISPLAY_FORMATS = {
     "mae": "{:.1f}",
@@ -82,8 +94,23 @@ DISPLAY_FORMATS = {
     "ssim": "{:.4f}",
     "ms_ssim": "{:.4f}",
     **dict.fromkeys(TISSUE_MAE_NAMES, "{:.1f}"),
+    BODY_DICE_NAME: "{:.4f}",
 }
 FIGURE_SUFFIX = ".png"
+# Report keys of the per-label MAEs: mae_label_<name>.
+LABEL_MAE_PREFIX = "mae_label_"
+LABEL_MAE_FORMAT = "{:.1f}"
+LABEL_REGION_RULE = (
+    "the voxels of each label value of the reference's label map (0, background, left out); "
+    "not restricted to the body mask"
+)
+# Characters of a figure title's label line before it wraps onto the next.
+FIGURE_LINE_CHARACTERS = 110
+
+
+def label_key(name: str) -> str:
+    """The report key of a label's MAE: ``mae_label_<name>``."""
+    return f"{LABEL_MAE_PREFIX}{name}"
 
 
 def check_report_paths(
@@ -139,6 +166,11 @@ class CaseResult:
         tissue_mae: :data:`medcyclegan.metrics.TISSUE_MAE_NAMES` -> MAE in HU inside the mask per
             tissue class of the reference (:func:`medcyclegan.metrics.tissue_mae`); NaN for a class
             without voxels in the mask.
+        dice_body: Dice of the body outlines of prediction and reference
+            (:data:`medcyclegan.metrics.BODY_DICE_DEFINITION`); NaN when both are empty.
+        label_mae: ``mae_label_<name>`` -> MAE in HU over that label's voxels of the reference's label
+            map (:func:`medcyclegan.metrics.label_mae`), for every label of the report; NaN for a label
+            this case's map lacks. Empty without label maps.
     """
 
     case: str
@@ -147,10 +179,14 @@ class CaseResult:
     mask_source: str
     metrics: dict[str, float]
     tissue_mae: dict[str, float] = field(default_factory=dict)
+    dice_body: float = math.nan
+    label_mae: dict[str, float] = field(default_factory=dict)
 
     def value(self, name: str) -> float:
-        """A SynthRAD metric or a tissue MAE by name; NaN if the case has none of that name."""
-        return self.metrics.get(name, self.tissue_mae.get(name, math.nan))
+        """A SynthRAD metric, tissue or label MAE, or the body Dice by name; NaN if the case has none."""
+        if name == BODY_DICE_NAME:
+            return self.dice_body
+        return self.metrics.get(name, self.tissue_mae.get(name, self.label_mae.get(name, math.nan)))
 
 
 @dataclass
@@ -161,12 +197,16 @@ class EvaluationReport:
         standard: ``"synthrad2023"`` or ``"synthrad2025"``.
         metadata: :func:`medcyclegan.metrics.metric_metadata` (data range, clip range, definitions,
             units) plus ``std_ddof``, ``grid``, ``tissue_edges_hu`` ([low, high]: air/lung below low,
-            bone from high), ``tissue_classes`` (each class's rule in words) and the package version.
+            bone from high), ``tissue_classes`` (each class's rule in words), ``dice_body`` (its
+            definition), the package version and, with label maps, ``labels`` (see :func:`evaluate`).
         cases: one :class:`CaseResult` per case, sorted by case name.
-        summary: metric or tissue MAE -> ``{"mean", "std", "median", "n"}`` over the cases whose value
-            is not NaN (``n`` counts them); ``std`` is the population standard deviation (ddof 0).
+        summary: metric, tissue or label MAE, or body Dice -> ``{"mean", "std", "median", "n"}`` over
+            the cases whose value is not NaN (``n`` counts them); ``std`` is the population standard
+            deviation (ddof 0).
         figures: the PNG panels written, one per case (empty without ``figures``); in the JSON only
             when there are some.
+        labels: label value -> name of every label reported (present in some case's label map), in
+            value order; empty without label maps.
     """
 
     standard: str
@@ -174,21 +214,39 @@ class EvaluationReport:
     cases: list[CaseResult]
     summary: dict[str, dict[str, float]] = field(default_factory=dict)
     figures: list[str] = field(default_factory=list)
+    labels: dict[int, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.summary:
-            self.summary = summarise(self.cases, self.metric_names + TISSUE_MAE_NAMES)
+            self.summary = summarise(self.cases, self.column_names)
 
     @property
     def metric_names(self) -> tuple[str, ...]:
         return metric_names(self.standard)
 
+    @property
+    def label_keys(self) -> tuple[str, ...]:
+        """``mae_label_<name>`` of every label reported, in value order."""
+        return tuple(label_key(name) for name in self.labels.values())
+
+    @property
+    def column_names(self) -> tuple[str, ...]:
+        """Every per-case value, in report order: SynthRAD metrics, tissue MAEs, body Dice, label MAEs."""
+        return self.metric_names + TISSUE_MAE_NAMES + (BODY_DICE_NAME,) + self.label_keys
+
     def to_dict(self) -> dict[str, Any]:
-        """Plain Python structure (floats may be ``nan`` or ``inf``; see :meth:`to_json` for JSON)."""
+        """Plain Python structure (floats may be ``nan`` or ``inf``; see :meth:`to_json` for JSON).
+
+        Without label maps the cases carry no ``label_mae``.
+        """
+        cases = [asdict(case) for case in self.cases]
+        if "labels" not in self.metadata:
+            for case in cases:
+                del case["label_mae"]
         report = {
             "standard": self.standard,
             "metadata": self.metadata,
-            "cases": [asdict(case) for case in self.cases],
+            "cases": cases,
             "summary": self.summary,
         }
         if self.figures:
@@ -205,8 +263,9 @@ class EvaluationReport:
         return json.dumps(_json_safe(self.to_dict()), indent=2, allow_nan=False) + "\n"
 
     def to_csv(self) -> str:
-        """One row per case: case, pred, ref, mask_source, the metrics, the tissue MAEs, then standard,
-        data range, clip range and the tissue edges (``tissue_edge_low_hu``, ``tissue_edge_high_hu``).
+        """One row per case: case, pred, ref, mask_source, the metrics, the tissue MAEs, the body Dice,
+        the label MAEs (``mae_label_<name>``, with label maps), then standard, data range, clip range
+        and the tissue edges (``tissue_edge_low_hu``, ``tissue_edge_high_hu``).
 
         Values are written with full precision (``repr``); NaN and infinity as ``nan`` / ``inf``.
         """
@@ -220,8 +279,7 @@ class EvaluationReport:
                 "pred",
                 "ref",
                 "mask_source",
-                *self.metric_names,
-                *TISSUE_MAE_NAMES,
+                *self.column_names,
                 "standard",
                 "data_range",
                 "clip_min_hu",
@@ -231,7 +289,7 @@ class EvaluationReport:
             ]
         )
         for case in self.cases:
-            values = [repr(float(case.value(name))) for name in self.metric_names + TISSUE_MAE_NAMES]
+            values = [repr(float(case.value(name))) for name in self.column_names]
             ranges = [repr(float(value)) for value in (self.metadata["data_range"], low, high, *edges)]
             writer.writerow(
                 [case.case, case.pred, case.ref, case.mask_source, *values, self.standard, *ranges]
@@ -279,6 +337,7 @@ class EvaluationReport:
         caption_lines = [
             mask_note,
             self._tissue_note(),
+            "Dice body: the outlines of prediction and reference, each by the computed mask's rule",
             *self._undefined_notes(),
             f"{len(self.cases)} case(s); std with ddof 0",
         ]
@@ -289,7 +348,7 @@ class EvaluationReport:
             min_width=max(len(line) for line in [title, *caption_lines]) + 2,
         )
         table.add_column(Text("Case"))
-        names = self.metric_names + TISSUE_MAE_NAMES
+        names = self.metric_names + TISSUE_MAE_NAMES + (BODY_DICE_NAME,)
         for name in names:
             table.add_column(Text(COLUMN_HEADERS[name]), justify="right")
         for case in self.cases:
@@ -302,6 +361,57 @@ class EvaluationReport:
                 style="bold",
             )
         return table
+
+    def to_label_table(self) -> Table | None:
+        """The MAE per label over the cases: labels as rows, with value, case count, mean / std /
+        median and the case where the label's MAE is largest; ``None`` without label maps.
+
+        Per-case values are in the JSON and CSV: a row per label stays readable for many cases.
+        """
+        if "labels" not in self.metadata:
+            return None
+        labels = self.metadata["labels"]
+        title = "MAE per label of the reference [HU]"
+        caption_lines = [
+            "each label's voxels in the reference's label map, not cut by the body mask",
+            f"names: {labels['names_source']}",
+            *self._label_notes(),
+            f"{len(self.cases)} case(s); std with ddof 0",
+        ]
+        table = Table(
+            title=Text(title),
+            caption=Text("\n".join(caption_lines)),
+            min_width=max(len(line) for line in [title, *caption_lines]) + 2,
+        )
+        for header in ("Label", "Value", "Cases", "mean", "std", "median", "largest (case)"):
+            table.add_column(Text(header), justify="left" if header == "Label" else "right")
+        for value, name in self.labels.items():
+            key = label_key(name)
+            summary = self.summary[key]
+            having = [case for case in self.cases if not math.isnan(case.value(key))]
+            worst = max(having, key=lambda case: case.value(key), default=None)
+            table.add_row(
+                Text(name),
+                str(value),
+                f"{summary['n']}/{len(self.cases)}",
+                *(_display(key, summary[statistic]) for statistic in SUMMARY_STATISTICS),
+                Text("" if worst is None else f"{_display(key, worst.value(key))} ({worst.case})"),
+            )
+        return table
+
+    def _label_notes(self) -> list[str]:
+        """Which cases lack a label (left out of its summary), one line per label, and an empty table's reason."""
+        if not self.labels:
+            return ["no label > 0 in any label map"]
+        notes = []
+        for name in self.labels.values():
+            missing = [case.case for case in self.cases if math.isnan(case.value(label_key(name)))]
+            if missing:
+                notes.append(
+                    f"{name}: absent from the label map of {len(missing)} of {len(self.cases)} case(s) "
+                    f"({', '.join(missing)}), left out of its summary"
+                )
+        return notes
 
     def _tissue_note(self) -> str:
         """The tissue classes' rule, e.g. "tissue by reference HU: air/lung < -400, bone >= 250"."""
@@ -320,6 +430,12 @@ class EvaluationReport:
                     f"{COLUMN_HEADERS[name].removesuffix(' [HU]')}: no such voxel in the mask of "
                     f"{len(missing)} of {len(self.cases)} case(s) ({', '.join(missing)}), left out of its summary"
                 )
+        empty = [case.case for case in self.cases if math.isnan(case.dice_body)]
+        if empty:
+            notes.append(
+                f"Dice body: both outlines empty in {len(empty)} of {len(self.cases)} case(s) "
+                f"({', '.join(empty)}), left out of its summary"
+            )
         return notes
 
 
@@ -355,8 +471,54 @@ def evaluate(
     figures: str | Path | None = None,
     source: str | Path | None = None,
     overwrite: bool = False,
+    labels: str | Path | None = None,
+    label_names: str | Path | None = None,
 ) -> EvaluationReport:
-    """Scores predicted volumes against references with a SynthRAD standard, and per tissue class.
+    """Scores predicted volumes against references with a SynthRAD standard, per tissue class and label.
+
+    Every case gets the Dice of the body outlines of prediction and reference, each outline computed
+    from its own volume by :func:`medcyclegan.metrics.synthrad_body_mask`: the rule that gives the
+    reference's mask when none is given. A given ``mask`` is not used for it: compared with a mask
+    drawn by another rule, the Dice would measure the two rules, not the translation. It is always
+    computed (one more body mask per case, about as long as reading the volume): an outline the
+    translation moves or invents shows here whether or not label maps exist.
+
+    With ``labels``, every label value > 0 present in a case's label map (the reference's
+    segmentation, on its grid) gets the MAE over its voxels (:func:`medcyclegan.metrics.label_mae`).
+    The body mask does not restrict these regions: a label is its own region, drawn by whoever
+    segmented the reference, and cutting it with the Otsu outline would change a structure's MAE
+    depending on how the outline falls at the skin, or on labels that lie outside it (a couch, air);
+    the SynthRAD numbers stay inside the mask. A label that a case's map lacks is NaN for that case
+    and left out of its summary.
+
+    Args:
+        pred: a predicted (synthetic CT, HU) volume file, or a folder of them.
+        ref: the reference CT file, or a folder of them; folders are paired by case name
+            (:func:`medcyclegan.io.discovery.case_name`).
+        mask: body mask file, or folder of masks named like the references, or ``None`` to compute the
+            mask from each reference (:func:`medcyclegan.metrics.synthrad_body_mask`).
+        standard: ``"synthrad2023"`` (MAE, PSNR, SSIM) or ``"synthrad2025"`` (MAE, PSNR, MS-SSIM).
+        tissue_edges: HU of the reference between air/lung and soft tissue, and where bone starts
+            (:data:`medcyclegan.metrics.TISSUE_EDGES_HU`).
+        figures: a folder to write one PNG panel per case into, ``<case>.png``
+            (:func:`medcyclegan.figures.case_panel`); ``None`` draws nothing.
+        source: the MR the predictions were made from (a file, or a folder paired by case name with
+            the references, every case needing one, on its reference's grid), drawn as the panels'
+            first column; only with ``figures``.
+        overwrite: a panel may replace an existing file.
+        labels: label map (integer voxels, 0 = background) of the reference: a file for a single case,
+            or a folder paired by case name with the references, every case needing one, each on its
+            reference's grid.
+        label_names: an nnU-Net v2 or MSD ``dataset.json`` naming the label values
+            (:func:`medcyclegan.label_names.read_label_names`); only with ``labels``. Unnamed values
+            are called ``label_<value>``.
+
+    Returns:
+        The report; no report file is written (see :meth:`EvaluationReport.write`). With ``labels``
+        its metadata holds ``labels``: ``maps`` (the path given), ``names_source``, ``names``
+        (value -> name of every label reported), ``unnamed`` (values reported as ``label_<value>``
+        though a names file was given), ``named_absent`` (values the file names that no map holds)
+        and ``region`` (the rule above).
 
     Args:
         pred: a predicted (synthetic CT, HU) volume file, or a folder of them.
@@ -378,10 +540,13 @@ def evaluate(
         The report; no report file is written (see :meth:`EvaluationReport.write`).
 
     Raises:
-        ConfigError: unknown ``standard``, bad ``tissue_edges``, ``source`` without ``figures``.
+        ConfigError: unknown ``standard``, bad ``tissue_edges``, ``source`` without ``figures``,
+            ``label_names`` without ``labels``.
         InputError: a path is missing or unreadable, folders hold unmatched or duplicate cases, a
-            prediction's (or source MR's) voxel grid (shape or affine) differs from its reference's, a
-            mask or a source MR is missing, a mask is on another grid or empty.
+            prediction's (or source MR's, or label map's) voxel grid (shape or affine) differs from its
+            reference's, a mask, source MR or label map is missing, a mask is on another grid or
+            empty, a label map has non-integer or negative values, a label names file is unusable
+            (:func:`medcyclegan.label_names.read_label_names`).
         OutputError: a panel exists (without ``overwrite``) or cannot be written; checked for every
             case before any metric is computed.
     """
@@ -389,6 +554,9 @@ def evaluate(
     edges = check_tissue_edges(tissue_edges)
     if source is not None and figures is None:
         raise ConfigError("a source MR is only drawn in figures: give a figures folder (--figures) too")
+    if label_names is not None and labels is None:
+        raise ConfigError("label names name the values of label maps: give the label maps (--labels) too")
+    names = LabelNames() if label_names is None else read_label_names(label_names)
 
     metadata.update(
         {
@@ -396,17 +564,21 @@ def evaluate(
             "grid": "native voxel grid of each reference, in its file voxel order (no resampling)",
             "tissue_edges_hu": list(edges),
             "tissue_classes": tissue_definitions(edges),
+            BODY_DICE_NAME: BODY_DICE_DEFINITION,
             "medcyclegan_version": __version__,
         }
     )
     pairs = _pair_inputs(Path(pred), Path(ref), None if mask is None else Path(mask))
     sources: list[Path | None] = [None] * len(pairs)
+    label_paths: list[Path | None] = [None] * len(pairs)
     figure_paths: list[Path | None] = [None] * len(pairs)
+    if labels is not None:
+        label_paths = _companions_of(pairs, Path(labels), "label map", "label maps")
     if figures is not None:
         if source is not None:
             sources = _sources_of(pairs, Path(source))
         figure_paths = check_figure_paths(figures, [case for case, *_ in pairs], overwrite=overwrite)
-    cases = [
+    results = [
         _evaluate_case(
             *pair,
             standard=standard,
@@ -414,11 +586,77 @@ def evaluate(
             source_path=source_path,
             figure_path=figure_path,
             overwrite=overwrite,
+            label_path=label_path,
+            names=names,
         )
-        for pair, source_path, figure_path in zip(pairs, sources, figure_paths)
+        for pair, source_path, figure_path, label_path in zip(pairs, sources, figure_paths, label_paths)
     ]
+    cases = [case for case, _ in results]
     written = [str(path) for path in figure_paths if path is not None]
-    return EvaluationReport(standard=standard, metadata=metadata, cases=cases, figures=written)
+    reported: dict[int, str] = {}
+    if labels is not None:
+        reported = _report_labels(cases, [by_value for _, by_value in results], names)
+        metadata["labels"] = _labels_metadata(Path(labels), names, reported)
+    return EvaluationReport(
+        standard=standard, metadata=metadata, cases=cases, figures=written, labels=reported
+    )
+
+
+def _report_labels(
+    cases: list[CaseResult], by_value: list[dict[int, float]], names: LabelNames
+) -> dict[int, str]:
+    """Value -> name of every label some case holds; each case gets every one of them (NaN if lacking).
+
+    Args:
+        cases: the cases, whose ``label_mae`` is filled in here.
+        by_value: each case's label value -> MAE (:func:`medcyclegan.metrics.label_mae`).
+        names: the label names.
+
+    Says once which present values the names file does not name, and warns when it names none of them.
+    """
+    present = sorted({value for values in by_value for value in values})
+    reported = {value: names.name_of(value) for value in present}
+    for case, values in zip(cases, by_value, strict=True):
+        case.label_mae = {label_key(name): values.get(value, math.nan) for value, name in reported.items()}
+    if names.path is None:
+        if present:
+            logger.info("labels are named label_<value> (name them with an nnU-Net or MSD dataset.json)")
+        return reported
+    unnamed = [value for value in present if value not in names.names]
+    if present and len(unnamed) == len(present):
+        logger.warning(
+            "%s: names none of the label values in the label maps (%s): is it their dataset.json?",
+            names.path,
+            ", ".join(map(str, present)),
+        )
+    elif unnamed:
+        logger.warning(
+            "%s: label value(s) %s occur in the label maps but are not named here; reported as %s",
+            names.path,
+            ", ".join(map(str, unnamed)),
+            ", ".join(names.name_of(value) for value in unnamed),
+        )
+    absent = [value for value in names.names if value not in reported]
+    if absent and len(unnamed) < len(present):
+        logger.info(
+            "%s: named label(s) in no label map: %s",
+            names.path,
+            ", ".join(f"{names.names[value]} ({value})" for value in absent),
+        )
+    return reported
+
+
+def _labels_metadata(maps: Path, names: LabelNames, reported: dict[int, str]) -> dict[str, Any]:
+    """What the report records about its labels (see :func:`evaluate`'s Returns)."""
+    named = names.names if names.path is not None else {}
+    return {
+        "maps": str(maps),
+        "names_source": names.source,
+        "names": {str(value): name for value, name in reported.items()},
+        "unnamed": [value for value in reported if names.path is not None and value not in named],
+        "named_absent": [value for value in named if value not in reported],
+        "region": LABEL_REGION_RULE,
+    }
 
 
 def check_figure_paths(folder: str | Path, cases: Sequence[str], *, overwrite: bool = False) -> list[Path]:
@@ -485,33 +723,50 @@ def _pair_inputs(pred: Path, ref: Path, mask: Path | None) -> list[tuple[str, Pa
 
 def _masks_of(refs: list[Path], folder: Path) -> list[Path]:
     """The mask of each reference, from ``folder`` by case name; every reference needs one."""
+    return _by_case(refs, folder, "mask")
+
+
+def _by_case(refs: list[Path], folder: Path, what: str) -> list[Path]:
+    """The volume of ``folder`` named like each reference (``what`` names it in errors); every
+    reference needs one, and volumes of other cases are left alone (a folder of all cases serves an
+    evaluation of some)."""
     pairing = pair_by_case(refs, find_volumes(folder))  # raises InputError when the folder holds no volume
     _refuse_duplicate(pairing.duplicate_target, folder)
     if pairing.unmatched_sources:
-        _missing_mask(folder, [case_name(path) for path in pairing.unmatched_sources])
-    return [mask for _, _, mask in pairing.pairs]
+        missing = ", ".join(case_name(path) for path in pairing.unmatched_sources)
+        raise InputError(f"no {what} for case(s): {missing}", folder)
+    return [companion for _, _, companion in pairing.pairs]
 
 
 def _sources_of(pairs: list[tuple[str, Path, Path, Path | None]], source: Path) -> list[Path]:
-    """The source MR of every case: ``source`` itself for one case, else by case name from its folder.
+    """The source MR of every case: ``source`` itself for one case, else by case name from its folder."""
+    return _companions_of(pairs, source, "MR", "MRs", single="MR volume")
 
-    Source volumes of other cases are left alone (a folder of all MRs serves an evaluation of some).
+
+def _companions_of(
+    pairs: list[tuple[str, Path, Path, Path | None]],
+    path: Path,
+    what: str,
+    plural: str,
+    single: str | None = None,
+) -> list[Path]:
+    """A volume per case beside its reference (its MR, its label map): ``path`` itself for one case,
+    else by case name from the folder ``path`` (:func:`_by_case`).
+
+    ``what`` and ``plural`` name it in errors, ``single`` (default ``what``) when one file is given
+    for several cases.
     """
-    if not split_series(source)[0].exists():
-        raise InputError("does not exist", source)
-    if source.is_file() or is_volume_path(source):
+    if not split_series(path)[0].exists():
+        raise InputError("does not exist", path)
+    if path.is_file() or is_volume_path(path):
         if len(pairs) > 1:
             raise InputError(
-                "is a single MR volume but the inputs are folders: give a folder of MRs named like the cases",
-                source,
+                f"is a single {single or what} but the inputs are folders: give a folder of {plural} "
+                "named like the cases",
+                path,
             )
-        return [source]
-    pairing = pair_by_case([ref for _, _, ref, _ in pairs], find_volumes(source))
-    _refuse_duplicate(pairing.duplicate_target, source)
-    if pairing.unmatched_sources:
-        missing = ", ".join(case_name(path) for path in pairing.unmatched_sources)
-        raise InputError(f"no MR for case(s): {missing}", source)
-    return [mr for _, _, mr in pairing.pairs]
+        return [path]
+    return _by_case([ref for _, _, ref, _ in pairs], path, what)
 
 
 def _refuse_duplicate(duplicate: tuple[str, Path, Path] | None, folder: Path) -> None:
@@ -519,10 +774,6 @@ def _refuse_duplicate(duplicate: tuple[str, Path, Path] | None, folder: Path) ->
     if duplicate is not None:
         name, first, second = duplicate
         raise InputError(f"case {name!r} appears twice: {first} and {second}", folder)
-
-
-def _missing_mask(folder: Path, cases: list[str]) -> NoReturn:
-    raise InputError(f"no mask for case(s): {', '.join(cases)}", folder)
 
 
 # --------------------------------------------------------------------------- one case
@@ -556,17 +807,28 @@ def _evaluate_case(
     source_path: Path | None = None,
     figure_path: Path | None = None,
     overwrite: bool = False,
-) -> CaseResult:
+    label_path: Path | None = None,
+    names: LabelNames = LabelNames(),
+) -> tuple[CaseResult, dict[int, float]]:
+    """Scores one case; returns its result and its label value -> MAE (empty without a label map).
 
+    The result's ``label_mae`` is left empty: its keys are those of every case
+    (:func:`_report_labels`).
+    """
     ref = read_volume(ref_path)
     pred = read_volume(pred_path)
     _check_same_grid(pred, ref, pred_path, ref_path)
-    # Read (and its grid checked) before any metric: a wrong MR fails at once.
+    # Read (and its grid checked) before any metric: a wrong MR or label map fails at once.
     source = None if source_path is None else read_volume(source_path)
     if source is not None:
         _check_same_grid(source, ref, source_path, ref_path, role="MR")
+    label_map = None
+    if label_path is not None:
+        label_map = read_volume(label_path)
+        _check_same_grid(label_map, ref, label_path, ref_path, role="label map")
+    ref_outline = synthrad_body_mask(ref.array)
     if mask_path is None:
-        mask_ras = synthrad_body_mask(ref.array)
+        mask_ras = ref_outline
         if not mask_ras.any():
             raise InputError("computed body mask is empty (constant volume?); give a mask", ref_path)
         mask_source = BODY_MASK_METHOD
@@ -585,11 +847,25 @@ def _evaluate_case(
     for name, value in metrics.items():
         if math.isnan(value):
             logger.warning("%s: %s is undefined (NaN) for case %s", pred_path, name, case)
-    # Voxel order does not change a mean: the RAS arrays serve as they are.
+    # Voxel order does not change a mean or a count: the RAS arrays serve as they are.
     by_tissue = tissue_mae(pred.array, ref.array, mask_ras, edges)
-    logger.info(
-        "%s: %s", case, ", ".join(f"{name} {value:.4g}" for name, value in {**metrics, **by_tissue}.items())
-    )
+    dice_body = dice_coefficient(synthrad_body_mask(pred.array), ref_outline)
+    if math.isnan(dice_body):
+        logger.warning(
+            "%s: the body outlines of prediction and reference are both empty: Dice is NaN", pred_path
+        )
+    by_label: dict[int, float] = {}
+    if label_map is not None:
+        try:
+            by_label = label_mae(pred.array, ref.array, label_map.array)
+        except ValueError as exc:  # the values of the map: its shape matched above
+            raise InputError(str(exc), label_path) from None
+        if not by_label:
+            logger.warning(
+                "%s: label map has no label > 0: every label MAE of case %s is NaN", label_path, case
+            )
+    scores = {**metrics, **by_tissue, BODY_DICE_NAME: dice_body}
+    logger.info("%s: %s", case, ", ".join(f"{name} {value:.4g}" for name, value in scores.items()))
     result = CaseResult(
         case=case,
         pred=str(pred_path),
@@ -597,6 +873,7 @@ def _evaluate_case(
         mask_source=mask_source,
         metrics=metrics,
         tissue_mae=by_tissue,
+        dice_body=dice_body,
     )
     if figure_path is not None:
         panel = case_panel(
@@ -605,15 +882,23 @@ def _evaluate_case(
             mask_ras,
             ref.spacing,
             mr=None if source is None else source.array,
-            title=_figure_title(result, edges),
+            title=_figure_title(
+                result,
+                edges,
+                None if label_map is None else {names.name_of(value): mae for value, mae in by_label.items()},
+            ),
         )
         write_case_panel(figure_path, panel, overwrite=overwrite)
         logger.info("%s: panel written to %s", case, figure_path)
-    return result
+    return result, by_label
 
 
-def _figure_title(case: CaseResult, edges: tuple[float, float]) -> str:
-    """Two lines above a case's panel: its SynthRAD metrics, then its MAE per tissue class."""
+def _figure_title(
+    case: CaseResult, edges: tuple[float, float], by_label: dict[str, float] | None = None
+) -> str:
+    """Lines above a case's panel: its SynthRAD metrics, its MAE per tissue class, its body outline
+    Dice and, with a label map, its MAE per label (name -> HU), wrapped to lines of about
+    :data:`FIGURE_LINE_CHARACTERS`."""
     synthrad = ", ".join(
         f"{COLUMN_HEADERS[name].removesuffix(' [HU]').removesuffix(' [dB]')} {_display(name, value)}"
         + (" HU" if name == "mae" else " dB" if name == "psnr" else "")
@@ -624,10 +909,16 @@ def _figure_title(case: CaseResult, edges: tuple[float, float]) -> str:
         f"{label} {_display(name, case.tissue_mae[name])}"
         for label, name in zip(("air/lung", "soft tissue", "bone"), TISSUE_MAE_NAMES)
     )
-    return (
-        f"{case.case}: {synthrad} (inside the body mask)\n"
-        f"MAE by reference HU: {tissues} HU (air/lung < {low:g}, bone >= {high:g})"
-    )
+    lines = [
+        f"{case.case}: {synthrad} (inside the body mask)",
+        f"MAE by reference HU: {tissues} HU (air/lung < {low:g}, bone >= {high:g})",
+        f"body outline Dice {_display(BODY_DICE_NAME, case.dice_body)} (prediction vs reference)",
+    ]
+    if by_label is not None:
+        labels = ", ".join(f"{name} {_display(label_key(name), value)}" for name, value in by_label.items())
+        text = f"MAE by label: {labels} HU" if by_label else "MAE by label: no label > 0 in the label map"
+        lines += textwrap.wrap(text, FIGURE_LINE_CHARACTERS, break_long_words=False, break_on_hyphens=False)
+    return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------- formatting
@@ -636,6 +927,8 @@ def _display(name: str, value: float) -> str:
         return str(value)
     if not math.isfinite(value):
         return str(value)
+    if name.startswith(LABEL_MAE_PREFIX):
+        return LABEL_MAE_FORMAT.format(value)
     return DISPLAY_FORMATS[name].format(value)
 
 

@@ -335,6 +335,7 @@ def test_rich_table_layout(report: EvaluationReport) -> None:
         "MAE air/lung [HU]",
         "MAE soft tissue [HU]",
         "MAE bone [HU]",
+        "Dice body",  # issue 17: the body outline Dice, the one column added
     ]
     assert table.row_count == 3 + 3  # cases, then mean / std / median
     console = Console(record=True, width=120)
