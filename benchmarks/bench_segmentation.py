@@ -26,7 +26,8 @@ the same 2D MONAI ``UNet`` trained from the same initial weights for the same ``
 
 CT arms use nnU-Net's CT normalisation, fitted on the arm's own training foreground (labels > 0):
 clip to the 0.5 and 99.5 percentiles, subtract the mean, divide by the standard deviation. Training:
-random axial slices (batch ``--batch-size``) with a random left-right flip, MONAI ``DiceCELoss``
+random axial slices (batch ``--batch-size``; arms d and e draw every slice alike, as nnU-Net pools a
+dataset, or real CT with probability ``--real-share``) with a random left-right flip, MONAI ``DiceCELoss``
 (softmax), Adam (lr 3e-3); the slice sampling and the initial weights depend on the seed only.
 
 Scores on every held-out real CT, per label, computed on the whole 3D volume: Dice
@@ -149,6 +150,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.add_argument(
             f"--n-{group}", type=int, default=None, help=f"{group} subjects (default {count})"
         )
+    parser.add_argument(
+        "--real-share",
+        type=float,
+        default=None,
+        help="arms d and e: share of real CT slices in each batch (default: pooled, each slice alike, as nnU-Net)",
+    )
     parser.add_argument("--out-json", type=Path, default=Path("/tmp/bench_segmentation.json"))
     parser.add_argument(
         "--work-dir", type=Path, default=None, help="data, runs, datasets (default: temporary)"
@@ -175,6 +182,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             f"--undertrained-steps ({args.undertrained_steps}) must be below --translation-steps "
             f"({args.translation_steps})"
         )
+    if args.real_share is not None and not 0.0 < args.real_share < 1.0:
+        raise BenchError(f"--real-share must be between 0 and 1 (exclusive); got {args.real_share}")
     args.groups = {}
     for group, count in (TINY_GROUPS if args.tiny else FULL_GROUPS).items():
         value = getattr(args, f"n_{group}")
@@ -388,10 +397,24 @@ def make_unet(tiny: bool) -> Any:
     )  # fmt: skip
 
 
+def slice_weights(training: Sequence[Volume], n_real: int, real_share: float | None) -> np.ndarray | None:
+    """Sampling probability of every axial slice: ``None`` (uniform: the volumes pooled, as nnU-Net
+    pools a dataset) unless ``real_share`` is given for a mix of real (the first ``n_real`` volumes)
+    and synthetic ones: then a drawn slice is real with probability ``real_share``."""
+    if real_share is None or not 0 < n_real < len(training):
+        return None
+    real = sum(v.image.shape[2] for v in training[:n_real])
+    synthetic = sum(v.image.shape[2] for v in training[n_real:])
+    return np.concatenate(
+        [np.full(real, real_share / real), np.full(synthetic, (1.0 - real_share) / synthetic)]
+    )
+
+
 def train_segmentation(
-    args: argparse.Namespace, training: Sequence[Volume], normalise: Normaliser, seed: int
+    args: argparse.Namespace, training: Sequence[Volume], normalise: Normaliser, seed: int, n_real: int = 0
 ) -> Any:
-    """Trains the 2D UNet for ``--seg-steps`` steps; initial weights and slice order depend on ``seed`` only."""
+    """Trains the 2D UNet for ``--seg-steps`` steps; initial weights and slice order depend on ``seed`` only
+    (and on ``--real-share`` for a mix of ``n_real`` real volumes, first, and synthetic ones)."""
     import torch
     from monai.losses import DiceCELoss
 
@@ -402,9 +425,14 @@ def train_segmentation(
     loss_function = DiceCELoss(to_onehot_y=True, softmax=True)
     rng = np.random.default_rng(seed)
     images_t, labels_t = torch.from_numpy(images), torch.from_numpy(labels)
+    weights = slice_weights(training, n_real, args.real_share)
     net.train()
     for _ in range(args.seg_steps):
-        batch = torch.from_numpy(rng.integers(0, len(images), args.batch_size))
+        if weights is None:
+            drawn = rng.integers(0, len(images), args.batch_size)
+        else:
+            drawn = rng.choice(len(images), args.batch_size, p=weights)
+        batch = torch.from_numpy(drawn)
         x, y = images_t[batch], labels_t[batch]
         if rng.random() < 0.5:  # the head is left-right symmetric: flip the batch along X
             x, y = x.flip(2), y.flip(2)
@@ -465,9 +493,10 @@ def run_arm(
     normalise: Normaliser,
     test: Sequence[Volume],
     seed: int,
+    n_real: int = 0,
 ) -> tuple[dict[str, Any], list[np.ndarray]]:
     start = time.perf_counter()
-    net = train_segmentation(args, training, normalise, seed)
+    net = train_segmentation(args, training, normalise, seed, n_real)
     train_seconds = time.perf_counter() - start
     test_normalise = Normaliser(True) if normalise.per_image else normalise
     predictions = [segment(net, volume, test_normalise) for volume in test]
@@ -638,6 +667,7 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             "parameters": sum(p.numel() for p in make_unet(args.tiny).parameters()),
             "steps": args.seg_steps,
             "batch_size": args.batch_size,
+            "real_share": args.real_share,
             "optimiser": f"Adam lr {LEARNING_RATE}",
             "loss": "monai.losses.DiceCELoss(softmax)",
             "labels": {name: list(tissues) for name, tissues in SEGMENTATION_LABELS.items()},
@@ -674,13 +704,14 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             "a": (source_mr, Normaliser(True)),
             "b": (synthetic["trained"], None),
             "c": (scarce, None),
-            "d": ([*scarce, *synthetic["trained"]], None),
+            "d": ([*scarce, *synthetic["trained"]], None),  # the real ones first (--real-share)
             "e": ([*scarce, *synthetic["under-trained"]], None),
         }
         predictions = {}
         for arm, (training, normaliser) in training_sets.items():
             normalise = normaliser or Normaliser.fit_ct(training)
-            scores, arm_predictions = run_arm(args, training, normalise, test, seed)
+            n_real = len(scarce) if arm in ("d", "e") else 0
+            scores, arm_predictions = run_arm(args, training, normalise, test, seed, n_real)
             predictions[arm] = arm_predictions[0]
             report["rows"].append({"arm": arm, "seed": seed, **scores})
             log(f"seed {seed}: arm {arm}: mean Dice {scores['dice_mean']:.3f} in {scores['seconds']:.0f} s")
@@ -753,7 +784,9 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"Segmentation of held-out real CT ({groups} subjects; seeds {args.seeds}; translation "
         f"{args.config} {args.translation_steps} steps, under-trained {args.undertrained_steps}; UNet "
-        f"{args.seg_steps} steps of {args.batch_size} slices; {report['machine']['torch_threads']} torch "
+        f"{args.seg_steps} steps of {args.batch_size} slices"
+        + ("" if args.real_share is None else f", real share {args.real_share:g} in d and e")
+        + f"; {report['machine']['torch_threads']} torch "
         f"thread(s); {report['seconds']:.0f} s in all)\n\n" + "\n\n".join(report["tables"])
     )
     print(f"\npictures: {', '.join(report['pictures'])}\nJSON: {args.out_json}")

@@ -164,6 +164,7 @@ def test_ct_normalisation_is_nnunets() -> None:
         (["--seg-steps", "0"], "--seg-steps must be >= 1"),
         (["--n-test", "0"], "--n-test must be >= 1"),
         (["--config", "no-such-config"], "no-such-config"),
+        (["--real-share", "1"], "--real-share must be between 0 and 1"),
     ],
 )
 def test_bad_arguments_are_one_line_and_exit_2(args: list[str], message: str) -> None:
@@ -178,3 +179,13 @@ def test_refuses_a_work_dir_that_is_not_empty(tmp_path: Path) -> None:
     result = run_bench("--tiny", "--work-dir", tmp_path, "--out-json", tmp_path / "out.json")
     assert result.returncode == 2 and "--work-dir must be new or empty" in result.stderr
     assert (tmp_path / "keep.txt").read_text() == "mine" and not (tmp_path / "out.json").exists()
+
+
+def test_real_share_weights_real_slices_as_asked() -> None:
+    real = [volume(np.zeros((4, 4, 3)))]
+    synthetic = [volume(np.zeros((4, 4, 5))), volume(np.zeros((4, 4, 4)))]
+    assert bench.slice_weights([*real, *synthetic], 1, None) is None  # pooled: every slice alike
+    assert bench.slice_weights(real, 1, 0.5) is None  # nothing to mix
+    weights = bench.slice_weights([*real, *synthetic], 1, 0.25)
+    assert weights.shape == (12,) and weights.sum() == pytest.approx(1.0)
+    assert weights[:3].sum() == pytest.approx(0.25) and np.ptp(weights[3:]) == 0
