@@ -520,25 +520,6 @@ def evaluate(
         though a names file was given), ``named_absent`` (values the file names that no map holds)
         and ``region`` (the rule above).
 
-    Args:
-        pred: a predicted (synthetic CT, HU) volume file, or a folder of them.
-        ref: the reference CT file, or a folder of them; folders are paired by case name
-            (:func:`medcyclegan.io.discovery.case_name`).
-        mask: body mask file, or folder of masks named like the references, or ``None`` to compute the
-            mask from each reference (:func:`medcyclegan.metrics.synthrad_body_mask`).
-        standard: ``"synthrad2023"`` (MAE, PSNR, SSIM) or ``"synthrad2025"`` (MAE, PSNR, MS-SSIM).
-        tissue_edges: HU of the reference between air/lung and soft tissue, and where bone starts
-            (:data:`medcyclegan.metrics.TISSUE_EDGES_HU`).
-        figures: a folder to write one PNG panel per case into, ``<case>.png``
-            (:func:`medcyclegan.figures.case_panel`); ``None`` draws nothing.
-        source: the MR the predictions were made from (a file, or a folder paired by case name with
-            the references, every case needing one, on its reference's grid), drawn as the panels'
-            first column; only with ``figures``.
-        overwrite: a panel may replace an existing file.
-
-    Returns:
-        The report; no report file is written (see :meth:`EvaluationReport.write`).
-
     Raises:
         ConfigError: unknown ``standard``, bad ``tissue_edges``, ``source`` without ``figures``,
             ``label_names`` without ``labels``.

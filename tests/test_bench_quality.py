@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import signal
@@ -10,13 +9,13 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import nibabel as nib
 import numpy as np
 import pytest
 from PIL import Image
+from scripts import load_script, run_script
 
 from medcyclegan.metrics import TISSUE_CLASSES
 
@@ -25,23 +24,11 @@ SCRIPT = REPO / "benchmarks" / "bench_quality.py"
 METRIC_KEYS = ("mae", "psnr", "ssim", *(f"mae_{name}" for name in TISSUE_CLASSES))
 
 
-def load_bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_quality", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-bench = load_bench()
+bench = load_script(SCRIPT)
 
 
 def run_bench(*args: object) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    return subprocess.run(
-        [sys.executable, str(SCRIPT), *map(str, args)], capture_output=True, text=True, env=env, timeout=120
-    )
+    return run_script(SCRIPT, *args, timeout=120)
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import logging
 from pathlib import Path
 from types import ModuleType
@@ -11,6 +10,7 @@ from types import ModuleType
 import nibabel as nib
 import numpy as np
 import pytest
+from scripts import load_script
 
 from medcyclegan.errors import ConfigError, OutputError
 from medcyclegan.sample_data import (
@@ -382,11 +382,7 @@ def test_validation_subjects_are_paired_disjoint_and_leave_the_others_unchanged(
 
 
 def _load_example() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("make_phantom", REPO / "examples" / "make_phantom.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(REPO / "examples" / "make_phantom.py")
 
 
 def test_example_script_writes_dataset_and_reports_errors(
