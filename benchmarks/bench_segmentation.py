@@ -596,7 +596,7 @@ def tile(image: np.ndarray, low: float, high: float, labels: np.ndarray | None, 
 
 def write_picture(
     path: Path,
-    source: tuple[Volume, np.ndarray, Volume, Volume, np.ndarray],
+    source: tuple[Volume, np.ndarray, Volume, Volume],
     test: Volume,
     predictions: dict[str, np.ndarray],
 ) -> None:
@@ -604,7 +604,7 @@ def write_picture(
     Row 2: a test CT, its truth, and each arm's prediction, as outlines on the CT."""
     from PIL import Image, ImageDraw, ImageFont
 
-    mr, true_ct, synthetic, undertrained, _ = source
+    mr, true_ct, synthetic, undertrained = source
     z = int(np.argmax((test.labels == LABEL_NAMES.index("ventricles") + 1).sum(axis=(0, 1))))
     zs = int(np.argmax((mr.labels == LABEL_NAMES.index("ventricles") + 1).sum(axis=(0, 1))))
     scale = max(1, 256 // max(test.image.shape[:2]))
@@ -727,7 +727,6 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                 true_ct[first],
                 synthetic["trained"][0],
                 under[f"{first}_synth"],
-                test[0].labels,
             ),
             test[0],
             predictions,
