@@ -70,6 +70,7 @@ MAX_FILTERS = 1024
 MAX_BLOCKS = 64
 MAX_WORKERS = 256
 MAX_STEPS_PER_EPOCH = 1_000_000  # an epoch's batch list is built up front
+MAX_HU_WINDOWS = 4  # model.d_ct_windows: each adds the image's channels to D's input
 MAX_DISCRIMINATOR_SCALES = 8  # pix2pixHD uses 2 or 3; each scale halves the side
 # U-Net depth (model.unet_downs): its fixed outer levels need 5; 2**12 = MAX_IMAGE_SIZE.
 MIN_UNET_DOWNS = 5
@@ -106,6 +107,27 @@ def check_planes(planes: str | Sequence[str], option: str = "planes") -> tuple[s
             f"{option} {problem}: give one or more of {', '.join(PLANES)}, comma-separated, without repeats"
         )
     return tuple(names)
+
+
+def check_hu_windows(where: str, value: Any) -> list[list[float]]:
+    """``[[low, high], ...]``: at most :data:`MAX_HU_WINDOWS` pairs of finite HU values, low < high."""
+    if not isinstance(value, (list, tuple)):
+        raise ConfigError(f"{where} must be a list of [low, high] HU windows; got {value!r}")
+    if len(value) > MAX_HU_WINDOWS:
+        raise ConfigError(f"{where}: at most {MAX_HU_WINDOWS} windows; got {len(value)}")
+    windows = []
+    for window in value:
+        numbers = isinstance(window, (list, tuple)) and len(window) == 2
+        numbers = numbers and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in window)
+        if not numbers or not all(math.isfinite(v) for v in window):
+            raise ConfigError(
+                f"{where}: each window must be [low, high], two finite HU values; got {window!r}"
+            )
+        low, high = float(window[0]), float(window[1])
+        if not low < high:
+            raise ConfigError(f"{where}: window [{low:g}, {high:g}] needs low < high")
+        windows.append([low, high])
+    return windows
 
 
 def _check_choice(section: str, name: str, value: Any, choices: tuple[str, ...]) -> None:
@@ -277,6 +299,10 @@ class ModelConfig:
             256 px slice reaches 1 x 1; 7: ``unet_128``); slices must be multiples of 2**unet_downs.
         unet_norm: normalisation of the ``"unet"`` generator: ``"instance"`` or ``"batch"`` (the
             reference pix2pix's, and pix2pix's default here, see :data:`MODEL_DEFAULTS`).
+        d_ct_windows: HU windows ``[[low, high], ...]`` the discriminator of the CT domain sees as
+            extra input channels beside the CT itself (:class:`~medcyclegan.nets.discriminator.WindowedInput`;
+            e.g. ``[[-160, 240]]``, the soft-tissue window W400 L40). Empty (the default): the
+            reference's discriminator. CycleGAN and Mask CycleGAN only.
     """
 
     kind: str = "cyclegan"
@@ -292,9 +318,11 @@ class ModelConfig:
     n_scales_d: int = 1
     unet_downs: int = 8
     unet_norm: str = "instance"
+    d_ct_windows: list[list[float]] = field(default_factory=list)
 
     def validate(self) -> None:
         _check_finite("model", self)
+        self.d_ct_windows = check_hu_windows("model.d_ct_windows", self.d_ct_windows)
         _check_choice("model", "kind", self.kind, MODEL_KINDS)
         _check_choice("model", "generator", self.generator, GENERATORS)
         _check_choice("model", "unet_norm", self.unet_norm, UNET_NORMS)
@@ -1227,6 +1255,8 @@ class Config:
         for name in _SECTIONS:  # every section, the models' and generators' own too
             getattr(self, name).validate()
         self._check_image_size()
+        if self.model.d_ct_windows:
+            self._check_d_ct_windows()
         if self.model.kind == "cut":
             self.cut.check_model(self)
         n_steps, max_steps = self.optim.n_steps, self.train.max_steps
@@ -1238,6 +1268,18 @@ class Config:
                 f"raise --steps to {max_steps}"
             )
         return self
+
+    def _check_d_ct_windows(self) -> None:
+        """``model.d_ct_windows`` needs a CycleGAN (the model whose D judges a CT alone) and a CT domain."""
+        if self.model.kind != "cyclegan":
+            raise ConfigError(
+                f"model.d_ct_windows is for model.kind cyclegan; {self.model.kind} has its own "
+                "discriminators (leave d_ct_windows empty)"
+            )
+        if "ct" not in (self.data.src_modality, self.data.tgt_modality):
+            raise ConfigError(
+                "model.d_ct_windows needs a CT domain (data.src_modality or data.tgt_modality ct)"
+            )
 
     def _check_image_size(self) -> None:
         """The slice size against the networks: a multiple of the generator's stride, big enough for D.

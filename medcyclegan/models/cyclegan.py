@@ -18,7 +18,8 @@ Options (off by default): ``model.ema_decay`` keeps an exponential moving averag
 (:mod:`medcyclegan.models.ema`), updated after every generator step, stored as ``G_AB_ema`` and
 ``G_BA_ema`` (plain generator state dicts) with ``ema_updates``, and used by :meth:`translator` and
 by conversion; ``optim.lr_d`` gives the discriminators their own learning rate;
-``model.spectral_norm_d`` and ``model.n_scales_d`` choose the discriminator (:mod:`medcyclegan.nets`).
+``model.spectral_norm_d`` and ``model.n_scales_d`` choose the discriminator (:mod:`medcyclegan.nets`);
+``model.d_ct_windows`` shows the CT domain's discriminator its image in extra HU windows.
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ from medcyclegan.models.training_utils import (
     set_requires_grad,
     state_to_cpu,
 )
-from medcyclegan.nets import build_discriminator_from_config, build_generator
+from medcyclegan.nets import build_domain_discriminator, build_generator
 from medcyclegan.runtime import distributed
 from medcyclegan.runtime.distributed import DistributedContext
 from medcyclegan.runtime.precision import autocast_context
@@ -192,8 +193,8 @@ class CycleGAN(TranslationModel):
         return {
             "G_AB": build_generator(cfg, channels, channels),
             "G_BA": build_generator(cfg, channels, channels),
-            "D_A": build_discriminator_from_config(cfg.model, channels),
-            "D_B": build_discriminator_from_config(cfg.model, channels),
+            "D_A": build_domain_discriminator(cfg, cfg.data.src_modality, channels),
+            "D_B": build_domain_discriminator(cfg, cfg.data.tgt_modality, channels),
         }
 
     @classmethod

@@ -43,6 +43,7 @@ __all__ = [
     "ViTUNetGenerator",
     "build_discriminator",
     "build_discriminator_from_config",
+    "build_domain_discriminator",
     "build_generator",
     "count_parameters",
     "describe_discriminator",
@@ -240,6 +241,24 @@ def build_discriminator_from_config(
         n_scales=model_cfg.n_scales_d,
         init_method=init_method,
     )
+
+
+def build_domain_discriminator(cfg: Config, modality: str, in_channels: int) -> nn.Module:
+    """The discriminator of one domain: :func:`build_discriminator_from_config`, and for the CT
+    domain with ``model.d_ct_windows`` a :class:`~medcyclegan.nets.discriminator.WindowedInput`
+    around a PatchGAN of ``in_channels * (1 + n windows)`` inputs. The HU windows become normalised
+    units through ``data.ct_window``, the mapping the CT itself went through.
+    """
+    windows = cfg.model.d_ct_windows if modality == "ct" else []
+    if not windows:
+        return build_discriminator_from_config(cfg.model, in_channels)
+    from medcyclegan.nets.discriminator import WindowedInput  # noqa: PLC0415 - lazy: MONAI, as above
+
+    low, high = cfg.data.ct_window
+    scale = 2.0 / (high - low)
+    units = [((w_low - low) * scale - 1.0, (w_high - low) * scale - 1.0) for w_low, w_high in windows]
+    inner = build_discriminator_from_config(cfg.model, in_channels * (1 + len(units)))
+    return WindowedInput(inner, units)
 
 
 def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:

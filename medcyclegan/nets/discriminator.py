@@ -34,6 +34,9 @@ Two variants (off by default, see :func:`build_discriminator`):
   PatchGANs of the same layout judging the image at 1, 1/2, 1/4 ... of its resolution (average
   pooling 3x3, stride 2, padding 1, padding not counted); it returns the list of their logits, and
   :class:`~medcyclegan.losses.AdversarialLoss` averages its loss over the list.
+
+And one input option, for a CT domain: :class:`WindowedInput` shows the discriminator its image in
+extra HU windows (e.g. a soft-tissue window), each as its own channel.
 """
 
 from __future__ import annotations
@@ -199,3 +202,48 @@ def build_discriminator(
         init_weights(discriminator, gain=init_gain, method=init_method)
         discriminators.append(add_spectral_norm(discriminator) if spectral_norm else discriminator)
     return discriminators[0] if n_scales == 1 else MultiScalePatchGAN(discriminators)
+
+
+class WindowedInput(nn.Module):
+    """A discriminator that sees its image also through intensity windows, as extra channels.
+
+    CT normalised over a wide HU window (``data.ct_window``, default [-1024, 3000] HU) puts all soft
+    tissue (-100..100 HU) into 5 % of [-1, 1]: a discriminator hardly sees a 100 HU blotch there.
+    Each window ``[low, high]`` (in the normalised units of the image) adds a channel
+    ``clamp(2 (x - low) / (high - low) - 1, -1, 1)``, the image as a radiologist's window shows it;
+    the image itself stays the first channel (the clamped channels have no gradient outside their
+    window, the full range always has one). An image of C channels (2.5D) gives C * (1 + n) channels:
+    the image's, then each window's in turn.
+
+    Args:
+        discriminator: the network judging the windowed stack (its input channels: C * (1 + n)).
+        windows: ``(low, high)`` pairs in normalised units, low < high.
+
+    State-dict keys: ``discriminator.`` then the network's own; the windows are not state (the
+    config that built them is saved with the run).
+
+    Example:
+        >>> import torch
+        >>> net = WindowedInput(nn.Identity(), [(-0.5, 0.0)])
+        >>> net(torch.tensor([[[[-1.0, -0.25, 1.0]]]])).tolist()
+        [[[[-1.0, -0.25, 1.0]], [[-1.0, 0.0, 1.0]]]]
+    """
+
+    def __init__(self, discriminator: nn.Module, windows: list[tuple[float, float]]) -> None:
+        super().__init__()
+        if not windows:
+            raise ConfigError("WindowedInput needs at least one window")
+        for low, high in windows:
+            if not low < high:
+                raise ConfigError(f"a discriminator window must have low < high; got [{low}, {high}]")
+        self.discriminator = discriminator
+        self.windows = [(float(low), float(high)) for low, high in windows]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
+        channels = [x]
+        for low, high in self.windows:
+            channels.append(((x - low) * (2.0 / (high - low)) - 1.0).clamp(-1.0, 1.0))
+        return self.discriminator(torch.cat(channels, dim=1))
+
+    def extra_repr(self) -> str:
+        return "windows=[" + ", ".join(f"[{low:.4g}, {high:.4g}]" for low, high in self.windows) + "]"
