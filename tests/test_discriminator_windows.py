@@ -14,7 +14,7 @@ from tiny import tiny_config
 from medcyclegan.config import load_config, parse_override
 from medcyclegan.errors import ConfigError
 from medcyclegan.models import CycleGAN
-from medcyclegan.nets import build_domain_discriminator
+from medcyclegan.nets import build_domain_discriminator, describe_discriminator
 from medcyclegan.nets.discriminator import PatchGAN, WindowedInput
 
 SOFT = [-160.0, 240.0]  # W400 L40
@@ -146,3 +146,11 @@ def test_the_yaml_form_round_trips() -> None:
     assert cfg.model.d_ct_windows == [SOFT, BONE]
     again = load_config(None, {"model.d_ct_windows": cfg.to_dict()["model"]["d_ct_windows"]})
     assert again.model.d_ct_windows == [SOFT, BONE]
+
+
+def test_info_names_the_windows() -> None:
+    fields, text = describe_discriminator(tiny_config(**{"model.d_ct_windows": [SOFT, BONE]}).model)
+    assert fields["ct_windows"] == [SOFT, BONE]
+    assert text.endswith("CT domain also sees HU windows [-160, 240], [-500, 1500]")
+    fields, text = describe_discriminator(tiny_config().model)
+    assert fields["ct_windows"] == [] and "windows" not in text

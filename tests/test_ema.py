@@ -29,6 +29,7 @@ VARIANTS = {
     "model.ema_decay": 0.9,
     "model.spectral_norm_d": True,
     "model.n_scales_d": 2,
+    "model.d_ct_windows": [[-160.0, 240.0]],
     "optim.lr_d": 1e-4,
     "data.val_fraction": 0.0,
 }

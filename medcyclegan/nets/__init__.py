@@ -128,11 +128,14 @@ def describe_discriminator(model_cfg: ModelConfig) -> tuple[dict[str, Any], str]
         "n_layers": model_cfg.n_layers_d,
         "spectral_norm": model_cfg.spectral_norm_d,
         "n_scales": model_cfg.n_scales_d,
+        "ct_windows": [list(w) for w in model_cfg.d_ct_windows],
     }
+    windows = ", ".join(f"[{low:g}, {high:g}]" for low, high in model_cfg.d_ct_windows)
     text = (
         f"PatchGAN ndf {model_cfg.ndf}, {model_cfg.n_layers_d} layers"
         + (", spectral norm" if model_cfg.spectral_norm_d else "")
         + (f", {model_cfg.n_scales_d} scales" if model_cfg.n_scales_d > 1 else "")
+        + (f", CT domain also sees HU windows {windows}" if windows else "")
     )
     return fields, text
 
