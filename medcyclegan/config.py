@@ -302,7 +302,9 @@ class ModelConfig:
         d_ct_windows: HU windows ``[[low, high], ...]`` the discriminator of the CT domain sees as
             extra input channels beside the CT itself (:class:`~medcyclegan.nets.discriminator.WindowedInput`;
             e.g. ``[[-160, 240]]``, the soft-tissue window W400 L40). Empty (the default): the
-            reference's discriminator. CycleGAN and Mask CycleGAN only.
+            reference's discriminator. CycleGAN, pix2pix (the CT half of its conditional input)
+            and CUT; UNIT and MUNIT build their own discriminators from their sections, which
+            take none of this section's discriminator options.
     """
 
     kind: str = "cyclegan"
@@ -1270,12 +1272,7 @@ class Config:
         return self
 
     def _check_d_ct_windows(self) -> None:
-        """``model.d_ct_windows`` needs a CycleGAN (the model whose D judges a CT alone) and a CT domain."""
-        if self.model.kind != "cyclegan":
-            raise ConfigError(
-                f"model.d_ct_windows is for model.kind cyclegan; {self.model.kind} has its own "
-                "discriminators (leave d_ct_windows empty)"
-            )
+        """``model.d_ct_windows`` needs a CT domain (UNIT and MUNIT build their own discriminators)."""
         if "ct" not in (self.data.src_modality, self.data.tgt_modality):
             raise ConfigError(
                 "model.d_ct_windows needs a CT domain (data.src_modality or data.tgt_modality ct)"

@@ -14,6 +14,8 @@ from tiny import tiny_config
 from medcyclegan.config import load_config, parse_override
 from medcyclegan.errors import ConfigError
 from medcyclegan.models import CycleGAN
+from medcyclegan.models.cut import CUT
+from medcyclegan.models.pix2pix import Pix2Pix
 from medcyclegan.nets import build_domain_discriminator, describe_discriminator
 from medcyclegan.nets.discriminator import PatchGAN, WindowedInput
 
@@ -77,6 +79,34 @@ def test_only_the_ct_domain_gets_windows() -> None:
     assert not isinstance(plain.D_B, WindowedInput)
 
 
+def test_pix2pix_windows_only_the_ct_half_of_its_conditional_input() -> None:
+    cfg = tiny_config(
+        **{"model.kind": "pix2pix", "model.generator": "resnet", "model.d_ct_windows": [SOFT, BONE]}
+    )
+    model = Pix2Pix(cfg, torch.device("cpu"), lambda step: 1.0)
+    assert isinstance(model.D_B, WindowedInput) and model.D_B.channels == [1]
+    model.D_B.discriminator = _Recorder()
+    mr, ct = torch.full((1, 1, 2, 2), 0.7), torch.full((1, 1, 2, 2), -0.5)
+    stacked = model.D_B(torch.cat([mr, ct], dim=1))
+    assert stacked.shape == (1, 4, 2, 2)
+    torch.testing.assert_close(stacked[:, :2], torch.cat([mr, ct], dim=1))
+    for index, (low, high) in enumerate(model.D_B.windows):
+        torch.testing.assert_close(
+            stacked[:, 2 + index], ((ct[:, 0] - low) * 2 / (high - low) - 1).clamp(-1, 1)
+        )
+    reverse = tiny_config(
+        **{"model.kind": "pix2pix", "model.generator": "resnet", "model.d_ct_windows": [SOFT]},
+        **{"data.src_modality": "ct", "data.tgt_modality": "mr"},
+    )
+    assert Pix2Pix(reverse, torch.device("cpu"), lambda step: 1.0).D_B.channels == [0]
+
+
+def test_cut_windows_its_ct_discriminator() -> None:
+    cfg = tiny_config(**{"model.kind": "cut", "cut.nce_layers": [0, 4], "model.d_ct_windows": [SOFT]})
+    nets = CUT.build_networks(cfg)
+    assert isinstance(nets["D_B"], WindowedInput) and nets["D_B"].channels is None
+
+
 def test_the_gradient_reaches_values_outside_every_window() -> None:
     # -1000 HU is outside the soft-tissue window: its gradient comes through the full-range channel.
     cfg = tiny_config(**{"model.d_ct_windows": [SOFT]})
@@ -124,10 +154,6 @@ def test_a_tiny_step_trains_and_the_state_loads_into_a_fresh_build() -> None:
         ({"model.d_ct_windows": [[True, 1]]}, "two finite HU values"),
         ({"model.d_ct_windows": 5}, "model.d_ct_windows must be a list of [low, high] HU windows; got 5"),
         ({"model.d_ct_windows": [[0, 1]] * 5}, "model.d_ct_windows: at most 4 windows; got 5"),
-        (
-            {"model.d_ct_windows": [SOFT], "model.kind": "pix2pix"},
-            "model.d_ct_windows is for model.kind cyclegan; pix2pix has its own discriminators",
-        ),
         (
             {"model.d_ct_windows": [SOFT], "data.src_modality": "mr", "data.tgt_modality": "mr"},
             "model.d_ct_windows needs a CT domain",

@@ -64,7 +64,7 @@ from medcyclegan.models.base import (
 from medcyclegan.models.registry import register_model
 from medcyclegan.models.training_utils import Optimisation, load_training_state, set_requires_grad
 from medcyclegan.nets import (
-    build_discriminator_from_config,
+    build_domain_discriminator,
     build_generator,
     generator_min_input_size,
     generator_stride_multiple,
@@ -201,7 +201,9 @@ class CUT(TranslationModel):
         settings = cfg.cut.resolved()
         channels = cfg.data.in_channels
         generator = cls.build_translator(cfg, "AB")
-        discriminator = build_discriminator_from_config(cfg.model, channels, init_method=settings.init_type)
+        discriminator = build_domain_discriminator(
+            cfg, cfg.data.tgt_modality, channels, init_method=settings.init_type
+        )
         head = PatchSampleF(_encoder_channels(generator, cfg), nc=settings.netf_nc)
         # The reference initialises F as G and D (init_net on the whole PatchSampleF).
         init_weights(head, gain=cfg.model.init_gain, method=settings.init_type)

@@ -55,7 +55,7 @@ from medcyclegan.models.ema import WeightAverage
 from medcyclegan.models.pool import ImagePool
 from medcyclegan.models.registry import register_model
 from medcyclegan.models.training_utils import match_state_layout, set_requires_grad, state_to_cpu
-from medcyclegan.nets import build_discriminator_from_config, build_generator
+from medcyclegan.nets import build_domain_discriminator, build_generator
 from medcyclegan.runtime import distributed
 from medcyclegan.runtime.distributed import DistributedContext
 from medcyclegan.runtime.precision import autocast_context
@@ -145,7 +145,7 @@ class Pix2Pix(TranslationModel):
         return {
             "G_AB": build_generator(cfg, channels, channels),
             # Conditional: it sees the source and the (real or generated) target, stacked.
-            "D_B": build_discriminator_from_config(cfg.model, 2 * channels),
+            "D_B": build_domain_discriminator(cfg, (cfg.data.src_modality, cfg.data.tgt_modality), channels),
         }
 
     @classmethod

@@ -20,6 +20,7 @@ so that conversion, which needs only a generator, starts faster.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from torch import nn
@@ -246,22 +247,38 @@ def build_discriminator_from_config(
     )
 
 
-def build_domain_discriminator(cfg: Config, modality: str, in_channels: int) -> nn.Module:
-    """The discriminator of one domain: :func:`build_discriminator_from_config`, and for the CT
-    domain with ``model.d_ct_windows`` a :class:`~medcyclegan.nets.discriminator.WindowedInput`
-    around a PatchGAN of ``in_channels * (1 + n windows)`` inputs. The HU windows become normalised
-    units through ``data.ct_window``, the mapping the CT itself went through.
+def build_domain_discriminator(
+    cfg: Config, modalities: str | Sequence[str], channels: int, *, init_method: str = "normal"
+) -> nn.Module:
+    """The discriminator of a domain: :func:`build_discriminator_from_config` for an input of
+    ``channels`` channels per image it sees (``modalities``: one modality, or one per image of a
+    conditional discriminator's ``cat(source, target)``).
+
+    With ``model.d_ct_windows`` the CT images among them are also shown in those HU windows
+    (:class:`~medcyclegan.nets.discriminator.WindowedInput` around a PatchGAN of the extra channels).
+    The HU windows become normalised units through ``data.ct_window``, the mapping the CT itself
+    went through.
     """
-    windows = cfg.model.d_ct_windows if modality == "ct" else []
+    groups = [modalities] if isinstance(modalities, str) else list(modalities)
+    ct_channels = [
+        group * channels + c
+        for group, modality in enumerate(groups)
+        if modality == "ct"
+        for c in range(channels)
+    ]
+    total = len(groups) * channels
+    windows = cfg.model.d_ct_windows if ct_channels else []
     if not windows:
-        return build_discriminator_from_config(cfg.model, in_channels)
+        return build_discriminator_from_config(cfg.model, total, init_method=init_method)
     from medcyclegan.nets.discriminator import WindowedInput  # noqa: PLC0415 - lazy: MONAI, as above
 
     low, high = cfg.data.ct_window
     scale = 2.0 / (high - low)
     units = [((w_low - low) * scale - 1.0, (w_high - low) * scale - 1.0) for w_low, w_high in windows]
-    inner = build_discriminator_from_config(cfg.model, in_channels * (1 + len(units)))
-    return WindowedInput(inner, units)
+    inner = build_discriminator_from_config(
+        cfg.model, total + len(units) * len(ct_channels), init_method=init_method
+    )
+    return WindowedInput(inner, units, None if len(ct_channels) == total else ct_channels)
 
 
 def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:

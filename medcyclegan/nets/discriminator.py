@@ -205,19 +205,21 @@ def build_discriminator(
 
 
 class WindowedInput(nn.Module):
-    """A discriminator that sees its image also through intensity windows, as extra channels.
+    """A discriminator that sees its CT also through intensity windows, as extra channels.
 
     CT normalised over a wide HU window (``data.ct_window``, default [-1024, 3000] HU) puts all soft
     tissue (-100..100 HU) into 5 % of [-1, 1]: a discriminator hardly sees a 100 HU blotch there.
-    Each window ``[low, high]`` (in the normalised units of the image) adds a channel
-    ``clamp(2 (x - low) / (high - low) - 1, -1, 1)``, the image as a radiologist's window shows it;
-    the image itself stays the first channel (the clamped channels have no gradient outside their
-    window, the full range always has one). An image of C channels (2.5D) gives C * (1 + n) channels:
-    the image's, then each window's in turn.
+    Each window ``[low, high]`` (in the normalised units of the image) adds the CT channels once more
+    as ``clamp(2 (x - low) / (high - low) - 1, -1, 1)``, the image as a radiologist's window shows
+    it. The input itself stays first (the clamped channels have no gradient outside their window,
+    the full range always has one), then each window's copy of the channels ``channels`` in turn:
+    C input channels and n windows of k CT channels give C + n * k.
 
     Args:
-        discriminator: the network judging the windowed stack (its input channels: C * (1 + n)).
+        discriminator: the network judging the stack (its input channels: C + n * k).
         windows: ``(low, high)`` pairs in normalised units, low < high.
+        channels: indices of the input channels that hold CT (all of them by default; pix2pix's
+            conditional discriminator sees ``cat(source, target)`` and only one of them is CT).
 
     State-dict keys: ``discriminator.`` then the network's own; the windows are not state (the
     config that built them is saved with the run).
@@ -229,21 +231,31 @@ class WindowedInput(nn.Module):
         [[[[-1.0, -0.25, 1.0]], [[-1.0, 0.0, 1.0]]]]
     """
 
-    def __init__(self, discriminator: nn.Module, windows: list[tuple[float, float]]) -> None:
+    def __init__(
+        self,
+        discriminator: nn.Module,
+        windows: list[tuple[float, float]],
+        channels: list[int] | None = None,
+    ) -> None:
         super().__init__()
         if not windows:
             raise ConfigError("WindowedInput needs at least one window")
         for low, high in windows:
             if not low < high:
                 raise ConfigError(f"a discriminator window must have low < high; got [{low}, {high}]")
+        if channels is not None and (not channels or any(c < 0 for c in channels)):
+            raise ConfigError(f"WindowedInput channels must be indices >= 0; got {channels}")
         self.discriminator = discriminator
         self.windows = [(float(low), float(high)) for low, high in windows]
+        self.channels = None if channels is None else [int(c) for c in channels]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
-        channels = [x]
+        ct = x if self.channels is None else x[:, self.channels]
+        stack = [x]
         for low, high in self.windows:
-            channels.append(((x - low) * (2.0 / (high - low)) - 1.0).clamp(-1.0, 1.0))
-        return self.discriminator(torch.cat(channels, dim=1))
+            stack.append(((ct - low) * (2.0 / (high - low)) - 1.0).clamp(-1.0, 1.0))
+        return self.discriminator(torch.cat(stack, dim=1))
 
     def extra_repr(self) -> str:
-        return "windows=[" + ", ".join(f"[{low:.4g}, {high:.4g}]" for low, high in self.windows) + "]"
+        windows = "windows=[" + ", ".join(f"[{low:.4g}, {high:.4g}]" for low, high in self.windows) + "]"
+        return windows if self.channels is None else f"{windows}, channels={self.channels}"
