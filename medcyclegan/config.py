@@ -1277,6 +1277,14 @@ class Config:
             raise ConfigError(
                 "model.d_ct_windows needs a CT domain (data.src_modality or data.tgt_modality ct)"
             )
+        ct_low, ct_high = self.data.ct_window
+        for low, high in self.model.d_ct_windows:
+            if high <= ct_low or low >= ct_high:
+                # The CT is clipped to data.ct_window first: such a window would be a constant channel.
+                raise ConfigError(
+                    f"model.d_ct_windows: window [{low:g}, {high:g}] HU lies outside data.ct_window "
+                    f"[{ct_low:g}, {ct_high:g}], where the CT is clipped; it would show nothing"
+                )
 
     def _check_image_size(self) -> None:
         """The slice size against the networks: a multiple of the generator's stride, big enough for D.

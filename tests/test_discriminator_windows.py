@@ -155,6 +155,11 @@ def test_a_tiny_step_trains_and_the_state_loads_into_a_fresh_build() -> None:
         ({"model.d_ct_windows": 5}, "model.d_ct_windows must be a list of [low, high] HU windows; got 5"),
         ({"model.d_ct_windows": [[0, 1]] * 5}, "model.d_ct_windows: at most 4 windows; got 5"),
         (
+            {"model.d_ct_windows": [[3000, 4000]]},
+            "model.d_ct_windows: window [3000, 4000] HU lies outside data.ct_window [-1024, 3000], where "
+            "the CT is clipped; it would show nothing",
+        ),
+        (
             {"model.d_ct_windows": [SOFT], "data.src_modality": "mr", "data.tgt_modality": "mr"},
             "model.d_ct_windows needs a CT domain",
         ),
