@@ -23,6 +23,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
+import numpy as np
 from torch import nn
 
 from medcyclegan.config import GENERATORS, Config, ModelConfig
@@ -270,11 +271,12 @@ def build_domain_discriminator(
     windows = cfg.model.d_ct_windows if ct_channels else []
     if not windows:
         return build_discriminator_from_config(cfg.model, total, init_method=init_method)
+    from medcyclegan.data.normalise import NormParams, normalise  # noqa: PLC0415 - lazy: numpy data code
     from medcyclegan.nets.discriminator import WindowedInput  # noqa: PLC0415 - lazy: MONAI, as above
 
-    low, high = cfg.data.ct_window
-    scale = 2.0 / (high - low)
-    units = [((w_low - low) * scale - 1.0, (w_high - low) * scale - 1.0) for w_low, w_high in windows]
+    # Unclipped: a window may reach past data.ct_window and keeps its own width.
+    ct_map = NormParams("ct", *cfg.data.ct_window, clip=False)
+    units = [(float(a), float(b)) for a, b in normalise(np.asarray(windows, dtype=np.float64), ct_map)]
     inner = build_discriminator_from_config(
         cfg.model, total + len(units) * len(ct_channels), init_method=init_method
     )
