@@ -86,6 +86,40 @@ def save_checkpoint(payload: dict[str, Any], path: str | Path) -> Path:
     return path
 
 
+# How torch.save files begin: a zip archive (the default since torch 1.6) or a pickle (protocol 2+).
+_TORCH_HEADS = (b"PK\x03\x04", b"\x80")
+
+
+def _not_a_torch_file(head: bytes) -> str | None:
+    """What a file that cannot be a torch checkpoint looks like, from its first bytes; None if it may be one.
+
+    Checked before unpickling so that an image given where a checkpoint belongs gets a message that
+    says so, instead of the weights-only unpickler's confusing complaint about its bytes.
+    """
+    if head.startswith(_TORCH_HEADS):
+        return None
+    if head.startswith(b"\x1f\x8b"):
+        return "a gzip file (e.g. a .nii.gz image)"
+    if head[344:348] in (b"n+1\x00", b"ni1\x00") or head[4:8] in (b"n+2\x00", b"ni2\x00"):
+        return "a NIfTI image"
+    if head.startswith(b"NRRD"):
+        return "an NRRD image"
+    if head[128:132] == b"DICM":
+        return "a DICOM file"
+    if b"ObjectType" in head[:64] or b"NDims" in head[:64]:
+        return "a MetaImage (.mha/.mhd) file"
+    if head[8:10] == b'{"':  # safetensors: an 8-byte header length, then the JSON header
+        return "a safetensors file"
+    if b"\x00" not in head:
+        try:
+            head.decode("utf-8")
+            return "a text file"
+        except UnicodeDecodeError as exc:
+            if exc.start >= len(head) - 3:  # a character cut by the 4 KiB read
+                return "a text file"
+    return "neither a zip archive nor a pickle"
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Loads a checkpoint safely (``weights_only=True``) and checks that it is one of ours.
 
@@ -98,6 +132,18 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise CheckpointError("checkpoint not found", path)
     if path.stat().st_size == 0:
         raise CheckpointError("checkpoint is empty (0 bytes)", path)
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(4096)
+    except OSError as exc:
+        raise CheckpointError(f"cannot be read ({exc.strerror or type(exc).__name__})", path) from None
+    looks_like = _not_a_torch_file(head)
+    if looks_like is not None:
+        raise CheckpointError(
+            f"not a medcyclegan checkpoint: it is {looks_like} (checkpoints are the .pt files a "
+            "training run writes, e.g. run/checkpoints/best.pt)",
+            path,
+        )
     try:
         data = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:

@@ -616,7 +616,7 @@ CHECKPOINT_FAULTS = {
     "non-finite weights": "NaN or Inf weights",
     "foreign file": "not a medcyclegan checkpoint",
     "random bytes": "",
-    "text file": "corrupted",
+    "text file": "not a medcyclegan checkpoint: it is a text file",
 }
 
 
