@@ -785,17 +785,46 @@ def main() -> None:
     from medcyclegan.errors import TrainingInterrupted
 
     try:
-        # Standalone mode: typer reports usage errors itself (exit 2); our errors propagate to here.
-        app()
+        # Not standalone: typer would print a usage error as a framed box over five lines; it comes
+        # here instead and gets one line. A command's exit status (typer.Exit) is returned.
+        status = app(prog_name="medcyclegan", standalone_mode=False)
     except MedCycleGANError as exc:
         typer.echo(f"error: {exc}", err=True)
         sys.exit(exc.exit_code)
+    except typer.Abort:
+        typer.echo("aborted", err=True)
+        sys.exit(1)
     except TrainingInterrupted as exc:
         typer.echo(str(exc), err=True)
         sys.exit(130)
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         sys.exit(130)
+    except Exception as exc:
+        if not _is_usage_error(exc):
+            raise
+        if type(exc).__name__ == "NoArgsIsHelpError":  # the bare command: its help, as before
+            exc.show()  # type: ignore[attr-defined]
+        else:
+            typer.echo(f"error: {_usage_error_line(exc)}", err=True)
+        sys.exit(int(exc.exit_code))  # type: ignore[attr-defined]
+    sys.exit(status if isinstance(status, int) else 0)
+
+
+def _is_usage_error(exc: Exception) -> bool:
+    """Click's exceptions (usage errors, bad parameters), vendored by newer typer, imported by older."""
+    return any(cls.__name__ == "ClickException" for cls in type(exc).__mro__) and hasattr(
+        exc, "format_message"
+    )
+
+
+def _usage_error_line(exc: Exception) -> str:
+    """``medcyclegan convert: Missing argument 'input'. (see 'medcyclegan convert -h')``."""
+    message = " ".join(str(exc.format_message()).split())  # type: ignore[attr-defined]
+    ctx = getattr(exc, "ctx", None)
+    if ctx is None:
+        return message
+    return f"{ctx.command_path}: {message} (see '{ctx.command_path} -h')"
 
 
 if __name__ == "__main__":

@@ -55,11 +55,23 @@ def test_every_verb_has_help(cli, verb: str) -> None:
         (("evaluate", "--ref", "x"), "--pred"),
     ],
 )
-def test_usage_errors_exit_2_without_traceback(cli, args: tuple[str, ...], expected: str) -> None:
+def test_usage_errors_exit_2_in_one_line(cli, args: tuple[str, ...], expected: str) -> None:
     result = cli(*args)
     assert result.code == 2
     assert "Traceback" not in result.err + result.out
-    assert "Usage:" in result.err and expected in result.err
+    lines = result.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: medcyclegan") and expected in lines[0]
+    assert "-h'" in lines[0] and not set(lines[0]) & set("╭╰│─")  # says where help is; no box
+
+
+def test_the_bare_command_prints_its_help(cli) -> None:
+    result = cli()
+    assert result.code == 2 and "Usage:" in result.out + result.err and "convert" in result.out + result.err
+
+
+def test_a_command_exit_status_is_kept(cli) -> None:
+    assert cli("--version").code == 0
+    assert cli("convert", "--help").code == 0
 
 
 # ---------------------------------------------------------------------- option errors: one line
