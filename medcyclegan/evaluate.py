@@ -55,6 +55,7 @@ from medcyclegan.io.discovery import (
     split_series,
     volume_suffix,
 )
+from medcyclegan.io.lock import FolderLock
 from medcyclegan.io.readers import read_mask, read_volume
 from medcyclegan.io.volume import Volume
 from medcyclegan.label_names import LabelNames, read_label_names
@@ -97,6 +98,11 @@ DISPLAY_FORMATS = {
     BODY_DICE_NAME: "{:.4f}",
 }
 FIGURE_SUFFIX = ".png"
+# The lock taken while a report's JSON and CSV are written (its own name: a report written into a
+# training run folder does not wait for the training that holds that folder's lock).
+REPORT_LOCK_FILE = ".medcyclegan-report.lock"
+# Writing two small files takes milliseconds; a holder that keeps the lock this long is stuck.
+REPORT_LOCK_WAIT_S = 30.0
 # Report keys of the per-label MAEs: mae_label_<name>.
 LABEL_MAE_PREFIX = "mae_label_"
 LABEL_MAE_FORMAT = "{:.1f}"
@@ -314,8 +320,16 @@ class EvaluationReport:
         """
 
         json_path, csv_path = check_report_paths(json_path, overwrite=overwrite)
-        atomic_write_text(json_path, self.to_json(), overwrite=overwrite)
-        atomic_write_text(csv_path, self.to_csv(), overwrite=overwrite)
+        json_text, csv_text = self.to_json(), self.to_csv()
+        # Two evaluations onto one report took turns file by file (A's JSON beside B's CSV); under
+        # this lock each writes both, so the pair on disk is always one run's.
+        with FolderLock(
+            json_path.parent, holder="evaluate process", place="report folder",
+            name=REPORT_LOCK_FILE, wait_s=REPORT_LOCK_WAIT_S,
+        ):  # fmt: skip
+            check_report_paths(json_path, overwrite=overwrite)  # the other may have written it meanwhile
+            atomic_write_text(json_path, json_text, overwrite=overwrite)
+            atomic_write_text(csv_path, csv_text, overwrite=overwrite)
         return json_path, csv_path
 
     def to_rich_table(self) -> Table:

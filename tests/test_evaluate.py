@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import logging
@@ -254,6 +255,115 @@ def test_write_json_and_csv_contents(report: EvaluationReport, tmp_path: Path) -
     assert rows[0]["data_range"] == "4024.0" and rows[0]["clip_min_hu"] == "-1024.0"
     assert rows[0]["clip_max_hu"] == "3000.0" and rows[0]["standard"] == "synthrad2023"
     assert rows[0]["mask_source"] == report.cases[0].mask_source
+
+
+# A second evaluation writing the same report from another process: it takes the report lock, writes
+# its JSON and CSV (the other standard), and says so.
+_WRITE_OTHER_REPORT = """\
+import sys
+from medcyclegan.evaluate import evaluate
+data, out = sys.argv[1], sys.argv[2]
+evaluate(data + "/pred", data + "/ref", data + "/mask", standard="synthrad2025").write(out, overwrite=True)
+print("written", flush=True)
+"""
+
+_HOLD_REPORT_LOCK = """\
+import sys, time
+from medcyclegan.io.lock import FolderLock
+from medcyclegan.evaluate import REPORT_LOCK_FILE
+FolderLock(sys.argv[1], name=REPORT_LOCK_FILE).acquire()
+print("locked", flush=True)
+time.sleep(float(sys.argv[2]))
+"""
+
+
+def _standards_on_disk(json_path: Path) -> tuple[str, set[str]]:
+    with json_path.with_suffix(".csv").open(newline="") as handle:
+        csv_standards = {row["standard"] for row in csv.DictReader(handle)}
+    return _strict_json(json_path.read_text())["standard"], csv_standards
+
+
+def test_two_evaluations_onto_one_report_never_leave_a_mixed_pair(
+    report: EvaluationReport, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another process writes the report while this one is between its JSON and its CSV: it waits
+    for this one's pair, then writes its own pair, so both files are the other run's."""
+    import subprocess
+    import sys
+
+    import medcyclegan.evaluate as evaluate_module
+
+    out = tmp_path / "out" / "eval.json"
+    real_write = evaluate_module.atomic_write_text
+    other: list[subprocess.Popen] = []
+
+    def write_then_let_the_other_in(path: Path, text: str, **kwargs: object) -> None:
+        real_write(path, text, **kwargs)
+        if path.suffix == ".json" and not other:
+            other.append(
+                subprocess.Popen(
+                    [sys.executable, "-c", _WRITE_OTHER_REPORT, str(tmp_path / "data"), str(out)],
+                    stdout=subprocess.PIPE,
+                    text=True,
+                )
+            )
+            # Unlocked, the other process writes both of its files here, before this one's CSV.
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                other[0].wait(timeout=5)
+
+    monkeypatch.setattr(evaluate_module, "atomic_write_text", write_then_let_the_other_in)
+    report.write(out)
+    assert _standards_on_disk(out) == ("synthrad2023", {"synthrad2023"})  # this run's pair, whole
+    stdout, _ = other[0].communicate(timeout=120)
+    assert other[0].returncode == 0 and stdout.strip() == "written"
+    assert _standards_on_disk(out) == ("synthrad2025", {"synthrad2025"})  # then the other's, whole
+
+
+def test_a_report_held_by_a_stuck_process_is_refused_with_its_pid(
+    report: EvaluationReport, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import subprocess
+    import sys
+
+    import medcyclegan.evaluate as evaluate_module
+
+    folder = tmp_path / "out"
+    folder.mkdir()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLD_REPORT_LOCK, str(folder), "600"], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        monkeypatch.setattr(evaluate_module, "REPORT_LOCK_WAIT_S", 0.2)
+        with pytest.raises(OutputError, match=rf"another evaluate process \(pid {holder.pid}\) is using"):
+            report.write(folder / "eval.json")
+        assert not (folder / "eval.json").exists() and not (folder / "eval.csv").exists()
+    finally:
+        holder.kill()
+        holder.wait(timeout=60)
+    # The kernel dropped the dead holder's lock: the next write goes through.
+    json_path, csv_path = report.write(folder / "eval.json")
+    assert json_path.is_file() and csv_path.is_file()
+
+
+def test_a_report_waits_for_a_short_holder_and_ignores_a_training_lock(
+    report: EvaluationReport, tmp_path: Path
+) -> None:
+    import subprocess
+    import sys
+
+    from tiny import folder_locked_by_another_process
+
+    folder = tmp_path / "run"
+    folder.mkdir()
+    with folder_locked_by_another_process(folder):  # a training process holds the run folder
+        holder = subprocess.Popen(
+            [sys.executable, "-c", _HOLD_REPORT_LOCK, str(folder), "0.5"], stdout=subprocess.PIPE, text=True
+        )
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        json_path, _ = report.write(folder / "eval.json")  # waits out the half second
+        assert holder.wait(timeout=60) == 0
+    assert _standards_on_disk(json_path) == ("synthrad2023", {"synthrad2023"})
 
 
 def test_write_refuses_to_overwrite(report: EvaluationReport, tmp_path: Path) -> None:

@@ -349,9 +349,9 @@ def test_folder_lock_is_reentrant_in_one_process_and_says_why_it_is_skipped(
     first = lock_module.FolderLock(tmp_path / "a").acquire()
     second = lock_module.FolderLock(tmp_path / "a").acquire()  # same process: shares the flock
     second.release()
-    assert (tmp_path / "a").resolve() in lock_module._HELD  # still held by the first
+    assert (tmp_path / "a").resolve() / LOCK_FILE in lock_module._HELD  # still held by the first
     first.release()
-    assert (tmp_path / "a").resolve() not in lock_module._HELD
+    assert (tmp_path / "a").resolve() / LOCK_FILE not in lock_module._HELD
 
     def no_locks(_fd: int, _op: int) -> None:
         raise OSError(errno.ENOSYS, "Function not implemented")
@@ -372,3 +372,20 @@ def test_stale_temporary_names_are_those_of_atomic_path(tmp_path: Path) -> None:
     assert not any(
         is_atomic_temporary(n) for n in (".last.pt.tmp.pt", ".notes.tmp", "last.pt", ".a.abcdefgh.tmp.csv")
     )
+
+
+def test_folder_lock_validates_its_name_and_wait_and_says_what_it_is(tmp_path: Path) -> None:
+    from medcyclegan.io.lock import FolderLock
+
+    for bad in ("lock", "../.lock", ".", ".."):
+        with pytest.raises(ValueError, match="hidden"):
+            FolderLock(tmp_path, name=bad)
+    with pytest.raises(ValueError, match="wait_s"):
+        FolderLock(tmp_path, wait_s=-1)
+    lock = FolderLock(tmp_path, holder="evaluate process", name=".x.lock", wait_s=2)
+    assert repr(lock) == (
+        f"FolderLock({str(tmp_path)!r}, holder='evaluate process', place='folder', "
+        "name='.x.lock', wait_s=2.0, held=False)"
+    )
+    with lock, FolderLock(tmp_path):  # independent names: both are taken
+        assert (tmp_path / ".x.lock").is_file() and (tmp_path / LOCK_FILE).is_file()

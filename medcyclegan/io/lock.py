@@ -21,6 +21,7 @@ import fcntl
 import logging
 import os
 import re
+import time
 from pathlib import Path
 
 from medcyclegan.errors import OutputError
@@ -33,8 +34,11 @@ LOCK_FILE = ".medcyclegan.lock"
 # flock errors of file systems without locks (the lock is then skipped with a warning).
 _NO_LOCKS = {errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOLCK}
 
-# Per process: resolved folder -> (file descriptor of the flocked lock file, number of holders).
+# Per process: resolved lock file -> (file descriptor of the flocked lock file, number of holders).
 _HELD: dict[Path, tuple[int, int]] = {}
+
+# A blocked waiter retries this often (flock has no timeout of its own).
+_RETRY_S = 0.05
 
 # atomic_path's temporaries: "." + target name + "." + mkstemp's 8 random characters + ".tmp" + suffix.
 _TEMPORARY = re.compile(r"^\.(?P<target>.+)\.[a-z0-9_]{8}\.tmp(?P<suffix>.*)$")
@@ -47,14 +51,38 @@ class FolderLock:
         folder: the folder to lock.
         holder: who holds it, for the refusal message (e.g. ``"training process"``).
         place: what the folder is, for the refusal message (e.g. ``"run folder"``).
+        name: the lock file's name in the folder: locks of different names are independent (a
+            report written into a run folder does not wait for the training that holds the folder).
+        wait_s: how long to wait for a holder to let go before refusing; 0 refuses at once. For
+            short critical sections (writing the two files of one report), not for whole runs.
     """
 
-    def __init__(self, folder: str | Path, holder: str = "process", place: str = "folder") -> None:
+    def __init__(
+        self,
+        folder: str | Path,
+        holder: str = "process",
+        place: str = "folder",
+        *,
+        name: str = LOCK_FILE,
+        wait_s: float = 0.0,
+    ) -> None:
+        if not name.startswith(".") or "/" in name or name in (".", ".."):
+            raise ValueError(f"a lock file name is hidden and has no folder part; got {name!r}")
+        if not wait_s >= 0:
+            raise ValueError(f"wait_s must be >= 0; got {wait_s!r}")
         self.folder = Path(folder)
         self.holder = holder
         self.place = place
+        self.name = name
+        self.wait_s = float(wait_s)
         self.held = False
         self._key: Path | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"FolderLock({str(self.folder)!r}, holder={self.holder!r}, place={self.place!r}, "
+            f"name={self.name!r}, wait_s={self.wait_s}, held={self.held})"
+        )
 
     def acquire(self) -> FolderLock:
         """Takes the lock (a no-op when this object holds it already); returns ``self``.
@@ -69,7 +97,7 @@ class FolderLock:
             raise OutputError(f"is a file, not a {self.place}: give a folder", self.folder)
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
-            key = self.folder.resolve()
+            key = self.folder.resolve() / self.name
         except OSError as exc:
             raise OutputError(f"cannot create {self.place} ({exc.strerror or exc})", self.folder) from None
         if key in _HELD:
@@ -77,13 +105,13 @@ class FolderLock:
             _HELD[key] = (fd, count + 1)
             self.held, self._key = True, key
             return self
-        path = self.folder / LOCK_FILE
+        path = self.folder / self.name
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError:
             raise OutputError(f"{self.place} is not writable", self.folder) from None
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            _flock_within(fd, self.wait_s)
         except BlockingIOError:
             pid = _read_pid(fd)
             os.close(fd)
@@ -130,6 +158,19 @@ class FolderLock:
 
     def __exit__(self, *_exc: object) -> None:
         self.release()
+
+
+def _flock_within(fd: int, wait_s: float) -> None:
+    """An exclusive flock on ``fd``, retried for up to ``wait_s`` seconds; BlockingIOError after that."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(_RETRY_S)
 
 
 def _read_pid(fd: int) -> int | None:
