@@ -156,6 +156,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise CheckpointError(f"corrupted checkpoint ({first})", path) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        # torch's zip reader goes on with advice for its own developers: its first sentence says it.
+        first = first.split(". ")[0]
         raise CheckpointError(f"corrupted or truncated checkpoint ({first[:160]})", path) from None
     except Exception as exc:  # the weights-only unpickler raises KeyError etc. on arbitrary bytes
         raise CheckpointError(f"corrupted checkpoint ({type(exc).__name__} while reading it)", path) from None

@@ -571,6 +571,7 @@ def info(
         typer.echo(json.dumps(summary, indent=2, default=str))
         return
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     table = Table(
@@ -599,7 +600,12 @@ def info(
             f"{summary['data']['image_size']} px, spacing {summary['data']['spacing_mm'] or 'native'} mm",
         ),
         ("normalisation", json.dumps(summary["normalisation"])),
-        ("best", _best_text(summary.get("best"))),
+        (
+            "best",
+            f"[red]best.pt cannot be loaded[/red]: {escape(summary['best_error'])}"
+            if summary.get("best_error")
+            else _best_text(summary.get("best")),
+        ),
         (
             "training time",
             "not recorded" if summary.get("train_seconds") is None else f"{summary['train_seconds']:.0f} s",

@@ -258,7 +258,17 @@ def _load_torch_model(model: str | Path | None, *, to: str | None, device: str) 
     # The device choice is checked first: a typo fails before the checkpoint is read.
     requested = resolve_device(device)
     path = find_checkpoint(newest_run() if model is None else model)
-    data = load_checkpoint(path)
+    try:
+        data = load_checkpoint(path)
+    except CheckpointError as exc:
+        last = path.with_name("last.pt")
+        picked = model is None or Path(model) != path
+        if picked and path.name == "best.pt" and last.is_file():
+            # The run folder named best.pt for the user; its last.pt is the other model they have.
+            raise CheckpointError(
+                f"{exc}; to convert with the run's last checkpoint instead, give -m {last}"
+            ) from None
+        raise
     cfg = checkpoint_config(data, path)
     src, tgt = cfg.data.src_modality, cfg.data.tgt_modality
     to = tgt if to is None else to

@@ -162,6 +162,38 @@ def test_info_prints_a_table_and_json(cli, run_dir: Path) -> None:
     assert "mr -> ct" in result.out and "ngf 8" in result.out
 
 
+def test_a_damaged_best_checkpoint_is_named_by_info_and_convert_points_to_last(
+    cli, run_dir: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    last = run / "checkpoints" / "last.pt"
+    (run / "checkpoints" / "best.pt").write_bytes(last.read_bytes()[:1000])  # cut off, as by a bad disk
+    result = cli("info", run, "--json")
+    assert result.code == 0, result.err  # the run is still described, from last.pt
+    summary = json.loads(result.out)
+    assert summary["checkpoint"] == str(last) and summary["step"] == 1
+    assert summary["best_error"].startswith(
+        f"{run / 'checkpoints' / 'best.pt'}: corrupted or truncated checkpoint"
+    )
+    assert "This is an internal" not in summary["best_error"]  # torch's advice to its own developers
+    result = cli("info", run)
+    assert result.code == 0, result.err
+    assert "best.pt cannot be loaded" in result.out
+
+    mr = save_volume(tmp_path / "mr.nii.gz", head((24, 24, 8), "mr", 1))
+    line = one_error_line(cli("convert", mr, "-m", run, "-o", tmp_path / "out.nii.gz"))
+    assert "corrupted or truncated checkpoint" in line and line.endswith(f"give -m {last}")
+    # Named by the user, best.pt gets no advice about another file.
+    line = one_error_line(
+        cli("convert", mr, "-m", run / "checkpoints" / "best.pt", "-o", tmp_path / "o.nii.gz")
+    )
+    assert "give -m" not in line
+    assert cli("convert", mr, "-m", last, "-o", tmp_path / "out.nii.gz").code == 0
+
+
 def test_evaluate_prints_a_table_and_writes_json_and_csv(cli, tmp_path: Path) -> None:
     reference = save_volume(tmp_path / "ref" / "p1.nii.gz", head((24, 24, 8), "ct", 1))
     prediction = save_volume(tmp_path / "pred" / "p1.nii.gz", head((24, 24, 8), "ct", 2))

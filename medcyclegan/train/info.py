@@ -39,7 +39,8 @@ def describe(path: str | Path) -> dict[str, Any]:
 
     Returns:
         A JSON-ready dict: checkpoint, version, modalities, networks with parameter counts, epoch and
-        step, training time, normalisation, best validation metric, and the list of checkpoints of a run folder.
+        step, training time, normalisation, best validation metric, and the list of checkpoints of a run folder
+        (with ``best_error``, the reason, when that folder's ``best.pt`` cannot be loaded).
     """
     path = Path(path)
     ckpt_path = find_checkpoint(path, prefer=("last.pt", "best.pt"))
@@ -82,6 +83,9 @@ def describe(path: str | Path) -> dict[str, Any]:
         best = folder / "best.pt"
         # A best.pt of another run (left by an earlier run in this folder) says nothing of this one.
         if best.is_file() and same_run(best, folder / "last.pt"):
-            best_data = load_checkpoint(best)
-            info["best"] = best_data.get("best")
+            try:
+                info["best"] = load_checkpoint(best).get("best")
+            except CheckpointError as exc:
+                # The run is still described (from last.pt); convert refuses best.pt with this message.
+                info["best_error"] = str(exc)
     return info
