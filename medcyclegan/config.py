@@ -363,6 +363,11 @@ class LossConfig:
             ``"mind"`` (MIND descriptors, Heinrich et al. 2012, as in Yang et al. 2018; invariant to
             inverted contrast) or ``"gradient-correlation"`` (Hiasa et al. 2018; sign-sensitive).
         lambda_structure: weight of that loss in each direction (0 switches it off).
+        cycle_detach: the cycle loss trains only the generator that reconstructs (CycleGAN): in
+            ``G_BA(G_AB(a)) = a`` the translation ``G_AB(a)`` is a fixed input, so each generator
+            learns to invert the other's translations as from registered pairs, and no generator
+            is rewarded for hiding its input in its output for the other to decode ("CycleGAN, a
+            master of steganography", Chu et al. 2017). False: the reference (both generators).
     """
 
     gan_mode: str = "lsgan"
@@ -374,6 +379,7 @@ class LossConfig:
     lambda_attention: float = 0.01
     structure: str = "mind"
     lambda_structure: float = 0.0
+    cycle_detach: bool = False
 
     def validate(self) -> None:
         _check_finite("loss", self)
@@ -1261,6 +1267,11 @@ class Config:
             self._check_d_ct_windows()
         if self.model.kind == "cut":
             self.cut.check_model(self)
+        if self.loss.cycle_detach and self.model.kind != "cyclegan":
+            raise ConfigError(
+                f"loss.cycle_detach applies to CycleGAN's cycle loss; a {self.model.kind} model "
+                "has none of its own (set it false)"
+            )
         n_steps, max_steps = self.optim.n_steps, self.train.max_steps
         if n_steps is not None and max_steps is not None and max_steps > n_steps:
             # Checked here, before any data is read; the epoch schedule's length needs the data

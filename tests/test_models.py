@@ -200,3 +200,39 @@ def test_the_callers_config_is_not_changed(domains, tmp_path: Path) -> None:
     trainer.fit()
     assert cfg == before and not cfg.normalisation
     assert trainer.cfg.normalisation and trainer.cfg is not cfg
+
+
+class _RecordInputs(nn.Module):
+    """A generator step that records whether each input carries a gradient back to its maker."""
+
+    def __init__(self, step: nn.Module) -> None:
+        super().__init__()
+        self.step = step
+        self.inputs_with_grad: list[bool] = []
+
+    def forward(self, x: torch.Tensor, **kwargs: Any) -> Any:
+        self.inputs_with_grad.append(x.requires_grad)
+        return self.step(x, **kwargs)
+
+
+@pytest.mark.parametrize("detach", [False, True])
+def test_cycle_detach_makes_the_translation_a_fixed_input_of_the_reconstruction(detach: bool) -> None:
+    cfg = tiny_config(**{"loss.cycle_detach": detach, "loss.lambda_identity": 0.0})
+    model = CycleGAN(cfg, torch.device("cpu"), lr_rule(cfg.optim))
+    model._step_G_AB, model._step_G_BA = _RecordInputs(model._step_G_AB), _RecordInputs(model._step_G_BA)
+    size = cfg.data.image_size
+    real_a, real_b = torch.rand(2, 1, size, size) * 2 - 1, torch.rand(2, 1, size, size) * 2 - 1
+    masks = torch.ones(2, 1, size, size)
+    _, _, losses = model.backward_G(real_a, real_b, masks, masks)
+    # Calls in order: G_AB(A), then G_BA(fake_B) [the cycle], G_BA(B), then G_AB(fake_A) [the cycle].
+    assert model._step_G_AB.inputs_with_grad == [False, not detach]
+    assert model._step_G_BA.inputs_with_grad == [not detach, False]
+    assert float(losses["cycle_A"]) > 0 and float(losses["cycle_B"]) > 0
+
+
+def test_cycle_detach_is_refused_for_models_without_cyclegan_s_cycle() -> None:
+    assert tiny_config(**{"loss.cycle_detach": True}).loss.cycle_detach
+    with pytest.raises(
+        ConfigError, match=r"loss\.cycle_detach applies to CycleGAN.s cycle loss; a unit model"
+    ):
+        load_config(None, {"model.kind": "unit", "loss.cycle_detach": True})

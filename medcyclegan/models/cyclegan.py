@@ -19,7 +19,8 @@ Options (off by default): ``model.ema_decay`` keeps an exponential moving averag
 ``G_BA_ema`` (plain generator state dicts) with ``ema_updates``, and used by :meth:`translator` and
 by conversion; ``optim.lr_d`` gives the discriminators their own learning rate;
 ``model.spectral_norm_d`` and ``model.n_scales_d`` choose the discriminator (:mod:`medcyclegan.nets`);
-``model.d_ct_windows`` shows the CT domain's discriminator its image in extra HU windows.
+``model.d_ct_windows`` shows the CT domain's discriminator its image in extra HU windows;
+``loss.cycle_detach`` lets the cycle terms train only the reconstructing generator.
 """
 
 from __future__ import annotations
@@ -281,10 +282,11 @@ class CycleGAN(TranslationModel):
         zero = torch.zeros((), device=self.device)
         g_ab, g_ba = self._step_G_AB, self._step_G_BA
         with autocast_context(self.device, self.amp):
+            # loss.cycle_detach: the reconstruction trains only the generator that reconstructs.
             fake_b, att_ab = g_ab(real_a, with_attention=True)
-            rec_a = g_ba(fake_b)
+            rec_a = g_ba(fake_b.detach() if cfg.cycle_detach else fake_b)
             fake_a, att_ba = g_ba(real_b, with_attention=True)
-            rec_b = g_ab(fake_a)
+            rec_b = g_ab(fake_a.detach() if cfg.cycle_detach else fake_a)
 
             set_requires_grad([self.D_A, self.D_B], False)
             losses["G_adv_AB"] = self.adversarial.generator_loss(self._frozen_D_B(fake_b))
