@@ -368,6 +368,8 @@ class LossConfig:
             learns to invert the other's translations as from registered pairs, and no generator
             is rewarded for hiding its input in its output for the other to decode ("CycleGAN, a
             master of steganography", Chu et al. 2017). False: the reference (both generators).
+            The other models ignore it (quick-cpu sets it, and ``--model pix2pix -c quick-cpu``
+            must still work): pix2pix and CUT have no cycle, UNIT and MUNIT their own.
     """
 
     gan_mode: str = "lsgan"
@@ -1267,11 +1269,6 @@ class Config:
             self._check_d_ct_windows()
         if self.model.kind == "cut":
             self.cut.check_model(self)
-        if self.loss.cycle_detach and self.model.kind != "cyclegan":
-            raise ConfigError(
-                f"loss.cycle_detach applies to CycleGAN's cycle loss; a {self.model.kind} model "
-                "has none of its own (set it false)"
-            )
         n_steps, max_steps = self.optim.n_steps, self.train.max_steps
         if n_steps is not None and max_steps is not None and max_steps > n_steps:
             # Checked here, before any data is read; the epoch schedule's length needs the data

@@ -230,9 +230,15 @@ def test_cycle_detach_makes_the_translation_a_fixed_input_of_the_reconstruction(
     assert float(losses["cycle_A"]) > 0 and float(losses["cycle_B"]) > 0
 
 
-def test_cycle_detach_is_refused_for_models_without_cyclegan_s_cycle() -> None:
-    assert tiny_config(**{"loss.cycle_detach": True}).loss.cycle_detach
-    with pytest.raises(
-        ConfigError, match=r"loss\.cycle_detach applies to CycleGAN.s cycle loss; a unit model"
+def test_cycle_detach_of_quick_cpu_does_not_stop_another_model_from_loading() -> None:
+    """quick-cpu turns it on; ``--model pix2pix -c quick-cpu`` (and the others) must still load."""
+    from medcyclegan.config import builtin_config_path
+
+    for overrides in (
+        {"model.kind": "pix2pix"},
+        {"model.kind": "unit"},
+        {"model.kind": "munit"},
+        {"model.kind": "cut", "cut.nce_layers": [0, 4, 8, 12]},  # README's CUT recipe on quick-cpu
     ):
-        load_config(None, {"model.kind": "unit", "loss.cycle_detach": True})
+        cfg = load_config(builtin_config_path("quick-cpu"), overrides)
+        assert cfg.loss.cycle_detach and cfg.model.kind == overrides["model.kind"]
