@@ -368,8 +368,8 @@ class LossConfig:
             learns to invert the other's translations as from registered pairs, and no generator
             is rewarded for hiding its input in its output for the other to decode ("CycleGAN, a
             master of steganography", Chu et al. 2017). False: the reference (both generators).
-            The other models ignore it (quick-cpu sets it, and ``--model pix2pix -c quick-cpu``
-            must still work): pix2pix and CUT have no cycle, UNIT and MUNIT their own.
+            The other models ignore it (a config that sets it must still work with ``--model
+            pix2pix``): pix2pix and CUT have no cycle, UNIT and MUNIT their own.
     """
 
     gan_mode: str = "lsgan"

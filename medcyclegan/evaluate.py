@@ -99,7 +99,8 @@ DISPLAY_FORMATS = {
 }
 FIGURE_SUFFIX = ".png"
 # The lock taken while a report's JSON and CSV are written (its own name: a report written into a
-# training run folder does not wait for the training that holds that folder's lock).
+# training run folder does not wait for the training that holds that folder's lock); removed
+# afterwards, so the user's folder holds only the report.
 REPORT_LOCK_FILE = ".medcyclegan-report.lock"
 # Writing two small files takes milliseconds; a holder that keeps the lock this long is stuck.
 REPORT_LOCK_WAIT_S = 30.0
@@ -325,7 +326,7 @@ class EvaluationReport:
         # this lock each writes both, so the pair on disk is always one run's.
         with FolderLock(
             json_path.parent, holder="evaluate process", place="report folder",
-            name=REPORT_LOCK_FILE, wait_s=REPORT_LOCK_WAIT_S,
+            name=REPORT_LOCK_FILE, wait_s=REPORT_LOCK_WAIT_S, remove=True,
         ):  # fmt: skip
             check_report_paths(json_path, overwrite=overwrite)  # the other may have written it meanwhile
             atomic_write_text(json_path, json_text, overwrite=overwrite)

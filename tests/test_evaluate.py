@@ -317,6 +317,7 @@ def test_two_evaluations_onto_one_report_never_leave_a_mixed_pair(
     stdout, _ = other[0].communicate(timeout=120)
     assert other[0].returncode == 0 and stdout.strip() == "written"
     assert _standards_on_disk(out) == ("synthrad2025", {"synthrad2025"})  # then the other's, whole
+    assert sorted(p.name for p in out.parent.iterdir()) == ["eval.csv", "eval.json"]  # no lock file left
 
 
 def test_a_report_held_by_a_stuck_process_is_refused_with_its_pid(

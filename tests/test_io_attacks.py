@@ -276,8 +276,8 @@ def test_compressed_itk_bomb_stops_decompressing_past_the_header_size(
     real_gzip, real_zlib = readers._GZIP_CHUNK_BYTES, zlib.decompressobj
 
     class Counting:
-        def __init__(self, *args: object) -> None:
-            self._inner = real_zlib(*args)
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            self._inner = real_zlib(*args, **kwargs)  # gzip's reader passes wbits by keyword
 
         def decompress(self, data: bytes, max_length: int = 0) -> bytes:
             result = self._inner.decompress(data, max_length)

@@ -63,7 +63,8 @@ def copy_data(data: dict[str, Path], folder: Path) -> tuple[Path, Path]:
 
 
 def requeued_command(mr: Path, ct: Path, out: Path, config: Path) -> tuple[object, ...]:
-    return ("train", "--src", mr, "--tgt", ct, "--out", out, "-c", config, "--max-steps", 6,
+    # One thread count: bit-identical results need it, and auto follows the machine's load.
+    return ("--threads", 1, "train", "--src", mr, "--tgt", ct, "--out", out, "-c", config, "--max-steps", 6,
             "--image-size", 32, "--set", "train.save_every_steps=1", "--no-progress", "--auto-resume")  # fmt: skip
 
 

@@ -55,6 +55,9 @@ class FolderLock:
             report written into a run folder does not wait for the training that holds the folder).
         wait_s: how long to wait for a holder to let go before refusing; 0 refuses at once. For
             short critical sections (writing the two files of one report), not for whole runs.
+        remove: delete the lock file on release (for a lock in a folder the user owns, e.g. a
+            report's). Safe: the file is unlinked while locked, and a waiter that then gets the
+            lock on the unlinked file sees it is no longer the folder's and tries again.
     """
 
     def __init__(
@@ -65,6 +68,7 @@ class FolderLock:
         *,
         name: str = LOCK_FILE,
         wait_s: float = 0.0,
+        remove: bool = False,
     ) -> None:
         if not name.startswith(".") or "/" in name or name in (".", ".."):
             raise ValueError(f"a lock file name is hidden and has no folder part; got {name!r}")
@@ -75,6 +79,7 @@ class FolderLock:
         self.place = place
         self.name = name
         self.wait_s = float(wait_s)
+        self.remove = remove
         self.held = False
         self._key: Path | None = None
 
@@ -106,29 +111,37 @@ class FolderLock:
             self.held, self._key = True, key
             return self
         path = self.folder / self.name
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError:
-            raise OutputError(f"{self.place} is not writable", self.folder) from None
-        try:
-            _flock_within(fd, self.wait_s)
-        except BlockingIOError:
-            pid = _read_pid(fd)
-            os.close(fd)
-            who = f"another {self.holder}" + (f" (pid {pid})" if pid else "")
-            raise OutputError(f"{who} is using this {self.place}", self.folder) from None
-        except OSError as exc:
-            if exc.errno not in _NO_LOCKS:
+        deadline = time.monotonic() + self.wait_s
+        while True:
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError:
+                raise OutputError(f"{self.place} is not writable", self.folder) from None
+            try:
+                _flock_within(fd, max(0.0, deadline - time.monotonic()))
+            except BlockingIOError:
+                pid = _read_pid(fd)
                 os.close(fd)
-                raise OutputError(f"cannot lock {self.place} ({exc.strerror or exc})", self.folder) from None
-            # e.g. Lustre mounted without -o flock: working unlocked beats refusing to work at all.
-            logger.warning(
-                "%s: this file system cannot lock files (%s); nothing stops another %s from using this %s",
-                self.folder,
-                exc.strerror or exc,
-                self.holder,
-                self.place,
-            )
+                who = f"another {self.holder}" + (f" (pid {pid})" if pid else "")
+                raise OutputError(f"{who} is using this {self.place}", self.folder) from None
+            except OSError as exc:
+                if exc.errno not in _NO_LOCKS:
+                    os.close(fd)
+                    raise OutputError(
+                        f"cannot lock {self.place} ({exc.strerror or exc})", self.folder
+                    ) from None
+                # e.g. Lustre mounted without -o flock: working unlocked beats refusing to work at all.
+                logger.warning(
+                    "%s: this file system cannot lock files (%s); nothing stops another %s from using this %s",
+                    self.folder,
+                    exc.strerror or exc,
+                    self.holder,
+                    self.place,
+                )
+                break
+            if not self.remove or _is_current(fd, path):
+                break
+            os.close(fd)  # locked a file its holder removed on release: lock the folder's new one
         # The pid is only for the message of a refused process: a failed write must not stop the run.
         with contextlib.suppress(OSError):
             os.ftruncate(fd, 0)
@@ -147,7 +160,13 @@ class FolderLock:
             _HELD[key] = (fd, count - 1)
             return
         if fd >= 0:
-            # The lock file stays: unlinking it would let a waiting process lock a file nobody sees.
+            if self.remove:
+                # Unlinked while still locked: a waiter that gets this file's lock next sees it is
+                # gone from the folder and locks the folder's new one (see acquire).
+                with contextlib.suppress(OSError):
+                    (self.folder / self.name).unlink()
+            # Otherwise the lock file stays: without acquire's check, unlinking it would let a
+            # waiting process lock a file nobody sees.
             with contextlib.suppress(OSError):
                 fcntl.flock(fd, fcntl.LOCK_UN)
             with contextlib.suppress(OSError):
@@ -158,6 +177,14 @@ class FolderLock:
 
     def __exit__(self, *_exc: object) -> None:
         self.release()
+
+
+def _is_current(fd: int, path: Path) -> bool:
+    """True when ``fd`` is still the file at ``path`` (not one its holder unlinked meanwhile)."""
+    try:
+        return os.path.samestat(os.fstat(fd), os.stat(path))
+    except OSError:
+        return False
 
 
 def _flock_within(fd: int, wait_s: float) -> None:
