@@ -131,6 +131,12 @@ class ConversionModel:
         return int(multiple) if isinstance(multiple, int) else generator_stride_multiple(self.cfg)
 
     @property
+    def canvas(self) -> int:
+        """Slices smaller than this (``data.image_size``) are translated centred on air of this size,
+        as training padded them (:func:`~medcyclegan.inference.canvas_padding`)."""
+        return int(self.cfg.data.image_size)
+
+    @property
     def min_slice_voxels(self) -> int:
         """The smallest in-plane size (voxels per axis, at the model's spacing) the generator takes
         (the translator's ``min_input_size`` where it has one)."""
@@ -714,6 +720,7 @@ def _translate_across(
         stride_multiple=model.stride_multiple,
         flip_average=flip_average,
         return_attention=return_attention,
+        canvas=model.canvas,
     )
     return (
         np.moveaxis(whole, 2, 0),
@@ -749,6 +756,7 @@ def _translate_slab(
             amp=model.amp,
             stride_multiple=model.stride_multiple,
             flip_average=flip_average,
+            canvas=model.canvas,
         )
     else:
         translated_zxy = np.ascontiguousarray(across[0][z0:z1])

@@ -8,7 +8,10 @@ Whole slices go through the fully convolutional translator: each batch of slices
 neighbours each side as channels, the 2.5D context of :func:`context_stack`) is padded at the high
 end of X and Y to the translator's stride multiple with air (``AIR_NORMALISED``), translated, and
 cropped back; the centre channel is kept. Slices are never cropped to the training patch size, never
-resized.
+resized. A slice smaller than ``canvas`` (the training's ``data.image_size``) along X or Y is first
+centred on air of that size, as training pads it (:func:`~medcyclegan.data.slices.pad_or_crop`): a
+model trained on canvases with air around the body is not run on a slice whose body touches its
+edge (it fills that border with tissue, issue 14's phantom at 96 px crops: 393 HU).
 
 Test-time averaging, off by default: ``flip_average`` also translates every slice mirrored along X
 (R-L, the flip training augments with) and averages the mirrored-back result with the plain one;
@@ -100,6 +103,7 @@ def translate_slices(
     pad_value: float = AIR_NORMALISED,
     stride_multiple: int | None = None,
     flip_average: bool = False,
+    canvas: int = 0,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """The translator over slices ``z_indices`` of ``volume``, in one forward pass (two with ``flip_average``).
 
@@ -119,6 +123,8 @@ def translate_slices(
             R-L: the flip training augments with; every context channel is mirrored alike), mirror
             that translation back and return the mean of the two, in the network's normalised output
             space (see :func:`flip_averaged`). Costs a second forward pass of the same batch size.
+        canvas: X or Y smaller than this is centred on air of this size before the stride padding
+            (the training's ``data.image_size``; 0: only the stride padding).
 
     Returns:
         (translated centre slices (n, X, Y) float32, attention masks (n, X, Y) float32 or None for a
@@ -132,10 +138,17 @@ def translate_slices(
         translator.eval()  # type: ignore[union-attr]
     try:
         translated, attention = _translate_stack(
-            translator, stack, context_slices, multiple, device=device, amp=amp, pad_value=pad_value
+            translator,
+            stack,
+            context_slices,
+            multiple,
+            device=device,
+            amp=amp,
+            pad_value=pad_value,
+            canvas=canvas,
         )
         if flip_average:
-            # Mirrored before padding, so that the padding stays at the high end as for any slice.
+            # Mirrored before padding, so that it is padded as any slice is.
             mirrored, mirrored_attention = _translate_stack(
                 translator,
                 np.ascontiguousarray(stack[:, :, ::-1]),
@@ -144,6 +157,7 @@ def translate_slices(
                 device=device,
                 amp=amp,
                 pad_value=pad_value,
+                canvas=canvas,
             )
             translated = flip_averaged(translated, mirrored)
             if attention is not None and mirrored_attention is not None:
@@ -174,18 +188,35 @@ def _translate_stack(
     device: torch.device,
     amp: bool,
     pad_value: float,
+    canvas: int = 0,
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """One forward pass over a context stack (N, C, X, Y): padded to ``multiple``, translated, cropped."""
+    """One forward pass over a context stack (N, C, X, Y): padded (:func:`canvas_padding`), translated, cropped."""
     nx, ny = stack.shape[2], stack.shape[3]
-    pad_x, pad_y = (-nx) % multiple, (-ny) % multiple
+    (x0, x1), (y0, y1) = canvas_padding(nx, canvas, multiple), canvas_padding(ny, canvas, multiple)
     batch = torch.from_numpy(stack).to(device, non_blocking=True)
-    batch = F.pad(batch.float(), (0, pad_y, 0, pad_x), mode="constant", value=pad_value)
+    batch = F.pad(batch.float(), (y0, y1, x0, x1), mode="constant", value=pad_value)
     with autocast_context(device, amp):
         result, attention = forward_with_attention(translator, batch)
-    translated = np.ascontiguousarray(result[:, context_slices, :nx, :ny].float().cpu().numpy())
+    translated = np.ascontiguousarray(
+        result[:, context_slices, x0 : x0 + nx, y0 : y0 + ny].float().cpu().numpy()
+    )
     if attention is not None:
-        attention = np.ascontiguousarray(attention[:, 0, :nx, :ny].float().cpu().numpy())
+        attention = np.ascontiguousarray(attention[:, 0, x0 : x0 + nx, y0 : y0 + ny].float().cpu().numpy())
     return translated, attention
+
+
+def canvas_padding(size: int, canvas: int, multiple: int) -> tuple[int, int]:
+    """Air before and after an axis of ``size`` voxels: centred on ``canvas`` when smaller (the split
+    of :class:`monai.transforms.SpatialPad`'s ``symmetric`` method, as training pads), then at the
+    high end up to a multiple of ``multiple``.
+
+    Example:
+        >>> canvas_padding(64, 96, 4), canvas_padding(97, 96, 4), canvas_padding(61, 0, 4)
+        ((16, 16), (0, 3), (0, 3))
+    """
+    before = max(canvas - size, 0) // 2
+    padded = max(size, canvas)
+    return before, padded - size - before + (-padded) % multiple
 
 
 def translate_array(
@@ -200,6 +231,7 @@ def translate_array(
     stride_multiple: int | None = None,
     return_attention: bool = False,
     flip_average: bool = False,
+    canvas: int = 0,
 ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Translates a whole normalised volume, ``batch_size`` slices at a time (:func:`translate_slices`).
 
@@ -215,6 +247,7 @@ def translate_array(
         return_attention: also return the attention mask of an attention generator (zeros otherwise).
         flip_average: average each slice's translation with the mirrored translation of its
             mirror image (:func:`translate_slices`).
+        canvas: the training's ``data.image_size`` (:func:`translate_slices`).
 
     Returns:
         The translated volume (X, Y, Z) as float32, and the attention volume when asked.
@@ -234,6 +267,7 @@ def translate_array(
             pad_value=pad_value,
             stride_multiple=stride_multiple,
             flip_average=flip_average,
+            canvas=canvas,
         )
         out[:, :, z] = np.moveaxis(result, 0, -1)
         if attention is not None and mask is not None:
@@ -257,6 +291,7 @@ def translate_planes(
     stride_multiple: int | None = None,
     flip_average: bool = False,
     return_attention: bool = False,
+    canvas: int = 0,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """A 2D (axial) translator run along each of ``planes`` of a volume, the translations averaged.
 
@@ -277,8 +312,8 @@ def translate_planes(
         spacing: voxel size (mm) of ``volume`` along X, Y, Z.
         planes: a non-empty subset of :data:`~medcyclegan.config.PLANES` (checked by
             :func:`~medcyclegan.config.check_planes`).
-        context_slices, batch_size, device, amp, pad_value, stride_multiple, return_attention: see
-            :func:`translate_array`.
+        context_slices, batch_size, device, amp, pad_value, stride_multiple, return_attention, canvas:
+            see :func:`translate_array`.
         flip_average: see above.
 
     Returns:
@@ -292,6 +327,7 @@ def translate_planes(
         "amp": amp,
         "pad_value": pad_value,
         "stride_multiple": stride_multiple,
+        "canvas": canvas,
     }
     nz = volume.shape[2]
     isotropic: np.ndarray | None = None

@@ -11,7 +11,9 @@ from medcyclegan.config import ModelConfig, check_planes
 from medcyclegan.data.normalise import AIR_NORMALISED
 from medcyclegan.data.prepare import isotropic_depth
 from medcyclegan.errors import ConfigError
+from medcyclegan.data.slices import pad_or_crop
 from medcyclegan.inference import (
+    canvas_padding,
     context_stack,
     stride_multiple_of,
     translate_array,
@@ -71,6 +73,48 @@ def test_slices_are_padded_with_air_to_the_stride_multiple_and_cropped_back() ->
     assert translated.dtype == np.float32 and translated.flags.c_contiguous and attention is None
     # 2.5D context: neighbours as channels, edges replicated.
     np.testing.assert_array_equal(batch[:, :, :10, :7].numpy(), context_stack(image, np.array([0, 4]), 1))
+
+
+def test_slices_smaller_than_the_canvas_are_centred_on_air_as_training_pads_them() -> None:
+    recorder = Recorder()
+    image = volume((10, 7, 5))
+    # X 10 and Y 7 both below a 16 px canvas: centred on 16 x 16, already a multiple of 4.
+    translated, _ = translate_slices(recorder, image, np.array([1, 3]), context_slices=1, canvas=16)
+    (batch,) = recorder.inputs
+    assert batch.shape == (2, 3, 16, 16)
+    stack = context_stack(image, np.array([1, 3]), 1)
+    # Exactly the canvas training's pad/crop (MONAI's symmetric SpatialPad) gives each slice.
+    for i in range(2):
+        np.testing.assert_array_equal(batch[i].numpy(), np.asarray(pad_or_crop(stack[i], 16)))
+    np.testing.assert_array_equal(translated, np.moveaxis(image[:, :, [1, 3]], 2, 0))
+    # Only the axis below the canvas is centred; the other keeps the stride padding at its high end.
+    recorder.inputs.clear()
+    translate_slices(recorder, volume((10, 30, 2)), np.array([0]), canvas=16)
+    (batch,) = recorder.inputs
+    assert batch.shape == (1, 1, 16, 32)
+    assert (batch[0, 0, :3] == AIR_NORMALISED).all() and (batch[0, 0, 13:] == AIR_NORMALISED).all()
+    assert (batch[0, 0, :, 30:] == AIR_NORMALISED).all() and not (batch[0, 0, 3:13, :30] == AIR_NORMALISED).any()
+
+
+def test_canvas_padding_is_monais_symmetric_split_then_the_stride_multiple() -> None:
+    assert canvas_padding(64, 96, 4) == (16, 16)
+    assert canvas_padding(61, 96, 4) == (17, 18)  # MONAI: before = width // 2
+    assert canvas_padding(95, 96, 8) == (0, 1 + 0)  # 96 is a multiple of 8
+    assert canvas_padding(97, 96, 4) == (0, 3)  # larger than the canvas: stride padding only
+    assert canvas_padding(10, 0, 4) == (0, 2)
+
+
+def test_a_border_sensitive_generator_sees_on_the_canvas_what_training_showed_it() -> None:
+    # The ResNet pads by reflection: a body at the slice's edge is mirrored into it, unless the
+    # slice is first centred on air as in training. On the canvas the result is the centre crop of
+    # translating the padded slice; without it, it differs.
+    generator = tiny_generator(channels=1).eval()
+    image = volume((12, 12, 2))
+    on_canvas = translate_array(generator, image, canvas=20)
+    padded = np.stack([np.asarray(pad_or_crop(image[None, :, :, z], 20))[0] for z in range(2)], axis=-1)
+    expected = translate_array(generator, padded)[4:16, 4:16]
+    np.testing.assert_allclose(on_canvas, expected, atol=1e-6)
+    assert np.abs(translate_array(generator, image) - on_canvas).max() > 1e-3
 
 
 def test_a_plain_callable_translates_exactly_as_the_generator_it_wraps() -> None:

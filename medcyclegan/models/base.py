@@ -257,7 +257,7 @@ class TranslationModel(abc.ABC):
             G_BA(G_AB(A))`` and ``B, G_BA(B), G_AB(G_BA(B))``, each with the attention mask of an
             attention generator as a fourth tile. A one-way model shows ``A, G_AB(A)`` and ``B``.
         """
-        k = self.cfg.data.context_slices
+        k, canvas = self.cfg.data.context_slices, self.cfg.data.image_size
         rows = []
         for domain, other in (("A", "B"), ("B", "A")):
             slab = slabs[domain]
@@ -268,13 +268,21 @@ class TranslationModel(abc.ABC):
                 continue
             forward = self.translator(forward_direction)  # type: ignore[arg-type]
             fake, mask = translate_array(
-                forward, slab, context_slices=k, device=self.device, amp=self.amp, return_attention=True
+                forward,
+                slab,
+                context_slices=k,
+                device=self.device,
+                amp=self.amp,
+                return_attention=True,
+                canvas=canvas,
             )
             arrays, names = [slab, fake], [self.modality(domain), self.modality(other)]
             if f"{other}{domain}" in self.directions:
                 backward = self.translator(f"{other}{domain}")  # type: ignore[arg-type]
                 arrays.append(
-                    translate_array(backward, fake, context_slices=k, device=self.device, amp=self.amp)
+                    translate_array(
+                        backward, fake, context_slices=k, device=self.device, amp=self.amp, canvas=canvas
+                    )
                 )
                 names.append(self.modality(domain))
             if hasattr(forward, "forward_with_attention"):

@@ -41,6 +41,7 @@ def validate(model: TranslationModel, data: TrainingData) -> dict[str, float]:
             batch_size=max(8, cfg.optim.batch_size),
             device=model.device,
             amp=model.amp,
+            canvas=cfg.data.image_size,
         )
 
     results: dict[str, list[float]] = {}
