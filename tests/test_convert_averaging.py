@@ -64,9 +64,14 @@ def test_the_default_conversion_is_unchanged_bit_for_bit(
     # The whole-volume path of training and validation: prepare, translate_array, denormalise, cast.
     prepared = prepare_volume(read_volume(path), "mr", model.cfg.data)
     translated = translate_array(
-        model.generator, prepared.image, context_slices=model.cfg.data.context_slices
+        model.generator,
+        prepared.image,
+        context_slices=model.cfg.data.context_slices,
+        canvas=model.cfg.data.image_size,
     )
     reference = cast_values(denormalise(translated, output_params(model.cfg.normalisation.target)), "int16")
+    # Smaller than the training canvas: the slices were centred on air, as validation centres them.
+    assert min(prepared.image.shape[:2]) < model.canvas == model.cfg.data.image_size
     for out in (default, explicit, tmp_path / "cli.nii.gz"):
         np.testing.assert_array_equal(values(out), reference)
         assert description(out) == description(default)

@@ -767,7 +767,12 @@ def whole_volume_translation(model, path: Path, *, mask_background: bool = False
     volume = read_volume(path)
     prepared = prepare_volume(volume, model.source_modality, cfg.data)
     translated = translate_array(
-        model.generator, prepared.image, context_slices=cfg.data.context_slices, batch_size=4, device="cpu"
+        model.generator,
+        prepared.image,
+        context_slices=cfg.data.context_slices,
+        batch_size=4,
+        device="cpu",
+        canvas=cfg.data.image_size,
     )
     translated = restore_inplane(translated, prepared, mode="bilinear")
     record = (
