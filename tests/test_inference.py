@@ -10,8 +10,8 @@ from torch import nn
 from medcyclegan.config import ModelConfig, check_planes
 from medcyclegan.data.normalise import AIR_NORMALISED
 from medcyclegan.data.prepare import isotropic_depth
-from medcyclegan.errors import ConfigError
 from medcyclegan.data.slices import pad_or_crop
+from medcyclegan.errors import ConfigError
 from medcyclegan.inference import (
     canvas_padding,
     context_stack,
