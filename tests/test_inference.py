@@ -93,7 +93,9 @@ def test_slices_smaller_than_the_canvas_are_centred_on_air_as_training_pads_them
     (batch,) = recorder.inputs
     assert batch.shape == (1, 1, 16, 32)
     assert (batch[0, 0, :3] == AIR_NORMALISED).all() and (batch[0, 0, 13:] == AIR_NORMALISED).all()
-    assert (batch[0, 0, :, 30:] == AIR_NORMALISED).all() and not (batch[0, 0, 3:13, :30] == AIR_NORMALISED).any()
+    assert (batch[0, 0, :, 30:] == AIR_NORMALISED).all() and not (
+        batch[0, 0, 3:13, :30] == AIR_NORMALISED
+    ).any()
 
 
 def test_canvas_padding_is_monais_symmetric_split_then_the_stride_multiple() -> None:
