@@ -136,28 +136,13 @@ def translate_slices(
     was_training = translator.training if isinstance(translator, torch.nn.Module) else None
     if was_training:
         translator.eval()  # type: ignore[union-attr]
+    options = {"device": device, "amp": amp, "pad_value": pad_value, "canvas": canvas}
     try:
-        translated, attention = _translate_stack(
-            translator,
-            stack,
-            context_slices,
-            multiple,
-            device=device,
-            amp=amp,
-            pad_value=pad_value,
-            canvas=canvas,
-        )
+        translated, attention = _translate_stack(translator, stack, context_slices, multiple, **options)
         if flip_average:
             # Mirrored before padding, so that it is padded as any slice is.
             mirrored, mirrored_attention = _translate_stack(
-                translator,
-                np.ascontiguousarray(stack[:, :, ::-1]),
-                context_slices,
-                multiple,
-                device=device,
-                amp=amp,
-                pad_value=pad_value,
-                canvas=canvas,
+                translator, np.ascontiguousarray(stack[:, :, ::-1]), context_slices, multiple, **options
             )
             translated = flip_averaged(translated, mirrored)
             if attention is not None and mirrored_attention is not None:
