@@ -43,15 +43,14 @@ from medcyclegan.errors import ConfigError, InputError, OutputError
 from medcyclegan.io.atomic import atomic_write_text
 from medcyclegan.io.discovery import (
     case_name,
-    file_kind,
     find_volumes,
-    is_special_file,
     pair_by_case,
 )
 from medcyclegan.io.lock import FolderLock
 from medcyclegan.io.readers import read_geometry, read_volume
 from medcyclegan.io.volume import Geometry, format_numbers
 from medcyclegan.io.writers import OUTPUT_DTYPES, write_volume
+from medcyclegan.label_names import label_names_of, read_json_object
 from medcyclegan.runtime import resolve_device
 
 if TYPE_CHECKING:  # convert imports torch: only for the type hint
@@ -498,27 +497,25 @@ def pair_cases(images: str | Path, labels: str | Path) -> list[_Pair]:
 
 
 def load_labels_json(path: str | Path) -> dict[str, int]:
-    """Reads a label description: a JSON object name -> integer, ``"background": 0``, consecutive values.
+    """Reads the label names of the dataset to write: name -> value, ``"background": 0``, consecutive values.
+
+    Either a bare object (``{"background": 0, "liver": 1}``) or a dataset description whose
+    ``"labels"`` entry names them, as :func:`medcyclegan.label_names.read_label_names` reads it (an
+    nnU-Net v2 ``dataset.json``, whose labels are name -> value, or an MSD one, value -> name): the
+    real CT dataset's own ``dataset.json`` can be given as it is.
 
     Raises:
         InputError: missing or invalid file, or values nnU-Net would refuse.
     """
-
     path = Path(path)
-    if is_special_file(path):  # reading a FIFO would wait for a writer forever
-        raise InputError(f"is {file_kind(path.stat().st_mode)}, not a JSON file", path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError("labels JSON not found", path) from None
-    except OSError as exc:
-        raise InputError(f"cannot be read ({exc.strerror or exc})", path) from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(f"is not valid JSON ({exc})", path) from None
-    if not isinstance(data, dict) or not data:
+    data = read_json_object(path)
+    if not data:
         raise InputError(
             'must be a JSON object of label name -> integer, e.g. {"background": 0, "liver": 1}', path
         )
+    if isinstance(data.get("labels"), dict):
+        names = label_names_of(data, path).names
+        data = {"background": 0, **{name: value for value, name in names.items()}}
     problems = label_map_problems(data)
     if problems:
         raise InputError(problems[0], path)

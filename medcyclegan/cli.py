@@ -689,7 +689,9 @@ def augment(
     ),
     name: str | None = typer.Option(None, "--name", help="Dataset name \\[default: SynthCT or SynthMR]."),
     labels_json: Path | None = typer.Option(
-        None, "--labels-json", help='Label names: {"background": 0, "liver": 1}.'
+        None,
+        "--labels-json",
+        help='Label names: {"background": 0, "liver": 1}, or an nnU-Net v2 / MSD dataset.json with "labels".',
     ),
     batch_size: int = typer.Option(16, "--batch-size", help="Slices per forward pass."),
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP),

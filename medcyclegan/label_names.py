@@ -73,6 +73,20 @@ def read_label_names(path: str | Path) -> LabelNames:
             gives one name to two values, or names a value ``label_<other value>``.
     """
     path = Path(path)
+    data = read_json_object(path)
+    if "labels" not in data:
+        raise InputError(f'has no "labels" entry; expected a dataset.json such as {_EXAMPLES}', path)
+    return label_names_of(data, path)
+
+
+def read_json_object(path: str | Path) -> dict[str, Any]:
+    """A JSON object read as label files are: UTF-8, at most :data:`MAX_LABEL_NAMES_BYTES`, no key twice.
+
+    Raises:
+        InputError: the file is missing, not a regular file, too large, not UTF-8, not valid JSON,
+            has a key twice in one object, or is not a JSON object.
+    """
+    path = Path(path)
     text = _read_text(path)
     try:
         data = json.loads(text, object_pairs_hook=_refuse_duplicate_keys)
@@ -80,8 +94,18 @@ def read_label_names(path: str | Path) -> LabelNames:
         raise InputError(f"key {exc.key!r} appears twice in one JSON object", path) from None
     except (json.JSONDecodeError, RecursionError) as exc:
         raise InputError(f"is not valid JSON ({exc})", path) from None
-    if not isinstance(data, dict) or "labels" not in data:
-        raise InputError(f'has no "labels" entry; expected a dataset.json such as {_EXAMPLES}', path)
+    if not isinstance(data, dict):
+        raise InputError(f"is not a JSON object; expected a dataset.json such as {_EXAMPLES}", path)
+    return data
+
+
+def label_names_of(data: dict[str, Any], path: str | Path) -> LabelNames:
+    """The label names of a parsed ``dataset.json`` (``data["labels"]``, either layout); ``path`` for messages.
+
+    Raises:
+        InputError: as :func:`read_label_names`.
+    """
+    path = Path(path)
     labels = data["labels"]
     if not isinstance(labels, dict) or not labels:
         raise InputError(f'"labels" must be a non-empty object such as {_EXAMPLES}', path)

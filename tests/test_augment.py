@@ -328,6 +328,44 @@ def test_labels_json_names_labels_and_is_validated(tmp_path: Path, inputs, model
         load_labels_json(tmp_path / "broken.json")
 
 
+def test_labels_json_may_be_the_dataset_json_of_an_existing_dataset(tmp_path: Path) -> None:
+    expected = {"background": 0, "liver": 1, "spleen": 2}
+    layouts = {
+        "nnunet": {
+            "channel_names": {"0": "CT"},
+            "labels": expected,
+            "numTraining": 3,
+            "file_ending": ".nii.gz",
+        },
+        "msd": {"modality": {"0": "CT"}, "labels": {"0": "background", "1": "liver", "2": "spleen"}},
+        "msd_without_background": {"labels": {"2": "spleen", "1": "liver"}},
+    }
+    for name, data in layouts.items():
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps(data))
+        assert load_labels_json(path) == expected, name
+    # A label called "labels" in a bare map is a label, not a dataset description.
+    bare = tmp_path / "bare.json"
+    bare.write_text(json.dumps({"background": 0, "labels": 1}))
+    assert load_labels_json(bare) == {"background": 0, "labels": 1}
+    for data, expected_error in (
+        ({"labels": {"background": 0, "liver": 2}}, "consecutive"),  # nnU-Net's rule, either layout
+        ({"labels": {"background": 0, "organs": [1, 2]}}, "region"),
+        ({"labels": {"0": "background", "1": "liver", "2": "liver"}}, "two label values"),
+    ):
+        path = tmp_path / "bad_dataset.json"
+        path.write_text(json.dumps(data))
+        with pytest.raises(InputError, match=expected_error):
+            load_labels_json(path)
+    duplicate = tmp_path / "duplicate.json"
+    duplicate.write_text('{"background": 0, "liver": 1, "liver": 2}')
+    with pytest.raises(InputError, match="appears twice"):  # json would keep the last silently
+        load_labels_json(duplicate)
+    with pytest.raises(InputError, match="not a JSON object"):
+        (tmp_path / "list.json").write_text("[0, 1]")
+        load_labels_json(tmp_path / "list.json")
+
+
 def test_automatic_labels_are_consecutive_even_with_gaps(caplog) -> None:
     with caplog.at_level(logging.WARNING, logger="medcyclegan"):
         labels = _resolve_labels(None, {0, 3}, None)

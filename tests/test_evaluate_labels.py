@@ -164,7 +164,7 @@ def test_label_names_from_nnunet_and_msd_dataset_json(tmp_path: Path, data: dict
         (None, "label names file not found"),
         ("{", "is not valid JSON"),
         (b"\xff\xfe{}", "is not UTF-8 text"),
-        ("[1, 2]", 'has no "labels" entry'),
+        ("[1, 2]", "is not a JSON object; expected a dataset.json"),
         ('{"name": "x"}', 'has no "labels" entry'),
         ('{"labels": []}', '"labels" must be a non-empty object'),
         ('{"labels": {}}', '"labels" must be a non-empty object'),
