@@ -34,6 +34,7 @@ Example:
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import re
@@ -720,6 +721,9 @@ class SampleDataset:
         val_mr, val_ct, val_masks: paired MR, CT and body masks (CT grid) of the validation
             subjects, for ``train --val-src/--val-tgt`` (empty without ``n_val``).
         readme: the README.txt describing the data.
+        labels_json: ``test/labels.json``, the names of the tissue label values in the layout of an
+            nnU-Net v2 ``dataset.json`` (``{"labels": {"background": 0, "skin": 1, ...}}``), for
+            ``evaluate --label-names`` and ``augment --labels-json``.
         subject_seeds: subject name (e.g. ``"subj_003"``) -> the seed of :func:`make_head_phantom`.
     """
 
@@ -737,6 +741,7 @@ class SampleDataset:
     val_mr: tuple[Path, ...] = ()
     val_ct: tuple[Path, ...] = ()
     val_masks: tuple[Path, ...] = ()
+    labels_json: Path | None = None
 
     @property
     def train_mr_dir(self) -> Path:
@@ -891,6 +896,8 @@ Layout
   test/ct/subj_*.nii.gz          the paired ground-truth CT of the same subjects
   test/masks/subj_*.nii.gz       body masks of the test subjects (on the CT grid)
   test/labels/subj_*.nii.gz      tissue label maps of the test subjects (on the CT grid)
+  test/labels.json               the names of their values (nnU-Net v2 dataset.json "labels"), for
+                                 evaluate --label-names and augment --labels-json
 {val_rows}{disjoint}
 
 Values
@@ -1044,6 +1051,8 @@ def _write_dataset(
                 logger.warning("%s: removed, not part of the new sample dataset", stale)
                 stale.unlink()
 
+    labels_json = root / "test" / "labels.json"
+    atomic_write_text(labels_json, json.dumps({"labels": TISSUE_LABELS}, indent=4) + "\n")
     readme = root / "README.txt"
     atomic_write_text(
         readme, _readme_text(n_train_mr, n_train_ct, n_test, n_val, seed, shape_t, spacing_t, seeds, groups)
@@ -1058,6 +1067,7 @@ def _write_dataset(
         test_ct=tuple(written["test/ct"]),
         test_masks=tuple(written["test/masks"]),
         test_labels=tuple(written["test/labels"]),
+        labels_json=labels_json,
         readme=readme,
         subject_seeds=seeds,
         val_mr=tuple(written["val/mr"]),

@@ -12,7 +12,9 @@ import numpy as np
 import pytest
 from scripts import load_script
 
+from medcyclegan.augment import load_labels_json
 from medcyclegan.errors import ConfigError, OutputError
+from medcyclegan.label_names import read_label_names
 from medcyclegan.sample_data import (
     AIR_CAVITY,
     CORTICAL_BONE,
@@ -200,6 +202,19 @@ def test_dataset_layout_and_disjoint_subjects(dataset: SampleDataset) -> None:
     assert dataset.train_mr_dir == root / "train" / "mr" and dataset.test_masks_dir == root / "test" / "masks"
     readme = dataset.readme.read_text()
     assert "LPS" in readme and "disjoint" in readme and str(dataset.subject_seeds["subj_004"]) in readme
+
+
+def test_the_label_names_are_written_for_evaluate_and_augment(dataset: SampleDataset) -> None:
+    assert dataset.labels_json == dataset.root / "test" / "labels.json"
+    names = read_label_names(dataset.labels_json)
+    assert names.layout == "nnU-Net v2 dataset.json"
+    assert names.names[3] == "cortical_bone" and names.names[9] == "air_cavity"
+    assert load_labels_json(dataset.labels_json) == TISSUE_LABELS
+    # Every value the label maps hold has its name.
+    found = set()
+    for path in dataset.test_labels:
+        found |= {int(v) for v in np.unique(np.asanyarray(nib.load(path).dataobj))}
+    assert found - {0} <= set(names.names)
 
 
 def test_dataset_files_have_the_stated_geometry(dataset: SampleDataset) -> None:
