@@ -174,6 +174,36 @@ def test_metaimage_non_finite_geometry_is_refused(tmp_path: Path, field: str) ->
 
 
 @pytest.mark.parametrize(
+    ("name", "header", "expected"),
+    [
+        ("scaled.mha", META_HEADER + "TransformMatrix = 2 0 0 0 1 0 0 0 1\n", "lengths 2, 1, 1"),
+        ("sheared.mha", META_HEADER + "TransformMatrix = 1 0.5 0 0 1 0 0 0 1\n", "lengths 1.12, 1, 1"),
+        (
+            "sheared.nrrd",
+            "NRRD0004\ntype: short\ndimension: 3\nencoding: raw\nendian: little\nsizes: 4 5 6\n"
+            "space: left-posterior-superior\nspace directions: (1,0,0) (1,1,0) (0,0,1)\n",
+            "axes not perpendicular",  # NRRD's directions carry the spacing: ITK normalises them
+        ),
+    ],
+)
+def test_itk_direction_that_is_not_a_rotation_is_refused(tmp_path: Path, name, header, expected) -> None:
+    """Before: read with each axis's voxel size multiplied by its column's length (ITK's own
+    arithmetic) while the header's spacing said otherwise; a shear was kept as a tilted grid."""
+    path = tmp_path / name
+    tail = "ElementDataFile = LOCAL\n" if name.endswith(".mha") else "\n"
+    path.write_bytes((header + tail).encode() + RAW)
+    message = read_error(path)
+    assert "invalid direction matrix" in message and expected in message
+
+
+def test_itk_direction_rounded_in_the_header_still_reads(tmp_path: Path) -> None:
+    path = tmp_path / "rounded.mha"
+    matrix = "0.999999 0.001 0 -0.001 0.999999 0 0 0 1"  # a rotation written with 6 digits
+    path.write_bytes((META_HEADER + f"TransformMatrix = {matrix}\nElementDataFile = LOCAL\n").encode() + RAW)
+    assert read_volume(path).shape == (4, 5, 6)
+
+
+@pytest.mark.parametrize(
     ("name", "header"),
     [
         (

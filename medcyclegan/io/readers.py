@@ -899,6 +899,7 @@ def _itk_volume(image: Any, path: Path, source_format: str, extra: dict[str, str
     spacing = np.array(image.GetSpacing(), dtype=np.float64)[:3]
     origin = np.array(image.GetOrigin(), dtype=np.float64)[:3]
     direction = np.array(image.GetDirection(), dtype=np.float64).reshape(ndim, ndim)[:3, :3]
+    _check_itk_direction(direction, path)
     affine_lps = np.eye(4)
     affine_lps[:3, :3] = direction * spacing  # column j = direction of axis j times its spacing
     affine_lps[:3, 3] = origin
@@ -924,6 +925,31 @@ def _itk_volume(image: Any, path: Path, source_format: str, extra: dict[str, str
         extra=dict(extra or {}),
     )
     return Volume(geometry.array_to_ras(array), geometry)
+
+
+def _check_itk_direction(direction: np.ndarray, path: Path) -> None:
+    """Refuses an ITK direction that is not a rotation (or reflection): its columns are the axes' cosines.
+
+    ITK multiplies direction and spacing, so a column of length 2 silently doubles that axis's voxel
+    size and a shear tilts it, while the header's spacing (and every viewer that trusts it) says
+    otherwise; DICOM written from it would carry non-unit orientation cosines. Such a header is
+    corrupted or hand-made: which of spacing or direction is right cannot be told.
+    """
+    if not np.isfinite(direction).all():
+        raise InputError("has an invalid geometry (non-finite values in the direction matrix)", path)
+    lengths = np.linalg.norm(direction, axis=0)
+    gram = direction.T @ direction
+    if np.abs(gram - np.eye(3)).max() > _DIRECTION_TOLERANCE:
+        what = (
+            "lengths " + ", ".join(f"{v:.3g}" for v in lengths)
+            if np.abs(lengths - 1).max() > _DIRECTION_TOLERANCE
+            else "axes not perpendicular"
+        )
+        raise InputError(
+            f"has an invalid direction matrix (its columns are not orthonormal direction cosines: {what}); "
+            "the voxel size and orientation it gives are ambiguous: fix the header",
+            path,
+        )
 
 
 def _narrow_integers(array: np.ndarray) -> np.ndarray:
