@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 import nibabel as nib
 import numpy as np
 
-from medcyclegan.config import DATASET_FORMATS, MODALITIES
+from medcyclegan.config import DATASET_FORMATS, MODALITIES, check_planes
 from medcyclegan.errors import ConfigError, InputError, OutputError
 from medcyclegan.io.atomic import atomic_write_text
 from medcyclegan.io.discovery import (
@@ -148,6 +148,19 @@ class AugmentResult:
     check: CheckReport
 
 
+@dataclass(frozen=True)
+class _Translation:
+    """How each synthetic image is made: :func:`medcyclegan.convert.translate_volume`'s options."""
+
+    batch_size: int = 16
+    flip_average: bool = False
+    planes: tuple[str, ...] = ("axial",)
+
+    def record(self) -> dict[str, Any]:
+        """The settings a dataset's model record keeps: a rerun with others would mix two translations."""
+        return {"flip_average": self.flip_average, "planes": list(self.planes)}
+
+
 @dataclass
 class _Pair:
     """One source case: its image and label files and its (file-name safe) name."""
@@ -175,6 +188,8 @@ def augment_dataset(
     overwrite: bool = False,
     batch_size: int = 16,
     device: str = "auto",
+    flip_average: bool = False,
+    planes: str | Sequence[str] = ("axial",),
 ) -> AugmentResult:
     """Translates every labelled image and writes an nnU-Net v2 or MSD training dataset.
 
@@ -201,6 +216,10 @@ def augment_dataset(
         overwrite: rewrite existing case files.
         batch_size: axial slices per generator call.
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (ignored for a loaded model).
+        flip_average: test-time flip averaging, as ``convert --flip-average``.
+        planes: slice planes translated and averaged, as ``convert --planes`` (names or one
+            comma-separated string). A rerun keeps existing cases only if they were made with the
+            same ``flip_average`` and ``planes`` (and model).
 
     Returns:
         The :class:`AugmentResult`.
@@ -224,6 +243,7 @@ def augment_dataset(
         to = _check_choice("to", to, sorted(MODALITIES))  # listed "ct, mr", as augment always has
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
+    translation = _Translation(batch_size, bool(flip_average), check_planes(planes))
     dataset_id = _check_dataset_id(dataset_id, fmt)
     if name is not None and not _NAME_PATTERN.fullmatch(name):
         raise ConfigError(
@@ -267,7 +287,7 @@ def augment_dataset(
     with FolderLock(dataset_dir, holder="augment process", place="dataset folder"):
         return _build_dataset(
             pairs, plan, translator, dataset_dir, fmt, name, channel_name, label_map, label_dtypes,
-            include_originals=include_originals, batch_size=batch_size, overwrite=overwrite,
+            include_originals=include_originals, translation=translation, overwrite=overwrite,
         )  # fmt: skip
 
 
@@ -283,14 +303,14 @@ def _build_dataset(
     label_dtypes: dict[str, str],
     *,
     include_originals: bool,
-    batch_size: int,
+    translation: _Translation,
     overwrite: bool,
 ) -> AugmentResult:
     """The writing half of :func:`augment_dataset`, every check done, under the dataset folder's lock."""
     source, target = translator.source_modality, translator.target_modality
     _make_folders(dataset_dir, fmt)
     _remove_interrupted_writes(dataset_dir)
-    _record_model(dataset_dir, fmt, translator, overwrite)
+    _record_model(dataset_dir, fmt, translator, translation, overwrite)
 
     written: list[Path] = []
     skipped: list[Path] = []
@@ -305,7 +325,7 @@ def _build_dataset(
         }
         synthetic = {case_id: plan[case_id][1] for case_id in outputs}
         new, kept = _write_pair(
-            pair, outputs, synthetic, translator, label_dtypes[pair.name], batch_size, overwrite
+            pair, outputs, synthetic, translator, label_dtypes[pair.name], translation, overwrite
         )
         written.extend(new)
         skipped.extend(kept)
@@ -398,7 +418,7 @@ def _write_pair(
     synthetic: dict[str, bool],
     translator: Any,
     label_dtype: str,
-    batch_size: int,
+    translation: _Translation,
     overwrite: bool,
 ) -> tuple[list[Path], list[Path]]:
     """Writes the missing (or, with ``overwrite``, all) image and label files of one source case.
@@ -422,10 +442,18 @@ def _write_pair(
     for case_id, (image_out, label_out) in outputs.items():
         if image_out in todo:
             if synthetic[case_id]:
-                array, _, _ = translate_volume(translator, pair.image, batch_size=batch_size)
+                array, _, _ = translate_volume(
+                    translator,
+                    pair.image,
+                    batch_size=translation.batch_size,
+                    flip_average=translation.flip_average,
+                    planes=translation.planes,
+                )
                 dtype = OUTPUT_DTYPE[translator.target_modality]
                 # Written on the label's header: its description must not stay on a synthetic image.
-                description = synthetic_description(translator)
+                description = synthetic_description(
+                    translator, flip_average=translation.flip_average, planes=translation.planes
+                )
             else:
                 original = read_volume(pair.image)
                 array, dtype = original.array, _image_dtype(original.geometry.dtype)
@@ -702,11 +730,15 @@ def _check_no_stale_cases(dataset_dir: Path, fmt: str, planned: set[str]) -> Non
         )
 
 
-def _model_identity(translator: Any) -> dict[str, Any]:
+def _model_identity(translator: Any, translation: _Translation) -> dict[str, Any]:
     # lazy: checkpoint imports torch (about 2 s), which `augment --check` does not need.
     from medcyclegan.checkpoint import checkpoint_identity  # noqa: PLC0415 (see the comment above)
 
-    return {**checkpoint_identity(translator.checkpoint), "to": translator.target_modality}
+    return {
+        **checkpoint_identity(translator.checkpoint),
+        "to": translator.target_modality,
+        **translation.record(),
+    }
 
 
 def _same_model(stored: Any, current: dict[str, Any]) -> bool:
@@ -717,19 +749,35 @@ def _same_model(stored: Any, current: dict[str, Any]) -> bool:
     return all(stored.get(k) == current[k] for k in key)
 
 
-def _record_model(dataset_dir: Path, fmt: str, translator: Any, overwrite: bool) -> None:
-    """Records which model makes this dataset's synthetic cases; refuses to keep another model's.
+def _recorded_translation(stored: dict[str, Any]) -> dict[str, Any]:
+    """The test-time averaging of a model record; a record from before it was recorded means none."""
+    defaults = _Translation().record()
+    return {k: stored.get(k, v) for k, v in defaults.items()}
+
+
+def _describe_translation(record: dict[str, Any]) -> str:
+    """``"planes axial+coronal, flip-average"`` for messages."""
+    planes = "+".join(str(p) for p in record.get("planes") or ())
+    return f"planes {planes}" + (", flip-average" if record.get("flip_average") else "")
+
+
+def _record_model(
+    dataset_dir: Path, fmt: str, translator: Any, translation: _Translation, overwrite: bool
+) -> None:
+    """Records which model (and test-time averaging) makes this dataset's synthetic cases; refuses to keep another's.
 
     A rerun keeps existing cases (a killed run resumes): with another model that would silently mix
-    two models' cases in one dataset, under a dataset.json naming only the last. Datasets written
-    before this record cannot be told apart: they are kept with a warning.
+    two models' cases in one dataset, under a dataset.json naming only the last; likewise with other
+    ``--flip-average``/``--planes``. Datasets written before this record cannot be told apart: they
+    are kept with a warning.
 
     Raises:
-        OutputError: the existing cases were made by another model (without ``overwrite``).
+        OutputError: the existing cases were made by another model or with other test-time averaging
+            (without ``overwrite``).
     """
 
     record = dataset_dir / MODEL_FILE
-    current = _model_identity(translator)
+    current = _model_identity(translator, translation)
     existing = [
         p
         for p in (dataset_dir / "imagesTr").iterdir()
@@ -752,6 +800,14 @@ def _record_model(dataset_dir: Path, fmt: str, translator: Any, overwrite: bool)
                 raise OutputError(
                     f"holds {len(existing)} case(s) made by another model ({made_by or 'unknown'}); "
                     "pass --overwrite to rewrite them with this model, or use another --dataset-id",
+                    dataset_dir,
+                )
+            before = _recorded_translation(stored)
+            if before != translation.record():
+                raise OutputError(
+                    f"holds {len(existing)} case(s) made by this model with other test-time averaging "
+                    f"({_describe_translation(before)}, not {_describe_translation(translation.record())}); "
+                    "give the same options, pass --overwrite to rewrite them, or use another --dataset-id",
                     dataset_dir,
                 )
     atomic_write_text(record, json.dumps(current, indent=2) + "\n")

@@ -32,6 +32,17 @@ app = typer.Typer(
 
 logger = logging.getLogger("medcyclegan")
 
+# Test-time averaging, as convert and augment both offer it.
+FLIP_AVERAGE_HELP = (
+    "Test-time flip averaging: average each slice's translation with the mirrored translation "
+    "of its left-right mirror image (twice the generator time)."
+)
+PLANES_HELP = (
+    "Slice planes to translate along and average, comma-separated: axial, coronal, sagittal "
+    "(one generator pass each; coronal and sagittal slices are taken from the volume resampled "
+    "to isotropic voxels, and need the whole volume in memory)."
+)
+
 
 def _setup_logging(verbose: bool, quiet: bool) -> None:
     from rich.console import Console
@@ -343,19 +354,8 @@ def convert(
         "--save-attention",
         help="Also write the attention mask (resnet-attention models) as <name>_attention.",
     ),
-    flip_average: bool = typer.Option(
-        False,
-        "--flip-average",
-        help="Test-time flip averaging: average each slice's translation with the mirrored translation "
-        "of its left-right mirror image (twice the generator time).",
-    ),
-    planes: str = typer.Option(
-        "axial",
-        "--planes",
-        help="Slice planes to translate along and average, comma-separated: axial, coronal, sagittal "
-        "(one generator pass each; coronal and sagittal slices are taken from the volume resampled "
-        "to isotropic voxels, and need the whole volume in memory).",
-    ),
+    flip_average: bool = typer.Option(False, "--flip-average", help=FLIP_AVERAGE_HELP),
+    planes: str = typer.Option("axial", "--planes", help=PLANES_HELP),
     samples: int = typer.Option(
         1,
         "--samples",
@@ -694,6 +694,8 @@ def augment(
         help='Label names: {"background": 0, "liver": 1}, or an nnU-Net v2 / MSD dataset.json with "labels".',
     ),
     batch_size: int = typer.Option(16, "--batch-size", help="Slices per forward pass."),
+    flip_average: bool = typer.Option(False, "--flip-average", help=FLIP_AVERAGE_HELP),
+    planes: str = typer.Option("axial", "--planes", help=PLANES_HELP),
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     overwrite: bool = typer.Option(False, "--overwrite", help="Rewrite cases that already exist."),
     check: Path | None = typer.Option(
@@ -731,6 +733,8 @@ def augment(
         overwrite=overwrite,
         batch_size=batch_size,
         device=device,
+        flip_average=flip_average,
+        planes=check_planes(planes, "--planes"),
     )
     typer.echo(
         f"dataset written to {result.dataset_dir} ({len(result.written)} written, {len(result.skipped)} kept)"

@@ -19,6 +19,7 @@ from tiny import TrainedRun, folder_locked_by_another_process, head
 
 from medcyclegan.augment import (
     FILE_ENDING,
+    MODEL_FILE,
     _resolve_labels,
     augment_dataset,
     check_dataset,
@@ -452,6 +453,48 @@ def test_rerun_skips_existing_outputs_and_overwrite_rewrites(tmp_path: Path, run
     assert len(third.written) == 4 and not third.skipped
     rewritten = _tree_state(third.dataset_dir)
     assert all(rewritten[p][0] != after[p][0] and rewritten[p][1] == after[p][1] for p in cases)
+
+
+def test_test_time_averaging_is_convert_s_and_a_rerun_must_repeat_it(tmp_path: Path, model) -> None:
+    images, labels = write_labelled(tmp_path / "in", cases=("p1", "p2"))
+    out = tmp_path / "raw"
+    result = augment_dataset(
+        images, labels, model, out, dataset_id=14, flip_average=True, planes="axial,coronal"
+    )
+    for case in ("p1", "p2"):
+        path = result.dataset_dir / "imagesTr" / f"{case}_synth_0000.nii.gz"
+        expected, _, _ = translate_volume(
+            model, images / f"{case}.nii.gz", flip_average=True, planes=("axial", "coronal")
+        )
+        assert np.array_equal(read_volume(path).array, expected)
+        plain, _, _ = translate_volume(model, images / f"{case}.nii.gz")
+        assert not np.array_equal(plain, expected)  # the options did change the translation
+        header = nib.load(path).header
+        assert header["descrip"].tobytes().decode().startswith("synthetic CT from MR by medcyclegan")
+        # NIfTI's descrip holds 79 characters: the whole description is in a comment extension.
+        (comment,) = [ext for ext in header.extensions if ext.get_code() == 6]
+        assert comment.get_content().decode().endswith("flip-avg, planes axial+coronal")
+    # A rerun keeps those cases only with the same options: others would mix two translations.
+    with pytest.raises(
+        OutputError,
+        match=r"other test-time averaging \(planes axial\+coronal, flip-average, not planes axial\)",
+    ):
+        augment_dataset(images, labels, model, out, dataset_id=14)
+    again = augment_dataset(
+        images, labels, model, out, dataset_id=14, flip_average=True, planes=["axial", "coronal"]
+    )
+    assert len(again.skipped) == 4 and not again.written
+    # A record from before the options were recorded means the plain translation.
+    plain_out = tmp_path / "plain"
+    first = augment_dataset(images, labels, model, plain_out, dataset_id=15)
+    record = first.dataset_dir / MODEL_FILE
+    stored = json.loads(record.read_text())
+    record.write_text(json.dumps({k: v for k, v in stored.items() if k not in ("flip_average", "planes")}))
+    assert len(augment_dataset(images, labels, model, plain_out, dataset_id=15).skipped) == 4
+    with pytest.raises(OutputError, match="other test-time averaging"):
+        augment_dataset(images, labels, model, plain_out, dataset_id=15, flip_average=True)
+    with pytest.raises(ConfigError, match="unknown plane 'oblique'"):
+        augment_dataset(images, labels, model, tmp_path / "bad", dataset_id=16, planes="axial,oblique")
 
 
 def test_cases_from_another_run_are_refused(tmp_path: Path, model) -> None:

@@ -143,6 +143,21 @@ def test_nifti_header_is_reused_bit_for_bit(write_nifti, tmp_path):
     assert nib.load(str(out)).header.binaryblock == nib.load(str(path)).header.binaryblock
 
 
+def test_nifti_description_longer_than_descrip_is_kept_whole_in_a_comment(write_nifti, tmp_path):
+    volume = read_volume(write_nifti("in.nii.gz", sample_array("int16"), AFFINES["oblique20"]))
+    short = write_volume(volume.array, volume.geometry, tmp_path / "short.nii.gz", description="synthetic CT")
+    assert nib.load(str(short)).header["descrip"].item() == b"synthetic CT"
+    assert not nib.load(str(short)).header.extensions  # nothing added where descrip holds it all
+    text = "synthetic CT from MR by medcyclegan, model run/best.pt" + ", flip-avg, planes axial+coronal" * 2
+    long = write_volume(volume.array, volume.geometry, tmp_path / "long.nii", description=text)
+    header = nib.load(str(long)).header
+    assert header["descrip"].item() == text[:79].encode()
+    (comment,) = header.extensions
+    assert comment.get_code() == 6 and comment.get_content() == text.encode()  # NIFTI_ECODE_COMMENT
+    assert sitk.ReadImage(str(long)).GetSize() == volume.shape  # ITK reads it as before
+    np.testing.assert_array_equal(read_volume(long).array, volume.array)
+
+
 def test_nifti_scaling_applied_on_read_and_reset_on_write(write_nifti, tmp_path):
     stored = sample_array("int16")
     path = write_nifti("scaled.nii.gz", stored, AFFINES["ras"], slope=2.0, inter=-1024.0)

@@ -64,9 +64,10 @@ def write_volume(
             integer and clipped to the type's range.
         overwrite: replace an existing output.
         description: what the volume is (e.g. "synthetic CT ... by medcyclegan"), stored as the
-            NIfTI ``descrip`` (first 79 characters), the NRRD ``content`` field or the MetaImage
-            ``Description``; it replaces the description of a reused input header (an MR series
-            description must not label a synthetic CT). ``None`` keeps the input header's.
+            NIfTI ``descrip`` (its first 79 characters; a longer one also whole in a comment
+            extension), the NRRD ``content`` field or the MetaImage ``Description``; it replaces
+            the description of a reused input header (an MR series description must not label a
+            synthetic CT). ``None`` keeps the input header's.
 
     Returns:
         ``path`` as a :class:`Path`.
@@ -199,7 +200,11 @@ def _write_nifti(
         image.header.set_xyzt_units("mm")
     if description is not None:
         # descrip is 80 bytes of ASCII, NUL-terminated by convention.
-        image.header["descrip"] = description.encode("ascii", "replace")[:_NIFTI_DESCRIP_BYTES]
+        encoded = description.encode("ascii", "replace")
+        image.header["descrip"] = encoded[:_NIFTI_DESCRIP_BYTES]
+        if len(encoded) > _NIFTI_DESCRIP_BYTES:
+            # The whole text in a comment extension (NIFTI_ECODE_COMMENT), which nibabel and ITK keep.
+            image.header.extensions.append(nib.nifti1.Nifti1Extension("comment", encoded))
     with atomic_path(path, overwrite=overwrite) as tmp:
         try:
             if path.name.lower().endswith(".gz"):
